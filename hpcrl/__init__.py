@@ -1,0 +1,49 @@
+"""hpcrl: MPI-native reinforcement learning (actor, inference and trainer ranks).
+
+``import hpcrl`` is light: torch and gymnasium are imported only when a component that
+needs them is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hpcrl.api.environment import Environment, StepResult
+from hpcrl.api.namedarray import NamedArray, namedarray
+from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
+from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Environment",
+    "StepResult",
+    "NamedArray",
+    "namedarray",
+    "Policy",
+    "RolloutRequest",
+    "RolloutResult",
+    "SampleBatch",
+    "Trainer",
+    "TrainerStepResult",
+    "load_policy",
+    "__version__",
+]
+
+logging.getLogger("hpcrl").addHandler(logging.NullHandler())
+
+
+def load_policy(path: str, device: str = "cpu") -> Any:
+    """Load a trained policy from a checkpoint file or a run directory (newest valid checkpoint).
+
+    Args:
+        path: an ``.h5`` checkpoint or a run directory.
+        device: where to put the model.
+
+    Returns:
+        The policy, built from the config stored in the checkpoint, with its weights and version.
+    """
+    from hpcrl.storage.checkpoint import load_policy as _load
+
+    return _load(path, device=device)

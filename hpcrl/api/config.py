@@ -1,0 +1,363 @@
+"""Experiment configuration: frozen dataclasses, one per concern, loaded strictly from YAML.
+
+A YAML file maps onto :class:`ExperimentConfig`; every section is optional except
+``environment``, ``policy`` and ``trainer``. Unknown keys, wrong types and missing
+required keys raise :class:`ConfigError` naming the key path, before any communication.
+
+Examples:
+    >>> cfg = from_dict({"environment": {"type_": "gym", "args": {"id": "CartPole-v1"}},
+    ...                  "policy": {"type_": "actor-critic-separate"},
+    ...                  "trainer": {"type_": "ppo"}})
+    >>> cfg.actor.envs_per_actor
+    8
+    >>> from_dict({"environment": {"type_": "gym"}, "policy": {"type_": "p"}, "trainer": {"type_": "t"},
+    ...            "actor": {"envs_per_actr": 2}})
+    Traceback (most recent call last):
+    ...
+    hpcrl.api.config.ConfigError: actor.envs_per_actr: unknown key (did you mean 'envs_per_actor'?); expected one of: ..., fragment_length, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "ConfigError",
+    "Environment",
+    "Policy",
+    "Trainer",
+    "Experiment",
+    "Actor",
+    "Layout",
+    "Training",
+    "Run",
+    "ExperimentConfig",
+    "from_dict",
+    "to_dict",
+    "load",
+    "dump",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type (message names the key path)."""
+
+
+# ============================================================== component specs
+@dataclass(frozen=True)
+class Environment:
+    """Which environment to build: a registered name plus keyword arguments."""
+
+    type_: str
+    """Registered environment name, e.g. ``gym`` or ``quickstart-multiagent``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the environment's constructor."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which policy to build: a registered name plus keyword arguments."""
+
+    type_: str
+    """Registered policy name, e.g. ``actor-critic-separate``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the policy's constructor."""
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """Which trainer to build: a registered name plus keyword arguments (the policy is passed first)."""
+
+    type_: str
+    """Registered trainer name, e.g. ``ppo``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the trainer's constructor."""
+
+
+# ============================================================== system sections
+@dataclass(frozen=True)
+class Experiment:
+    """What to run and for how long."""
+
+    name: str = "hpcrl"
+    """Experiment name; the default run directory is ``runs/<name>``."""
+    seed: int = 1
+    """Base random seed; each env, rank and role derives its own seed from it."""
+    total_frames: int = 100_000
+    """Stop after this many environment steps, summed over all actors."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """How actor ranks step their environments."""
+
+    envs_per_actor: int = 8
+    """Environments each actor rank steps."""
+    fragment_length: int = 128
+    """Steps per trajectory fragment sent to the trainer (T)."""
+    ring_halves: bool = True
+    """With remote inference, split the envs in two halves: one steps while the other waits for actions."""
+    check_env: Literal["first", "always", "off"] = "first"
+    """Validate env results against the declared spaces: on the first steps, always, or never."""
+    env_failure: Literal["fail", "recreate"] = "fail"
+    """When an env raises in reset/step: stop the run, or recreate the env and drop its partial episode."""
+    max_env_failures: int = 3
+    """With ``recreate``: give up after this many consecutive failures of one env."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How MPI ranks are split into roles (see :mod:`hpcrl.comm.topology`)."""
+
+    trainers: int = 1
+    """Trainer ranks (rank 0 is the trainer leader)."""
+    inference: int = 0
+    """Inference ranks; 0 means every actor runs the policy inline."""
+    actors: int | None = None
+    """Actor ranks; ``None`` takes every remaining rank."""
+
+
+@dataclass(frozen=True)
+class Training:
+    """How trainer ranks form batches and synchronise."""
+
+    batch_size: int | None = None
+    """Trajectories (env-agent sequences of ``fragment_length`` steps) per trainer step and trainer rank;
+    ``None`` = one fragment from every env slot of the actors feeding that trainer."""
+    max_staleness: int = 1
+    """Drop (and count) fragments produced by a policy more than this many versions old."""
+    grad_backend: Literal["auto", "mpi", "gloo", "nccl"] = "auto"
+    """Gradient allreduce over trainer ranks: ``auto`` = nccl on GPU, MPI Allreduce of one flat buffer on CPU."""
+    device: str = "auto"
+    """Trainer device: ``auto`` (cuda if available), ``cpu`` or ``cuda[:N]``."""
+    nonfinite: Literal["skip", "stop"] = "skip"
+    """A NaN/Inf loss or gradient: skip the step and count it, or stop the run."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run directory, checkpoints, traces and progress output."""
+
+    dir: str | None = None
+    """Run directory (shared storage on clusters); default ``runs/<experiment.name>``."""
+    fresh: bool = False
+    """Ignore existing checkpoints in the run directory and start from scratch."""
+    checkpoint_every_steps: int = 0
+    """Write a checkpoint every N trainer steps (0 = off; one is always written at the end)."""
+    checkpoint_every_seconds: float = 600.0
+    """Write a checkpoint at least this often in wall time (0 = off)."""
+    keep_checkpoints: int = 3
+    """Keep the newest K checkpoints."""
+    on_save_error: Literal["stop", "continue"] = "stop"
+    """A checkpoint that cannot be written: stop the run (after logging), or log and continue."""
+    trace: bool = True
+    """Write per-rank HDF5 traces (episodes, trainer stats, timings)."""
+    trace_flush_seconds: float = 5.0
+    """Flush traces at least this often: a crash loses at most this interval."""
+    log_interval_seconds: float = 5.0
+    """Seconds between progress log lines."""
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    """Progress output on rank 0: a live bar on terminals (auto), log lines, or nothing."""
+    heartbeat_seconds: float = 120.0
+    """A rank silent this long is declared hung and the job is aborted naming it (0 = off)."""
+    torch_threads: int = 1
+    """torch intra-op threads per rank."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment, as one YAML file."""
+
+    environment: Environment
+    """Environment spec."""
+    policy: Policy
+    """Policy spec."""
+    trainer: Trainer
+    """Trainer spec."""
+    experiment: Experiment = field(default_factory=Experiment)
+    """Name, seed and length of the run."""
+    actor: Actor = field(default_factory=Actor)
+    """Actor settings."""
+    layout: Layout = field(default_factory=Layout)
+    """Rank layout."""
+    training: Training = field(default_factory=Training)
+    """Trainer-role settings."""
+    run: Run = field(default_factory=Run)
+    """Storage and output settings."""
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory this config writes to."""
+        return Path(self.run.dir) if self.run.dir else Path("runs") / self.experiment.name
+
+
+# ============================================================== strict conversion
+_NoneType = type(None)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(tp))
+    if tp is _NoneType:
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if tp is _NoneType:
+        if value is None:
+            return None
+        raise ConfigError(f"{path}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)  # type: ignore[arg-type]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r} ({type(value).__name__})")
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{path}: keys must be strings, got {k!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r} ({type(value).__name__})")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # 1e6 in YAML is a float
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r} ({type(value).__name__})")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r} ({type(value).__name__})")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{path}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r} ({type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key{hint}; expected one of: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing required key")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from plain data, strictly.
+
+    Raises:
+        ConfigError: unknown key, wrong type or missing key (the message names the key path).
+    """
+    return _from_dict(ExperimentConfig, data, "")  # type: ignore[no-any-return]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (round-trips through :func:`from_dict`)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML scalars/collections).
+
+    Raises:
+        ConfigError: an override without ``=`` or one that descends into a non-mapping.
+    """
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML experiment file (``yaml.safe_load``) with optional overrides.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not fit the schema.
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def dump(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (saved with the run and in every checkpoint)."""
+    import yaml
+
+    return str(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,267 @@
+"""The policy API: how a model acts (``rollout``) and how it is analysed for training.
+
+Batching convention (all messages are batched on dim 0; rows may come from different
+agents of different envs):
+
+* ``RolloutRequest.obs`` leaves have shape ``(B, *obs_shape)``.
+* ``default_policy_state`` describes **one agent** and follows the seed convention:
+  every leaf has a batch slot of size 1 at axis 1, e.g. ``hx: (layers, 1, hidden)``.
+  In requests, results and sample batches that slot is moved to the front and the
+  rows are stacked there: ``hx`` arrives as ``(B, layers, hidden)`` in
+  ``RolloutRequest.policy_state`` and as ``(T, B, layers, hidden)`` in
+  ``SampleBatch.policy_state``. A recurrent policy transposes to ``(layers, B, hidden)``
+  for ``torch.nn.GRU`` and back before returning ``RolloutResult.policy_state`` in the
+  same ``(B, layers, hidden)`` layout. The system resets an agent's state to
+  ``default_policy_state`` before the first observation of every episode (``on_reset``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpcrl.api.namedarray import NamedArray, namedarray
+from hpcrl.api.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpcrl.api import config
+    from hpcrl.api.trainer import SampleBatch
+
+__all__ = [
+    "Policy",
+    "SingleModelPytorchPolicy",
+    "RolloutRequest",
+    "RolloutResult",
+    "register",
+    "make",
+    "ALL_POLICIES",
+    "state_from_agent",
+    "state_to_agent",
+]
+
+
+@namedarray
+class RolloutRequest:
+    """A batch of observations to act on.
+
+    Attributes:
+        obs: NamedArray of named inputs, leaves ``(B, ...)``.
+        policy_state: per-row policy state, leaves ``(B, ...)`` (see the module docstring), or ``None``.
+        is_evaluation: bool ``(B, 1)``: act deterministically for these rows.
+        on_reset: bool ``(B, 1)``: ``obs`` is the first observation of an episode.
+    """
+
+    obs: NamedArray
+    policy_state: NamedArray | None = None
+    is_evaluation: np.ndarray | None = None
+    on_reset: np.ndarray | None = None
+
+
+@namedarray
+class RolloutResult:
+    """The policy's answer to a :class:`RolloutRequest`, row for row.
+
+    Attributes:
+        action: NamedArray of actions, leaves ``(B, ...)`` (built-ins use ``Action(x=...)``).
+        policy_state: the next policy state, same layout as in the request, or ``None``.
+        analyzed_result: NamedArray kept with the sample for training, e.g. ``log_prob`` and ``value``.
+    """
+
+    action: NamedArray
+    policy_state: NamedArray | None = None
+    analyzed_result: NamedArray | None = None
+
+
+def state_to_agent(state: NamedArray | None) -> NamedArray | None:
+    """Drop the size-1 batch slot (axis 1) of every leaf of a single-agent policy state.
+
+    ``hx: (layers, 1, hidden)`` becomes ``(layers, hidden)``, the row layout used in batches.
+
+    Raises:
+        ValueError: a leaf has no size-1 axis 1 (names the field and its shape).
+    """
+    if state is None:
+        return None
+    for path, leaf in state.flat_items():
+        if np.ndim(leaf) < 2 or np.shape(leaf)[1] != 1:
+            raise ValueError(
+                f"default_policy_state.{path} has shape {tuple(np.shape(leaf))}; expected a batch slot of size 1 "
+                f"at axis 1, e.g. (layers, 1, hidden)"
+            )
+    return state.apply(lambda x: np.asarray(x)[:, 0])
+
+
+def state_from_agent(row_state: NamedArray | None) -> NamedArray | None:
+    """Inverse of :func:`state_to_agent`: re-insert the size-1 batch slot at axis 1."""
+    if row_state is None:
+        return None
+    return row_state.apply(lambda x: np.asarray(x)[:, None])
+
+
+class Policy(abc.ABC):
+    """A policy acts on batches of observations and analyses samples for its trainer.
+
+    Subclasses implement :meth:`rollout`, :meth:`analyze`, :meth:`get_checkpoint`,
+    :meth:`load_checkpoint`, :meth:`state_dict`/:meth:`load_state_dict` (the weights
+    published to inference ranks) and the :attr:`version` counter.
+    """
+
+    @property
+    def default_policy_state(self) -> NamedArray | None:
+        """One agent's initial state (leaves with a size-1 slot at axis 1), or ``None`` if stateless."""
+        return None
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> int:
+        """Number of trainer updates applied to these weights."""
+
+    @abc.abstractmethod
+    def inc_version(self) -> None:
+        """Increment :attr:`version` (the trainer calls this after each update)."""
+
+    @abc.abstractmethod
+    def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
+        """Act on a batch of observations (numpy in, numpy out)."""
+
+    @abc.abstractmethod
+    def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> Any:
+        """Recompute what the ``target`` trainer needs (log-probs, values, ...) on ``sample``."""
+
+    @abc.abstractmethod
+    def get_checkpoint(self) -> dict[str, Any]:
+        """Everything needed to restore the policy: tensors, arrays and plain types only."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore from :meth:`get_checkpoint`'s output."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights to publish to inference ranks (name -> tensor/array); empty if none."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Load weights from :meth:`state_dict`."""
+
+    def parameters(self) -> Iterator[Any]:
+        """Trainable parameters (torch tensors); empty if none."""
+        return iter(())
+
+    def set_version(self, version: int) -> None:
+        """Set the version (used when weights arrive from the trainer)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support set_version")
+
+
+class SingleModelPytorchPolicy(Policy):
+    """A policy around one ``torch.nn.Module``: device, version counter and tensor-only checkpoints.
+
+    Subclasses implement :meth:`rollout` and :meth:`analyze` using :attr:`net`. The
+    system moves the policy to a device with :meth:`to`; trainers synchronise gradients
+    through the injected sync object (see :class:`hpcrl.api.trainer.Trainer`), so no DDP
+    wrapper is needed.
+
+    Args:
+        net: the model.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self._net = net
+        self._version = 0
+        self._device: Any = "cpu"
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The wrapped model."""
+        return self._net
+
+    @property
+    def device(self) -> Any:
+        """Where the model lives."""
+        return self._device
+
+    def to(self, device: Any) -> SingleModelPytorchPolicy:
+        """Move the model to ``device`` (``"cpu"``, ``"cuda"``, ...); returns self."""
+        self._net.to(device)
+        self._device = device
+        return self
+
+    @property
+    def version(self) -> int:
+        """Number of trainer updates applied to these weights."""
+        return self._version
+
+    def inc_version(self) -> None:
+        """Increment :attr:`version`."""
+        self._version += 1
+
+    def set_version(self, version: int) -> None:
+        """Set :attr:`version` (weights received from the trainer)."""
+        self._version = int(version)
+
+    def parameters(self) -> Iterator[Any]:
+        """The model's parameters."""
+        return iter(self._net.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The model's state dict (tensors)."""
+        return dict(self._net.state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load model weights (tensors or numpy arrays)."""
+        import torch
+
+        sd = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+        self._net.load_state_dict(sd)
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        """``{"model": {name: tensor}, "version": int}`` (tensors on CPU)."""
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self._net.state_dict().items()},
+            "version": self._version,
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore model weights and version.
+
+        Raises:
+            KeyError: the checkpoint lacks ``model`` or ``version``.
+        """
+        self.load_state_dict(checkpoint["model"])
+        self._version = int(checkpoint["version"])
+
+
+ALL_POLICIES: Registry[Policy] = Registry("policy")
+
+for _name, _target in {
+    "actor-critic-separate": "hpcrl.policies.actor_critic:make_separate",
+    "actor-critic-shared": "hpcrl.policies.actor_critic:make_shared",
+    "random": "hpcrl.policies.random:RandomPolicy",
+}.items():
+    ALL_POLICIES.register(_name, _target)
+
+
+def register(name: str, policy_class: Any) -> None:
+    """Register a policy class (or factory, or ``"module:attr"`` string) under ``name``."""
+    ALL_POLICIES.register(name, policy_class)
+
+
+def make(spec: config.Policy | str, **kwargs: Any) -> Policy:
+    """Build a policy from a ``config.Policy`` spec or a registered name.
+
+    Raises:
+        RegistryError: unknown name (the message lists the registered ones).
+        TypeError: the result is not a :class:`Policy`.
+    """
+    if isinstance(spec, str):
+        name, args = spec, dict(kwargs)
+    else:
+        name, args = spec.type_, {**spec.args, **kwargs}
+    policy = ALL_POLICIES.make(name, **args)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy {name!r} built a {type(policy).__name__}, which is not an hpcrl Policy")
+    return policy

