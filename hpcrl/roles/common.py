@@ -1,0 +1,148 @@
+"""Building blocks every role shares: component construction from config, seeds, env naming."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hpcrl.api import config
+from hpcrl.api.environment import Environment
+from hpcrl.api.environment import make as make_env
+from hpcrl.api.policy import Policy
+from hpcrl.api.policy import make as make_policy
+from hpcrl.api.trainer import Trainer
+from hpcrl.api.trainer import make as make_trainer
+
+__all__ = [
+    "env_label",
+    "env_factory",
+    "env_seed",
+    "resolve_policy_spec",
+    "build_policy",
+    "build_trainer",
+    "seed_everything",
+    "set_torch_threads",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+#: built-in policies whose obs_dim/action_dim can be inferred from the env's spaces.
+_INFERABLE = {"actor-critic-separate", "actor-critic-shared"}
+
+
+def env_label(spec: config.Environment) -> str:
+    """A short name for messages: ``gym:CartPole-v1``, ``quickstart-multiagent``, ..."""
+    for key in ("id", "game", "env"):
+        if key in spec.args:
+            return f"{spec.type_}:{spec.args[key]}"
+    return spec.type_
+
+
+def env_seed(base_seed: int, global_env_index: int) -> int:
+    """Seed of env number ``global_env_index`` (over all actors) for a run seeded with ``base_seed``."""
+    return int(np.random.SeedSequence([base_seed, global_env_index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def env_factory(spec: config.Environment) -> Callable[[int], Environment]:
+    """A function building one env from ``spec`` (the index is for messages only)."""
+
+    def build(index: int) -> Environment:
+        return make_env(spec)
+
+    return build
+
+
+def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:
+    """The policy spec with ``obs_dim``/``action_dim`` filled from the env's spaces when omitted.
+
+    For the built-in actor-critic policies the env's declared spaces also check the
+    given dims: a mismatch raises ``ValueError`` naming the input and both shapes.
+    """
+    spec = cfg.policy
+    if spec.type_ not in _INFERABLE:
+        return spec
+    env = make_env(cfg.environment)
+    try:
+        obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
+    finally:
+        env.close()
+    if not obs_spaces or not act_spaces:
+        if "obs_dim" not in spec.args or "action_dim" not in spec.args:
+            raise ValueError(
+                f"policy {spec.type_!r}: env {env_label(cfg.environment)} declares no observation/action spaces, "
+                f"so policy.args.obs_dim and policy.args.action_dim must be given"
+            )
+        return spec
+    from hpcrl.policies.actor_critic import check_policy_against_spaces, policy_args_from_spaces
+
+    inferred = policy_args_from_spaces(obs_spaces[0], act_spaces[0])
+    args = dict(spec.args)
+    for key, value in inferred.items():
+        args.setdefault(key, value)
+    check_policy_against_spaces(args, obs_spaces[0], act_spaces[0])
+    return dataclasses.replace(spec, args=args)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = None) -> Policy:
+    """Build the policy and move it to ``device`` (if it supports ``to``)."""
+    args = dict(spec.args)
+    if seed is not None and "seed" not in args and spec.type_ in _INFERABLE:
+        args["seed"] = seed
+    policy = make_policy(dataclasses.replace(spec, args=args))
+    to = getattr(policy, "to", None)
+    if callable(to) and device != "cpu":
+        to(device)
+    return policy
+
+
+def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:
+    """Build the trainer for ``policy`` and apply the system's non-finite policy."""
+    trainer = make_trainer(spec, policy)
+    trainer.nonfinite = training.nonfinite
+    return trainer
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and (if already imported) torch."""
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def set_torch_threads(n: int) -> None:
+    """Limit torch (if imported) and BLAS threads to ``n`` per rank."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def default_state_row(policy: Policy) -> Any:
+    """The policy's default state in row layout (size-1 slot removed), or None."""
+    from hpcrl.api.policy import state_to_agent
+
+    return state_to_agent(policy.default_policy_state)

@@ -1,0 +1,331 @@
+"""The actor's env ring: steps environments, keeps per-agent policy state, assembles trajectories.
+
+No torch and no MPI here: an actor rank with remote inference imports only numpy and
+the environment. The ring is split into groups (two halves with remote inference, so
+one half steps while the other waits for actions). For each group the actor asks for
+a :class:`RolloutRequest` (:meth:`EnvRing.request`), gets a :class:`RolloutResult` back
+from whatever runs the policy, and hands it to :meth:`EnvRing.consume`, which records
+the rows, steps (or resets) the envs and stages the next observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hpcrl.api.environment import Environment, StepResult
+from hpcrl.api.namedarray import NamedArray, stack
+from hpcrl.api.policy import RolloutRequest, RolloutResult
+from hpcrl.api.trainer import SampleBatch
+from hpcrl.roles.trajectory import TrajectoryBuffer
+
+__all__ = ["EnvRing", "EnvError", "Episode"]
+
+log = logging.getLogger(__name__)
+
+#: with ``check_env: first``, results are validated for this many steps of each env.
+CHECK_FIRST_STEPS = 100
+
+
+class EnvError(RuntimeError):
+    """An environment raised, or returned something the actor cannot use (names env and actor)."""
+
+
+@dataclasses.dataclass
+class Episode:
+    """A finished episode of one agent."""
+
+    ret: float
+    length: int
+    version: int
+
+
+def _as_flag(x: Any) -> np.ndarray:
+    a = np.asarray(x, dtype=np.bool_)
+    return a.reshape(1) if a.ndim == 0 else a
+
+
+def _as_reward(x: Any) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float32)
+    return a.reshape(1) if a.ndim == 0 else a
+
+
+class _Group:
+    """One group (half) of the ring: its envs, agent slots, states and trajectory buffer."""
+
+    def __init__(self, env_ids: list[int], envs: list[Environment], fragment_length: int) -> None:
+        self.env_ids = env_ids
+        self.envs = envs
+        self.slot_of: list[list[int]] = []
+        n = 0
+        for env in envs:
+            k = int(env.agent_count)
+            self.slot_of.append(list(range(n, n + k)))
+            n += k
+        self.num_slots = n
+        self.current: list[StepResult | None] = [None] * n
+        self.on_reset = np.zeros(n, np.bool_)
+        self.state: NamedArray | None = None
+        self.traj = TrajectoryBuffer(n, fragment_length)
+        self.ep_return = np.zeros(n, np.float64)
+        self.ep_length = np.zeros(n, np.int64)
+        self.pending: tuple[np.ndarray, RolloutRequest, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.steps = [0] * len(envs)
+        self.failures = [0] * len(envs)
+
+
+class EnvRing:
+    """Steps ``num_envs`` environments in ``num_groups`` groups and assembles SampleBatch fragments.
+
+    Args:
+        make_env: builds env number ``i`` (``0 <= i < num_envs``).
+        num_envs: environments on this actor.
+        num_groups: 1, or 2 to alternate halves with remote inference.
+        fragment_length: ``T`` decision rows per fragment.
+        default_state: one agent's default policy state in row layout (size-1 slot removed), or None.
+        env_name: for messages (e.g. ``gym:CartPole-v1``).
+        where: who runs this ring, for messages (e.g. ``actor rank 3``).
+        seeds: seed for each env (``env.seed`` is called before the first reset).
+        check: ``"first"``, ``"always"`` or ``"off"``: validate results against declared spaces.
+        env_failure: ``"fail"`` or ``"recreate"``.
+        max_env_failures: consecutive failures of one env before giving up (with ``recreate``).
+    """
+
+    def __init__(
+        self,
+        make_env: Callable[[int], Environment],
+        num_envs: int,
+        num_groups: int,
+        fragment_length: int,
+        default_state: NamedArray | None,
+        env_name: str,
+        where: str = "actor",
+        seeds: list[int] | None = None,
+        check: str = "first",
+        env_failure: str = "fail",
+        max_env_failures: int = 3,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"{where}: envs_per_actor must be >= 1, got {num_envs}")
+        num_groups = max(1, min(num_groups, num_envs))
+        self.make_env = make_env
+        self.env_name = env_name
+        self.where = where
+        self.default_state = default_state
+        self.check_mode = check
+        self.env_failure = env_failure
+        self.max_env_failures = max_env_failures
+        self.seeds = seeds or list(range(num_envs))
+        self.frames = 0
+        self.env_failures = 0
+        self.episodes: list[Episode] = []
+        self._checkers: dict[int, Any] = {}
+        ids = list(range(num_envs))
+        split = [ids[g::num_groups] for g in range(num_groups)]
+        self.groups: list[_Group] = []
+        for env_ids in split:
+            envs = [self._build(i) for i in env_ids]
+            self.groups.append(_Group(env_ids, envs, fragment_length))
+        for g in self.groups:
+            if default_state is not None:
+                g.state = stack([default_state] * g.num_slots)
+            for j in range(len(g.envs)):
+                self._reset(g, j)
+
+    # ------------------------------------------------------------------ env handling
+    def _build(self, i: int) -> Environment:
+        try:
+            env = self.make_env(i)
+            env.seed(int(self.seeds[i]))
+        except Exception as e:
+            raise EnvError(f"{self.where}: building env {self.env_name} #{i} failed: {type(e).__name__}: {e}") from e
+        return env
+
+    def _checker(self, i: int, env: Environment) -> Any:
+        chk = self._checkers.get(i)
+        if chk is None:
+            from hpcrl.envs.checks import EnvChecker
+
+            chk = EnvChecker(self.env_name, env.agent_count, env.observation_spaces, env.action_spaces)
+            self._checkers[i] = chk
+        return chk
+
+    def _accept(self, g: _Group, j: int, results: Any, what: str) -> None:
+        """Validate and stage the results of env ``j`` of group ``g``."""
+        env = g.envs[j]
+        i = g.env_ids[j]
+        slots = g.slot_of[j]
+        if not isinstance(results, list) or len(results) != len(slots):
+            n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+            raise EnvError(
+                f"{self.where}: env {self.env_name} #{i} {what} returned {n} results, "
+                f"expected a list of agent_count={len(slots)} StepResult/None"
+            )
+        if self.check_mode == "always" or (self.check_mode == "first" and g.steps[j] < CHECK_FIRST_STEPS):
+            try:
+                self._checker(i, env).check(results, where=what)
+            except ValueError as e:
+                raise EnvError(f"{self.where}: env #{i}: {e}") from e
+        for s, r in zip(slots, results):
+            if r is not None and (type(r.reward) is not np.ndarray or r.reward.ndim == 0):
+                r.reward = _as_reward(r.reward)
+            if r is not None and (type(r.done) is not np.ndarray or r.done.ndim == 0):
+                r.done = _as_flag(r.done)
+            if r is not None and (type(r.truncated) is not np.ndarray or r.truncated.ndim == 0):
+                r.truncated = _as_flag(r.truncated)
+            g.current[s] = r
+
+    def _reset(self, g: _Group, j: int) -> None:
+        env = g.envs[j]
+        try:
+            results = env.reset()
+        except Exception as e:  # noqa: BLE001 - user code; handled per policy below
+            self._failed(g, j, "reset", e)
+            return
+        self._accept(g, j, results, "reset")
+        slots = np.asarray(g.slot_of[j])
+        g.on_reset[slots] = True
+        g.ep_return[slots] = 0.0
+        g.ep_length[slots] = 0
+        if g.state is not None and self.default_state is not None:
+            g.state[slots] = stack([self.default_state] * len(slots))
+
+    def _failed(self, g: _Group, j: int, what: str, exc: BaseException) -> None:
+        i = g.env_ids[j]
+        msg = f"{self.where}: env {self.env_name} #{i} raised in {what}: {type(exc).__name__}: {exc}"
+        if self.env_failure != "recreate":
+            raise EnvError(msg) from exc
+        g.failures[j] += 1
+        self.env_failures += 1
+        if g.failures[j] > self.max_env_failures:
+            raise EnvError(f"{msg} ({g.failures[j]} consecutive failures, max_env_failures={self.max_env_failures})")
+        log.warning("%s; recreating it and dropping its partial episode (failure %d)", msg, g.failures[j])
+        slots = np.asarray(g.slot_of[j])
+        g.traj.mark_truncated(slots)
+        for s in slots:
+            g.current[s] = None
+        try:
+            g.envs[j].close()
+        except Exception:  # noqa: BLE001 - the env is being replaced anyway
+            pass
+        g.envs[j] = self._build(i)
+        g.steps[j] = 0
+        self._reset(g, j)
+
+    # ------------------------------------------------------------------ the cycle
+    @property
+    def num_groups(self) -> int:
+        """Number of groups in the ring."""
+        return len(self.groups)
+
+    def num_slots(self, group: int) -> int:
+        """Agent slots in ``group`` (columns of its fragments)."""
+        return self.groups[group].num_slots
+
+    def request(self, group: int) -> RolloutRequest:
+        """Stage the acting agents of ``group`` and return their :class:`RolloutRequest`.
+
+        Raises:
+            EnvError: no agent of the group can act (every env returned only ``None``).
+        """
+        g = self.groups[group]
+        acting = np.fromiter((r is not None for r in g.current), np.bool_, g.num_slots).nonzero()[0]
+        if acting.size == 0:
+            raise EnvError(f"{self.where}: no agent can act in env group {group}: every StepResult is None")
+        rs = [g.current[s] for s in acting]
+        obs = stack([r.obs for r in rs])  # type: ignore[union-attr]
+        reward = np.stack([r.reward for r in rs])  # type: ignore[union-attr]
+        done = np.stack([r.done for r in rs])  # type: ignore[union-attr]
+        trunc = np.stack([r.truncated for r in rs])  # type: ignore[union-attr]
+        state = None if g.state is None else g.state[acting]
+        req = RolloutRequest(
+            obs=obs,
+            policy_state=state,
+            is_evaluation=np.zeros((acting.size, 1), np.bool_),
+            on_reset=g.on_reset[acting].reshape(-1, 1).copy(),
+        )
+        g.pending = (acting, req, reward, done, trunc)
+        return req
+
+    def consume(self, group: int, result: RolloutResult, version: int) -> None:
+        """Record the rows of the pending request of ``group``, then step or reset its envs.
+
+        Raises:
+            EnvError: the result does not fit the request (row count), or an env failed and
+                ``env_failure`` is ``fail``.
+        """
+        g = self.groups[group]
+        if g.pending is None:
+            raise RuntimeError(f"{self.where}: consume() without a pending request for group {group}")
+        acting, req, reward, done, trunc = g.pending
+        g.pending = None
+        n = acting.size
+        if len(result.action) != n:
+            raise EnvError(f"{self.where}: the policy returned {len(result.action)} actions for {n} requests")
+        row = SampleBatch(
+            obs=req.obs,
+            policy_state=req.policy_state,
+            action=result.action,
+            analyzed_result=result.analyzed_result,
+            reward=reward,
+            done=done,
+            truncated=trunc,
+            policy_version=np.full((n, 1), version, np.int64),
+            on_reset=req.on_reset,
+        )
+        g.traj.add(acting, row)
+        if g.state is not None and result.policy_state is not None:
+            g.state[acting] = result.policy_state
+        g.on_reset[acting] = False
+        terminal = (done | trunc).any(axis=1)
+        g.ep_return[acting] += reward.sum(axis=1)
+        # episodes end on terminal rows; the reward of an on_reset row is 0 by contract
+        g.ep_length[acting] += 1
+        for k in terminal.nonzero()[0]:
+            s = acting[k]
+            self.episodes.append(Episode(float(g.ep_return[s]), int(g.ep_length[s]) - 1, version))
+            g.current[s] = None
+        row_of = {int(s): k for k, s in enumerate(acting)}
+        act = result.action
+        for j, slots in enumerate(g.slot_of):
+            if all(g.current[s] is None for s in slots):
+                self._reset(g, j)
+                continue
+            actions: list[NamedArray | None] = [
+                act[row_of[s]] if g.current[s] is not None and s in row_of else None for s in slots
+            ]
+            try:
+                results = g.envs[j].step(actions)
+            except Exception as e:  # noqa: BLE001 - user code; handled per policy
+                self._failed(g, j, f"step {g.steps[j]}", e)
+                continue
+            g.steps[j] += 1
+            g.failures[j] = 0
+            self.frames += 1
+            self._accept(g, j, results, f"step {g.steps[j]}")
+
+    def pop_fragments(self, group: int | None = None) -> list[SampleBatch]:
+        """Completed ``(T + 1, slots)`` fragments of one group (or all groups)."""
+        groups = self.groups if group is None else [self.groups[group]]
+        out: list[SampleBatch] = []
+        for g in groups:
+            out.extend(g.traj.pop_ready())
+        return out
+
+    def pop_episodes(self) -> list[Episode]:
+        """Episodes finished since the last call."""
+        eps, self.episodes = self.episodes, []
+        return eps
+
+    def close(self) -> None:
+        """Close every env (errors are logged, not raised)."""
+        for g in self.groups:
+            for env in g.envs:
+                try:
+                    env.close()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("%s: closing env %s failed: %s", self.where, self.env_name, e)

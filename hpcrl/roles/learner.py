@@ -1,0 +1,245 @@
+"""Trainer-role logic shared by the local runner and trainer ranks: batches, steps, checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcrl.api import config
+from hpcrl.api.policy import Policy
+from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
+from hpcrl.roles.batcher import Batcher
+
+__all__ = ["Learner", "rng_state", "set_rng_state"]
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (python, numpy, torch) as a checkpoint tree (arrays and plain types)."""
+    import torch
+
+    py = random.getstate()
+    npst = np.random.get_state()
+    return {
+        "python": {"version": py[0], "state": np.asarray(py[1], np.int64), "gauss": py[2]},
+        "numpy": {
+            "kind": str(npst[0]),
+            "key": np.asarray(npst[1]),
+            "pos": int(npst[2]),
+            "has_gauss": int(npst[3]),
+            "cached_gaussian": float(npst[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s output."""
+    import torch
+
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in np.asarray(py["state"])), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (str(n["kind"]), np.asarray(n["key"], np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+    )
+    torch.set_rng_state(torch.as_tensor(np.asarray(state["torch"]), dtype=torch.uint8))
+
+
+class Learner:
+    """Owns the trainer side of a run: the batcher, trainer steps, counters and (on the leader) checkpoints.
+
+    Args:
+        cfg: the experiment.
+        policy: the trained policy.
+        trainer: the trainer (its ``sync`` already injected).
+        batch_size: columns per trainer step.
+        leader: this rank writes checkpoints.
+        run_dir: the prepared run directory (None: no checkpoints, e.g. ``test_pipeline``).
+        config_text: the resolved config YAML stored in checkpoints.
+        trace: this rank's trace writer, or None.
+        extra_attrs: more root attributes for checkpoints (world size, layout).
+    """
+
+    def __init__(
+        self,
+        cfg: config.ExperimentConfig,
+        policy: Policy,
+        trainer: Trainer,
+        batch_size: int,
+        leader: bool = True,
+        run_dir: Path | None = None,
+        config_text: str = "",
+        trace: Any = None,
+        extra_attrs: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.policy = policy
+        self.trainer = trainer
+        self.batcher = Batcher(batch_size, cfg.training.max_staleness)
+        self.leader = leader
+        self.trace = trace
+        self.config_text = config_text
+        self.extra_attrs = dict(extra_attrs or {})
+        self.steps = 0
+        self.skipped_steps = 0
+        self.frames = 0
+        self.last_stats: dict[str, float] = {}
+        self.last_checkpoint: Path | None = None
+        self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_step = 0
+        self._ckpt = None
+        self.saves_failed = 0
+        if run_dir is not None and leader:
+            from hpcrl.storage.checkpoint import CheckpointManager
+
+            self._ckpt = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints)
+
+    # ------------------------------------------------------------------ data
+    def add(self, fragment: SampleBatch) -> bool:
+        """Queue a fragment (dropped and counted if stale)."""
+        return self.batcher.add(fragment, self.policy.version)
+
+    def ready(self) -> bool:
+        """Whether a full batch is queued."""
+        return self.batcher.ready()
+
+    def step(self) -> TrainerStepResult | None:
+        """Run one trainer step if a batch is ready.
+
+        Raises:
+            NonFiniteError: a NaN/Inf loss with ``training.nonfinite: stop``.
+            RuntimeError: the trainer failed on the batch (message names the trainer).
+        """
+        batch = self.batcher.pop(self.policy.version)
+        if batch is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            result = self.trainer.step(batch)
+        except NonFiniteError:
+            raise
+        except (AttributeError, KeyError, TypeError) as e:
+            raise RuntimeError(
+                f"trainer {self.cfg.trainer.type_!r} failed on a batch from policy {self.cfg.policy.type_!r}: "
+                f"{type(e).__name__}: {e} (does the policy's analyze() return what the trainer needs?)"
+            ) from e
+        dt = time.perf_counter() - t0
+        self.steps += 1
+        if result.skipped:
+            self.skipped_steps += 1
+        stats = dict(result.stats)
+        stats["dropped_fragments"] = float(self.batcher.dropped)
+        stats["skipped_steps"] = float(self.skipped_steps)
+        stats["step_seconds"] = dt
+        self.last_stats = stats
+        if self.trace is not None:
+            self.trace.add_time("trainer_step", dt)
+            self.trace.trainer_step(self.steps, self.frames, stats)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_due(self) -> bool:
+        """Whether the step/second cadence asks for a checkpoint now."""
+        if self._ckpt is None:
+            return False
+        run = self.cfg.run
+        if run.checkpoint_every_steps and self.steps - self._last_ckpt_step >= run.checkpoint_every_steps:
+            return True
+        return bool(
+            run.checkpoint_every_seconds and time.monotonic() - self._last_ckpt_time >= run.checkpoint_every_seconds
+        )
+
+    def save(self, reason: str = "periodic") -> Path | None:
+        """Write a checkpoint (leader only). A failed save is logged; with ``on_save_error: stop`` it raises."""
+        if self._ckpt is None:
+            return None
+        from hpcrl import __version__
+        from hpcrl.storage.checkpoint import CheckpointError
+
+        tree = {
+            "policy": self.policy.get_checkpoint(),
+            "trainer": self.trainer.get_checkpoint(),
+            "system": {
+                "frames": int(self.frames),
+                "trainer_steps": int(self.steps),
+                "skipped_steps": int(self.skipped_steps),
+                "dropped_fragments": int(self.batcher.dropped),
+                "rng": rng_state(),
+            },
+        }
+        attrs = {
+            "version": int(self.policy.version),
+            "frames": int(self.frames),
+            "trainer_steps": int(self.steps),
+            "time": time.time(),
+            "hpcrl_version": __version__,
+            "config": self.config_text,
+            "reason": reason,
+            **self.extra_attrs,
+        }
+        t0 = time.perf_counter()
+        try:
+            path: Path = self._ckpt.save(tree, attrs)
+        except CheckpointError as e:
+            self.saves_failed += 1
+            log.error("checkpoint save failed (%s): %s", reason, e)
+            if self.cfg.run.on_save_error == "stop":
+                raise
+            return None
+        finally:
+            self._last_ckpt_time = time.monotonic()
+            self._last_ckpt_step = self.steps
+        dt = time.perf_counter() - t0
+        if self.trace is not None:
+            self.trace.add_time("checkpoint", dt)
+        self.last_checkpoint = path
+        log.info("checkpoint %s (version %d, %d frames, %.2fs)", path.name, self.policy.version, self.frames, dt)
+        return path
+
+    def restore(self, path: Path | None = None) -> Path | None:
+        """Resume from ``path`` or, on the leader, the newest valid checkpoint; returns the file used.
+
+        Raises:
+            CheckpointError: checkpoints exist but none is valid (never a silent fresh start).
+        """
+        from hpcrl.storage.checkpoint import load_checkpoint
+
+        if path is None:
+            if self._ckpt is None:
+                return None
+            self._ckpt.sweep_tmp()
+            found = self._ckpt.latest_valid()
+            if found is None:
+                return None
+            path, tree, attrs = found
+        else:
+            tree, attrs = load_checkpoint(path)
+        self.check_compatible(path, attrs)
+        self.policy.load_checkpoint(tree["policy"])
+        self.trainer.load_checkpoint(tree.get("trainer", {}))
+        system = tree.get("system", {})
+        self.frames = int(system.get("frames", 0))
+        self.steps = int(system.get("trainer_steps", 0))
+        self.skipped_steps = int(system.get("skipped_steps", 0))
+        self.batcher.dropped = int(system.get("dropped_fragments", 0))
+        if "rng" in system:
+            set_rng_state(system["rng"])
+        self._last_ckpt_step = self.steps
+        log.info("resumed from %s: version %d, %d frames, %d trainer steps", path, self.policy.version, self.frames, self.steps)
+        return path
+
+    def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
+        """Log how the checkpoint's layout differs from this run's (weights and optimizer state are the same on
+        every trainer rank, so a different world size or layout resumes correctly; only batch composition changes).
+        """
+        for key in ("world_size", "layout"):
+            mine, theirs = self.extra_attrs.get(key), attrs.get(key)
+            if mine is not None and theirs is not None and str(mine) != str(theirs):
+                log.warning("%s was written with %s=%s; this run has %s=%s (resuming anyway)", path, key, theirs, key, mine)

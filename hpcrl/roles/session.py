@@ -1,0 +1,142 @@
+"""Per-process run context: run directory, resolved config, trace file, stop flag and signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hpcrl.api import config
+
+__all__ = ["Session", "StopFlag", "install_signal_handlers", "write_text_atomic"]
+
+log = logging.getLogger(__name__)
+
+
+class StopFlag:
+    """Set asynchronously (signal handler, control message); checked at step boundaries."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        """Ask the run to stop (the first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self.reason is not None
+
+
+def install_signal_handlers(flag: StopFlag) -> None:
+    """SIGTERM and SIGUSR1 (SLURM preemption) set ``flag``; a second SIGINT interrupts for real."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and flag.is_set():
+            raise KeyboardInterrupt
+        flag.set(name)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+
+
+def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same dir, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class Session:
+    """What one process of a run needs besides its role: the run dir, config text, and its trace.
+
+    Args:
+        cfg: the experiment.
+        rank: this process's rank.
+        role: ``local``, ``trainer``, ``inference`` or ``actor``.
+        world_size: ranks in the job.
+        leader: prepares the run dir and writes ``config.yaml``; others only open their trace
+            (call :meth:`open_trace` after the leader is done).
+    """
+
+    def __init__(
+        self, cfg: config.ExperimentConfig, rank: int, role: str, world_size: int, leader: bool, open_trace: bool = True
+    ) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.role = role
+        self.world_size = world_size
+        self.leader = leader
+        self.config_text = config.dump(cfg)
+        self.run_dir = Path(cfg.run_dir)
+        self.trace: Any = None
+        if leader:
+            self.prepare()
+        if open_trace:
+            self.open_trace()
+
+    def prepare(self) -> None:
+        """Create the run dir (0700), move old checkpoints/traces aside for a fresh run, save config.yaml.
+
+        Raises:
+            OSError: the run dir cannot be created or written (names the path).
+        """
+        from hpcrl.storage.checkpoint import prepare_run_dir
+
+        self.run_dir = prepare_run_dir(self.run_dir)
+        if self.cfg.run.fresh:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for sub in ("checkpoints", "traces"):
+                p = self.run_dir / sub
+                if p.exists() and any(p.iterdir()):
+                    dest = self.run_dir / f"{sub}.old-{stamp}"
+                    os.replace(p, dest)
+                    log.warning("run.fresh: moved the existing %s to %s (nothing deleted)", p, dest)
+            prepare_run_dir(self.run_dir)
+        write_text_atomic(self.run_dir / "config.yaml", self.config_text)
+
+    def open_trace(self) -> None:
+        """Open this rank's trace file (if tracing is on)."""
+        if not self.cfg.run.trace or self.trace is not None:
+            return
+        from hpcrl.storage.trace import TraceWriter
+
+        path = self.run_dir / "traces" / f"rank-{self.rank:04d}.h5"
+        self.trace = TraceWriter(path, self.rank, self.role, flush_seconds=self.cfg.run.trace_flush_seconds)
+
+    @property
+    def host(self) -> str:
+        """This process's host name."""
+        return socket.gethostname()
+
+    def close(self) -> None:
+        """Flush and close the trace."""
+        if self.trace is not None:
+            try:
+                self.trace.close()
+            except Exception as e:  # noqa: BLE001 - closing must not mask the run's own error
+                log.warning("closing trace of rank %d failed: %s", self.rank, e)
+            self.trace = None

@@ -1,0 +1,134 @@
+"""Entry point: ``python -m hpcrl.run exp.yaml [key.path=value ...]``.
+
+One process runs every role inline (the embedded default). Under an MPI launcher,
+``mpiexec -n N python -m mpi4py -m hpcrl.run exp.yaml``, each rank takes the role the
+topology gives it. Any uncaught exception on any rank aborts the whole job with one
+line naming the rank, its role and host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import traceback
+from types import TracebackType
+from typing import Any
+
+from hpcrl.api import config
+
+__all__ = ["main", "launched_under_mpi"]
+
+log = logging.getLogger("hpcrl.run")
+
+#: environment variables that MPI launchers (Hydra, PRRTE/ORTE, PMIx, SLURM) set in every rank.
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "PALS_RANKID")
+
+
+def launched_under_mpi() -> bool:
+    """Whether an MPI launcher started this process (so MPI must be initialised)."""
+    if any(v in os.environ for v in _LAUNCHER_VARS):
+        return True
+    ntasks = os.environ.get("SLURM_NTASKS") or os.environ.get("SLURM_NPROCS")
+    return "SLURM_PROCID" in os.environ and ntasks is not None and ntasks.isdigit() and int(ntasks) > 1
+
+
+def _setup_logging(rank: int, role: str, level: str) -> None:
+    fmt = f"%(asctime)s [rank {rank} {role}] %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S", force=True)
+
+
+def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
+    """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job."""
+    host = socket.gethostname()
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        prefix = f"[rank {rank} {role} {host}]"
+        sys.stderr.write("".join(f"{prefix} {line}\n" for line in text.rstrip().splitlines()))
+        sys.stderr.write(f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m hpcrl.run",
+        description="Train an hpcrl experiment (one process, or every rank of an MPI job).",
+    )
+    p.add_argument("config", help="experiment YAML file")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. experiment.total_frames=50000")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--log-level", default=os.environ.get("HPCRL_LOG_LEVEL", "INFO"))
+    p.add_argument("--summary-json", default=None, help="also write the final summary to this JSON file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the experiment; returns the process exit code."""
+    args = _parse(argv)
+    from hpcrl.roles.session import StopFlag, install_signal_handlers
+
+    try:
+        cfg = config.load(args.config, args.overrides)
+    except config.ConfigError as e:
+        sys.stderr.write(f"hpcrl: config error: {e}\n")
+        return 2
+    if args.print_config:
+        sys.stdout.write(config.dump(cfg))
+        return 0
+    stop = StopFlag()
+    install_signal_handlers(stop)
+    if not launched_under_mpi():
+        _setup_logging(0, "local", args.log_level)
+        return _run_local(cfg, stop, args.summary_json)
+    from hpcrl.comm.mpi import get_world
+
+    comm = get_world()
+    if comm.size == 1:
+        _setup_logging(0, "local", args.log_level)
+        return _run_local(cfg, stop, args.summary_json)
+    from hpcrl.comm.topology import Topology, TopologyError
+
+    try:
+        topo = Topology.build(cfg.layout, comm.size)
+    except TopologyError as e:
+        if comm.rank == 0:
+            sys.stderr.write(f"hpcrl: layout error: {e}\n")
+        return 2
+    role = topo.role_of(comm.rank)
+    _setup_logging(comm.rank, role, args.log_level)
+    _install_abort_hook(comm, comm.rank, role)
+    from hpcrl.roles.distributed import run_rank
+
+    summary = run_rank(cfg, comm, topo, stop)
+    if summary is not None:
+        _report(summary, args.summary_json)
+    return 0
+
+
+def _run_local(cfg: config.ExperimentConfig, stop: Any, summary_json: str | None) -> int:
+    from hpcrl.roles.local import run_local
+
+    summary = run_local(cfg, stop)
+    _report(summary, summary_json)
+    return 0
+
+
+def _report(summary: dict[str, Any], summary_json: str | None) -> None:
+    from hpcrl.progress import format_summary
+
+    sys.stdout.write("\nhpcrl run summary\n" + format_summary(summary) + "\n")
+    sys.stdout.flush()
+    if summary_json:
+        with open(summary_json, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcrl.api import config
+from hpcrl.api.environment import make as make_env
+from hpcrl.api.registry import Registry, RegistryError
+
+
+def test_registry_duplicate_and_unknown():
+    r: Registry[object] = Registry("widget")
+    r.register("a", dict)
+    r.register("a", dict)  # same factory twice is fine
+    with pytest.raises(RegistryError, match="already registered"):
+        r.register("a", list)
+    with pytest.raises(RegistryError, match=r"unknown widget 'aa'.*Did you mean 'a'.*Registered widgets: a"):
+        r.get("aa")
+
+
+def test_registry_lazy_entry():
+    r: Registry[object] = Registry("thing")
+    r.register("od", "collections:OrderedDict")
+    assert r.make("od", x=1) == {"x": 1}
+
+
+def test_unknown_env_lists_known():
+    with pytest.raises(RegistryError, match="Registered environments: .*gym"):
+        make_env(config.Environment(type_="gymm"))
+
+
+BASE = {"environment": {"type_": "gym", "args": {"id": "CartPole-v1"}}, "policy": {"type_": "p"}, "trainer": {"type_": "t"}}
+
+
+def test_config_defaults_and_types():
+    cfg = config.from_dict(dict(BASE, experiment={"total_frames": 1e5}))
+    assert cfg.experiment.total_frames == 100000 and isinstance(cfg.experiment.total_frames, int)
+    assert cfg.layout.actors is None and cfg.run_dir == Path("runs/hpcrl")
+    with pytest.raises(config.ConfigError, match=r"^experiment\.seed: expected an integer, got 'x'"):
+        config.from_dict(dict(BASE, experiment={"seed": "x"}))
+    with pytest.raises(config.ConfigError, match=r"^policy\.type_: missing required key"):
+        config.from_dict(dict(BASE, policy={}))
+    with pytest.raises(config.ConfigError, match=r"run\.progress: expected one of"):
+        config.from_dict(dict(BASE, run={"progress": "fancy"}))
+    with pytest.raises(config.ConfigError, match=r"^bogus: unknown key"):
+        config.from_dict(dict(BASE, bogus=1))
+    with pytest.raises(config.ConfigError, match=r"actor\.envs_per_actor: expected an integer, got True"):
+        config.from_dict(dict(BASE, actor={"envs_per_actor": True}))
+
+
+def test_config_roundtrip_and_overrides(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("environment: {type_: gym, args: {id: CartPole-v1}}\npolicy: {type_: p}\ntrainer: {type_: t}\n")
+    cfg = config.load(p, ["experiment.total_frames=5000", "policy.args.hidden_dim=32", "layout.actors=null"])
+    assert cfg.experiment.total_frames == 5000 and cfg.policy.args == {"hidden_dim": 32}
+    again = config.from_dict(__import__("yaml").safe_load(config.dump(cfg)))
+    assert again == cfg
+    with pytest.raises(config.ConfigError, match=r"exp\.yaml: experiment\.totl_frames: unknown key \(did you mean 'total_frames'"):
+        config.load(p, ["experiment.totl_frames=1"])
+    with pytest.raises(config.ConfigError, match="expected key.path=value"):
+        config.load(p, ["nonsense"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1,\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(bad)
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_yaml_is_safe_loaded(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("environment: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(p)
