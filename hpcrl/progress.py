@@ -54,7 +54,8 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         if mode == "bar":
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 TextColumn("[bold]hpcrl"),
@@ -108,7 +109,8 @@ class Progress:
     def _info(self) -> str:
         ret = self.mean_return
         rtxt = f"{ret:8.2f}" if not math.isnan(ret) else "     n/a"
-        return f"fps {self._fps or self.fps:8,.0f}  return {rtxt}  episodes {self.episodes:,}  steps {self.trainer_steps:,}"
+        fps = self._fps or self.fps
+        return f"fps {fps:8,.0f}  return {rtxt}  episodes {self.episodes:,}  steps {self.trainer_steps:,}"
 
     def line(self) -> str:
         """One progress line."""

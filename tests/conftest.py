@@ -2,13 +2,18 @@
 
 Under a launcher (world size > 1): pytest-mpi's ``--with-mpi`` is implied, only rank 0
 reports, and the first failing test on any rank calls ``MPI_Abort`` so no rank is left
-waiting in a collective (a hang would otherwise last until the timeout).
+waiting in a collective (a hang would otherwise last until the timeout). MPI tests
+(``@pytest.mark.mpi``) run first, on every rank; the serial tests then run once, on
+rank 0, while the other ranks wait in a sleeping (not spinning) barrier. Tests that
+launch their own ``mpiexec`` subprocess use the ``clean_env`` fixture so the child job
+does not inherit this job's launcher variables.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,27 @@ def pytest_configure(config: pytest.Config) -> None:
             config.pluginmanager.unregister(reporter)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    comm = _world()
+    if comm is None or comm.size == 1:
+        return
+    items.sort(key=lambda it: 0 if it.get_closest_marker("mpi") is not None else 1)
+    if comm.rank != 0:
+        skip = pytest.mark.skip(reason="serial test: runs on rank 0 only under MPI")
+        for it in items:
+            if it.get_closest_marker("mpi") is None:
+                it.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    comm = _world()
+    if comm is None or comm.size == 1:
+        return
+    req = comm.Ibarrier()  # wait for rank 0's serial tests without burning a core
+    while not req.Test():
+        time.sleep(0.02)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     outcome = yield
@@ -60,11 +86,20 @@ def mpi_size() -> int:
     return 1 if comm is None else int(comm.size)
 
 
+_LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPI_", "OMPI_", "PRTE_", "MPIR_", "I_MPI_", "SLURM_")
+
+
 @pytest.fixture
-def serial_only() -> None:
-    """Skip the test when running under a multi-rank launcher (subprocess tests run once, on 1 rank)."""
-    if mpi_size() > 1:
-        pytest.skip("runs only in the serial pytest run")
+def clean_env() -> dict[str, str]:
+    """The environment for a subprocess (possibly its own ``mpiexec`` job), without this job's launcher variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_PREFIXES)}
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # Open MPI (if ever swapped in) refuses root and oversubscription without these
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env["PRTE_MCA_rmaps_default_mapping_policy"] = ":oversubscribe"
+    return env
 
 
 @pytest.fixture(scope="session")

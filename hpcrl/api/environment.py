@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, namedarray
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.registry import Registry
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ class StepResult:
     info: NamedArray | dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@namedarray
-class Action:
+class Action(NamedArray):
     """The action record produced by the built-in policies: ``x`` is the (int or float) action."""
 
     x: np.ndarray

@@ -196,7 +196,9 @@ class NamedArray:
             setattr(self, index, value)
             return
         if not isinstance(value, NamedArray):
-            raise TypeError(f"assigning into a {type(self).__name__} slice needs a NamedArray, got {type(value).__name__}")
+            raise TypeError(
+                f"assigning into a {type(self).__name__} slice needs a NamedArray, got {type(value).__name__}"
+            )
         for k, mine in self.items():
             other = getattr(value, k, None) if k in value else None
             if mine is None:

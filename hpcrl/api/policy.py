@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, namedarray
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.registry import Registry
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ __all__ = [
 ]
 
 
-@namedarray
-class RolloutRequest:
+class RolloutRequest(NamedArray):
     """A batch of observations to act on.
 
     Attributes:
@@ -62,8 +61,7 @@ class RolloutRequest:
     on_reset: np.ndarray | None = None
 
 
-@namedarray
-class RolloutResult:
+class RolloutResult(NamedArray):
     """The policy's answer to a :class:`RolloutRequest`, row for row.
 
     Attributes:

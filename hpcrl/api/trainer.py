@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, namedarray
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.registry import Registry
 
 if TYPE_CHECKING:
@@ -35,8 +35,7 @@ __all__ = [
 ]
 
 
-@namedarray(extra=True)
-class SampleBatch:
+class SampleBatch(NamedArray, extra=True):
     """Trajectories for training: every leaf is ``(T + 1, B, ...)`` (time, batch).
 
     Row ``t`` of a column describes one decision point of one agent:
@@ -90,7 +89,7 @@ class GradientSync:
     world_size: int = 1
     rank: int = 0
 
-    def allreduce_gradients(self, params: Iterable[Any]) -> None:  # noqa: B027 - no-op by design
+    def allreduce_gradients(self, params: Iterable[Any]) -> None:
         """Average ``.grad`` of every parameter across trainer ranks, in place (one collective)."""
 
     def allreduce_mean(self, values: np.ndarray) -> np.ndarray:

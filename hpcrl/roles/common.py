@@ -111,11 +111,41 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
     return policy
 
 
-def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:
-    """Build the trainer for ``policy`` and apply the system's non-finite policy."""
+def build_trainer(
+    spec: config.Trainer, policy: Policy, training: config.Training, total_steps_hint: int | None = None
+) -> Trainer:
+    """Build the trainer for ``policy`` and apply the system's non-finite policy.
+
+    Args:
+        spec: the trainer spec.
+        policy: the policy to optimise.
+        training: the trainer-role settings.
+        total_steps_hint: expected trainer steps of the run; passed as ``total_steps`` (for schedules such as
+            linear lr annealing) when the trainer accepts that argument and the spec does not set it.
+    """
+    import inspect
+
+    from hpcrl.api.trainer import ALL_TRAINERS
+
+    if total_steps_hint is not None and "total_steps" not in spec.args:
+        try:
+            params = inspect.signature(ALL_TRAINERS.get(spec.type_)).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "total_steps" in params:
+            spec = dataclasses.replace(spec, args={**spec.args, "total_steps": max(1, int(total_steps_hint))})
     trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
     return trainer
+
+
+def steps_hint(total_frames: int, batch_columns: int, fragment_length: int, agents: int, trainers: int = 1) -> int:
+    """Trainer steps a run of ``total_frames`` env steps will take.
+
+    Each step eats ``batch_columns`` x T rows per trainer rank; one env step gives ``agents`` rows.
+    """
+    frames_per_step = max(1, batch_columns * fragment_length * trainers // max(1, agents))
+    return max(1, -(-total_frames // frames_per_step))
 
 
 def seed_everything(seed: int) -> None:

@@ -183,7 +183,7 @@ class EnvRing:
         env = g.envs[j]
         try:
             results = env.reset()
-        except Exception as e:  # noqa: BLE001 - user code; handled per policy below
+        except Exception as e:
             self._failed(g, j, "reset", e)
             return
         self._accept(g, j, results, "reset")
@@ -210,7 +210,7 @@ class EnvRing:
             g.current[s] = None
         try:
             g.envs[j].close()
-        except Exception:  # noqa: BLE001 - the env is being replaced anyway
+        except Exception:
             pass
         g.envs[j] = self._build(i)
         g.steps[j] = 0
@@ -300,7 +300,7 @@ class EnvRing:
             ]
             try:
                 results = g.envs[j].step(actions)
-            except Exception as e:  # noqa: BLE001 - user code; handled per policy
+            except Exception as e:
                 self._failed(g, j, f"step {g.steps[j]}", e)
                 continue
             g.steps[j] += 1
@@ -327,5 +327,5 @@ class EnvRing:
             for env in g.envs:
                 try:
                     env.close()
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     log.warning("%s: closing env %s failed: %s", self.where, self.env_name, e)

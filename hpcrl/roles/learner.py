@@ -47,7 +47,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((int(py["version"]), tuple(int(x) for x in np.asarray(py["state"])), py["gauss"]))
     n = state["numpy"]
     np.random.set_state(
-        (str(n["kind"]), np.asarray(n["key"], np.uint32), int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+        (
+            str(n["kind"]),
+            np.asarray(n["key"], np.uint32),
+            int(n["pos"]),
+            int(n["has_gauss"]),
+            float(n["cached_gaussian"]),
+        )
     )
     torch.set_rng_state(torch.as_tensor(np.asarray(state["torch"]), dtype=torch.uint8))
 
@@ -232,14 +238,24 @@ class Learner:
         if "rng" in system:
             set_rng_state(system["rng"])
         self._last_ckpt_step = self.steps
-        log.info("resumed from %s: version %d, %d frames, %d trainer steps", path, self.policy.version, self.frames, self.steps)
+        log.info(
+            "resumed from %s: version %d, %d frames, %d trainer steps",
+            path,
+            self.policy.version,
+            self.frames,
+            self.steps,
+        )
         return path
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
-        """Log how the checkpoint's layout differs from this run's (weights and optimizer state are the same on
-        every trainer rank, so a different world size or layout resumes correctly; only batch composition changes).
+        """Log how the checkpoint's layout differs from this run's.
+
+        Weights and optimizer state are the same on every trainer rank, so a different world size
+        or layout resumes correctly; only the batch composition changes.
         """
         for key in ("world_size", "layout"):
             mine, theirs = self.extra_attrs.get(key), attrs.get(key)
             if mine is not None and theirs is not None and str(mine) != str(theirs):
-                log.warning("%s was written with %s=%s; this run has %s=%s (resuming anyway)", path, key, theirs, key, mine)
+                log.warning(
+                    "%s was written with %s=%s; this run has %s=%s (resuming anyway)", path, key, theirs, key, mine
+                )

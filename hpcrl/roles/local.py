@@ -58,7 +58,6 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     spec = common.resolve_policy_spec(cfg)
     device = common.resolve_device(cfg.training.device)
     policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
     n_envs = cfg.actor.envs_per_actor
     ring = EnvRing(
         common.env_factory(cfg.environment),
@@ -74,6 +73,9 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         max_env_failures=cfg.actor.max_env_failures,
     )
     batch_size = cfg.training.batch_size or ring.num_slots(0)
+    agents = max(1, ring.num_slots(0) // n_envs)
+    hint = common.steps_hint(cfg.experiment.total_frames, batch_size, cfg.actor.fragment_length, agents)
+    trainer = common.build_trainer(cfg.trainer, policy, cfg.training, hint)
     trace = session.trace
     learner = Learner(
         cfg,

@@ -137,6 +137,6 @@ class Session:
         if self.trace is not None:
             try:
                 self.trace.close()
-            except Exception as e:  # noqa: BLE001 - closing must not mask the run's own error
+            except Exception as e:
                 log.warning("closing trace of rank %d failed: %s", self.rank, e)
             self.trace = None

@@ -72,7 +72,7 @@ class TrajectoryBuffer:
         assert buf is not None
         cur = self._cursor[slots]
         try:
-            for (path, dst), (_, src) in zip(buf.flat_items(), row.flat_items()):
+            for (_, dst), (_, src) in zip(buf.flat_items(), row.flat_items()):
                 dst[cur, slots] = src
         except (ValueError, IndexError) as e:
             raise ValueError(f"sample row does not match the trajectory layout ({e}); row: {row!r}") from e

@@ -148,7 +148,9 @@ def test_wrong_result_count_named():
             return []
 
     ring = EnvRing(lambda i: Bad(), 1, 1, 4, None, "bad-env", where="actor rank 2", check="off")
-    with pytest.raises(EnvError, match=r"actor rank 2: env bad-env #0 step 1 returned 0 results, expected .*agent_count=1"):
+    with pytest.raises(
+        EnvError, match=r"actor rank 2: env bad-env #0 step 1 returned 0 results, expected .*agent_count=1"
+    ):
         run(ring, 2)
 
 

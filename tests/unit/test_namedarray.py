@@ -81,10 +81,26 @@ def test_torch_roundtrip():
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float16, np.float32, np.float64]
+    "dtype",
+    [
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+    ],
 )
 def test_schema_pack_unpack_every_dtype(dtype):
-    x = NamedArray(v=(np.arange(24) % 2).astype(dtype).reshape(4, 3, 2), none=None, sub=NamedArray(w=np.ones((4,), dtype)))
+    x = NamedArray(
+        v=(np.arange(24) % 2).astype(dtype).reshape(4, 3, 2), none=None, sub=NamedArray(w=np.ones((4,), dtype))
+    )
     schema = Schema.of(x)
     again = Schema.from_json(schema.to_json())
     assert again == schema

@@ -30,7 +30,11 @@ def test_unknown_env_lists_known():
         make_env(config.Environment(type_="gymm"))
 
 
-BASE = {"environment": {"type_": "gym", "args": {"id": "CartPole-v1"}}, "policy": {"type_": "p"}, "trainer": {"type_": "t"}}
+BASE = {
+    "environment": {"type_": "gym", "args": {"id": "CartPole-v1"}},
+    "policy": {"type_": "p"},
+    "trainer": {"type_": "t"},
+}
 
 
 def test_config_defaults_and_types():
@@ -56,7 +60,9 @@ def test_config_roundtrip_and_overrides(tmp_path):
     assert cfg.experiment.total_frames == 5000 and cfg.policy.args == {"hidden_dim": 32}
     again = config.from_dict(__import__("yaml").safe_load(config.dump(cfg)))
     assert again == cfg
-    with pytest.raises(config.ConfigError, match=r"exp\.yaml: experiment\.totl_frames: unknown key \(did you mean 'total_frames'"):
+    with pytest.raises(
+        config.ConfigError, match=r"exp\.yaml: experiment\.totl_frames: unknown key \(did you mean 'total_frames'"
+    ):
         config.load(p, ["experiment.totl_frames=1"])
     with pytest.raises(config.ConfigError, match="expected key.path=value"):
         config.load(p, ["nonsense"])

@@ -1,0 +1,535 @@
+"""Actor-critic policies (separate or shared networks; discrete, multi-discrete or Gaussian actions; MLP or GRU).
+
+Importing this module does not import torch (actor ranks unpack its NamedArray records);
+torch is imported when a policy is built. Two registered factories:
+
+* ``actor-critic-separate`` (:func:`make_separate`): actor and critic are two complete
+  networks (encoders, dense layers, GRU); no parameter is shared, even on common inputs.
+  With ``state_dim`` the critic reads those inputs (a centralized critic) instead of the
+  actor's; ``auxiliary_head=True`` adds a PPG-style value head on the actor's features.
+* ``actor-critic-shared`` (:func:`make_shared`): one torso, a policy head and a value head.
+  ``state_dim`` is ignored (the actor must not depend on a centralized state).
+
+Examples:
+    >>> from hpcrl.api import config
+    >>> from hpcrl.api.policy import make
+    >>> policy = make(config.Policy(type_="actor-critic-separate",
+    ...     args=dict(obs_dim={"obs": 187}, state_dim={"state": 623}, action_dim=16)))
+    >>> policy.default_policy_state is None
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpcrl.api.environment import Action
+from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.policy import RolloutRequest, RolloutResult, SingleModelPytorchPolicy
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpcrl.api.trainer import SampleBatch
+    from hpcrl.trainers.ppo import AnalyzedResult
+
+__all__ = [
+    "ActorCriticPolicy",
+    "ActorCriticState",
+    "SeparateActorCriticState",
+    "RolloutAnalysis",
+    "make_separate",
+    "make_shared",
+    "input_shapes",
+    "policy_args_from_spaces",
+    "check_policy_against_spaces",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ActorCriticState(NamedArray):
+    """GRU state of the shared variant: ``hx`` is ``(layers, 1, hidden)`` per agent."""
+
+    hx: np.ndarray
+
+
+class SeparateActorCriticState(NamedArray):
+    """GRU states of the separate variant: one per network, each ``(layers, 1, hidden)`` per agent."""
+
+    actor_hx: np.ndarray
+    critic_hx: np.ndarray
+
+
+class RolloutAnalysis(NamedArray):
+    """What a rollout keeps for training: behaviour ``log_prob`` ``(B, 1)`` and ``value`` ``(B, value_dim)``."""
+
+    log_prob: np.ndarray
+    value: np.ndarray
+
+
+# ====================================================================== input / space helpers
+def input_shapes(dims: int | Mapping[str, Any] | None, what: str = "obs_dim") -> dict[str, tuple[int, ...]]:
+    """Normalise an ``obs_dim``/``state_dim`` argument to ``{name: shape}``.
+
+    Args:
+        dims: an int (one vector input named ``obs``), or a mapping name -> int (vector
+            size) or sequence (shape, e.g. ``(4, 84, 84)`` for a CHW image), or ``None``.
+        what: the argument's name, for messages.
+
+    Returns:
+        Input name -> per-row shape (``{}`` for ``None``).
+
+    Raises:
+        TypeError: a value is neither an int nor a sequence of ints (names the input).
+
+    Examples:
+        >>> input_shapes(4)
+        {'obs': (4,)}
+        >>> input_shapes({"obs": [4, 84, 84], "extra": 3})
+        {'obs': (4, 84, 84), 'extra': (3,)}
+    """
+    if dims is None:
+        return {}
+    if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+        dims = {"obs": int(dims)}
+    if not isinstance(dims, Mapping):
+        raise TypeError(f"{what} must be an int or a dict of input name -> size/shape, got {dims!r}")
+    out: dict[str, tuple[int, ...]] = {}
+    for name, v in dims.items():
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            shape: tuple[int, ...] = (int(v),)
+        elif isinstance(v, Sequence) and not isinstance(v, str) and all(isinstance(s, (int, np.integer)) for s in v):
+            shape = tuple(int(s) for s in v)
+        else:
+            raise TypeError(f"{what}[{name!r}] must be an int (vector size) or a list of ints (shape), got {v!r}")
+        if any(s < 1 for s in shape):
+            raise TypeError(f"{what}[{name!r}] has a non-positive dimension: {shape}")
+        out[str(name)] = shape
+    return out
+
+
+def _space_shape(name: str, space: Any) -> tuple[int, ...]:
+    from gymnasium import spaces
+
+    if isinstance(space, (spaces.Box, spaces.MultiBinary)):
+        return tuple(int(s) for s in space.shape)
+    raise ValueError(
+        f"observation input {name!r} has an unsupported space {space!r}: actor-critic policies read Box or "
+        f"MultiBinary observations (encode Discrete observations as one-hot Box in the environment)"
+    )
+
+
+def _obs_space_items(observation_space: Any) -> dict[str, Any]:
+    from gymnasium import spaces
+
+    if isinstance(observation_space, spaces.Dict):
+        return dict(observation_space.spaces)
+    return {"obs": observation_space}
+
+
+def policy_args_from_spaces(observation_space: Any, action_space: Any) -> dict[str, Any]:
+    """Infer the actor-critic policy arguments from gymnasium spaces.
+
+    Args:
+        observation_space: a ``gymnasium.spaces.Dict`` keyed like the obs NamedArray (a
+            bare Box is taken as ``{"obs": box}``). The key ``state`` becomes ``state_dim``
+            (centralized critic input); every other key goes to ``obs_dim``.
+        action_space: ``Discrete(n)`` -> ``action_dim=n``; ``MultiDiscrete(nvec)`` ->
+            ``action_dim=list(nvec)``; ``MultiBinary(n)`` -> ``[2] * n``; a 1-D float ``Box``
+            -> ``action_dim=dim, continuous_action=True``.
+
+    Returns:
+        ``{"obs_dim": {...}, "action_dim": ..., "continuous_action": bool}`` plus
+        ``"state_dim"`` when the observation has a ``state`` entry. Vector inputs are ints,
+        other shapes lists.
+
+    Raises:
+        ValueError: an unsupported action or observation space (the message names it).
+    """
+    obs_dim: dict[str, Any] = {}
+    state_dim: dict[str, Any] = {}
+    for name, space in _obs_space_items(observation_space).items():
+        shape = _space_shape(name, space)
+        value: Any = shape[0] if len(shape) == 1 else list(shape)
+        (state_dim if name == "state" else obs_dim)[name] = value
+    if not obs_dim:
+        raise ValueError(f"observation space {observation_space!r} has no actor input (only 'state')")
+    args: dict[str, Any] = {"obs_dim": obs_dim, **_action_args(action_space)}
+    if state_dim:
+        args["state_dim"] = state_dim
+    return args
+
+
+def _action_args(action_space: Any) -> dict[str, Any]:
+    from gymnasium import spaces
+
+    sp = action_space
+    if isinstance(sp, spaces.Discrete):
+        return {"action_dim": int(sp.n), "continuous_action": False}
+    if isinstance(sp, spaces.MultiDiscrete) and len(sp.nvec.shape) == 1:
+        return {"action_dim": [int(n) for n in sp.nvec], "continuous_action": False}
+    if isinstance(sp, spaces.MultiBinary) and len(sp.shape) == 1:
+        return {"action_dim": [2] * int(sp.shape[0]), "continuous_action": False}
+    if isinstance(sp, spaces.Box) and len(sp.shape) == 1 and np.issubdtype(sp.dtype, np.floating):
+        return {"action_dim": int(sp.shape[0]), "continuous_action": True}
+    raise ValueError(
+        f"unsupported action space {sp!r} ({type(sp).__name__}): actor-critic policies support Discrete, "
+        f"1-D MultiDiscrete, 1-D MultiBinary and 1-D float Box action spaces"
+    )
+
+
+def check_policy_against_spaces(policy_args: Mapping[str, Any], observation_space: Any, action_space: Any) -> None:
+    """Check that a policy's declared inputs and actions fit an environment's spaces.
+
+    Only what ``policy_args`` declares is checked (``obs_dim``, ``state_dim``,
+    ``action_dim``, ``continuous_action``); extra observation entries are allowed.
+
+    Args:
+        policy_args: the policy's constructor arguments (e.g. ``config.Policy.args``).
+        observation_space: the env's ``gymnasium.spaces.Dict`` for one agent.
+        action_space: the env's action space for one agent.
+
+    Raises:
+        ValueError: an input missing from the observation space, a shape mismatch, or an
+            action mismatch; the message names the input and both shapes.
+    """
+    obs_items = _obs_space_items(observation_space)
+    for arg in ("obs_dim", "state_dim"):
+        if arg not in policy_args or policy_args[arg] is None:
+            continue
+        for name, shape in input_shapes(policy_args[arg], arg).items():
+            if name not in obs_items:
+                raise ValueError(
+                    f"policy input {name!r} ({arg}) is not in the environment's observation space, "
+                    f"which has {sorted(obs_items)}"
+                )
+            actual = _space_shape(name, obs_items[name])
+            if actual != shape:
+                raise ValueError(
+                    f"policy input {name!r}: {arg} declares shape {shape}, but the environment's observation "
+                    f"space {name!r} has shape {actual}"
+                )
+    if "action_dim" in policy_args:
+        want = _action_args(action_space)
+        have_cont = bool(policy_args.get("continuous_action", False))
+        have_dim = policy_args["action_dim"]
+        have_dim = int(have_dim) if isinstance(have_dim, (int, np.integer)) else [int(n) for n in have_dim]
+        if have_cont != want["continuous_action"] or have_dim != want["action_dim"]:
+            raise ValueError(
+                f"policy actions (action_dim={have_dim}, continuous_action={have_cont}) do not match the "
+                f"environment's action space {action_space!r} (action_dim={want['action_dim']}, "
+                f"continuous_action={want['continuous_action']})"
+            )
+
+
+# ====================================================================== the policy
+class ActorCriticPolicy(SingleModelPytorchPolicy):
+    """An actor-critic policy on one :class:`hpcrl.policies.networks.ActorCriticNet`.
+
+    ``rollout`` samples actions (the mode for ``is_evaluation`` rows) and returns
+    ``Action(x=...)`` (int64 ``(B,)`` discrete, int64 ``(B, n)`` multi-discrete, float32
+    ``(B, dim)`` continuous), the next policy state and a :class:`RolloutAnalysis`.
+    ``analyze`` re-evaluates a :class:`~hpcrl.api.trainer.SampleBatch` and returns the PPO
+    trainer's :class:`~hpcrl.trainers.ppo.AnalyzedResult` for all ``T + 1`` rows.
+
+    Args:
+        shared: one torso with two heads (``actor-critic-shared``) instead of two networks.
+        obs_dim: actor inputs (see :func:`input_shapes`); ``(C, H, W)`` shapes get a CNN.
+        action_dim: number of actions, a list of choices per component, or the number of
+            continuous dimensions.
+        state_dim: centralized-critic inputs (separate variant: the critic reads these
+            instead of ``obs_dim``; shared variant: ignored).
+        continuous_action: Gaussian actions.
+        hidden_dim: dense layer width.
+        num_dense_layers: dense layers per torso.
+        activation: activation name (``tanh``, ``relu``, ...).
+        num_rnn_layers: GRU layers (0 = MLP, no policy state).
+        rnn_hidden_dim: GRU hidden size (default ``hidden_dim``).
+        value_dim: value outputs (one per reward component).
+        auxiliary_head: PPG-style auxiliary value head on the actor features (separate only).
+        state_dependent_std: Gaussian log-std predicted from features instead of learned per dimension.
+        init_log_std: initial Gaussian log-std.
+        critic_uses_obs: with ``state_dim``, the separate critic reads the actor inputs too.
+        seed: seed for the weight init and the action sampler.
+        device: where the model lives (``"auto"``: cuda when available).
+
+    Attributes:
+        policy_args: the normalised ``obs_dim``/``state_dim``/``action_dim``/``continuous_action``
+            (plain types), for :func:`check_policy_against_spaces`.
+
+    Raises:
+        ValueError / TypeError: bad arguments (the message names the argument).
+    """
+
+    def __init__(
+        self,
+        *,
+        shared: bool,
+        obs_dim: int | Mapping[str, Any],
+        action_dim: int | Sequence[int],
+        state_dim: int | Mapping[str, Any] | None = None,
+        continuous_action: bool = False,
+        hidden_dim: int = 64,
+        num_dense_layers: int = 2,
+        activation: str = "tanh",
+        num_rnn_layers: int = 0,
+        rnn_hidden_dim: int | None = None,
+        value_dim: int = 1,
+        auxiliary_head: bool = False,
+        state_dependent_std: bool = False,
+        init_log_std: float = 0.0,
+        critic_uses_obs: bool = False,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+
+        from hpcrl.policies.networks import ActorCriticNet
+
+        actor_shapes = input_shapes(obs_dim, "obs_dim")
+        if not actor_shapes:
+            raise ValueError("obs_dim must name at least one input")
+        state_shapes = input_shapes(state_dim if not isinstance(state_dim, int) else {"state": state_dim}, "state_dim")
+        if shared and state_shapes:
+            logger.info("actor-critic-shared ignores state_dim %s (the shared torso reads obs_dim only)", state_shapes)
+            state_shapes = {}
+        if shared and auxiliary_head:
+            raise ValueError("auxiliary_head=True needs actor-critic-separate (the shared torso has one value head)")
+        critic_shapes = dict(state_shapes) if state_shapes else dict(actor_shapes)
+        if state_shapes and critic_uses_obs:
+            critic_shapes = {**actor_shapes, **state_shapes}
+        for name, value in (("hidden_dim", hidden_dim), ("value_dim", value_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if num_dense_layers < 0 or num_rnn_layers < 0:
+            raise ValueError(
+                f"num_dense_layers and num_rnn_layers must be >= 0, got {num_dense_layers}, {num_rnn_layers}"
+            )
+        rnn_hidden = int(rnn_hidden_dim) if rnn_hidden_dim is not None else int(hidden_dim)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            net = ActorCriticNet(
+                actor_shapes,
+                critic_shapes,
+                action_dim,
+                bool(continuous_action),
+                bool(shared),
+                int(hidden_dim),
+                int(num_dense_layers),
+                activation,
+                int(num_rnn_layers),
+                rnn_hidden,
+                int(value_dim),
+                bool(auxiliary_head),
+                bool(state_dependent_std),
+                float(init_log_std),
+            )
+        super().__init__(net)
+        self._ac_net = net
+        self.shared = bool(shared)
+        self.continuous_action = bool(continuous_action)
+        self.value_dim = int(value_dim)
+        self.num_rnn_layers = int(num_rnn_layers)
+        self.rnn_hidden_dim = rnn_hidden
+        self.actor_inputs = actor_shapes
+        self.critic_inputs = critic_shapes if not shared else dict(actor_shapes)
+        self._input_names = list(dict.fromkeys([*self.actor_inputs, *self.critic_inputs]))
+        self._seed = int(seed)
+        self._gen: torch.Generator | None = None
+        self.policy_args: dict[str, Any] = {
+            "obs_dim": {k: list(v) for k, v in actor_shapes.items()},
+            "state_dim": {k: list(v) for k, v in state_shapes.items()} or None,
+            "action_dim": action_dim,
+            "continuous_action": bool(continuous_action),
+        }
+        self._on_cpu = True
+        self.to(device)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def default_policy_state(self) -> NamedArray | None:
+        """``None`` for an MLP; zero GRU state(s) ``(layers, 1, hidden)`` float32 otherwise."""
+        if self.num_rnn_layers == 0:
+            return None
+        zeros = np.zeros((self.num_rnn_layers, 1, self.rnn_hidden_dim), np.float32)
+        if self.shared:
+            return ActorCriticState(hx=zeros)
+        return SeparateActorCriticState(actor_hx=zeros, critic_hx=zeros.copy())
+
+    def to(self, device: Any) -> ActorCriticPolicy:
+        """Move the model to ``device`` (``"auto"``: cuda when available); the sampler gets a fresh generator there."""
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().to(device)
+        self._on_cpu = torch.device(device).type == "cpu"
+        self._gen = None
+        return self
+
+    def _generator(self) -> torch.Generator:
+        if self._gen is None:
+            import torch
+
+            self._gen = torch.Generator(device=self._device)
+            self._gen.manual_seed(self._seed)
+        return self._gen
+
+    def _tensor(self, x: Any) -> torch.Tensor:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            t = x
+        else:
+            arr = np.asarray(x)
+            if not arr.flags.writeable or not arr.flags.c_contiguous:
+                arr = np.array(arr, copy=True, order="C")
+            t = torch.from_numpy(arr)
+        return t if self._on_cpu else t.to(self._device, non_blocking=True)
+
+    def _inputs(self, obs: NamedArray) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self._input_names:
+            if name not in obs:
+                raise KeyError(f"policy input {name!r} is missing from the observation; it has {obs.keys()}")
+            out[name] = self._tensor(obs[name])
+        return out
+
+    def _states(self, state: NamedArray | None, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Row-major states ``(B, layers, hidden)`` -> GRU layout ``(layers, B, hidden)``."""
+        if self.num_rnn_layers == 0:
+            return None, None
+        if state is None:
+            raise ValueError(
+                "a recurrent actor-critic policy needs policy_state (rows of default_policy_state), got None"
+            )
+        names = ("hx",) if self.shared else ("actor_hx", "critic_hx")
+        out = []
+        for name in names:
+            t = self._tensor(state[name]).float()
+            if t.shape != (b, self.num_rnn_layers, self.rnn_hidden_dim):
+                raise ValueError(
+                    f"policy_state.{name} has shape {tuple(t.shape)}, expected "
+                    f"({b}, {self.num_rnn_layers}, {self.rnn_hidden_dim}) (batch, layers, hidden)"
+                )
+            out.append(t.transpose(0, 1).contiguous())
+        return (out[0], None) if self.shared else (out[0], out[1])
+
+    # ------------------------------------------------------------------ acting
+    def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
+        """Act on a batch: sample (or take the mode for ``is_evaluation`` rows).
+
+        Args:
+            request: obs leaves ``(B, ...)``; ``policy_state`` rows ``(B, layers, hidden)`` when recurrent.
+            **kwargs: unused.
+
+        Returns:
+            ``RolloutResult(action=Action(x), policy_state, analyzed_result=RolloutAnalysis)``, numpy.
+        """
+        import torch
+
+        with torch.inference_mode():
+            inputs = self._inputs(request.obs)
+            b = int(next(iter(inputs.values())).shape[0])
+            actor_hx, critic_hx = self._states(request.policy_state, b)
+            out = self._ac_net(inputs, 1, b, actor_hx, critic_hx)
+            dist = out.dist
+            action = dist.sample(self._generator())
+            ev = request.is_evaluation
+            if ev is not None and bool(np.any(ev)):
+                mask = self._tensor(np.asarray(ev, dtype=bool).reshape(1, b))
+                if action.dim() == 3:
+                    mask = mask.unsqueeze(-1)
+                action = torch.where(mask, dist.mode(), action)
+            log_prob = dist.log_prob(action)
+            analysis = RolloutAnalysis(
+                log_prob=log_prob.reshape(b, 1).float().cpu().numpy(), value=out.value[0].float().cpu().numpy()
+            )
+            x = action[0]
+            x = x.float() if self.continuous_action else x.long()
+            state: NamedArray | None = None
+            if out.actor_hx is not None:
+                ahx = out.actor_hx.transpose(0, 1).contiguous().cpu().numpy()
+                if self.shared:
+                    state = ActorCriticState(hx=ahx)
+                else:
+                    assert out.critic_hx is not None
+                    chx = out.critic_hx.transpose(0, 1).contiguous().cpu().numpy()
+                    state = SeparateActorCriticState(actor_hx=ahx, critic_hx=chx)
+            return RolloutResult(action=Action(x=x.cpu().numpy()), policy_state=state, analyzed_result=analysis)
+
+    def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> AnalyzedResult:
+        """Re-evaluate every row of ``sample`` with the current weights (gradients follow the caller).
+
+        Recurrent policies replay the GRU over time from ``policy_state`` at row 0,
+        zeroing the state before every row with ``on_reset``.
+
+        Args:
+            sample: leaves ``(T', B, ...)`` (numpy or torch): ``obs``, ``action.x``, and for
+                recurrent policies ``policy_state`` and ``on_reset``. ``T'`` is whatever the
+                trainer passes (``T + 1`` rows, or ``1`` row of flattened samples for an MLP).
+            target: ``"ppo"`` (also ``"vtrace"``): what to compute.
+            **kwargs: unused.
+
+        Returns:
+            :class:`~hpcrl.trainers.ppo.AnalyzedResult` with ``log_prob`` ``(T', B)``,
+            ``entropy`` ``(T', B)``, ``value`` ``(T', B, value_dim)`` and ``aux_value``
+            (same shape, or ``None`` without the auxiliary head), torch tensors on the model's device.
+
+        Raises:
+            ValueError: unknown ``target`` or missing fields (the message names them).
+        """
+        from hpcrl.trainers.ppo import AnalyzedResult
+
+        if target not in ("ppo", "vtrace"):
+            raise ValueError(f"{type(self).__name__}.analyze: unknown target {target!r}; expected 'ppo' or 'vtrace'")
+        if sample.action is None or "x" not in sample.action:
+            raise ValueError("analyze needs sample.action.x (the actions taken)")
+        inputs = self._inputs(sample.obs)
+        action = self._tensor(sample.action["x"])
+        t, b = int(action.shape[0]), int(action.shape[1])
+        actor_hx = critic_hx = on_reset = None
+        if self.num_rnn_layers > 0:
+            if sample.policy_state is None or sample.on_reset is None:
+                raise ValueError("a recurrent policy's analyze needs sample.policy_state and sample.on_reset")
+            actor_hx, critic_hx = self._states(sample.policy_state[0], b)
+            on_reset = self._tensor(sample.on_reset).reshape(t, b).bool()
+        out = self._ac_net(inputs, t, b, actor_hx, critic_hx, on_reset)
+        return AnalyzedResult(
+            log_prob=out.dist.log_prob(action),
+            entropy=out.dist.entropy(),
+            value=out.value,
+            aux_value=out.aux_value,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_checkpoint(self) -> dict[str, Any]:
+        """Model weights, version and the action sampler's RNG state (tensors and ints)."""
+        ckpt = super().get_checkpoint()
+        ckpt["sampler_rng"] = self._generator().get_state()
+        return ckpt
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore weights, version and (if present) the sampler RNG state."""
+        import torch
+
+        super().load_checkpoint(checkpoint)
+        rng = checkpoint.get("sampler_rng")
+        if rng is not None:
+            self._generator().set_state(torch.as_tensor(np.asarray(rng), dtype=torch.uint8).cpu())
+
+
+def make_separate(**kwargs: Any) -> ActorCriticPolicy:
+    """``actor-critic-separate``: two complete networks; see :class:`ActorCriticPolicy` for the arguments."""
+    return ActorCriticPolicy(shared=False, **kwargs)
+
+
+def make_shared(**kwargs: Any) -> ActorCriticPolicy:
+    """``actor-critic-shared``: one torso with a policy and a value head; see :class:`ActorCriticPolicy`."""
+    return ActorCriticPolicy(shared=True, **kwargs)

@@ -1,0 +1,297 @@
+"""The torch modules of the actor-critic policies: input encoders, MLP/GRU torsos and the two-headed net."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcrl.policies.distributions import ActionDistribution, make_action_head
+
+__all__ = ["make_activation", "InputEncoder", "NatureCNN", "Torso", "ActorCriticNet", "NetOutput"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """An activation module by name (``tanh``, ``relu``, ``elu``, ``gelu``, ``silu``, ``leaky_relu``).
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+def _init(layer: nn.Module, gain: float) -> nn.Module:
+    weight = getattr(layer, "weight", None)
+    if weight is not None:
+        nn.init.orthogonal_(weight, gain)
+    bias = getattr(layer, "bias", None)
+    if bias is not None:
+        nn.init.zeros_(bias)
+    return layer
+
+
+class NatureCNN(nn.Module):
+    """The Nature-DQN convolutional encoder for ``(C, H, W)`` images (uint8 inputs are scaled by 1/255).
+
+    Images of at least 36x36 get the classic 8/4/3 kernels with strides 4/2/1; smaller
+    ones get two stride-2 3x3 convolutions. Either way the output is a 512-wide ReLU layer.
+
+    Args:
+        shape: ``(C, H, W)``.
+    """
+
+    OUT_DIM = 512
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        c, h, w = (int(s) for s in shape)
+        g = math.sqrt(2.0)
+        if min(h, w) >= 36:
+            convs: list[nn.Module] = [
+                _init(nn.Conv2d(c, 32, 8, stride=4), g),
+                nn.ReLU(),
+                _init(nn.Conv2d(32, 64, 4, stride=2), g),
+                nn.ReLU(),
+                _init(nn.Conv2d(64, 64, 3, stride=1), g),
+                nn.ReLU(),
+            ]
+        else:
+            convs = [
+                _init(nn.Conv2d(c, 32, 3, stride=2, padding=1), g),
+                nn.ReLU(),
+                _init(nn.Conv2d(32, 64, 3, stride=2, padding=1), g),
+                nn.ReLU(),
+            ]
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        with torch.no_grad():
+            n_flat = int(self.convs(torch.zeros(1, c, h, w)).shape[1])
+        self.fc = nn.Sequential(_init(nn.Linear(n_flat, self.OUT_DIM), g), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, 512)``."""
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return self.fc(self.convs(x))  # type: ignore[no-any-return]
+
+
+class InputEncoder(nn.Module):
+    """Encodes named inputs and concatenates them, in the given order.
+
+    Inputs of shape ``(C, H, W)`` go through a :class:`NatureCNN`; every other shape is
+    flattened and cast to float32.
+
+    Args:
+        shapes: input name -> per-row shape.
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        self.shapes = {k: tuple(int(s) for s in v) for k, v in shapes.items()}
+        self.cnns = nn.ModuleDict({k: NatureCNN(s) for k, s in self.shapes.items() if len(s) == 3})
+        cnn_dims = {k: NatureCNN.OUT_DIM for k in self.cnns}
+        self.out_dim = sum(cnn_dims.get(k, int(np.prod(s))) for k, s in self.shapes.items())
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], n: int) -> torch.Tensor:
+        """Encode ``n`` rows: each input is ``(n, *shape)`` (any leading dims multiplying to ``n``)."""
+        parts = []
+        for name, shape in self.shapes.items():
+            x = inputs[name]
+            if name in self.cnns:
+                parts.append(self.cnns[name](x.reshape(n, *shape)))
+            else:
+                parts.append(x.reshape(n, -1).float())
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+class Torso(nn.Module):
+    """Encoder, then ``num_dense_layers`` dense layers, then an optional GRU.
+
+    Hidden dense layers use orthogonal init with gain sqrt(2) and zero bias; the GRU
+    uses orthogonal weights and zero biases.
+
+    Args:
+        shapes: input name -> per-row shape.
+        hidden_dim: width of the dense layers.
+        num_dense_layers: number of dense layers (0: the encoder output feeds the GRU/heads).
+        activation: activation name (see :func:`make_activation`).
+        num_rnn_layers: GRU layers (0: no GRU).
+        rnn_hidden_dim: GRU hidden size.
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        hidden_dim: int,
+        num_dense_layers: int,
+        activation: str,
+        num_rnn_layers: int,
+        rnn_hidden_dim: int,
+    ) -> None:
+        super().__init__()
+        self.encoder = InputEncoder(shapes)
+        layers: list[nn.Module] = []
+        dim = self.encoder.out_dim
+        for _ in range(num_dense_layers):
+            layers += [_init(nn.Linear(dim, hidden_dim), math.sqrt(2.0)), make_activation(activation)]
+            dim = hidden_dim
+        self.mlp = nn.Sequential(*layers)
+        self.gru: nn.GRU | None = None
+        if num_rnn_layers > 0:
+            self.gru = nn.GRU(dim, rnn_hidden_dim, num_layers=num_rnn_layers)
+            for name, p in self.gru.named_parameters():
+                if "weight" in name:
+                    nn.init.orthogonal_(p)
+                else:
+                    nn.init.zeros_(p)
+            dim = rnn_hidden_dim
+        self.out_dim = dim
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], t: int, b: int, hx: torch.Tensor | None, on_reset: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run ``t`` time steps of ``b`` rows.
+
+        Args:
+            inputs: name -> ``(t, b, *shape)`` (or ``(t * b, *shape)``).
+            t: time steps.
+            b: batch rows.
+            hx: GRU state ``(layers, b, hidden)`` before row 0 (``None`` for an MLP torso).
+            on_reset: bool ``(t, b)``: zero the GRU state before processing that row (``None``: never).
+
+        Returns:
+            Features ``(t, b, F)`` and the GRU state after the last row (``None`` without GRU).
+        """
+        x = self.mlp(self.encoder(inputs, t * b)).reshape(t, b, -1)
+        if self.gru is None:
+            return x, None
+        if hx is None:
+            raise ValueError("a recurrent torso needs a policy state (hx), got None")
+        if on_reset is None:
+            out, hx = self.gru(x, hx)
+            return out, hx
+        # Run the GRU over segments without resets; zero the state where a segment starts with one.
+        starts = [0] + [int(s) for s in torch.nonzero(on_reset[1:].any(dim=1)).flatten().add(1).tolist()] + [t]
+        keep = (~on_reset).to(x.dtype).unsqueeze(-1)  # (t, b, 1)
+        outs = []
+        for s, e in itertools.pairwise(starts):
+            hx = hx * keep[s].unsqueeze(0)
+            out, hx = self.gru(x[s:e], hx)
+            outs.append(out)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)), hx
+
+
+@dataclasses.dataclass
+class NetOutput:
+    """What :class:`ActorCriticNet` computes for ``(t, b)`` rows.
+
+    Attributes:
+        dist: action distribution, batch ``(t, b)``.
+        value: ``(t, b, value_dim)``.
+        aux_value: ``(t, b, value_dim)`` from the auxiliary head on the actor features, or ``None``.
+        actor_hx: actor (or shared) GRU state after the last row, or ``None``.
+        critic_hx: critic GRU state (separate variant), or ``None``.
+    """
+
+    dist: ActionDistribution
+    value: torch.Tensor
+    aux_value: torch.Tensor | None
+    actor_hx: torch.Tensor | None
+    critic_hx: torch.Tensor | None
+
+
+class ActorCriticNet(nn.Module):
+    """Actor and critic, either fully separate (two torsos) or sharing one torso (two heads).
+
+    Args:
+        actor_shapes: named inputs of the actor (and of the shared torso).
+        critic_shapes: named inputs of the critic torso (ignored when ``shared``).
+        action_dim: see :func:`hpcrl.policies.distributions.make_action_head`.
+        continuous_action: Gaussian action head.
+        shared: one torso with two heads instead of two torsos.
+        hidden_dim: width of dense layers.
+        num_dense_layers: dense layers per torso.
+        activation: activation name.
+        num_rnn_layers: GRU layers per torso (0 = MLP).
+        rnn_hidden_dim: GRU hidden size.
+        value_dim: outputs of the value head.
+        auxiliary_head: add a value head on the actor features (separate variant only).
+        state_dependent_std: see :class:`hpcrl.policies.distributions.GaussianHead`.
+        init_log_std: see :class:`hpcrl.policies.distributions.GaussianHead`.
+    """
+
+    def __init__(
+        self,
+        actor_shapes: Mapping[str, tuple[int, ...]],
+        critic_shapes: Mapping[str, tuple[int, ...]],
+        action_dim: int | Sequence[int],
+        continuous_action: bool,
+        shared: bool,
+        hidden_dim: int,
+        num_dense_layers: int,
+        activation: str,
+        num_rnn_layers: int,
+        rnn_hidden_dim: int,
+        value_dim: int,
+        auxiliary_head: bool,
+        state_dependent_std: bool,
+        init_log_std: float,
+    ) -> None:
+        super().__init__()
+        torso_args = (hidden_dim, num_dense_layers, activation, num_rnn_layers, rnn_hidden_dim)
+        self.shared = shared
+        self.actor = Torso(actor_shapes, *torso_args)
+        self.critic: Torso | None = None if shared else Torso(critic_shapes, *torso_args)
+        critic_dim = self.actor.out_dim if self.critic is None else self.critic.out_dim
+        self.action_head = make_action_head(
+            self.actor.out_dim, action_dim, continuous_action, state_dependent_std, init_log_std
+        )
+        self.value_head = _init(nn.Linear(critic_dim, value_dim), 1.0)
+        self.aux_value_head = _init(nn.Linear(self.actor.out_dim, value_dim), 1.0) if auxiliary_head else None
+
+    def forward(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        t: int,
+        b: int,
+        actor_hx: torch.Tensor | None = None,
+        critic_hx: torch.Tensor | None = None,
+        on_reset: torch.Tensor | None = None,
+    ) -> NetOutput:
+        """Evaluate ``(t, b)`` rows.
+
+        Args:
+            inputs: every named input either torso needs, leaves ``(t, b, *shape)``.
+            t: time steps.
+            b: batch rows.
+            actor_hx: actor/shared GRU state ``(layers, b, hidden)`` (recurrent only).
+            critic_hx: critic GRU state (separate recurrent only).
+            on_reset: bool ``(t, b)``: zero GRU states before these rows.
+
+        Returns:
+            A :class:`NetOutput`.
+        """
+        actor_feat, actor_hx = self.actor(inputs, t, b, actor_hx, on_reset)
+        dist = self.action_head(actor_feat)
+        aux = self.aux_value_head(actor_feat) if self.aux_value_head is not None else None
+        if self.critic is None:
+            value = self.value_head(actor_feat)
+        else:
+            critic_feat, critic_hx = self.critic(inputs, t, b, critic_hx, on_reset)
+            value = self.value_head(critic_feat)
+        return NetOutput(dist, value, aux, actor_hx, critic_hx)

@@ -1,0 +1,201 @@
+"""Actor rank: steps its envs, gets actions (inline policy or an inference rank), ships fragments.
+
+With remote inference this module never imports torch: the env ring, the channels and
+the control plane are numpy + mpi4py only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any
+
+from hpcrl.comm.channel import RecvChannel, SendChannel
+from hpcrl.comm.tags import Tag
+from hpcrl.roles import common
+from hpcrl.roles.env_ring import EnvRing
+from hpcrl.roles.rank import STATS_INTERVAL, RankContext
+
+__all__ = ["ActorRank"]
+
+log = logging.getLogger(__name__)
+
+
+class ActorRank:
+    """The actor role on one MPI rank.
+
+    Args:
+        ctx: the rank context.
+        agent_count: agents per env (from a probe of the env).
+    """
+
+    def __init__(self, ctx: RankContext, agent_count: int) -> None:
+        self.ctx = ctx
+        cfg = ctx.cfg
+        topo = ctx.topo
+        self.index = topo.actors.index(ctx.rank)
+        self.inference_rank = topo.inference_of(ctx.rank)
+        self.trainer_rank = topo.trainer_of(ctx.rank)
+        n = cfg.actor.envs_per_actor
+        remote = self.inference_rank is not None
+        groups = 2 if remote and cfg.actor.ring_halves and n >= 2 else 1
+        self.policy: Any = None
+        self.subscriber: Any = None
+        self.requests: SendChannel | None = None
+        self.results: RecvChannel | None = None
+        if remote:
+            assert self.inference_rank is not None
+            self.requests = SendChannel(ctx.comm, self.inference_rank, Tag.REQUEST, f"requests of actor {ctx.rank}")
+            self.results = RecvChannel(
+                ctx.comm, self.inference_rank, Tag.RESULT, f"results for actor {ctx.rank}", max_rows=n * agent_count
+            )
+            # the inference rank's first message is the policy's default state (row layout, batch of 1)
+            first = self.results.recv(
+                timeout=cfg.run.heartbeat_seconds or None, copy=True, on_idle=ctx.service, backoff=ctx.backoff
+            )
+            default_state = first.data.state[0] if bool(first.data.has_state[0, 0]) else None
+        else:
+            from hpcrl.comm.params import ParamSubscriber
+
+            common.set_torch_threads(cfg.run.torch_threads)
+            spec = common.resolve_policy_spec(cfg)
+            self.policy = common.build_policy(spec, "cpu", seed=cfg.experiment.seed)
+            default_state = common.default_state_row(self.policy)
+            self.subscriber = ParamSubscriber(ctx.comm, topo.leader)
+        self.remote = remote
+        self.ring = EnvRing(
+            common.env_factory(cfg.environment),
+            n,
+            groups,
+            cfg.actor.fragment_length,
+            default_state,
+            common.env_label(cfg.environment),
+            where=f"actor rank {ctx.rank}",
+            seeds=[common.env_seed(cfg.experiment.seed, self.index * n + i) for i in range(n)],
+            check=cfg.actor.check_env,
+            env_failure=cfg.actor.env_failure,
+            max_env_failures=cfg.actor.max_env_failures,
+        )
+        self.samples = SendChannel(
+            ctx.comm, self.trainer_rank, Tag.SAMPLE, f"samples of actor {ctx.rank}", batch_ndim=2
+        )
+        self._last_stats = 0.0
+        self._reported_frames = 0
+        self.sent_fragments = 0
+        self.wait_seconds = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def _ship(self) -> None:
+        trace = self.ctx.trace
+        for frag in self.ring.pop_fragments():
+            t0 = time.perf_counter()
+            version = int(frag.policy_version.max()) if frag.policy_version is not None else 0
+            self.samples.send(frag, version=version)
+            self.sent_fragments += 1
+            if trace is not None:
+                trace.add_time("send_samples", time.perf_counter() - t0)
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_stats < STATS_INTERVAL:
+            return
+        self._last_stats = now
+        eps = self.ring.pop_episodes()
+        msg = {
+            "frames": self.ring.frames,
+            "episodes": [[e.ret, e.length, e.version] for e in eps],
+            "env_failures": self.ring.env_failures,
+        }
+        self.ctx.send_stats(msg)
+        trace = self.ctx.trace
+        if trace is not None:
+            wall = time.time()
+            for e in eps:
+                trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
+            trace.maybe_flush()
+
+    def _load_params(self) -> None:
+        got = self.subscriber.poll()
+        if got is not None:
+            version, state = got
+            self.policy.load_state_dict(state)
+            self.policy.set_version(version)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        """Act until the leader says stop; returns this rank's final stats."""
+        ctx = self.ctx
+        trace = ctx.trace
+        t_start = time.monotonic()
+        if self.remote:
+            self._run_remote()
+        else:
+            got = self.subscriber.wait(timeout=ctx.cfg.run.heartbeat_seconds or None, on_idle=ctx.service)
+            self.policy.load_state_dict(got[1])
+            self.policy.set_version(got[0])
+            while not ctx.stopping:
+                ctx.service()
+                self._load_params()
+                for g in range(self.ring.num_groups):
+                    t0 = time.perf_counter()
+                    request = self.ring.request(g)
+                    result = self.policy.rollout(request)
+                    t1 = time.perf_counter()
+                    self.ring.consume(g, result, self.policy.version)
+                    if trace is not None:
+                        trace.add_time("inference", t1 - t0)
+                        trace.add_time("env_step", time.perf_counter() - t1)
+                self._ship()
+                self._report()
+        self._report(force=True)
+        elapsed = time.monotonic() - t_start
+        recv = [self.results] if self.results is not None else []
+        send = [self.samples] + ([self.requests] if self.requests is not None else [])
+        extra = self.subscriber.poll if self.subscriber is not None else None
+        final = {
+            "type": "final",
+            "role": "actor",
+            "frames": self.ring.frames,
+            "fps": self.ring.frames / elapsed if elapsed > 0 else 0.0,
+            "fragments": self.sent_fragments,
+            "wait_seconds": round(self.wait_seconds, 3),
+            "env_failures": self.ring.env_failures,
+        }
+        ctx.send_stats(final)
+        ctx.drain(recv, send, extra)
+        if self.subscriber is not None:
+            self.subscriber.close()
+        self.ring.close()
+        return final
+
+    def _run_remote(self) -> None:
+        ctx = self.ctx
+        trace = ctx.trace
+        assert self.requests is not None and self.results is not None
+        pending: collections.deque[int] = collections.deque()
+        for g in range(self.ring.num_groups):
+            self.requests.send(self.ring.request(g))
+            pending.append(g)
+        backoff = ctx.backoff
+        while not ctx.stopping:
+            t0 = time.perf_counter()
+            msg = self.results.test()
+            if msg is None:
+                ctx.service()
+                backoff.idle()
+                self.wait_seconds += time.perf_counter() - t0
+                continue
+            backoff.reset()
+            g = pending.popleft()
+            t1 = time.perf_counter()
+            self.ring.consume(g, msg.data, msg.version)  # type: ignore[arg-type]
+            t2 = time.perf_counter()
+            self.requests.send(self.ring.request(g))
+            pending.append(g)
+            if trace is not None:
+                trace.add_time("env_step", t2 - t1)
+                trace.add_time("wait_inference", t1 - t0)
+            self._ship()
+            self._report()
+            ctx.service()

@@ -1,0 +1,126 @@
+"""Inference rank: batches the pending requests of all its actors, runs the policy, replies.
+
+Between batches it picks up newer parameters published by the trainer leader, without
+blocking its loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from hpcrl.comm.params import ParamSubscriber
+
+from hpcrl.api.namedarray import NamedArray, concat
+from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
+from hpcrl.comm.tags import Tag
+from hpcrl.roles import common
+from hpcrl.roles.rank import STATS_INTERVAL, RankContext
+
+__all__ = ["InferenceRank"]
+
+log = logging.getLogger(__name__)
+
+
+class InferenceRank:
+    """The inference role on one MPI rank.
+
+    Args:
+        ctx: the rank context.
+        agent_count: agents per env (sizes the receive buffers).
+    """
+
+    def __init__(self, ctx: RankContext, agent_count: int) -> None:
+        self.ctx = ctx
+        cfg = ctx.cfg
+        common.set_torch_threads(cfg.run.torch_threads)
+        spec = common.resolve_policy_spec(cfg)
+        device = common.resolve_device(cfg.training.device) if cfg.training.device != "auto" else "cpu"
+        self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.actors = ctx.topo.actors_of_inference(ctx.rank)
+        rows = cfg.actor.envs_per_actor * agent_count
+        self.requests = [
+            RecvChannel(ctx.comm, a, Tag.REQUEST, f"requests of actor {a}", max_rows=rows) for a in self.actors
+        ]
+        self.results = {a: SendChannel(ctx.comm, a, Tag.RESULT, f"results for actor {a}") for a in self.actors}
+        self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
+        self.batches = 0
+        self.rows = 0
+        self.busy_seconds = 0.0
+        self._last_stats = 0.0
+
+    def _send_default_state(self) -> None:
+        row = common.default_state_row(self.policy)
+        if row is None:
+            first = NamedArray(has_state=np.zeros((1, 1), np.bool_), state=None)
+        else:
+            first = NamedArray(has_state=np.ones((1, 1), np.bool_), state=row.apply(lambda x: np.asarray(x)[None]))
+        for ch in self.results.values():
+            ch.send(first, version=-1)
+
+    def _load_params(self) -> None:
+        got = self.subscriber.poll()
+        if got is not None:
+            version, state = got
+            self.policy.load_state_dict(state)
+            self.policy.set_version(version)
+
+    def run(self) -> dict[str, Any]:
+        """Serve requests until the leader says stop; returns this rank's final stats."""
+        ctx = self.ctx
+        trace = ctx.trace
+        version, state = self.subscriber.wait(timeout=ctx.cfg.run.heartbeat_seconds or None, on_idle=ctx.service)
+        self.policy.load_state_dict(state)
+        self.policy.set_version(version)
+        self._send_default_state()
+        backoff = ctx.backoff
+        t_start = time.monotonic()
+        while not ctx.stopping:
+            ctx.service()
+            self._load_params()
+            t0 = time.perf_counter()
+            got = poll_any(self.requests)
+            if not got:
+                backoff.idle()
+                if trace is not None:
+                    trace.add_time("wait_requests", time.perf_counter() - t0)
+                continue
+            backoff.reset()
+            t1 = time.perf_counter()
+            parts = [m.data for _, m in got]
+            sizes = [len(p) for p in parts]
+            request = parts[0] if len(parts) == 1 else concat(parts)
+            result = self.policy.rollout(request)  # type: ignore[arg-type]
+            t2 = time.perf_counter()
+            start = 0
+            for (_, msg), n in zip(got, sizes):
+                self.results[msg.source].send(result[start : start + n], version=self.policy.version)
+                start += n
+            t3 = time.perf_counter()
+            self.batches += 1
+            self.rows += start
+            self.busy_seconds += t3 - t1
+            if trace is not None:
+                trace.add_time("rollout", t2 - t1)
+                trace.add_time("send_results", t3 - t2)
+            now = time.monotonic()
+            if now - self._last_stats >= STATS_INTERVAL:
+                self._last_stats = now
+                ctx.send_stats({"batches": self.batches, "rows": self.rows})
+                if trace is not None:
+                    trace.maybe_flush()
+        elapsed = time.monotonic() - t_start
+        final = {
+            "type": "final",
+            "role": "inference",
+            "batches": self.batches,
+            "rows": self.rows,
+            "mean_batch": self.rows / self.batches if self.batches else 0.0,
+            "busy_fraction": self.busy_seconds / elapsed if elapsed > 0 else 0.0,
+        }
+        ctx.send_stats(final)
+        ctx.drain(self.requests, list(self.results.values()), self.subscriber.poll)
+        self.subscriber.close()
+        return final

@@ -1,0 +1,185 @@
+"""What every MPI rank does besides its role: control messages, stop agreement, heartbeats, drain."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hpcrl.api import config
+from hpcrl.comm import control
+from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
+from hpcrl.comm.polling import Backoff, wait_for
+from hpcrl.comm.tags import Tag
+from hpcrl.comm.topology import Topology
+from hpcrl.roles.session import Session, StopFlag
+
+__all__ = ["RankContext", "RankFailure"]
+
+log = logging.getLogger(__name__)
+
+#: seconds between statistics reports to the leader.
+STATS_INTERVAL = 0.5
+#: seconds the drain at shutdown may take before the rank gives up (and aborts).
+DRAIN_TIMEOUT = 120.0
+
+
+class RankFailure(RuntimeError):
+    """Another rank is dead or silent (the message names its rank, role and host)."""
+
+
+class RankContext:
+    """Per-rank plumbing shared by the actor, inference and trainer roles.
+
+    Args:
+        cfg: the experiment.
+        comm: the world communicator.
+        topo: the topology.
+        stop: set by signal handlers (SIGTERM/SIGUSR1) on this rank.
+        session: run dir, trace file.
+    """
+
+    def __init__(
+        self, cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag, session: Session
+    ) -> None:
+        self.cfg = cfg
+        self.comm = comm
+        self.topo = topo
+        self.rank = int(comm.Get_rank())
+        self.role = topo.role_of(self.rank)
+        self.leader = topo.leader
+        self.is_leader = topo.is_leader(self.rank)
+        self.stop = stop
+        self.session = session
+        self.trace = session.trace
+        self.host = socket.gethostname()
+        self.stopping = False
+        """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
+        self.stop_reason = ""
+        self._stop_forwarded = False
+        self._ctrl = control.Control(comm)
+        self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
+        self._last_hb_sent = 0.0
+        now = time.monotonic()
+        self.last_seen: dict[int, float] = {r: now for r in range(topo.world_size) if r != self.rank}
+        self.hosts: dict[int, str] = {}
+        self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
+        self.backoff = Backoff()
+
+    # ------------------------------------------------------------------ naming
+    def who(self, rank: int) -> str:
+        """``rank 3 (actor on host)`` for messages."""
+        host = self.hosts.get(rank)
+        return f"rank {rank} ({self.topo.role_of(rank)}{' on ' + host if host else ''})"
+
+    # ------------------------------------------------------------------ control plane
+    def post(self, dest: int, msg: dict[str, Any], tag: int = Tag.CONTROL) -> None:
+        """Send a small JSON control message (non-blocking)."""
+        self._ctrl.post(dest, msg, tag)
+
+    def service(self) -> None:
+        """Poll control messages, forward local stop requests, send/check heartbeats. Cheap; call often."""
+        now = time.monotonic()
+        for src, _tag, msg in self._ctrl.poll():
+            self.last_seen[src] = now
+            kind = msg.get("type")
+            if "host" in msg:
+                self.hosts[src] = str(msg["host"])
+            if kind == "stop" and not self.is_leader:
+                if not self.stopping:
+                    self.stopping = True
+                    self.stop_reason = str(msg.get("reason", "leader"))
+            elif kind == "stop_request" and self.is_leader:
+                self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
+            elif kind in ("stats", "final") and self.on_stats is not None:
+                self.on_stats(src, msg)
+        if self.stop.is_set() and not self.is_leader and not self._stop_forwarded:
+            self._stop_forwarded = True
+            self.post(self.leader, {"type": "stop_request", "reason": self.stop.reason})
+        if self._hb_interval:
+            if now - self._last_hb_sent >= self._hb_interval:
+                self._last_hb_sent = now
+                peers = range(self.topo.world_size) if self.is_leader else [self.leader]
+                for r in peers:
+                    if r != self.rank:
+                        self.post(r, {"type": "hb", "host": self.host}, Tag.HEARTBEAT)
+            self._check_silence(now)
+
+    def _check_silence(self, now: float) -> None:
+        limit = self.cfg.run.heartbeat_seconds
+        watch = self.last_seen.keys() if self.is_leader else [self.leader]
+        for r in watch:
+            silent = now - self.last_seen[r]
+            if silent > limit:
+                raise RankFailure(
+                    f"{self.who(r)} has been silent for {silent:.0f} s (run.heartbeat_seconds={limit:g}): "
+                    f"it is hung or dead; aborting the job"
+                )
+
+    def flush_control(self, timeout: float = 10.0) -> None:
+        """Wait until control messages sent so far have left."""
+        self._ctrl.flush(timeout)
+
+    # ------------------------------------------------------------------ stats
+    def send_stats(self, msg: dict[str, Any]) -> None:
+        """Report statistics to the leader (JSON)."""
+        msg.setdefault("type", "stats")
+        msg["host"] = self.host
+        if self.is_leader and self.on_stats is not None:
+            self.on_stats(self.rank, msg)
+        else:
+            self.post(self.leader, msg, Tag.STATS)
+
+    # ------------------------------------------------------------------ shutdown
+    def broadcast_stop(self, reason: str) -> None:
+        """(Leader) tell every non-trainer rank to stop."""
+        for r in range(self.topo.world_size):
+            if r not in self.topo.trainers:
+                self.post(r, {"type": "stop", "reason": reason})
+
+    def drain(
+        self,
+        recv: Sequence[RecvChannel],
+        send: Sequence[SendChannel],
+        extra: Callable[[], None] | None = None,
+        finish_sends: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """Finish this rank's communication so every rank can exit together.
+
+        Keeps receiving (and discarding) data while its own sends complete, then waits in a
+        non-blocking barrier that every rank reaches only after its sends are done, then
+        cancels its posted receives.
+
+        Args:
+            recv: channels to keep servicing (messages are discarded).
+            send: channels whose outstanding sends must complete.
+            extra: more polling to do while waiting (e.g. a parameter subscriber).
+            finish_sends: waits for other outstanding sends (e.g. parameter publication), given the idle callback.
+        """
+
+        def idle() -> None:
+            poll_any(recv)
+            if extra is not None:
+                extra()
+            for _ in self._ctrl.poll():
+                pass
+
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        for ch in send:
+            ch.flush(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
+        if finish_sends is not None:
+            finish_sends(idle)
+        self._ctrl.flush(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
+        req = self.comm.Ibarrier()
+        wait_for(
+            lambda: True if req.Test() else None,
+            "every rank to finish its sends (shutdown barrier)",
+            None,
+            max(1.0, deadline - time.monotonic()),
+            idle,
+        )
+        for ch in recv:
+            ch.close()
+        self._ctrl.close()

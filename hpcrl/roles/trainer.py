@@ -1,0 +1,256 @@
+"""Trainer rank: receives fragments, steps the trainer in lockstep with the other trainer ranks.
+
+The leader (rank 0) additionally counts frames from the actors' reports, decides when
+to stop, publishes parameters with their version after every step, writes checkpoints
+and shows progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from hpcrl.comm.channel import RecvChannel, poll_any
+from hpcrl.comm.polling import wait_for
+from hpcrl.comm.tags import Tag
+from hpcrl.progress import Progress
+from hpcrl.roles import common
+from hpcrl.roles.learner import Learner
+from hpcrl.roles.rank import RankContext
+
+__all__ = ["TrainerRank"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainerRank:
+    """The trainer role on one MPI rank.
+
+    Args:
+        ctx: the rank context.
+        tcomm: the trainer-only communicator.
+        agent_count: agents per env (sizes buffers and the default batch).
+    """
+
+    def __init__(self, ctx: RankContext, tcomm: Any, agent_count: int) -> None:
+        from hpcrl.comm.collectives import make_gradient_sync
+
+        self.ctx = ctx
+        self.tcomm = tcomm
+        cfg = ctx.cfg
+        topo = ctx.topo
+        common.set_torch_threads(cfg.run.torch_threads)
+        spec = common.resolve_policy_spec(cfg)
+        device = common.resolve_device(cfg.training.device)
+        self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.actors = topo.actors_of_trainer(ctx.rank)
+        per_actor = cfg.actor.envs_per_actor * agent_count
+        columns = cfg.training.batch_size or per_actor * len(self.actors)
+        hint = common.steps_hint(
+            cfg.experiment.total_frames, columns, cfg.actor.fragment_length, agent_count, len(topo.trainers)
+        )
+        self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training, hint)
+        self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
+        rows = (cfg.actor.fragment_length + 1) * per_actor
+        self.samples = [
+            RecvChannel(ctx.comm, a, Tag.SAMPLE, f"samples of actor {a}", max_rows=rows) for a in self.actors
+        ]
+        batch_size = columns
+        self.learner = Learner(
+            cfg,
+            self.policy,
+            self.trainer,
+            batch_size,
+            leader=ctx.is_leader,
+            run_dir=ctx.session.run_dir,
+            config_text=ctx.session.config_text,
+            trace=ctx.trace,
+            extra_attrs={"world_size": topo.world_size, "layout": topo.describe(), "trainer_ranks": len(topo.trainers)},
+        )
+        self.publisher: Any = None
+        if ctx.is_leader:
+            from hpcrl.comm.params import ParamPublisher
+
+            self.publisher = ParamPublisher(ctx.comm, list(topo.param_subscribers))
+        # leader-side bookkeeping of the actors' reports
+        self.actor_frames: dict[int, int] = {}
+        self.finals: dict[int, dict[str, Any]] = {}
+        self.progress: Progress | None = None
+        ctx.on_stats = self._on_stats
+
+    # ------------------------------------------------------------------ leader bookkeeping
+    def _on_stats(self, src: int, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "final":
+            self.finals[src] = msg
+        if "frames" in msg and self.ctx.topo.role_of(src) == "actor":
+            self.actor_frames[src] = int(msg["frames"])
+        eps = msg.get("episodes")
+        if eps and self.progress is not None:
+            self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
+
+    # ------------------------------------------------------------------ start-up
+    def _restore(self) -> None:
+        """Leader picks the checkpoint; every trainer loads the same file; weights are then broadcast."""
+        ctx = self.ctx
+        path = None
+        if not ctx.cfg.run.fresh and ctx.is_leader:
+            used = self.learner.restore()
+            path = str(used) if used is not None else ""
+        if self.tcomm.Get_size() > 1:
+            path = _bcast_text(self.tcomm, path or "")
+            if not ctx.is_leader and path:
+                from pathlib import Path
+
+                self.learner.restore(Path(path))
+            _bcast_params(self.tcomm, self.policy)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        """Train until the frame budget is spent or a stop is agreed; returns this rank's final stats."""
+        ctx = self.ctx
+        cfg = ctx.cfg
+        trace = ctx.trace
+        self._restore()
+        base_frames = self.learner.frames
+        if ctx.is_leader:
+            self.progress = Progress(
+                cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames
+            )
+            log.info("%s; run dir %s", ctx.topo.describe(), ctx.session.run_dir)
+            self.publisher.publish(self.policy.state_dict(), self.policy.version)
+        multi = self.tcomm.Get_size() > 1
+        backoff = ctx.backoff
+        reason = "finished"
+        while True:
+            ctx.service()
+            t0 = time.perf_counter()
+            got = poll_any(self.samples, copy=True)
+            for _, msg in got:
+                self.learner.add(msg.data)  # type: ignore[arg-type]
+            if ctx.is_leader:
+                self.learner.frames = base_frames + sum(self.actor_frames.values())
+                if self.learner.frames >= cfg.experiment.total_frames and not ctx.stop.is_set():
+                    ctx.stop.set("total_frames reached")
+            want_stop = ctx.is_leader and ctx.stop.is_set()
+            if not (self.learner.ready() or want_stop):
+                if not got:
+                    backoff.idle()
+                    if trace is not None:
+                        trace.add_time("wait_samples", time.perf_counter() - t0)
+                else:
+                    backoff.reset()
+                if self.progress is not None:
+                    self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
+                continue
+            backoff.reset()
+            if multi and self._agree_stop(want_stop):
+                break
+            if not multi and want_stop:
+                break
+            self.learner.step()
+            if ctx.is_leader:
+                t1 = time.perf_counter()
+                self.publisher.publish(self.policy.state_dict(), self.policy.version)
+                if trace is not None:
+                    trace.add_time("publish_params", time.perf_counter() - t1)
+                if self.learner.checkpoint_due():
+                    self.learner.save("periodic")
+                assert self.progress is not None
+                self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
+            if trace is not None:
+                trace.maybe_flush()
+        if ctx.is_leader:
+            reason = str(ctx.stop.reason)
+            self.learner.save("final" if reason == "total_frames reached" else "stop")
+            ctx.broadcast_stop(reason)
+        return self._shutdown(reason)
+
+    def _agree_stop(self, want_stop: bool) -> bool:
+        """All trainer ranks agree at a step boundary: step together, or stop together."""
+        from mpi4py import MPI
+
+        send = np.array([1.0 if want_stop else 0.0])
+        recv = np.zeros(1)
+        req = self.tcomm.Iallreduce(send, recv, op=MPI.MAX)
+
+        def idle() -> None:
+            self.ctx.service()
+            for _, msg in poll_any(self.samples, copy=True):
+                self.learner.add(msg.data)  # type: ignore[arg-type]
+
+        wait_for(
+            lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle
+        )
+        return bool(recv[0] > 0)
+
+    def _shutdown(self, reason: str) -> dict[str, Any]:
+        ctx = self.ctx
+        final = {
+            "type": "final",
+            "role": "trainer",
+            "trainer_steps": self.learner.steps,
+            "dropped_fragments": self.learner.batcher.dropped,
+            "skipped_steps": self.learner.skipped_steps,
+        }
+        ctx.send_stats(final)
+
+        def finish(idle: Any) -> None:
+            if self.publisher is not None:
+                self.publisher.close(on_idle=idle)
+
+        ctx.drain(self.samples, [], None, finish)
+        sync = self.trainer.sync
+        destroy = getattr(sync, "destroy", None)
+        if callable(destroy):
+            destroy()
+        if not ctx.is_leader:
+            return final
+        assert self.progress is not None
+        self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
+        self.progress.close()
+        _log_roles(self.finals, ctx)
+        return self.progress.summary(
+            reason=reason,
+            policy_version=self.policy.version,
+            dropped_fragments=self.learner.batcher.dropped,
+            checkpoint=str(self.learner.last_checkpoint) if self.learner.last_checkpoint else None,
+            run_dir=str(ctx.session.run_dir),
+            world_size=ctx.topo.world_size,
+            layout=ctx.topo.describe(),
+        )
+
+
+def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:
+    """Per-role stats table on rank 0 (frames, fps, waits, dropped samples)."""
+    for rank in sorted(finals):
+        f = dict(finals[rank])
+        f.pop("type", None)
+        f.pop("host", None)
+        role = f.pop("role", "?")
+        fields = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items())
+        log.info("rank %d %s: %s", rank, role, fields)
+
+
+def _bcast_text(comm: Any, text: str) -> str:
+    """Broadcast a string from rank 0 of ``comm`` as bytes (no pickle)."""
+    data = np.frombuffer(text.encode(), np.uint8) if comm.Get_rank() == 0 else np.zeros(0, np.uint8)
+    n = np.array([data.size], np.int64)
+    comm.Bcast(n, root=0)
+    buf = data.copy() if comm.Get_rank() == 0 else np.empty(int(n[0]), np.uint8)
+    comm.Bcast(buf, root=0)
+    return buf.tobytes().decode()
+
+
+def _bcast_params(comm: Any, policy: Any) -> None:
+    """Make every trainer rank's weights equal to rank 0's (one Bcast per tensor at start-up)."""
+    for tensor in policy.state_dict().values():
+        arr = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+        buf = np.ascontiguousarray(arr)
+        comm.Bcast(buf, root=0)
+        if comm.Get_rank() != 0 and hasattr(tensor, "copy_"):
+            import torch
+
+            tensor.copy_(torch.from_numpy(buf))

@@ -1,0 +1,448 @@
+"""PPO (clipped surrogate, GAE) with an optional V-trace off-policy correction (APPO-style).
+
+One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.trainer.SampleBatch` of ``T + 1`` rows:
+
+1. Targets on the ``T`` decision rows (:mod:`hpcrl.trainers.returns`). GAE uses the
+   behaviour values stored at rollout (``analyzed_result.value``). With ``vtrace=True`` the
+   policy is first re-analysed without gradients; its log-probs give
+   ``log_rho = log pi - log mu`` (``mu`` = behaviour ``analyzed_result.log_prob``) and its
+   values ``V``; targets are V-trace ``vs`` and advantages ``rho_t (r + gamma v_{t+1} - V_t)``.
+2. ``epochs`` passes over ``minibatches`` random minibatches: flattened ``(t, b)`` rows for
+   an MLP policy, whole sequences (a split along ``B``) for a recurrent one (a policy is
+   recurrent when its ``default_policy_state`` is not ``None``). Per minibatch, with the
+   decision mask ``m`` and masked means:
+
+   * ``ratio = exp(log pi_new - log mu)`` (also with V-trace: the clip is around the behaviour
+     policy, as in APPO); advantages summed over value dims and normalised per minibatch (optional);
+   * ``policy_loss = mean(max(-A ratio, -A clip(ratio, 1 - clip, 1 + clip)))``;
+   * ``value_loss = 0.5 mean(sum_d (V_new - R)^2)``, or with ``value_clip``
+     ``0.5 mean(sum_d max((V_new - R)^2, (V_old + clip(V_new - V_old, +-value_clip) - R)^2))``, where
+     ``V_old`` are the values the targets were computed from (behaviour values for GAE, the
+     start-of-step values for V-trace) and ``R`` the GAE returns or V-trace ``vs``;
+   * ``aux_value_loss`` likewise for an auxiliary value head (unclipped);
+   * ``loss = policy_loss + value_coef value_loss - entropy_coef entropy + aux_value_coef aux_value_loss``.
+
+   ``backward()``, then ``sync.allreduce_gradients`` (once per minibatch), a non-finite
+   check agreed across ranks, grad-norm clipping and an Adam step.
+3. Optional KL early stop after each epoch (mean ``approx_kl`` agreed with ``sync.allreduce_mean``).
+4. ``policy.inc_version()`` unless every update was skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
+from hpcrl.trainers.returns import decision_mask, gae, vtrace
+
+if TYPE_CHECKING:
+    from hpcrl.api.policy import Policy
+
+__all__ = ["AnalyzedResult", "PPOTrainer", "make_vtrace"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class AnalyzedResult:
+    """What ``policy.analyze(sample, target="ppo")`` returns to the PPO trainer (torch tensors, with grad).
+
+    For a sample whose leaves are ``(T', B, ...)``:
+
+    Attributes:
+        log_prob: ``(T', B)``: log-probability of ``sample.action`` under the current policy.
+        entropy: ``(T', B)``: entropy of the current action distribution.
+        value: ``(T', B, value_dim)``: current critic values.
+        aux_value: ``(T', B, value_dim)`` from an auxiliary value head, or ``None``.
+    """
+
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
+    value: torch.Tensor
+    aux_value: torch.Tensor | None = None
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``(T, B, 1)`` -> ``(T, B)``; ``(T, B)`` unchanged."""
+    return x.squeeze(-1) if x.dim() == 3 and x.shape[-1] == 1 else x
+
+
+def _vals(x: torch.Tensor) -> torch.Tensor:
+    """``(T, B)`` -> ``(T, B, 1)``; ``(T, B, D)`` unchanged."""
+    return x.unsqueeze(-1) if x.dim() == 2 else x
+
+
+class PPOTrainer(Trainer):
+    """Proximal policy optimisation with GAE, or with V-trace targets for stale samples.
+
+    Args:
+        policy: a policy whose ``analyze`` returns :class:`AnalyzedResult` and whose
+            ``parameters()`` are torch parameters.
+        lr: Adam learning rate.
+        gamma: discount.
+        gae_lambda: GAE lambda (unused with V-trace, whose traces are cut by ``vtrace_c`` only).
+        clip: PPO ratio clip.
+        value_clip: clip of the value change around the target-time values, or ``None``.
+        value_coef: value loss weight.
+        entropy_coef: entropy bonus weight.
+        aux_value_coef: auxiliary value loss weight (used only if the policy has an aux head).
+        epochs: passes over the batch per step.
+        minibatches: minibatches per epoch (capped at the number of rows / sequences).
+        max_grad_norm: global grad-norm clip, or ``None``.
+        normalize_advantages: normalise advantages per minibatch (masked mean/std).
+        lr_schedule: ``"constant"`` or ``"linear"`` (anneal to 0 over ``total_steps`` trainer steps).
+        total_steps: trainer steps for the linear schedule (``total_frames / frames_per_step``).
+        target_kl: stop the epochs early once an epoch's mean approx KL exceeds this, or ``None``.
+        vtrace: V-trace targets and advantages instead of GAE.
+        vtrace_rho: V-trace ``rho_bar``.
+        vtrace_c: V-trace ``c_bar``.
+        adam_eps: Adam epsilon.
+        seed: seed of the minibatch permutation generator.
+
+    Raises:
+        ValueError: a bad argument (the message names it).
+        TypeError: the policy has no trainable torch parameters.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip: float = 0.2,
+        value_clip: float | None = None,
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.0,
+        aux_value_coef: float = 0.5,
+        epochs: int = 4,
+        minibatches: int = 4,
+        max_grad_norm: float | None = 0.5,
+        normalize_advantages: bool = True,
+        lr_schedule: str = "constant",
+        total_steps: int | None = None,
+        target_kl: float | None = None,
+        vtrace: bool = False,
+        vtrace_rho: float = 1.0,
+        vtrace_c: float = 1.0,
+        adam_eps: float = 1e-5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(policy)
+        checks = {
+            "lr": lr >= 0,
+            "gamma": 0 <= gamma <= 1,
+            "gae_lambda": 0 <= gae_lambda <= 1,
+            "clip": clip > 0,
+            "value_clip": value_clip is None or value_clip > 0,
+            "epochs": isinstance(epochs, int) and epochs >= 1,
+            "minibatches": isinstance(minibatches, int) and minibatches >= 1,
+            "max_grad_norm": max_grad_norm is None or max_grad_norm > 0,
+            "lr_schedule": lr_schedule in ("constant", "linear"),
+            "total_steps": lr_schedule != "linear" or (total_steps is not None and total_steps >= 1),
+            "target_kl": target_kl is None or target_kl > 0,
+            "vtrace_rho": vtrace_rho > 0,
+            "vtrace_c": vtrace_c > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"ppo trainer: bad {name}={locals()[name]!r} (lr_schedule is 'constant' or 'linear'; "
+                    f"'linear' needs total_steps >= 1)"
+                )
+        self._params = [p for p in policy.parameters() if getattr(p, "requires_grad", False)]
+        if not self._params:
+            raise TypeError(
+                f"ppo trainer needs a policy with trainable torch parameters; {type(policy).__name__} has none"
+            )
+        self.lr, self.gamma, self.gae_lambda, self.clip = float(lr), float(gamma), float(gae_lambda), float(clip)
+        self.value_clip = None if value_clip is None else float(value_clip)
+        self.value_coef, self.entropy_coef = float(value_coef), float(entropy_coef)
+        self.aux_value_coef = float(aux_value_coef)
+        self.epochs, self.minibatches = epochs, minibatches
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.normalize_advantages = bool(normalize_advantages)
+        self.lr_schedule, self.total_steps = lr_schedule, total_steps
+        self.target_kl = None if target_kl is None else float(target_kl)
+        self.vtrace, self.vtrace_rho, self.vtrace_c = bool(vtrace), float(vtrace_rho), float(vtrace_c)
+        self.optimizer = torch.optim.Adam(self._params, lr=self.lr, eps=float(adam_eps))
+        self._gen = torch.Generator()
+        self._gen.manual_seed(int(seed))
+        self._step = 0
+
+    @property
+    def step_count(self) -> int:
+        """Completed (not fully skipped) trainer steps."""
+        return self._step
+
+    # ------------------------------------------------------------------ data
+    def _device(self) -> torch.device:
+        return self._params[0].device
+
+    def _prepare(self, samples: SampleBatch) -> dict[str, Any]:
+        """Check fields and move what the step needs to the model's device."""
+        dev = self._device()
+        missing = [f for f in ("obs", "action", "analyzed_result", "reward", "done", "truncated") if samples[f] is None]
+        if missing:
+            raise ValueError(f"ppo trainer: SampleBatch is missing {missing}")
+        ar: Any = samples["analyzed_result"]
+        for f in ("log_prob", "value"):
+            if f not in ar or ar[f] is None:
+                raise ValueError(f"ppo trainer: SampleBatch.analyzed_result has no {f!r} (fields: {ar.keys()})")
+
+        def tt(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+            t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+            return t.to(dev, dtype) if dtype is not None else t.to(dev)
+
+        lean = SampleBatch(
+            obs=samples.obs, action=samples.action, policy_state=samples.policy_state, on_reset=samples.on_reset
+        ).to_torch(dev)
+        reward = _vals(tt(samples.reward, torch.float32))
+        value = _vals(tt(ar.value, torch.float32))
+        done = tt(samples.done).reshape(reward.shape[:2]).bool()
+        truncated = tt(samples.truncated).reshape(reward.shape[:2]).bool()
+        if reward.shape[-1] not in (1, value.shape[-1]):
+            raise ValueError(f"reward {tuple(reward.shape)} and value {tuple(value.shape)} have different widths")
+        return {
+            "lean": lean,
+            "reward": reward,
+            "value": value,
+            "done": done,
+            "truncated": truncated,
+            "old_lp": _rows(tt(ar.log_prob, torch.float32)),
+        }
+
+    def _targets(self, d: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(advantages (T, B), returns (T, B, D), values used for the targets (T, B, D))``."""
+        reward, done, trunc = d["reward"], d["done"], d["truncated"]
+        if self.vtrace:
+            with torch.no_grad():
+                cur = self.policy.analyze(d["lean"], target="ppo")
+            value = _vals(cur.value.float())
+            log_rho = _rows(cur.log_prob.float()) - d["old_lp"]
+            reward = reward.expand(*reward.shape[:2], value.shape[-1])
+            ret, adv = vtrace(reward, value, done, trunc, log_rho, self.gamma, self.vtrace_rho, self.vtrace_c)
+        else:
+            value = d["value"]
+            reward = reward.expand(*reward.shape[:2], value.shape[-1])
+            adv, ret = gae(reward, value, done, trunc, self.gamma, self.gae_lambda)
+        return adv.sum(-1), ret, value[:-1]
+
+    # ------------------------------------------------------------------ step
+    def step(self, samples: SampleBatch) -> TrainerStepResult:
+        """One PPO step (see the module docstring); increments the policy version unless fully skipped."""
+        if self.lr_schedule == "linear":
+            assert self.total_steps is not None
+            lr_now = self.lr * max(0.0, 1.0 - self._step / self.total_steps)
+        else:
+            lr_now = self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
+
+        d = self._prepare(samples)
+        adv, ret, v_old = self._targets(d)
+        t_len, b = adv.shape
+        mask = decision_mask(d["done"], d["truncated"])
+        rows = {"adv": adv, "ret": ret, "v_old": v_old, "old_lp": d["old_lp"][:t_len], "mask": mask}
+        recurrent = self.policy.default_policy_state is not None
+        lean = d["lean"]
+        if recurrent:
+            units = b
+        else:
+            units = t_len * b
+            lean = lean[:t_len].apply(lambda x: x.reshape(t_len * b, *x.shape[2:]))
+            rows = {k: v.reshape(t_len * b, *v.shape[2:]) for k, v in rows.items()}
+        n_mb = min(self.minibatches, units)
+
+        sums: dict[str, float] = {}
+        updates = skipped = epochs_done = 0
+        for _ in range(self.epochs):
+            epoch_kl: list[float] = []
+            for idx in torch.randperm(units, generator=self._gen).tensor_split(n_mb):
+                idx = idx.to(mask.device)
+                if recurrent:
+                    sub = lean[:, idx]
+                    mb = {k: v[:, idx] for k, v in rows.items()}
+                else:
+                    sub = lean[idx].apply(lambda x: x.unsqueeze(0))
+                    mb = {k: v[idx].unsqueeze(0) for k, v in rows.items()}
+                stats = self._update(sub, mb, t_len if recurrent else 1)
+                if stats is None:
+                    skipped += 1
+                    continue
+                updates += 1
+                epoch_kl.append(stats["approx_kl"])
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            epochs_done += 1
+            if self.target_kl is not None:
+                kl = float(np.mean(epoch_kl)) if epoch_kl else 0.0
+                if float(self.sync.allreduce_mean(np.array([kl]))[0]) > self.target_kl:
+                    break
+
+        out = {k: v / updates for k, v in sums.items()} if updates else {}
+        for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
+            out.setdefault(k, 0.0)
+        out["explained_variance"] = self._explained_variance(ret, v_old, mask)
+        out["lr"] = float(lr_now)
+        out["skipped_updates"] = float(skipped)
+        out["updates"] = float(updates)
+        out["epochs"] = float(epochs_done)
+        out["frames"] = float(t_len * b)
+        if updates:
+            self.policy.inc_version()
+            self._step += 1
+        else:
+            logger.warning("ppo step skipped entirely: all %d updates had a non-finite loss or gradient", skipped)
+        return TrainerStepResult(stats=out, step=self._step, skipped=updates == 0)
+
+    def _update(self, sub: SampleBatch, mb: dict[str, torch.Tensor], t_rows: int) -> dict[str, float] | None:
+        """One minibatch update; ``None`` when skipped (non-finite, agreed across ranks)."""
+        res = self.policy.analyze(sub, target="ppo")
+        new_lp = _rows(res.log_prob)[:t_rows]
+        entropy = _rows(res.entropy)[:t_rows]
+        new_v = _vals(res.value)[:t_rows]
+        m = mb["mask"]
+        count = m.sum().clamp(min=1)
+
+        def mmean(x: torch.Tensor) -> torch.Tensor:
+            return torch.where(m, x, torch.zeros_like(x)).sum() / count
+
+        adv = mb["adv"]
+        if self.normalize_advantages:
+            mean = mmean(adv)
+            std = mmean((adv - mean) ** 2).sqrt()
+            adv = (adv - mean) / (std + 1e-8)
+        logratio = new_lp - mb["old_lp"]
+        ratio = logratio.exp()
+        policy_loss = mmean(torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - self.clip, 1.0 + self.clip)))
+        ret, v_old = mb["ret"], mb["v_old"]
+        v_err = (new_v - ret) ** 2
+        if self.value_clip is not None:
+            v_clipped = v_old + (new_v - v_old).clamp(-self.value_clip, self.value_clip)
+            v_err = torch.max(v_err, (v_clipped - ret) ** 2)
+        value_loss = 0.5 * mmean(v_err.sum(-1))
+        ent = mmean(entropy)
+        terms = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent}
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * ent
+        if res.aux_value is not None:
+            aux_loss = 0.5 * mmean(((_vals(res.aux_value)[:t_rows] - ret) ** 2).sum(-1))
+            terms["aux_value_loss"] = aux_loss
+            loss = loss + self.aux_value_coef * aux_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self._params:  # every rank reduces the same flat layout, even for unused parameters
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.sync.allreduce_gradients(self._params)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        local_bad = not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))
+        if float(self.sync.allreduce_mean(np.array([float(local_bad)]))[0]) > 0:
+            if self.nonfinite == "stop":
+                raise NonFiniteError(self._describe_nonfinite(terms, loss))
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, self.max_grad_norm, grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            stats = {k: v.item() for k, v in terms.items()}
+            stats["approx_kl"] = mmean((ratio - 1.0) - logratio).item()
+            stats["clip_fraction"] = mmean(((ratio - 1.0).abs() > self.clip).float()).item()
+            stats["grad_norm"] = grad_norm.item()
+            stats["loss"] = loss.item()
+        return stats
+
+    def _describe_nonfinite(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> str:
+        for name, value in terms.items():
+            if not bool(torch.isfinite(value)):
+                return f"ppo trainer: non-finite {name} ({value.item()}) at trainer step {self._step}"
+        if not bool(torch.isfinite(loss)):
+            return f"ppo trainer: non-finite total loss ({loss.item()}) at trainer step {self._step}"
+        named = getattr(getattr(self.policy, "net", None), "named_parameters", None)
+        pairs = list(named()) if callable(named) else [(str(i), p) for i, p in enumerate(self._params)]
+        for name, p in pairs:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return f"ppo trainer: non-finite gradient of parameter {name!r} at trainer step {self._step}"
+        return f"ppo trainer: non-finite loss or gradient on another trainer rank at trainer step {self._step}"
+
+    @staticmethod
+    def _explained_variance(ret: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> float:
+        """``1 - Var(R - V) / Var(R)`` over decision rows (0.0 when ``Var(R)`` is 0)."""
+        y, p = ret[mask], pred[mask]
+        if y.numel() < 2:
+            return 0.0
+        var_y = float(y.var(unbiased=False))
+        if var_y == 0.0 or not math.isfinite(var_y):
+            return 0.0
+        return 1.0 - float((y - p).var(unbiased=False)) / var_y
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_checkpoint(self) -> dict[str, Any]:
+        """``{"optimizer": optimizer.state_dict() (tensors cloned to CPU), "step": int, "rng": uint8 tensor}``."""
+        return {
+            "optimizer": _clone_tensors(self.optimizer.state_dict()),
+            "step": self._step,
+            "rng": self._gen.get_state(),
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore optimizer state, step counter and minibatch RNG.
+
+        Accepts the output of :meth:`get_checkpoint` after a round trip through plain
+        types (numpy arrays for tensors, string keys for the optimizer's integer keys). An
+        empty dict (a checkpoint without trainer state) keeps the fresh optimizer.
+        """
+        if not checkpoint:
+            logger.warning("ppo trainer: empty trainer checkpoint; keeping a fresh optimizer and step counter")
+            return
+        self.optimizer.load_state_dict(_restore_optimizer_state(checkpoint["optimizer"]))
+        self._step = int(checkpoint["step"])
+        if checkpoint.get("rng") is not None:
+            self._gen.set_state(torch.as_tensor(np.asarray(checkpoint["rng"]), dtype=torch.uint8))
+
+
+def _clone_tensors(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().clone()
+    if isinstance(x, dict):
+        return {k: _clone_tensors(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone_tensors(v) for v in x)
+    return x
+
+
+def _restore_optimizer_state(sd: dict[str, Any]) -> dict[str, Any]:
+    """Undo what a plain-types round trip may do to ``optimizer.state_dict()``; copies every tensor."""
+
+    def conv(x: Any) -> Any:
+        if isinstance(x, (np.ndarray, np.generic)):
+            return torch.tensor(x)
+        if isinstance(x, torch.Tensor):
+            return x.clone()
+        if isinstance(x, dict):
+            return {(int(k) if isinstance(k, str) and k.isdigit() else k): conv(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(conv(v) for v in x)
+        return x
+
+    state = {k: conv(v) for k, v in sd["state"].items()}
+    state = {(int(k) if isinstance(k, str) and k.isdigit() else k): v for k, v in state.items()}
+    groups = []
+    for g in sd["param_groups"]:
+        g = dict(g)
+        g["params"] = [int(p) for p in g["params"]]
+        groups.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in g.items()})
+    return {"state": state, "param_groups": groups}
+
+
+def make_vtrace(policy: Policy, **kwargs: Any) -> PPOTrainer:
+    """``vtrace``: a :class:`PPOTrainer` with ``vtrace=True`` (V-trace targets for stale samples)."""
+    return PPOTrainer(policy, vtrace=True, **kwargs)
