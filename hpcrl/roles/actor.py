@@ -54,7 +54,7 @@ class ActorRank:
             first = self.results.recv(
                 timeout=cfg.run.heartbeat_seconds or None, copy=True, on_idle=ctx.service, backoff=ctx.backoff
             )
-            default_state = first.data.state[0] if bool(first.data.has_state[0, 0]) else None
+            default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
             from hpcrl.comm.params import ParamSubscriber
 
@@ -152,7 +152,7 @@ class ActorRank:
         elapsed = time.monotonic() - t_start
         recv = [self.results] if self.results is not None else []
         send = [self.samples] + ([self.requests] if self.requests is not None else [])
-        extra = self.subscriber.poll if self.subscriber is not None else None
+        extra = (lambda: None if self.subscriber.poll() else None) if self.subscriber is not None else None
         final = {
             "type": "final",
             "role": "actor",

@@ -121,6 +121,6 @@ class InferenceRank:
             "busy_fraction": self.busy_seconds / elapsed if elapsed > 0 else 0.0,
         }
         ctx.send_stats(final)
-        ctx.drain(self.requests, list(self.results.values()), self.subscriber.poll)
+        ctx.drain(self.requests, list(self.results.values()), lambda: None if self.subscriber.poll() else None)
         self.subscriber.close()
         return final

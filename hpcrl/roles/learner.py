@@ -25,7 +25,7 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     py = random.getstate()
-    npst = np.random.get_state()
+    npst: Any = np.random.get_state(legacy=True)
     return {
         "python": {"version": py[0], "state": np.asarray(py[1], np.int64), "gauss": py[2]},
         "numpy": {

@@ -180,6 +180,6 @@ class RankContext:
             max(1.0, deadline - time.monotonic()),
             idle,
         )
-        for ch in recv:
-            ch.close()
+        for rch in recv:
+            rch.close()
         self._ctrl.close()

@@ -1,0 +1,1 @@
+"""Built-in environments: gymnasium, Atari and PettingZoo adapters, toy tasks, and result checks."""
