@@ -1,4 +1,4 @@
-"""Check user components before deploying them: ``test_environment`` (and ``test_pipeline``, added separately).
+"""Check user components before deploying them: ``test_environment`` and ``test_pipeline``.
 
 Both functions start with ``test_`` for discoverability in user code; they carry
 ``__test__ = False`` so pytest does not collect them when imported into a test module.
@@ -16,8 +16,9 @@ from hpcrl.api.environment import Action, Environment, StepResult
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.envs.checks import EnvChecker, EnvCheckError, normalize_results
+from hpcrl.roles.local import PipelineError
 
-__all__ = ["test_environment"]
+__all__ = ["test_environment", "test_pipeline", "PipelineError"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,4 +189,18 @@ def _checked(results: Any, checker: EnvChecker, where: str) -> list[StepResult |
 
 
 # ====================================================================== test_pipeline
-# (added by the lead: runs actor + inference + trainer in one process)
+def test_pipeline(env: Any, policy: Any, trainer: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run actor, inference and trainer in one process; see :func:`hpcrl.roles.local.test_pipeline`.
+
+    Passing it means the same env, policy and trainer deploy unchanged under ``mpirun``.
+
+    Raises:
+        PipelineError: the parts do not fit (the message names the part and what went wrong).
+    """
+    from hpcrl.roles.local import test_pipeline as _run
+
+    return _run(env, policy, trainer, **kwargs)
+
+
+test_pipeline.__test__ = False  # type: ignore[attr-defined]
+

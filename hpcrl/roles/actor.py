@@ -115,6 +115,9 @@ class ActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
+    def _drain_params(self) -> None:
+        self.subscriber.poll()
+
     def _load_params(self) -> None:
         got = self.subscriber.poll()
         if got is not None:
@@ -152,7 +155,7 @@ class ActorRank:
         elapsed = time.monotonic() - t_start
         recv = [self.results] if self.results is not None else []
         send = [self.samples] + ([self.requests] if self.requests is not None else [])
-        extra = (lambda: None if self.subscriber.poll() else None) if self.subscriber is not None else None
+        extra = self._drain_params if self.subscriber is not None else None
         final = {
             "type": "final",
             "role": "actor",

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import numpy as np
-from hpcrl.comm.params import ParamSubscriber
 
 from hpcrl.api.namedarray import NamedArray, concat
 from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
+from hpcrl.comm.params import ParamSubscriber
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
 from hpcrl.roles.rank import STATS_INTERVAL, RankContext
@@ -59,6 +59,9 @@ class InferenceRank:
             first = NamedArray(has_state=np.ones((1, 1), np.bool_), state=row.apply(lambda x: np.asarray(x)[None]))
         for ch in self.results.values():
             ch.send(first, version=-1)
+
+    def _drain_params(self) -> None:
+        self.subscriber.poll()
 
     def _load_params(self) -> None:
         got = self.subscriber.poll()
@@ -121,6 +124,6 @@ class InferenceRank:
             "busy_fraction": self.busy_seconds / elapsed if elapsed > 0 else 0.0,
         }
         ctx.send_stats(final)
-        ctx.drain(self.requests, list(self.results.values()), lambda: None if self.subscriber.poll() else None)
+        ctx.drain(self.requests, list(self.results.values()), self._drain_params)
         self.subscriber.close()
         return final

@@ -21,7 +21,7 @@ from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.progress import Progress, RunSummary
 from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
+from hpcrl.roles.env_ring import EnvError, EnvRing
 from hpcrl.roles.learner import Learner
 from hpcrl.roles.session import Session, StopFlag
 
@@ -214,6 +214,10 @@ def test_pipeline(
             result = _rollout(policy, request, f"policy {type(policy).__name__}")
             try:
                 ring.consume(0, result, policy.version)
+            except EnvError as e:
+                if "policy returned" in str(e):
+                    raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
+                raise
             except ValueError as e:
                 raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             done_eps.extend(e.ret for e in ring.pop_episodes())
