@@ -21,6 +21,8 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # examples/ and benchmarks/ are importable in tests
+    sys.path.insert(0, str(REPO))
 
 
 def _world() -> Any:

@@ -92,6 +92,9 @@ class Experiment:
     """Base random seed; each env, rank and role derives its own seed from it."""
     total_frames: int = 100_000
     """Stop after this many environment steps, summed over all actors."""
+    imports: list[str] = field(default_factory=list)
+    """Python modules every rank imports first, so user envs/policies/trainers register themselves
+    (e.g. ``[examples.quickstart.env]``)."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected null, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, path)  # type: ignore[arg-type]
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r} ({type(value).__name__})")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r} ({type(value).__name__})")

@@ -24,7 +24,8 @@ class Registry(Generic[T]):
 
     A factory may also be given lazily as a ``"package.module:attribute"`` string, so
     built-ins register themselves without importing torch or gymnasium until they are
-    first made.
+    first made. An unregistered name of that form is imported on use, so a config may
+    name a user class directly (``type_: mypackage.envs:MyEnv``).
 
     Args:
         kind: what is registered ("environment", "policy", "trainer"), used in messages.
@@ -61,6 +62,9 @@ class Registry(Generic[T]):
         Raises:
             RegistryError: unknown name; the message lists close matches and all known names.
         """
+        if name not in self._entries and isinstance(name, str) and ":" in name:
+            # an unregistered "package.module:attribute" is imported on use
+            self._entries[name] = name
         try:
             entry = self._entries[name]
         except KeyError:
@@ -71,7 +75,11 @@ class Registry(Generic[T]):
             ) from None
         if isinstance(entry, str):
             module, _, attr = entry.partition(":")
-            factory = getattr(importlib.import_module(module), attr)
+            try:
+                factory = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as e:
+                del self._entries[name]
+                raise RegistryError(f"{self.kind} {name!r}: cannot load {entry!r}: {e}") from e
             self._entries[name] = factory
             return factory  # type: ignore[no-any-return]
         return entry

@@ -20,6 +20,7 @@ from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
 
 __all__ = [
+    "import_user_modules",
     "env_label",
     "env_factory",
     "env_seed",
@@ -35,6 +36,21 @@ log = logging.getLogger(__name__)
 
 #: built-in policies whose obs_dim/action_dim can be inferred from the env's spaces.
 _INFERABLE = {"actor-critic-separate", "actor-critic-shared"}
+
+
+def import_user_modules(cfg: config.ExperimentConfig) -> None:
+    """Import ``experiment.imports`` (user modules that register envs, policies, trainers).
+
+    Raises:
+        ImportError: a module cannot be imported (names it and the config key).
+    """
+    import importlib
+
+    for i, name in enumerate(cfg.experiment.imports):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"experiment.imports[{i}]: cannot import {name!r}: {e}") from e
 
 
 def env_label(spec: config.Environment) -> str:

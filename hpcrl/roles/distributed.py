@@ -30,6 +30,9 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     The leader prepares the run directory first (any error there aborts the job before
     training starts); every rank then opens its own trace file.
     """
+    from hpcrl.roles.common import import_user_modules
+
+    import_user_modules(cfg)
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = comm.Split(0 if role == "trainer" else 1, rank)

@@ -51,6 +51,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     ``run.fresh`` is set. Stops at ``experiment.total_frames`` or when ``stop`` is set
     (SIGTERM/SIGUSR1), writing a final checkpoint either way.
     """
+    common.import_user_modules(cfg)
     session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
     stop = stop or StopFlag()
     common.set_torch_threads(cfg.run.torch_threads)

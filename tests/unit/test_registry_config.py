@@ -79,3 +79,18 @@ def test_yaml_is_safe_loaded(tmp_path):
     p.write_text("environment: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(p)
+
+
+def test_registry_module_attr_names_and_bad_ones():
+    r: Registry[object] = Registry("thing")
+    assert r.make("collections:OrderedDict", a=1) == {"a": 1}
+    with pytest.raises(RegistryError, match="cannot load 'nope.module:X'"):
+        r.get("nope.module:X")
+    assert "nope.module:X" not in r
+
+
+def test_config_imports_list(tmp_path):
+    cfg = config.from_dict(dict(BASE, experiment={"imports": ["examples.quickstart.env"]}))
+    assert cfg.experiment.imports == ["examples.quickstart.env"]
+    with pytest.raises(config.ConfigError, match=r"experiment\.imports\[1\]: expected a string"):
+        config.from_dict(dict(BASE, experiment={"imports": ["a", 3]}))

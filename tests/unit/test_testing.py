@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +144,7 @@ def test_curriculum_stage_is_kept_by_instances() -> None:
 
 
 def _load_example() -> Any:
-    name = "hpcrl_example_quickstart_env"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "quickstart" / "env.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return importlib.import_module("examples.quickstart.env")
 
 
 def test_quickstart_example_env_passes_and_follows_the_rule() -> None:
