@@ -25,6 +25,7 @@ __all__ = [
     "env_factory",
     "env_seed",
     "resolve_policy_spec",
+    "fill_policy_args",
     "build_policy",
     "build_trainer",
     "seed_everything",
@@ -81,18 +82,24 @@ def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:
     For the built-in actor-critic policies the env's declared spaces also check the
     given dims: a mismatch raises ``ValueError`` naming the input and both shapes.
     """
-    spec = cfg.policy
-    if spec.type_ not in _INFERABLE:
-        return spec
+    if cfg.policy.type_ not in _INFERABLE:
+        return cfg.policy
     env = make_env(cfg.environment)
     try:
-        obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
+        return fill_policy_args(cfg.policy, env, env_label(cfg.environment))
     finally:
         env.close()
+
+
+def fill_policy_args(spec: config.Policy, env: Environment, label: str) -> config.Policy:
+    """Fill and check a built-in actor-critic spec's input/action dims from ``env``'s declared spaces."""
+    if spec.type_ not in _INFERABLE:
+        return spec
+    obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
     if not obs_spaces or not act_spaces:
         if "obs_dim" not in spec.args or "action_dim" not in spec.args:
             raise ValueError(
-                f"policy {spec.type_!r}: env {env_label(cfg.environment)} declares no observation/action spaces, "
+                f"policy {spec.type_!r}: env {label} declares no observation/action spaces, "
                 f"so policy.args.obs_dim and policy.args.action_dim must be given"
             )
         return spec

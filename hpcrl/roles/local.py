@@ -187,7 +187,14 @@ def test_pipeline(
     """
     make, label, n_envs = _as_env_factory(env)
     if not isinstance(policy, Policy):
-        policy = make_policy(policy if not isinstance(policy, str) else config.Policy(type_=policy))
+        spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
+        probe = make(0)
+        try:
+            spec = common.fill_policy_args(spec, probe, label)
+        finally:
+            if not isinstance(env, Environment):
+                probe.close()
+        policy = make_policy(spec)
     if not isinstance(trainer, Trainer):
         trainer = make_trainer(trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer), policy)
     if trainer.policy is not policy:
