@@ -213,7 +213,7 @@ class SingleModelPytorchPolicy(Policy):
         """Load model weights (tensors or numpy arrays)."""
         import torch
 
-        sd = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+        sd = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
         self._net.load_state_dict(sd)
 
     def get_checkpoint(self) -> dict[str, Any]:

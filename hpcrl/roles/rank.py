@@ -59,7 +59,6 @@ class RankContext:
         """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
         self.stop_reason = ""
         self._stop_forwarded = False
-        self._ctrl = control.Control(comm)
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
         now = time.monotonic()
@@ -77,12 +76,12 @@ class RankContext:
     # ------------------------------------------------------------------ control plane
     def post(self, dest: int, msg: dict[str, Any], tag: int = Tag.CONTROL) -> None:
         """Send a small JSON control message (non-blocking)."""
-        self._ctrl.post(dest, msg, tag)
+        control.post_obj(self.comm, dest, msg, tag)
 
     def service(self) -> None:
         """Poll control messages, forward local stop requests, send/check heartbeats. Cheap; call often."""
         now = time.monotonic()
-        for src, _tag, msg in self._ctrl.poll():
+        for src, msg in self._poll_all():
             self.last_seen[src] = now
             kind = msg.get("type")
             if "host" in msg:
@@ -107,6 +106,13 @@ class RankContext:
                         self.post(r, {"type": "hb", "host": self.host}, Tag.HEARTBEAT)
             self._check_silence(now)
 
+    def _poll_all(self) -> list[tuple[int, dict[str, Any]]]:
+        out = control.poll_obj(self.comm, Tag.CONTROL)
+        out += control.poll_obj(self.comm, Tag.HEARTBEAT)
+        if self.is_leader:
+            out += control.poll_obj(self.comm, Tag.STATS)
+        return out
+
     def _check_silence(self, now: float) -> None:
         limit = self.cfg.run.heartbeat_seconds
         watch = self.last_seen.keys() if self.is_leader else [self.leader]
@@ -120,7 +126,7 @@ class RankContext:
 
     def flush_control(self, timeout: float = 10.0) -> None:
         """Wait until control messages sent so far have left."""
-        self._ctrl.flush(timeout)
+        control.flush_obj(timeout)
 
     # ------------------------------------------------------------------ stats
     def send_stats(self, msg: dict[str, Any]) -> None:
@@ -163,15 +169,16 @@ class RankContext:
             poll_any(recv)
             if extra is not None:
                 extra()
-            for _ in self._ctrl.poll():
-                pass
+            for src, msg in self._poll_all():
+                if msg.get("type") == "final" and self.on_stats is not None:
+                    self.on_stats(src, msg)
 
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for ch in send:
             ch.flush(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
         if finish_sends is not None:
             finish_sends(idle)
-        self._ctrl.flush(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
+        control.flush_obj(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
         req = self.comm.Ibarrier()
         wait_for(
             lambda: True if req.Test() else None,
@@ -180,6 +187,7 @@ class RankContext:
             max(1.0, deadline - time.monotonic()),
             idle,
         )
+        idle()  # the last control messages (final stats) may have arrived with the barrier
         for rch in recv:
             rch.close()
-        self._ctrl.close()
+        control.cancel_obj()

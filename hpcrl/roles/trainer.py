@@ -199,7 +199,8 @@ class TrainerRank:
 
         def finish(idle: Any) -> None:
             if self.publisher is not None:
-                self.publisher.close(on_idle=idle)
+                self.publisher.flush(timeout=60.0, on_idle=idle)
+                self.publisher.close()
 
         ctx.drain(self.samples, [], None, finish)
         sync = self.trainer.sync
