@@ -155,7 +155,8 @@ def build_trainer(
             params = inspect.signature(ALL_TRAINERS.get(spec.type_)).parameters
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
-        if "total_steps" in params:
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if "total_steps" in params or takes_kwargs:
             spec = dataclasses.replace(spec, args={**spec.args, "total_steps": max(1, int(total_steps_hint))})
     trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
