@@ -70,6 +70,42 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
         os.close(dfd)
 
 
+class _SafeTrace:
+    """A trace writer whose write failures are logged (once) instead of stopping the run.
+
+    Traces are diagnostics: losing one flush interval must not kill a days-long training run.
+    """
+
+    def __init__(self, writer: Any) -> None:
+        self._w = writer
+        self._warned = False
+        self.add_time = writer.add_time
+        self.episode = writer.episode
+        self.trainer_step = writer.trainer_step
+
+    def _guard(self, fn: Any) -> None:
+        from hpcrl.storage.trace import TraceError
+
+        try:
+            fn()
+        except (TraceError, OSError) as e:
+            if not self._warned:
+                log.warning("trace write failed (tracing continues, this interval is lost): %s", e)
+                self._warned = True
+
+    def maybe_flush(self) -> None:
+        """Flush if the interval has passed; failures are logged."""
+        self._guard(self._w.maybe_flush)
+
+    def flush(self) -> None:
+        """Flush now; failures are logged."""
+        self._guard(self._w.flush)
+
+    def close(self) -> None:
+        """Flush and close; failures are logged."""
+        self._guard(self._w.close)
+
+
 class Session:
     """What one process of a run needs besides its role: the run dir, config text, and its trace.
 
@@ -102,7 +138,7 @@ class Session:
         """Create the run dir (0700), move old checkpoints/traces aside for a fresh run, save config.yaml.
 
         Raises:
-            OSError: the run dir cannot be created or written (names the path).
+            RunDirError: the run dir cannot be created or written (names the path).
         """
         from hpcrl.storage.checkpoint import prepare_run_dir
 
@@ -125,7 +161,7 @@ class Session:
         from hpcrl.storage.trace import TraceWriter
 
         path = self.run_dir / "traces" / f"rank-{self.rank:04d}.h5"
-        self.trace = TraceWriter(path, self.rank, self.role, flush_seconds=self.cfg.run.trace_flush_seconds)
+        self.trace = _SafeTrace(TraceWriter(path, self.rank, self.role, flush_seconds=self.cfg.run.trace_flush_seconds))
 
     @property
     def host(self) -> str:
