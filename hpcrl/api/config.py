@@ -229,7 +229,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 errors.append(e)
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
-        if value in typing.get_args(tp):
+        allowed = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads off/no/on/yes as booleans
+            spellings = ("off", "no", "false") if not value else ("on", "yes", "true")
+            matches = [a for a in allowed if a in spellings]
+            if len(matches) == 1:
+                return matches[0]
+        if value in allowed and not isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected one of {_type_name(tp)}, got {value!r}")
     if tp is Any:

@@ -59,7 +59,7 @@ class ActorRank:
             from hpcrl.comm.params import ParamSubscriber
 
             common.set_torch_threads(cfg.run.torch_threads)
-            spec = common.resolve_policy_spec(cfg)
+            spec = cfg.policy  # already resolved by run_rank
             self.policy = common.build_policy(spec, "cpu", seed=cfg.experiment.seed)
             default_state = common.default_state_row(self.policy)
             self.subscriber = ParamSubscriber(ctx.comm, topo.leader)

@@ -24,6 +24,7 @@ __all__ = [
     "env_label",
     "env_factory",
     "env_seed",
+    "resolve_experiment",
     "resolve_policy_spec",
     "fill_policy_args",
     "build_policy",
@@ -74,6 +75,20 @@ def env_factory(spec: config.Environment) -> Callable[[int], Environment]:
         return make_env(spec)
 
     return build
+
+
+def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, int]:
+    """Probe the env once: the config with its policy spec resolved, and the env's ``agent_count``.
+
+    See :func:`resolve_policy_spec`. The resolved config is what the run saves and checkpoints.
+    """
+    env = make_env(cfg.environment)
+    try:
+        agents = int(env.agent_count)
+        spec = fill_policy_args(cfg.policy, env, env_label(cfg.environment))
+    finally:
+        env.close()
+    return dataclasses.replace(cfg, policy=spec), agents
 
 
 def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:

@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from hpcrl.api import config
-from hpcrl.api.environment import make as make_env
 from hpcrl.comm.topology import Topology
 from hpcrl.roles.rank import RankContext
 from hpcrl.roles.session import Session, StopFlag
@@ -16,23 +15,16 @@ __all__ = ["run_rank"]
 log = logging.getLogger(__name__)
 
 
-def _agent_count(cfg: config.ExperimentConfig) -> int:
-    env = make_env(cfg.environment)
-    try:
-        return int(env.agent_count)
-    finally:
-        env.close()
-
-
 def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag) -> dict[str, Any] | None:
     """Run this rank's role; returns the run summary on the leader, None elsewhere.
 
     The leader prepares the run directory first (any error there aborts the job before
     training starts); every rank then opens its own trace file.
     """
-    from hpcrl.roles.common import import_user_modules
+    from hpcrl.roles.common import import_user_modules, resolve_experiment
 
     import_user_modules(cfg)
+    cfg, agents = resolve_experiment(cfg)
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = comm.Split(0 if role == "trainer" else 1, rank)
@@ -40,7 +32,6 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     comm.Barrier()
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session)
-    agents = _agent_count(cfg)
     try:
         if role == "trainer":
             from hpcrl.roles.trainer import TrainerRank

@@ -93,6 +93,7 @@ class EnvRing:
         check: ``"first"``, ``"always"`` or ``"off"``: validate results against declared spaces.
         env_failure: ``"fail"`` or ``"recreate"``.
         max_env_failures: consecutive failures of one env before giving up (with ``recreate``).
+        evaluation: mark every request ``is_evaluation`` (deterministic actions).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class EnvRing:
         check: str = "first",
         env_failure: str = "fail",
         max_env_failures: int = 3,
+        evaluation: bool = False,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"{where}: envs_per_actor must be >= 1, got {num_envs}")
@@ -120,6 +122,7 @@ class EnvRing:
         self.env_failure = env_failure
         self.max_env_failures = max_env_failures
         self.seeds = seeds or list(range(num_envs))
+        self.evaluation = evaluation
         self.frames = 0
         self.env_failures = 0
         self.episodes: list[Episode] = []
@@ -245,7 +248,7 @@ class EnvRing:
         req = RolloutRequest(
             obs=obs,
             policy_state=state,
-            is_evaluation=np.zeros((acting.size, 1), np.bool_),
+            is_evaluation=np.full((acting.size, 1), self.evaluation, np.bool_),
             on_reset=g.on_reset[acting].reshape(-1, 1).copy(),
         )
         g.pending = (acting, req, reward, done, trunc)

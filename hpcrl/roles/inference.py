@@ -36,7 +36,7 @@ class InferenceRank:
         self.ctx = ctx
         cfg = ctx.cfg
         common.set_torch_threads(cfg.run.torch_threads)
-        spec = common.resolve_policy_spec(cfg)
+        spec = cfg.policy  # already resolved by run_rank
         device = common.resolve_device(cfg.training.device) if cfg.training.device != "auto" else "cpu"
         self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
         self.actors = ctx.topo.actors_of_inference(ctx.rank)

@@ -52,11 +52,12 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     (SIGTERM/SIGUSR1), writing a final checkpoint either way.
     """
     common.import_user_modules(cfg)
+    cfg, _ = common.resolve_experiment(cfg)
     session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
     stop = stop or StopFlag()
     common.set_torch_threads(cfg.run.torch_threads)
     common.seed_everything(cfg.experiment.seed)
-    spec = common.resolve_policy_spec(cfg)
+    spec = cfg.policy
     device = common.resolve_device(cfg.training.device)
     policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
     n_envs = cfg.actor.envs_per_actor

@@ -43,7 +43,7 @@ class TrainerRank:
         cfg = ctx.cfg
         topo = ctx.topo
         common.set_torch_threads(cfg.run.torch_threads)
-        spec = common.resolve_policy_spec(cfg)
+        spec = cfg.policy  # already resolved by run_rank
         device = common.resolve_device(cfg.training.device)
         self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
         self.actors = topo.actors_of_trainer(ctx.rank)

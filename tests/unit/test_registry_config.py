@@ -94,3 +94,10 @@ def test_config_imports_list(tmp_path):
     assert cfg.experiment.imports == ["examples.quickstart.env"]
     with pytest.raises(config.ConfigError, match=r"experiment\.imports\[1\]: expected a string"):
         config.from_dict(dict(BASE, experiment={"imports": ["a", 3]}))
+
+
+def test_yaml_off_is_the_literal_off(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text("environment: {type_: gym}\npolicy: {type_: p}\ntrainer: {type_: t}\nrun: {progress: off}\n")
+    assert config.load(p).run.progress == "off"
+    assert config.load(p, ["run.progress=off", "actor.check_env=off"]).actor.check_env == "off"

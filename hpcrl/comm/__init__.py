@@ -1,0 +1,15 @@
+"""hpcrl's communication layer: rank topology, tags, buffer channels, control messages, parameters, collectives.
+
+Modules (import the one you need; nothing here is imported eagerly, and only
+:mod:`hpcrl.comm.collectives` ever touches torch, lazily):
+
+* :mod:`hpcrl.comm.mpi`: ``get_world()`` with a clear error when no MPI library loads; ``abort()``.
+* :mod:`hpcrl.comm.tags`: the one ``Tag`` enum of every message tag.
+* :mod:`hpcrl.comm.topology`: pure (layout, world size) -> roles and peers; no MPI.
+* :mod:`hpcrl.comm.polling`: back-off waiting (no busy spinning on oversubscribed nodes).
+* :mod:`hpcrl.comm.channel`: the data plane: NamedArray ``SendChannel`` / ``RecvChannel`` (schema once, then
+  one buffer per message), ``poll_any`` / ``recv_any`` over many channels.
+* :mod:`hpcrl.comm.control`: small JSON control messages (``post_obj`` / ``poll_obj``), never pickle.
+* :mod:`hpcrl.comm.params`: newest-wins parameter publication from the trainer leader.
+* :mod:`hpcrl.comm.collectives`: trainer gradient synchronisation (MPI Allreduce, gloo or nccl).
+"""

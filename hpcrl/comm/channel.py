@@ -1,0 +1,751 @@
+"""The data plane: point-to-point channels carrying NamedArrays as one contiguous buffer per message.
+
+Wire protocol (DESIGN.md §3). A channel is (source rank, destination rank, data tag ``T``):
+
+1. Before the first message, and whenever the structure of the sent NamedArrays changes, the
+   sender announces a schema: a 64-byte header of kind ``SCHEMA`` on ``T`` (it carries the new
+   schema id and the JSON length), then the schema JSON (:meth:`Schema.to_json`) as a uint8 buffer
+   on ``schema_tag(T)``. No pickle anywhere.
+2. Every data message is ONE buffer on ``T``: the 64-byte header (8 int64: magic, kind, schema
+   id, batch dim 0, batch dim 1, policy version, sequence number, payload bytes) followed by the
+   payload packed by :meth:`Schema.pack`.
+
+The receiver keeps an ``Irecv`` posted into buffers preallocated from the schema and ``max_rows``
+(rows = product of the batch dims), so a message is never larger than what was allocated: a
+bigger one fails in MPI (truncation) and is reported. Every header field is checked before use;
+errors (:class:`ChannelError`) name the channel, the source rank and the tag.
+
+Examples:
+    Under ``mpiexec -n 2`` (rank 0 sends, rank 1 receives)::
+
+        if comm.rank == 0:
+            out = SendChannel(comm, dest=1, tag=Tag.SAMPLE, name="samples")
+            out.send(batch, version=3)          # returns at once (Isend, double-buffered)
+            out.flush(timeout=10)
+        else:
+            inp = RecvChannel(comm, source=0, tag=Tag.SAMPLE, name="samples", max_rows=1024)
+            msg = inp.recv(timeout=10)          # Message(data=NamedArray views, batch_shape, version, seq)
+            inp.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from hpcrl.api.namedarray import NamedArray, Schema, SchemaError
+from hpcrl.comm.mpi import load_mpi
+from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, wait, wait_for
+from hpcrl.comm.tags import schema_tag, tag_name
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+__all__ = [
+    "ChannelError",
+    "Message",
+    "SendChannel",
+    "RecvChannel",
+    "poll_any",
+    "recv_any",
+    "drain_and_close",
+    "write_header",
+    "HEADER_NBYTES",
+    "MAX_SCHEMA_BYTES",
+    "MAX_BATCH_NDIM",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Bytes of the fixed message header (8 int64); the payload follows at this offset.
+HEADER_NBYTES = 64
+#: Largest schema JSON a receiver accepts.
+MAX_SCHEMA_BYTES = 1 << 20
+#: Channels carry NamedArrays with at most this many batch dims (``(B,)`` or ``(T, B)``).
+MAX_BATCH_NDIM = 2
+#: Default upper bound of one receive buffer (``max_rows`` x row size); raise it explicitly if needed.
+DEFAULT_MAX_BYTES = 1 << 31
+
+MAGIC = 0x4850_4352_4C00_0001  # "HPCRL", protocol 1
+KIND_DATA = 1
+KIND_SCHEMA = 2
+
+_HEADER = struct.Struct("=8q")  # magic, kind, schema id, dim0, dim1, version, seq, payload nbytes
+
+
+def _pad_dims(batch_shape: tuple[int, ...]) -> tuple[int, int]:
+    dims = tuple(batch_shape) + (1,) * (MAX_BATCH_NDIM - len(batch_shape))
+    return int(dims[0]), int(dims[1])
+
+
+def write_header(
+    buf: np.ndarray, kind: int, schema_id: int, batch_shape: tuple[int, ...], version: int, seq: int, nbytes: int
+) -> None:
+    """Write the 64-byte message header at the start of ``buf`` (shared with :mod:`hpcrl.comm.params`)."""
+    d0, d1 = _pad_dims(batch_shape)
+    _HEADER.pack_into(buf.data, 0, MAGIC, kind, schema_id, d0, d1, int(version), seq, nbytes)
+
+
+class ChannelError(RuntimeError):
+    """A message on a channel is malformed, out of order or too large (the message names rank, tag, channel)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Message:
+    """One received message.
+
+    Attributes:
+        data: the NamedArray; its leaves are views into the channel's receive buffer, valid until the
+            next receive on that channel (unless received with ``copy=True``).
+        batch_shape: the batch dims, e.g. ``(B,)`` or ``(T, B)``.
+        version: the policy version the sender attached.
+        seq: the message's sequence number on its channel (0, 1, 2, ... in sending order).
+        source: the sending rank.
+    """
+
+    data: NamedArray
+    batch_shape: tuple[int, ...]
+    version: int
+    seq: int
+    source: int
+
+
+class _SendSlot:
+    __slots__ = ("buf", "req")
+
+    def __init__(self) -> None:
+        self.buf: np.ndarray | None = None
+        self.req: MPI.Request | None = None
+
+    def free(self) -> bool:
+        return self.req is None or bool(self.req.Test())
+
+
+def _fingerprint(node: NamedArray, batch_ndim: int, shapes: list[Any]) -> tuple[Any, ...]:
+    """Cheap structural key: equal fingerprints imply equal :meth:`Schema.of` (classes, fields, dtypes, shapes).
+
+    Also appends the shape of every array leaf to ``shapes`` (the first one gives the batch shape).
+    """
+    parts: list[Any] = [type(node)]
+    for key, value in node.items():
+        if value is None:
+            parts.append((key, None))
+        elif isinstance(value, NamedArray):
+            parts.append((key, _fingerprint(value, batch_ndim, shapes)))
+        elif hasattr(value, "dtype") and hasattr(value, "shape"):
+            shape = value.shape
+            shapes.append(shape)
+            parts.append((key, value.dtype, tuple(shape[batch_ndim:])))
+        else:  # not an array (e.g. a list): never trust a cached schema for it
+            parts.append((key, object()))
+    return tuple(parts)
+
+
+class SendChannel:
+    """Sending end of a channel: NamedArrays to one rank on one tag, without blocking the caller.
+
+    Each :meth:`send` packs into one of two buffers and starts an ``Isend``; it waits only when both
+    buffers are still in flight (then for the older one), so the caller packs message ``k+1`` while
+    message ``k`` travels.
+
+    Args:
+        comm: the communicator.
+        dest: the receiving rank.
+        tag: a data-plane tag (its handshake goes on ``schema_tag(tag)``).
+        name: channel name for errors and logs (e.g. ``"samples"``).
+        batch_ndim: leading batch dims of the NamedArrays sent (0, 1 or 2).
+        send_timeout: seconds :meth:`send` may wait for a free buffer before raising ``WaitTimeout``
+            (``None``: forever).
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        dest: int,
+        tag: int,
+        name: str,
+        batch_ndim: int = 1,
+        send_timeout: float | None = None,
+    ) -> None:
+        if not 0 <= batch_ndim <= MAX_BATCH_NDIM:
+            raise ValueError(f"channel {name!r}: batch_ndim must be 0..{MAX_BATCH_NDIM}, got {batch_ndim}")
+        self._mpi: Any = load_mpi()
+        self.comm = comm
+        self.dest = int(dest)
+        self.tag = int(tag)
+        self.schema_tag = schema_tag(tag)
+        self.name = name
+        self.batch_ndim = batch_ndim
+        self.send_timeout = send_timeout
+        self._schema: Schema | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._row_nbytes = 0
+        self._schema_id = 0
+        self._seq = 0
+        self._slots = (_SendSlot(), _SendSlot())
+        self._older = 0
+        self._aux: list[tuple[MPI.Request, np.ndarray]] = []  # schema announcements in flight
+        self._closed = False
+        self.messages = 0
+        """Data messages sent so far."""
+        self.bytes = 0
+        """Payload bytes sent so far."""
+
+    @property
+    def where(self) -> str:
+        """``channel 'name' (rank a -> rank b, tag NAME (n))`` for messages."""
+        return f"channel {self.name!r} (rank {self.comm.Get_rank()} -> rank {self.dest}, tag {tag_name(self.tag)})"
+
+    @property
+    def schema(self) -> Schema | None:
+        """The schema of the last message sent (``None`` before the first)."""
+        return self._schema
+
+    @property
+    def seq(self) -> int:
+        """Sequence number the next data message will carry (0, 1, 2, ...; handshakes do not count)."""
+        return self._seq
+
+    @property
+    def pending(self) -> int:
+        """Sends still in flight (data buffers and schema handshakes)."""
+        return sum(0 if s.free() else 1 for s in self._slots) + sum(1 for r, _ in self._aux if not r.Test())
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`send` would start at once (a send buffer is free); never blocks."""
+        return self._slots[0].free() or self._slots[1].free()
+
+    def send(self, data: NamedArray, version: int = 0, on_idle: OnIdle | None = None) -> None:
+        """Send ``data`` (non-blocking; returns once the message is packed and its ``Isend`` started).
+
+        Only when both send buffers are still in flight does it wait, for the older one (check
+        :attr:`ready` to avoid that, or pass ``on_idle`` to keep receiving meanwhile: two ranks that
+        both wait on sends without receiving would wait for each other).
+
+        A NamedArray whose structure (fields, None-ness, dtypes, per-row shapes, classes) differs from
+        the previous message's triggers a new schema handshake first.
+
+        Args:
+            data: the NamedArray (numpy or CPU torch leaves) with ``batch_ndim`` leading batch dims.
+            version: the policy version to attach (e.g. the version that produced the data).
+            on_idle: called while waiting for a free buffer.
+
+        Raises:
+            SchemaError: ``data`` cannot go on the wire (dtype, inconsistent batch dims).
+            ChannelError: the channel is closed, or the schema JSON exceeds ``MAX_SCHEMA_BYTES``.
+            WaitTimeout: both buffers stayed busy longer than ``send_timeout``.
+        """
+        if self._closed:
+            raise ChannelError(f"{self.where}: send after close()")
+        shapes: list[Any] = []
+        fingerprint = _fingerprint(data, self.batch_ndim, shapes)
+        if fingerprint != self._fingerprint:
+            try:
+                fresh = Schema.of(data, self.batch_ndim)
+            except SchemaError as e:
+                raise SchemaError(f"{self.where}: {e}") from e
+            if fresh != self._schema:
+                self._announce(fresh)
+            self._fingerprint = fingerprint
+        schema = self._schema
+        assert schema is not None
+        batch = tuple(int(n) for n in shapes[0][: self.batch_ndim]) if shapes else (0,) * self.batch_ndim
+        nbytes = self._row_nbytes * math.prod(batch)
+        slot = self._take_slot(on_idle)
+        need = HEADER_NBYTES + nbytes
+        if slot.buf is None or slot.buf.nbytes < need:
+            old = 0 if slot.buf is None else slot.buf.nbytes
+            slot.buf = np.empty(max(need, old + old // 2), np.uint8)
+        buf = slot.buf
+        try:
+            schema.pack(data, out=buf, offset=HEADER_NBYTES)
+        except SchemaError as e:
+            raise SchemaError(f"{self.where}: {e}") from e
+        write_header(buf, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
+        slot.req = self.comm.Isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
+        self._seq += 1
+        self.messages += 1
+        self.bytes += nbytes
+
+    def _take_slot(self, on_idle: OnIdle | None) -> _SendSlot:
+        first, second = self._older, 1 - self._older
+        for idx in (first, second):
+            if self._slots[idx].free():
+                self._older = 1 - idx
+                return self._slots[idx]
+        slot = self._slots[first]
+        assert slot.req is not None
+        wait(slot.req, f"a send buffer on {self.where} to free up", self.dest, self.send_timeout, on_idle)
+        self._older = second
+        return slot
+
+    def _announce(self, schema: Schema) -> None:
+        text = schema.to_json().encode("utf-8")
+        if len(text) > MAX_SCHEMA_BYTES:
+            raise ChannelError(f"{self.where}: schema JSON of {len(text)} bytes exceeds {MAX_SCHEMA_BYTES}")
+        if self._aux:
+            self._aux = [(r, b) for r, b in self._aux if not r.Test()]
+        self._schema_id += 1
+        marker = np.empty(HEADER_NBYTES, np.uint8)
+        write_header(marker, KIND_SCHEMA, self._schema_id, (), 0, self._seq, len(text))
+        payload = np.frombuffer(bytearray(text), np.uint8)
+        mpi = self._mpi
+        self._aux.append((self.comm.Isend([marker, mpi.BYTE], self.dest, self.tag), marker))
+        self._aux.append((self.comm.Isend([payload, mpi.BYTE], self.dest, self.schema_tag), payload))
+        self._schema = schema
+        self._row_nbytes = schema.row_nbytes
+        _log.debug("%s: schema %d announced (%d leaves)", self.where, self._schema_id, len(schema.leaves))
+
+    def _requests(self) -> list[MPI.Request]:
+        reqs = [s.req for s in self._slots if s.req is not None]
+        return reqs + [r for r, _ in self._aux]
+
+    def flush(self, timeout: float | None = None, on_idle: OnIdle | None = None) -> None:
+        """Wait until every message sent so far has left (its buffer may be reused).
+
+        Args:
+            timeout: seconds before ``WaitTimeout`` (``None``: forever).
+            on_idle: called between tests (e.g. to poll control messages).
+
+        Raises:
+            WaitTimeout: the receiver did not take the messages within ``timeout``.
+        """
+        wait(self._requests(), f"outstanding sends on {self.where}", self.dest, timeout, on_idle)
+        self._aux.clear()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Flush, then release the buffers; sends still pending after ``timeout`` are cancelled (logged).
+
+        Args:
+            timeout: seconds to wait for outstanding sends; ``None`` waits forever.
+        """
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        except WaitTimeout:
+            _log.warning("%s: receiver did not take %d message(s) before close; cancelling", self.where, self.pending)
+            cancel(self._requests(), f"sends on {self.where}")
+        self._closed = True
+        self._aux.clear()
+        for slot in self._slots:
+            slot.buf, slot.req = None, None
+
+
+class RecvChannel:
+    """Receiving end of a channel: NamedArrays from one rank on one tag, with an ``Irecv`` always posted.
+
+    The receive buffers are allocated when the schema arrives: ``nbuffers`` x (64 + ``max_rows`` x
+    row bytes). With two buffers the next receive is already posted while the caller reads the
+    message just returned. Returned leaves are views into a buffer, valid until the next receive call
+    on this channel (``test``/``recv``/``poll_any``); pass ``copy=True`` to keep them longer.
+
+    Args:
+        comm: the communicator.
+        source: the sending rank.
+        tag: the data-plane tag (must match the sender's).
+        name: channel name for errors and logs.
+        max_rows: capacity in rows (product of the batch dims) of one message; a larger message is an error.
+        nbuffers: 2 (double buffering, default) or 1 (half the memory; the next receive is posted only
+            when the caller asks for the next message).
+        allow_gaps: accept increasing sequence numbers with gaps (newest-wins streams such as
+            parameters); by default every message must carry the next number.
+        max_bytes: upper bound of one receive buffer; a schema needing more is refused before allocating.
+    """
+
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        source: int,
+        tag: int,
+        name: str,
+        max_rows: int,
+        nbuffers: int = 2,
+        allow_gaps: bool = False,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError(f"channel {name!r}: max_rows must be >= 1, got {max_rows}")
+        if nbuffers not in (1, 2):
+            raise ValueError(f"channel {name!r}: nbuffers must be 1 or 2, got {nbuffers}")
+        self._mpi: Any = load_mpi()
+        self.comm = comm
+        self.source = int(source)
+        self.tag = int(tag)
+        self.schema_tag = schema_tag(tag)
+        self.name = name
+        self.max_rows = int(max_rows)
+        self.nbuffers = nbuffers
+        self.allow_gaps = allow_gaps
+        self.max_bytes = int(max_bytes)
+        self._schema: Schema | None = None
+        self._row_nbytes = 0
+        self._schema_id = 0
+        self._awaiting: tuple[int, int] | None = None  # (schema id, JSON bytes) announced, JSON not yet received
+        self._first = np.empty(HEADER_NBYTES, np.uint8)  # receives the first announcement
+        self._bufs: list[np.ndarray] = []
+        self._req: MPI.Request | None = None
+        self._req_buf = -1  # index in _bufs of the posted receive (-1: _first)
+        self._user_buf = -1  # index in _bufs of the last message handed out
+        self._next_seq = 0
+        self._status = self._mpi.Status()
+        self._closed = False
+        self.messages = 0
+        """Data messages received so far."""
+        self.bytes = 0
+        """Payload bytes received so far."""
+
+    # ------------------------------------------------------------------ info
+    @property
+    def where(self) -> str:
+        """``channel 'name' (rank a -> rank b, tag NAME (n))`` for messages."""
+        return f"channel {self.name!r} (rank {self.source} -> rank {self.comm.Get_rank()}, tag {tag_name(self.tag)})"
+
+    @property
+    def schema(self) -> Schema | None:
+        """The current schema (``None`` until the first handshake arrived)."""
+        return self._schema
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of one receive buffer (header included); 0 before the schema is known."""
+        return self._bufs[0].nbytes if self._bufs else 0
+
+    def _error(self, problem: str) -> ChannelError:
+        return ChannelError(f"{self.where}: {problem}")
+
+    # ------------------------------------------------------------------ receiving
+    def test(self, copy: bool = False) -> Message | None:
+        """Non-blocking receive: the next message if one has arrived, else ``None``.
+
+        Schema handshakes are handled on the way (they are never returned).
+
+        Args:
+            copy: return leaves that own their memory instead of views into the receive buffer.
+
+        Raises:
+            ChannelError: a malformed, out-of-order or oversized message, or the channel is closed.
+        """
+        if self._closed:
+            raise self._error("receive after close()")
+        while True:
+            if self._awaiting is not None and not self._receive_schema():
+                return None
+            if self._req is None:
+                self._post()
+            req = self._req
+            assert req is not None
+            try:
+                done = req.Test(self._status)
+            except self._mpi.Exception as e:
+                self._req = None
+                raise self._mpi_failure(e.Get_error_class(), str(e)) from e
+            if not done:
+                return None
+            self._req = None
+            msg = self._complete(self._status, copy)
+            if msg is not None:
+                return msg
+
+    def recv(
+        self,
+        timeout: float | None = None,
+        copy: bool = False,
+        on_idle: OnIdle | None = None,
+        backoff: Backoff | None = None,
+    ) -> Message:
+        """Wait (without busy-spinning) for the next message.
+
+        Args:
+            timeout: seconds before ``WaitTimeout`` (``None``: forever).
+            copy: see :meth:`test`.
+            on_idle: called between tests (e.g. to poll control messages).
+            backoff: pacing of the wait.
+
+        Raises:
+            WaitTimeout: nothing arrived within ``timeout`` (names the channel and the source rank).
+            ChannelError: see :meth:`test`.
+        """
+        return wait_for(lambda: self.test(copy), f"a message on {self.where}", self.source, timeout, on_idle, backoff)
+
+    def _post(self) -> None:
+        if self._schema is None:
+            buf, idx = self._first, -1
+        else:
+            idx = 0 if self.nbuffers == 1 or self._user_buf != 0 else 1
+            buf = self._bufs[idx]
+        self._req = self.comm.Irecv([buf, self._mpi.BYTE], self.source, self.tag)
+        self._req_buf = idx
+
+    def _mpi_failure(self, error_class: int, text: str) -> ChannelError:
+        if error_class == self._mpi.ERR_TRUNCATE:
+            if self._req_buf < 0:
+                return self._error(
+                    "the first message must be a 64-byte schema announcement but a larger message arrived "
+                    "(not an hpcrl channel sender, or a tag clash)"
+                )
+            row = self._schema.row_nbytes if self._schema is not None else 0
+            return self._error(
+                f"message larger than the receive buffer of {self.capacity} bytes "
+                f"(max_rows={self.max_rows} rows of {row} bytes + {HEADER_NBYTES}-byte header): "
+                f"the sender sent more than max_rows rows; raise max_rows"
+            )
+        return self._error(f"receive failed: {' '.join(text.split())}")
+
+    def _complete(self, status: MPI.Status, copy: bool, check_error: bool = False) -> Message | None:
+        """Validate and decode the message that just completed into the posted buffer."""
+        mpi = self._mpi
+        if check_error:
+            err = status.Get_error()
+            if err != mpi.SUCCESS:
+                raise self._mpi_failure(mpi.Get_error_class(err), mpi.Get_error_string(err))
+        count = status.Get_count(mpi.BYTE)
+        idx = self._req_buf
+        buf = self._first if idx < 0 else self._bufs[idx]
+        if count < HEADER_NBYTES:
+            raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
+        magic, kind, sid, d0, d1, version, seq, nbytes = _HEADER.unpack_from(buf.data, 0)
+        if magic != MAGIC:
+            raise self._error(f"bad magic number {magic & 0xFFFFFFFFFFFFFFFF:#x} (not an hpcrl channel message)")
+        if self.allow_gaps:
+            if seq < self._next_seq:
+                raise self._error(f"sequence number {seq} went backwards (expected >= {self._next_seq})")
+        elif seq != self._next_seq:
+            raise self._error(f"sequence gap: expected message {self._next_seq}, got {seq}")
+        if kind == KIND_SCHEMA:  # carries the number of the data message it precedes
+            if count != HEADER_NBYTES:
+                raise self._error(f"schema announcement of {count} bytes, expected {HEADER_NBYTES}")
+            if sid <= self._schema_id:
+                raise self._error(f"schema id {sid} announced after schema id {self._schema_id}")
+            if not 0 < nbytes <= MAX_SCHEMA_BYTES:
+                raise self._error(f"announced schema JSON of {nbytes} bytes (allowed: 1..{MAX_SCHEMA_BYTES})")
+            self._awaiting = (sid, nbytes)
+            return None
+        if kind != KIND_DATA:
+            raise self._error(f"unknown message kind {kind}")
+        schema = self._schema
+        if schema is None or sid != self._schema_id:
+            raise self._error(f"unknown schema id {sid} (current schema id {self._schema_id})")
+        bnd = schema.batch_ndim
+        if d0 < 0 or d1 < 0 or (bnd < 2 and d1 != 1) or (bnd < 1 and d0 != 1):
+            raise self._error(f"bad batch dims {(d0, d1)} for {bnd} batch dim(s)")
+        batch = (d0, d1)[:bnd]
+        rows = d0 * d1
+        if rows > self.max_rows:
+            raise self._error(f"{rows} rows (batch shape {batch}) exceed max_rows={self.max_rows}")
+        expect = rows * self._row_nbytes
+        if nbytes != expect:
+            raise self._error(f"header says {nbytes} payload bytes, schema needs {expect} for batch shape {batch}")
+        if count - HEADER_NBYTES != nbytes:
+            raise self._error(f"message holds {count - HEADER_NBYTES} payload bytes, header says {nbytes}")
+        data = schema.unpack(buf[HEADER_NBYTES : HEADER_NBYTES + nbytes], batch, copy=copy)
+        self._next_seq = seq + 1
+        self._user_buf = idx
+        self.messages += 1
+        self.bytes += nbytes
+        if self.nbuffers > 1:
+            self._post()
+        return Message(data, batch, int(version), int(seq), self.source)
+
+    def _receive_schema(self) -> bool:
+        assert self._awaiting is not None
+        sid, nbytes = self._awaiting
+        mpi = self._mpi
+        status = self._status
+        handle = self.comm.Improbe(self.source, self.schema_tag, status)
+        if handle is None:
+            return False
+        count = status.Get_count(mpi.BYTE)
+        if count != nbytes:
+            raise self._error(
+                f"schema handshake on tag {tag_name(self.schema_tag)} has {count} bytes, the announcement said {nbytes}"
+            )
+        raw = np.empty(count, np.uint8)
+        handle.Recv([raw, mpi.BYTE])
+        try:
+            schema = Schema.from_json(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, SchemaError) as e:
+            raise self._error(f"bad schema handshake: {e}") from e
+        if not 0 <= schema.batch_ndim <= MAX_BATCH_NDIM:
+            raise self._error(f"schema has {schema.batch_ndim} batch dims; channels support 0..{MAX_BATCH_NDIM}")
+        need = HEADER_NBYTES + schema.row_nbytes * self.max_rows
+        if need > self.max_bytes:
+            raise self._error(
+                f"schema rows of {schema.row_nbytes} bytes x max_rows={self.max_rows} need {need} bytes, "
+                f"more than max_bytes={self.max_bytes}"
+            )
+        if not self._bufs or self._bufs[0].nbytes < need:
+            # Old buffers stay alive as long as the caller holds views into them.
+            self._bufs = [np.empty(need, np.uint8) for _ in range(self.nbuffers)]
+            self._user_buf = -1
+        self._schema, self._schema_id, self._awaiting = schema, sid, None
+        self._row_nbytes = schema.row_nbytes
+        _log.debug("%s: schema %d received (%d leaves, %d bytes/row)", self.where, sid, len(schema.leaves), need)
+        return True
+
+    def drain(self) -> int:
+        """Receive and drop every message that has arrived (at shutdown); returns how many were dropped."""
+        n = 0
+        while not self._closed and self.test() is not None:
+            n += 1
+        return n
+
+    def close(self) -> None:
+        """Cancel the posted receive and release the buffers (at shutdown; idempotent).
+
+        Messages the sender still has in flight are not received: use :func:`drain_and_close` for an
+        orderly shutdown (with MPICH, a large message that is never received makes ``MPI_Finalize`` fail).
+        """
+        if self._closed:
+            return
+        if self._req is not None:
+            cancel([self._req], f"the posted receive on {self.where}")
+            self._req = None
+        self._closed = True
+        self._bufs = []
+
+
+def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[RecvChannel, Message]]:
+    """Non-blocking receive on many channels at once (one ``Testsome`` over all posted receives).
+
+    Returns at most one message per channel per call; a channel with more queued messages returns the
+    next one on the next call. Each message is valid until the next receive on its channel.
+
+    Args:
+        channels: the channels to poll (e.g. one per actor of an inference rank).
+        copy: see :meth:`RecvChannel.test`.
+
+    Returns:
+        ``(channel, message)`` for every channel that had a message, in the order of ``channels``.
+
+    Raises:
+        ChannelError: a malformed message on any of the channels (naming that channel).
+    """
+    if not channels:
+        return []
+    mpi: Any = channels[0]._mpi
+    posted: list[RecvChannel] = []
+    out: dict[int, tuple[RecvChannel, Message]] = {}
+    for pos, ch in enumerate(channels):
+        if ch._req is not None and ch._awaiting is None and not ch._closed:
+            posted.append(ch)
+        else:
+            msg = ch.test(copy)
+            if msg is not None:
+                out[pos] = (ch, msg)
+    if posted:
+        reqs = [ch._req for ch in posted]
+        statuses = [ch._status for ch in posted]  # scratch: Testsome fills them in completion order
+        try:
+            indices = mpi.Request.Testsome(reqs, statuses)
+        except mpi.Exception:
+            # MPI_ERR_IN_STATUS: the completed requests were nulled in place; their statuses come first.
+            done = [ch for ch in posted if not ch._req]
+            for k, ch in enumerate(done):
+                ch._req = None
+                ch._complete(statuses[k], copy, check_error=True)  # raises for the failed one
+            raise
+        positions = {id(ch): pos for pos, ch in enumerate(channels)}
+        handshakes: list[RecvChannel] = []
+        for k, i in enumerate(indices or ()):
+            ch = posted[i]
+            ch._req = None
+            msg = ch._complete(statuses[k], copy)
+            if msg is None:
+                handshakes.append(ch)
+            else:
+                out[positions[id(ch)]] = (ch, msg)
+        for ch in handshakes:  # after all statuses were read: test() reuses the scratch status objects
+            msg = ch.test(copy)
+            if msg is not None:
+                out[positions[id(ch)]] = (ch, msg)
+    return [out[p] for p in sorted(out)]
+
+
+def recv_any(
+    channels: Sequence[RecvChannel],
+    timeout: float | None = None,
+    copy: bool = False,
+    on_idle: OnIdle | None = None,
+    backoff: Backoff | None = None,
+) -> list[tuple[RecvChannel, Message]]:
+    """Wait (without busy-spinning) until at least one of ``channels`` has a message; see :func:`poll_any`.
+
+    Raises:
+        WaitTimeout: nothing arrived within ``timeout``.
+        ChannelError: a malformed message on any of the channels.
+    """
+    sources = sorted({ch.source for ch in channels})
+    what = f"a message on any of {len(channels)} channel(s) from rank(s) {sources}"
+    return wait_for(lambda: poll_any(channels, copy) or None, what, None, timeout, on_idle, backoff)
+
+
+class _Sender(Protocol):
+    @property
+    def pending(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _Receiver(Protocol):
+    def drain(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def drain_and_close(
+    comm: MPI.Comm,
+    senders: Iterable[_Sender] = (),
+    receivers: Iterable[_Receiver] = (),
+    timeout: float | None = 60.0,
+    on_idle: OnIdle | None = None,
+) -> None:
+    """Orderly shutdown of one rank's channels; collective: every rank of ``comm`` must call it.
+
+    Call it after this rank's last send. It (1) keeps draining ``receivers`` while this rank's sends
+    (``senders``, e.g. :class:`SendChannel` and ``ParamPublisher``, and the control outbox) complete,
+    (2) enters a non-blocking barrier and keeps draining until every rank got there, so no message is
+    left in flight anywhere, then (3) drains once more and closes everything. Messages drained here are
+    dropped. With MPICH a large message that is never received makes ``MPI_Finalize`` fail, so every
+    rank should end its communication this way.
+
+    Args:
+        comm: the communicator all ranks call this on (normally ``COMM_WORLD``).
+        senders: objects with ``pending`` and ``close()``.
+        receivers: objects with ``drain()`` and ``close()`` (``RecvChannel``, ``ParamSubscriber``).
+        timeout: seconds for each of the two waiting phases; ``None`` waits forever.
+        on_idle: called while waiting (poll control messages here: large unreceived control messages
+            would keep their senders waiting).
+
+    Raises:
+        WaitTimeout: sends did not complete, or some rank did not reach the barrier, within ``timeout``.
+    """
+    from hpcrl.comm.control import pending_obj
+
+    senders, receivers = list(senders), list(receivers)
+
+    def step() -> None:
+        for r in receivers:
+            r.drain()
+        if on_idle is not None:
+            on_idle()
+
+    def sent() -> bool | None:
+        return True if all(s.pending == 0 for s in senders) and pending_obj() == 0 else None
+
+    rank = comm.Get_rank()
+    wait_for(sent, f"rank {rank}'s sends to complete at shutdown", None, timeout, step)
+    barrier = comm.Ibarrier()
+    wait(barrier, f"every rank to finish sending at shutdown (rank {rank} waiting)", None, timeout, step)
+    step()
+    for s in senders:
+        s.close()
+    for r in receivers:
+        r.close()

@@ -1,0 +1,131 @@
+"""Evaluate a trained policy: ``python -m hpcrl.evaluate RUN_DIR|CHECKPOINT [--episodes N]``.
+
+Builds the environment from the config stored in the checkpoint, acts deterministically
+(``is_evaluation``) and prints the mean and standard deviation of the episode returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["evaluate", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: Path) -> tuple[Any, Any, Path]:
+    import yaml
+
+    from hpcrl.api import config
+    from hpcrl.storage.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+
+    if path.is_dir():
+        run_dir = path.parent if path.name == "checkpoints" else path
+        found = CheckpointManager(run_dir).latest_valid()
+        if found is None:
+            raise CheckpointError(f"no checkpoints in {run_dir / 'checkpoints'}")
+        file, tree, attrs = found
+    else:
+        file = path
+        tree, attrs = load_checkpoint(path)
+    cfg = config.from_dict(yaml.safe_load(str(attrs["config"])))
+    return cfg, tree, file
+
+
+def evaluate(
+    path: str | Path, episodes: int = 10, envs: int = 4, seed: int = 12345, stochastic: bool = False
+) -> dict[str, Any]:
+    """Run ``episodes`` evaluation episodes of the policy in ``path`` (a checkpoint or a run dir).
+
+    Args:
+        path: checkpoint file or run directory (its newest valid checkpoint).
+        episodes: episodes to finish (per-agent episodes for multi-agent envs).
+        envs: environments stepped side by side.
+        seed: base seed of the evaluation envs (different from training's by default).
+        stochastic: sample actions instead of acting deterministically.
+
+    Returns:
+        ``{"checkpoint", "version", "episodes", "mean_return", "std_return", "mean_length", "returns"}``.
+    """
+    from hpcrl.api.policy import make as make_policy
+    from hpcrl.roles import common
+    from hpcrl.roles.env_ring import EnvRing
+
+    cfg, tree, file = _load(Path(path))
+    common.import_user_modules(cfg)
+    common.set_torch_threads(cfg.run.torch_threads)
+    policy = make_policy(cfg.policy)
+    policy.load_checkpoint(tree["policy"])
+    ring = EnvRing(
+        common.env_factory(cfg.environment),
+        envs,
+        1,
+        16,
+        common.default_state_row(policy),
+        common.env_label(cfg.environment),
+        where="evaluate",
+        seeds=[common.env_seed(seed, i) for i in range(envs)],
+        check="first",
+        evaluation=not stochastic,
+    )
+    returns: list[float] = []
+    lengths: list[int] = []
+    try:
+        while len(returns) < episodes:
+            request = ring.request(0)
+            ring.consume(0, policy.rollout(request), policy.version)
+            ring.pop_fragments()
+            for e in ring.pop_episodes():
+                returns.append(e.ret)
+                lengths.append(e.length)
+    finally:
+        ring.close()
+    returns, lengths = returns[:episodes], lengths[:episodes]
+    return {
+        "checkpoint": str(file),
+        "version": int(policy.version),
+        "episodes": len(returns),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "returns": returns,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m hpcrl.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("path", help="run directory or checkpoint file")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--envs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic action")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from hpcrl.storage.checkpoint import CheckpointError
+
+    try:
+        out = evaluate(args.path, args.episodes, args.envs, args.seed, args.stochastic)
+    except (CheckpointError, FileNotFoundError) as e:
+        sys.stderr.write(f"hpcrl.evaluate: {e}\n")
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        sys.stdout.write(
+            f"{out['checkpoint']} (version {out['version']}): {out['episodes']} episodes, "
+            f"return {out['mean_return']:.2f} +- {out['std_return']:.2f}, mean length {out['mean_length']:.1f}\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
