@@ -1,5 +1,5 @@
-"""The user-facing API: environment, policy, trainer, NamedArray and config (what users read)."""
+"""The user-facing API: environment, policy, trainer, NamedArray and config (what users read).
 
-from hpcrl.api import config
-
-__all__ = ["config"]
+Import the modules directly, e.g. ``from hpcrl.api import config`` or
+``from hpcrl.api.environment import Environment, StepResult, register``.
+"""

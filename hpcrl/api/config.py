@@ -375,3 +375,60 @@ def dump(cfg: ExperimentConfig) -> str:
     import yaml
 
     return str(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def reference_markdown() -> str:
+    """Markdown reference of every config key (``docs/configuration.md`` is generated from this)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `hpcrl/api/config.py` by `python -m hpcrl.api.config` (a test keeps it in sync).",
+        "Every key can be set in the YAML file or overridden on the command line as `section.key=value`.",
+        "Unknown keys, wrong types and missing required keys are errors that name the key path.",
+        "",
+    ]
+    hints = typing.get_type_hints(ExperimentConfig)
+    for top in dataclasses.fields(ExperimentConfig):
+        cls = hints[top.name]
+        lines += [f"## `{top.name}`", "", (cls.__doc__ or "").strip(), ""]
+        lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        sub_hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
+            tname = _type_name(sub_hints[f.name]).replace("|", "\\|")
+            lines.append(f"| `{top.name}.{f.name}` | {tname} | `{default}` | {docs.get(f.name, '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(reference_markdown())

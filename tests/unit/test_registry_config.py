@@ -101,3 +101,15 @@ def test_yaml_off_is_the_literal_off(tmp_path):
     p.write_text("environment: {type_: gym}\npolicy: {type_: p}\ntrainer: {type_: t}\nrun: {progress: off}\n")
     assert config.load(p).run.progress == "off"
     assert config.load(p, ["run.progress=off", "actor.check_env=off"]).actor.check_env == "off"
+
+
+def test_configuration_doc_is_in_sync():
+    from conftest import REPO
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert doc == config.reference_markdown(), "regenerate: python -m hpcrl.api.config > docs/configuration.md"
+    for cls in (config.Experiment, config.Actor, config.Layout, config.Training, config.Run):
+        import dataclasses
+
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in config.field_docs(cls)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
