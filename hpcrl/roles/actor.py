@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import time
 from typing import Any
 
@@ -164,6 +165,7 @@ class ActorRank:
             "fragments": self.sent_fragments,
             "wait_seconds": round(self.wait_seconds, 3),
             "env_failures": self.ring.env_failures,
+            "torch_loaded": "torch" in sys.modules,
         }
         ctx.send_stats(final)
         ctx.drain(recv, send, extra)

@@ -39,6 +39,9 @@ def test_three_ranks_one_per_role(tmp_path, clean_env):
     _trained(summary, proc)
     assert "1 inference [1]" in summary["layout"]
     assert "rank 1 inference: batches=" in proc.stderr and "rank 2 actor: frames=" in proc.stderr
+    # an actor with remote inference needs numpy + the env only: it never imports torch
+    actor_line = next(line for line in proc.stderr.splitlines() if "rank 2 actor: frames=" in line)
+    assert "torch_loaded=False" in actor_line, actor_line
     for r in range(3):  # one trace per rank, with that rank's role
         with h5py.File(run_dir / "traces" / f"rank-{r:04d}.h5", "r", swmr=True) as f:
             role = f.attrs["role"]
