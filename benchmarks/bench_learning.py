@@ -1,0 +1,519 @@
+"""Learning benchmarks (the issue-4 targets): does hpcrl's PPO learn what it should, and how fast?
+
+    cd /work/main && OMP_NUM_THREADS=1 python -m benchmarks.bench_learning          # full, ~4 min on 2 cores
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_learning --quick                    # smoke, < 2 min
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
+
+Targets (each prints a table and one PASS/FAIL line; results go to benchmarks/results/learning.json):
+
+1. ``cartpole``: CartPole-v1 (benchmarks/configs/cartpole_ppo.yaml): the mean return over the last 100
+   episodes reaches 475 within 200k frames, for every seed (3 by default). Reports frames-to-475 and
+   wall-clock seconds-to-475 per seed, and the final last-100 mean.
+2. ``memory``: the memory task (examples/memory/{gru,mlp}.yaml, delay 8, 4 symbols): the GRU policy's
+   success rate (= mean return, reward 1 for the right answer) over the last 100 episodes is >= 95%;
+   the MLP policy stays at chance (25% +- 10 points).
+3. ``pendulum``: Pendulum-v1 with a Gaussian policy (examples/pendulum/ppo.yaml, 200k frames): last-100
+   mean return >= -250.
+4. ``quickstart``: the quick-start multi-agent env (examples/quickstart/exp.yaml). Three arms: the
+   centralized critic (critic reads the 623-dim ``state``), an obs-only critic (``state_dim: null``)
+   and uniform random play. The centralized critic must learn the hidden team-bonus rule, which is
+   visible only in the state: probed after training on fresh states with the bonus coin set to 1 vs 0,
+   its value must rise by >= 0.5 (about 1.0 = the bonus x P(both agents right) is ideal; the obs-only
+   critic cannot see the coin, so its difference is 0). Both trained policies must beat random play
+   (~2 per episode) by far (>= 40 of the 48 reachable).
+
+All runs are single-process (``hpcrl.roles.local.run_local``), one torch thread, run one after the
+other. ``--quick`` shrinks every budget to a smoke run; its PASS/FAIL lines are marked ``[quick]`` and
+are not meaningful. Run directories go to a temporary folder (``--keep-runs DIR`` keeps them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hpcrl.api import config  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIGS = ROOT / "benchmarks" / "configs"
+EXAMPLES = ROOT / "examples"
+
+CARTPOLE_YAML = CONFIGS / "cartpole_ppo.yaml"
+MEMORY_GRU_YAML = EXAMPLES / "memory" / "gru.yaml"
+MEMORY_MLP_YAML = EXAMPLES / "memory" / "mlp.yaml"
+PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
+QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
+
+TARGETS = ("cartpole", "memory", "pendulum", "quickstart")
+
+
+# ====================================================================== running hpcrl
+@dataclass
+class HpcrlRun:
+    """One finished hpcrl run: its summary, timings and the per-episode trace."""
+
+    summary: dict[str, Any]
+    wall_seconds: float
+    cpu_seconds: float
+    returns: np.ndarray
+    frames: np.ndarray
+    seconds: np.ndarray
+    """Episode end times, seconds since just before ``run_local`` was called."""
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    run_dir: str = ""
+    config_text: str = ""
+
+    def last_mean(self, n: int = 100) -> float:
+        """Mean return of the last ``n`` episodes (NaN without episodes)."""
+        return float(self.returns[-n:].mean()) if len(self.returns) else math.nan
+
+    def stat_mean(self, key: str, last: int = 10) -> float | None:
+        """Mean of a trainer stat over the last ``last`` trainer steps."""
+        v = self.stats.get(key)
+        return float(np.nanmean(v[-last:])) if v is not None and len(v) else None
+
+
+def run_hpcrl(yaml_path: Path, overrides: list[str], run_dir: Path) -> HpcrlRun:
+    """Train ``yaml_path`` (with ``key=value`` overrides) in this process and read back its trace.
+
+    Args:
+        yaml_path: experiment YAML.
+        overrides: ``key.path=value`` overrides applied after the file.
+        run_dir: fresh run directory (created by the run).
+
+    Returns:
+        The run's summary, wall and CPU seconds around ``run_local``, and the episode table.
+    """
+    from hpcrl.roles.local import run_local
+    from hpcrl.storage.trace import read_trace
+
+    cfg = config.load(yaml_path, [*overrides, f"run.dir={run_dir}", "run.fresh=true", "run.progress='off'"])
+    t0, c0 = time.time(), time.process_time()
+    summary = run_local(cfg)
+    wall, cpu = time.time() - t0, time.process_time() - c0
+    traces = sorted((run_dir / "traces").glob("rank-*.h5"))
+    if not traces:
+        raise RuntimeError(f"run {run_dir}: no trace file under traces/ (run.trace off?)")
+    tr = read_trace(traces[-1])
+    ep = tr["episodes"]
+    return HpcrlRun(
+        summary=dict(summary),
+        wall_seconds=wall,
+        cpu_seconds=cpu,
+        returns=np.asarray(ep["return"], np.float64),
+        frames=np.asarray(ep["frames"], np.int64),
+        seconds=np.asarray(ep["wall_time"], np.float64) - t0,
+        stats={k: np.asarray(v, np.float64) for k, v in tr["trainer"]["stats"].items()},
+        run_dir=str(run_dir),
+        config_text=config.dump(cfg),
+    )
+
+
+def first_crossing(returns: np.ndarray, threshold: float, window: int = 100) -> int | None:
+    """Index of the first episode at which the mean of the last ``window`` returns is >= ``threshold``.
+
+    Only full windows count (``window`` episodes finished). ``None`` if never.
+
+    Examples:
+        >>> first_crossing(np.array([0.0, 1.0, 1.0, 1.0]), 1.0, window=2)
+        2
+        >>> first_crossing(np.array([0.0, 1.0]), 1.0, window=2) is None
+        True
+    """
+    r = np.asarray(returns, np.float64)
+    if len(r) < window:
+        return None
+    c = np.concatenate([[0.0], np.cumsum(r)])
+    means = (c[window:] - c[:-window]) / window  # means[j] covers episodes j .. j+window-1
+    hit = np.nonzero(means >= threshold - 1e-9)[0]
+    return int(hit[0]) + window - 1 if len(hit) else None
+
+
+def to_threshold(run: HpcrlRun, threshold: float, window: int = 100) -> tuple[int | None, float | None]:
+    """``(frames, seconds)`` at which ``run``'s rolling mean return first reached ``threshold``."""
+    i = first_crossing(run.returns, threshold, window)
+    if i is None:
+        return None, None
+    return int(run.frames[i]), float(run.seconds[i])
+
+
+# ====================================================================== output helpers
+def fmt(v: Any, nd: int = 1) -> str:
+    """Compact cell text: ``-`` for None, thousands separators for ints, ``nd`` decimals for floats."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):,.{3 if abs(float(v)) < 10 else nd}f}"
+    return str(v)
+
+
+def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    """Print an aligned text table."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  " + "  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in cells:
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+
+
+def verdict(name: str, ok: bool, detail: str, quick: bool) -> dict[str, Any]:
+    """Print and return one target's PASS/FAIL line."""
+    tag = "[quick] " if quick else ""
+    print(f"{tag}{'PASS' if ok else 'FAIL'} {name}: {detail}")
+    return {"target": name, "pass": bool(ok), "detail": detail, "quick": quick}
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on (CPU count, load, versions)."""
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in load] if load else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def curve(run: HpcrlRun, points: int = 20) -> list[list[float]]:
+    """``[frames, mean of the last 100 returns]`` at ``points`` evenly spaced episodes (for plots)."""
+    n = len(run.returns)
+    if n == 0:
+        return []
+    out = []
+    for i in np.unique(np.linspace(0, n - 1, min(points, n)).astype(int)):
+        lo = max(0, i - 99)
+        out.append([int(run.frames[i]), round(float(run.returns[lo : i + 1].mean()), 3)])
+    return out
+
+
+# ====================================================================== targets
+def bench_cartpole(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Target 1: CartPole-v1 last-100 mean >= 475 within the frame budget, for every seed."""
+    budget = 30_000 if args.quick else 200_000
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    rows, runs = [], []
+    for seed in seeds:
+        run = run_hpcrl(
+            CARTPOLE_YAML, [f"experiment.seed={seed}", f"experiment.total_frames={budget}"], work / f"cartpole-{seed}"
+        )
+        f475, s475 = to_threshold(run, 475.0)
+        rows.append([seed, f475, s475, run.last_mean(), run.summary["frames"], run.wall_seconds, run.summary["fps"]])
+        runs.append(
+            {
+                "seed": seed,
+                "frames_to_475": f475,
+                "seconds_to_475": s475,
+                "final_mean_last_100": run.last_mean(),
+                "frames": run.summary["frames"],
+                "wall_seconds": round(run.wall_seconds, 2),
+                "cpu_seconds": round(run.cpu_seconds, 2),
+                "fps": run.summary["fps"],
+                "episodes": len(run.returns),
+                "curve": curve(run),
+            }
+        )
+        print(f"  cartpole seed {seed}: frames-to-475 {fmt(f475)}, final {run.last_mean():.1f}", flush=True)
+    print_table(
+        f"CartPole-v1, PPO ({CARTPOLE_YAML.relative_to(ROOT)}), budget {budget:,} frames",
+        ["seed", "frames-to-475", "sec-to-475", "final last-100", "frames", "wall s", "fps"],
+        rows,
+    )
+    hits = [r["frames_to_475"] for r in runs]
+    ok = all(h is not None and h <= budget for h in hits)
+    detail = f"frames-to-475 per seed {[fmt(h) for h in hits]} (budget {budget:,}, need every seed)"
+    return {"budget_frames": budget, "runs": runs, "verdict": verdict("cartpole-475", ok, detail, args.quick)}
+
+
+def bench_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Target 2: GRU >= 95% success on the memory task; MLP about chance."""
+    budget = 15_000 if args.quick else 100_000
+    out: dict[str, Any] = {"budget_frames": budget}
+    rows = []
+    env_args = config.load(MEMORY_GRU_YAML).environment.args
+    chance = 1.0 / float(env_args.get("n_symbols", 4))
+    for name, path in (("gru", MEMORY_GRU_YAML), ("mlp", MEMORY_MLP_YAML)):
+        run = run_hpcrl(
+            path, [f"experiment.seed={args.seed}", f"experiment.total_frames={budget}"], work / f"mem-{name}"
+        )
+        f95, s95 = to_threshold(run, 0.95)
+        success = run.last_mean()
+        rows.append([name, success, f95, len(run.returns), run.wall_seconds, run.summary["fps"]])
+        out[name] = {
+            "success_last_100": success,
+            "frames_to_95": f95,
+            "seconds_to_95": s95,
+            "episodes": len(run.returns),
+            "wall_seconds": round(run.wall_seconds, 2),
+            "fps": run.summary["fps"],
+            "curve": curve(run),
+        }
+        print(f"  memory {name}: success {success:.3f}", flush=True)
+    print_table(
+        f"Memory task {env_args} (chance {chance:.2f}), budget {budget:,} frames, seed {args.seed}",
+        ["policy", "success last-100", "frames-to-95%", "episodes", "wall s", "fps"],
+        rows,
+    )
+    gru, mlp = out["gru"]["success_last_100"], out["mlp"]["success_last_100"]
+    ok = gru >= 0.95 and abs(mlp - chance) <= 0.10
+    detail = f"GRU success {gru:.3f} (need >= 0.95), MLP {mlp:.3f} (need {chance:.2f} +- 0.10)"
+    out["chance"] = chance
+    out["verdict"] = verdict("memory-gru-vs-mlp", ok, detail, args.quick)
+    return out
+
+
+def bench_pendulum(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Target 3: Pendulum-v1 last-100 mean return >= -250."""
+    budget = 15_000 if args.quick else int(config.load(PENDULUM_YAML).experiment.total_frames)
+    run = run_hpcrl(
+        PENDULUM_YAML, [f"experiment.seed={args.seed}", f"experiment.total_frames={budget}"], work / "pendulum"
+    )
+    f250, s250 = to_threshold(run, -250.0)
+    final = run.last_mean()
+    print_table(
+        f"Pendulum-v1, PPO + Gaussian policy ({PENDULUM_YAML.relative_to(ROOT)}), seed {args.seed}",
+        ["budget", "final last-100", "frames-to--250", "sec-to--250", "wall s", "fps"],
+        [[budget, final, f250, s250, run.wall_seconds, run.summary["fps"]]],
+    )
+    ok = final >= -250.0
+    detail = f"final last-100 mean {final:.1f} after {run.summary['frames']:,} frames (need >= -250)"
+    return {
+        "budget_frames": budget,
+        "final_mean_last_100": final,
+        "frames_to_minus_250": f250,
+        "seconds_to_minus_250": s250,
+        "wall_seconds": round(run.wall_seconds, 2),
+        "fps": run.summary["fps"],
+        "curve": curve(run),
+        "verdict": verdict("pendulum-250", ok, detail, args.quick),
+    }
+
+
+def random_quickstart_return(episodes: int, seed: int) -> float:
+    """Mean per-agent episode return of uniform random play on ``quickstart-multiagent``."""
+    from hpcrl.api.environment import Action
+    from hpcrl.envs.toy import QuickstartEnvironment
+
+    env = QuickstartEnvironment(seed=seed)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(episodes):
+        env.reset()
+        done = False
+        while not done:
+            res = env.step([Action(x=np.int64(a)) for a in rng.integers(0, env.N_ACTIONS, 2)])
+            total += sum(float(r.reward[0]) for r in res if r is not None)
+            done = bool(res[0].done[0])  # type: ignore[union-attr]
+    return total / (2 * episodes)
+
+
+def coin_probe(run_dir: str, samples: int, seed: int) -> dict[str, float]:
+    """How a trained critic's value reacts to the hidden bonus coin (``state[374]``).
+
+    Collects ``samples`` fresh observations of ``quickstart-multiagent`` (oracle play), sets the
+    coin to 1 and to 0 in the centralized state (index 374 and its one-hot at 375:377), and
+    compares the critic's values. A critic that learned the bonus rule predicts about
+    ``team_bonus x P(both agents right)`` more when the coin is 1.
+    """
+    from hpcrl.api.environment import Action
+    from hpcrl.api.namedarray import NamedArray
+    from hpcrl.api.policy import RolloutRequest
+    from hpcrl.envs.toy import QuickstartEnvironment
+    from hpcrl.storage.checkpoint import load_policy
+
+    policy = load_policy(run_dir)
+    env = QuickstartEnvironment(seed=seed + 1000)
+    obs: list[np.ndarray] = []
+    state: list[np.ndarray] = []
+    res = env.reset()
+    while len(obs) < samples:
+        for r in res:
+            assert r is not None
+            obs.append(np.array(r.obs["obs"]))
+            state.append(np.array(r.obs["state"]))
+        if bool(res[0].done[0]):  # type: ignore[union-attr]
+            res = env.reset()
+        else:
+            res = env.step([Action(x=np.int64(a)) for a in env.oracle_actions()])
+    o, s = np.stack(obs[:samples]), np.stack(state[:samples])
+    values = {}
+    for coin in (0, 1):
+        sc = s.copy()
+        sc[:, 374] = coin
+        sc[:, 375:377] = 0.0
+        sc[:, 375 + coin] = 1.0
+        req = RolloutRequest(obs=NamedArray(obs=o, state=sc), is_evaluation=np.ones((samples, 1), bool))
+        out = policy.rollout(req)
+        values[coin] = np.asarray(out.analyzed_result.value, np.float64).reshape(samples, -1)[:, 0]
+    diff = values[1] - values[0]
+    return {"value_coin1_minus_coin0": float(diff.mean()), "std": float(diff.std()), "samples": samples}
+
+
+def bench_quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Target 4: the centralized critic learns the hidden team-bonus rule; both critics beat random."""
+    budget = 10_000 if args.quick else int(config.load(QUICKSTART_YAML).experiment.total_frames)
+    arms = {
+        "centralized": [],
+        "obs-only": ["policy.args.state_dim=null"],
+    }
+    out: dict[str, Any] = {"budget_frames": budget}
+    rows = []
+    for name, extra in arms.items():
+        run = run_hpcrl(
+            QUICKSTART_YAML,
+            [f"experiment.seed={args.seed}", f"experiment.total_frames={budget}", *extra],
+            work / f"quickstart-{name}",
+        )
+        probe = coin_probe(run.run_dir, 256 if args.quick else 2048, args.seed)
+        f40, _ = to_threshold(run, 40.0)
+        vl, ev = run.stat_mean("value_loss"), run.stat_mean("explained_variance")
+        dv = probe["value_coin1_minus_coin0"]
+        rows.append([name, run.last_mean(), f40, dv, vl, ev, run.wall_seconds])
+        out[name] = {
+            "final_mean_last_100": run.last_mean(),
+            "frames_to_40": f40,
+            "coin_probe": probe,
+            "value_loss_last_10": vl,
+            "explained_variance_last_10": ev,
+            "wall_seconds": round(run.wall_seconds, 2),
+            "fps": run.summary["fps"],
+            "curve": curve(run),
+        }
+        print(f"  quickstart {name}: return {run.last_mean():.2f}, V(coin=1)-V(coin=0) {dv:.3f}", flush=True)
+    rand = random_quickstart_return(200 if args.quick else 2000, args.seed)
+    out["random"] = {"mean_return": rand}
+    rows.append(["random", rand, None, None, None, None, None])
+    print_table(
+        f"Quick-start multi-agent (2 agents, 16 actions; max ~48/episode), budget {budget:,} env steps, "
+        f"seed {args.seed}",
+        ["arm", "return last-100", "frames-to-40", "V(coin1)-V(coin0)", "value loss", "expl. var", "wall s"],
+        rows,
+    )
+    c, o = out["centralized"], out["obs-only"]
+    dv = c["coin_probe"]["value_coin1_minus_coin0"]
+    ok = dv >= 0.5 and c["final_mean_last_100"] >= 40.0 and o["final_mean_last_100"] >= 40.0 and rand < 5.0
+    detail = (
+        f"centralized critic V(coin=1)-V(coin=0) = {dv:.2f} (need >= 0.5; obs-only critic: "
+        f"{o['coin_probe']['value_coin1_minus_coin0']:.2f}, blind by construction); returns: centralized "
+        f"{c['final_mean_last_100']:.1f}, obs-only {o['final_mean_last_100']:.1f}, random {rand:.2f} (need >= 40, "
+        f">= 40, < 5)"
+    )
+    out["verdict"] = verdict("quickstart-centralized-critic", ok, detail, args.quick)
+    return out
+
+
+BENCHES = {
+    "cartpole": bench_cartpole,
+    "memory": bench_memory,
+    "pendulum": bench_pendulum,
+    "quickstart": bench_quickstart,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description="hpcrl learning benchmarks (issue-4 targets)")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run with tiny budgets (< 2 min); verdicts not meaningful"
+    )
+    p.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
+    p.add_argument("--seeds", default="1,2,3", help="CartPole seeds (default 1,2,3)")
+    p.add_argument("--seed", type=int, default=1, help="seed for the other targets")
+    p.add_argument("--keep-runs", default=None, help="keep run directories under this folder")
+    p.add_argument("--out", default=None, help="result file name under benchmarks/results/ (default learning[-quick])")
+    args = p.parse_args(argv)
+    args.only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = [t for t in args.only if t not in BENCHES]
+    if unknown:
+        p.error(f"--only: unknown target(s) {unknown}; expected some of {list(BENCHES)}")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected targets one after the other; print tables, verdicts, and write the JSON result."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {"quick": args.quick, "machine_start": machine_info(), "targets": {}}
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        if args.keep_runs:
+            work = Path(args.keep_runs).resolve()
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hpcrl-bench-learning-")))
+        for name in args.only:
+            print(f"\n=== {name}", flush=True)
+            t = time.time()
+            res = BENCHES[name](args, work)
+            res["bench_seconds"] = round(time.time() - t, 1)
+            results["targets"][name] = res
+    results["total_seconds"] = round(time.time() - t0, 1)
+    results["machine_end"] = machine_info()
+    print("\nSummary")
+    for name, res in results["targets"].items():
+        v = res["verdict"]
+        print(f"  {'PASS' if v['pass'] else 'FAIL'}  {name:<11} {v['detail']}")
+    path = write_result(args.out or ("learning-quick" if args.quick else "learning"), results)
+    print(f"\nresults: {path.relative_to(ROOT)}  ({results['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
