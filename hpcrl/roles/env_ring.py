@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.environment import Environment, StepResult
-from hpcrl.api.namedarray import NamedArray, stack
+from hpcrl.api.namedarray import NamedArray, Schema, from_flat, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult
 from hpcrl.api.trainer import SampleBatch
-from hpcrl.roles.trajectory import TrajectoryBuffer
+from hpcrl.roles.trajectory import TrajectoryBuffer, leaves_of
 
 __all__ = ["EnvRing", "EnvError", "Episode"]
 
@@ -44,18 +44,45 @@ class Episode:
     version: int
 
 
-def _as_flag(x: Any) -> np.ndarray:
-    a = np.asarray(x, dtype=np.bool_)
-    return a.reshape(1) if a.ndim == 0 else a
+class _ObsBuffers:
+    """Per-slot observation buffers (one array per leaf, ``(S, *shape)``), written as results arrive.
 
+    Built from the first observation; a request is then a view of the buffers (every slot acting)
+    or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+    """
 
-def _as_reward(x: Any) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float32)
-    return a.reshape(1) if a.ndim == 0 else a
+    def __init__(self, obs: NamedArray, num_slots: int) -> None:
+        self.flat = all(not isinstance(v, NamedArray) for v in obs.values())
+        self.cls = type(obs)
+        self.keys: list[str] = list(obs.keys())
+        if self.flat:
+            self.paths = [k for k in self.keys if getattr(obs, k) is not None]
+        else:
+            schema = Schema.of(obs, batch_ndim=0)
+            self.paths = [leaf.path for leaf in schema.leaves]
+            self.nodes = schema.nodes
+        flat = dict(obs.flat_items())
+        self.bufs = [np.zeros((num_slots, *np.shape(flat[p])), np.asarray(flat[p]).dtype) for p in self.paths]
+
+    def write(self, slot: int, obs: NamedArray) -> None:
+        if self.flat:
+            for k, b in zip(self.paths, self.bufs):
+                b[slot] = getattr(obs, k)
+        else:
+            flat = dict(obs.flat_items())
+            for k, b in zip(self.paths, self.bufs):
+                b[slot] = flat[k]
+
+    def view(self, idx: np.ndarray | None) -> NamedArray:
+        arrays = self.bufs if idx is None else [b[idx] for b in self.bufs]
+        if self.flat:
+            by_key = dict(zip(self.paths, arrays))
+            return self.cls._build(self.keys, [by_key.get(k) for k in self.keys])
+        return from_flat(dict(zip(self.paths, arrays)), self.nodes)
 
 
 class _Group:
-    """One group (half) of the ring: its envs, agent slots, states and trajectory buffer."""
+    """One group (half) of the ring: its envs, agent slots, staged results, states and trajectory buffer."""
 
     def __init__(self, env_ids: list[int], envs: list[Environment], fragment_length: int) -> None:
         self.env_ids = env_ids
@@ -67,15 +94,21 @@ class _Group:
             self.slot_of.append(list(range(n, n + k)))
             n += k
         self.num_slots = n
-        self.current: list[StepResult | None] = [None] * n
+        self.active = np.zeros(n, np.bool_)  # slot has a staged result and will act
         self.on_reset = np.zeros(n, np.bool_)
+        self.obs: _ObsBuffers | None = None
+        self.reward: np.ndarray | None = None
+        self.done = np.zeros((n, 1), np.bool_)
+        self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
         self.traj = TrajectoryBuffer(n, fragment_length)
         self.ep_return = np.zeros(n, np.float64)
         self.ep_length = np.zeros(n, np.int64)
+        self.row_of = np.full(n, -1, np.int64)
         self.pending: tuple[np.ndarray, RolloutRequest, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.steps = [0] * len(envs)
         self.failures = [0] * len(envs)
+        self.versions: dict[tuple[int, int], np.ndarray] = {}
 
 
 class EnvRing:
@@ -158,11 +191,10 @@ class EnvRing:
         return chk
 
     def _accept(self, g: _Group, j: int, results: Any, what: str) -> None:
-        """Validate and stage the results of env ``j`` of group ``g``."""
-        env = g.envs[j]
+        """Validate the results of env ``j`` of group ``g`` and stage them in the group's buffers."""
         i = g.env_ids[j]
         slots = g.slot_of[j]
-        if not isinstance(results, list) or len(results) != len(slots):
+        if type(results) is not list or len(results) != len(slots):
             n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
             raise EnvError(
                 f"{self.where}: env {self.env_name} #{i} {what} returned {n} results, "
@@ -170,17 +202,39 @@ class EnvRing:
             )
         if self.check_mode == "always" or (self.check_mode == "first" and g.steps[j] < CHECK_FIRST_STEPS):
             try:
-                self._checker(i, env).check(results, where=what)
+                self._checker(i, g.envs[j]).check(results, where=what)
             except ValueError as e:
                 raise EnvError(f"{self.where}: env #{i}: {e}") from e
-        for s, r in zip(slots, results):
-            if r is not None and (type(r.reward) is not np.ndarray or r.reward.ndim == 0):
-                r.reward = _as_reward(r.reward)
-            if r is not None and (type(r.done) is not np.ndarray or r.done.ndim == 0):
-                r.done = _as_flag(r.done)
-            if r is not None and (type(r.truncated) is not np.ndarray or r.truncated.ndim == 0):
-                r.truncated = _as_flag(r.truncated)
-            g.current[s] = r
+        for a, (s, r) in enumerate(zip(slots, results)):
+            if r is None:
+                g.active[s] = False
+                continue
+            if g.obs is None:
+                self._allocate(g, r)
+            assert g.obs is not None and g.reward is not None
+            field = "obs"
+            try:
+                g.obs.write(s, r.obs)
+                field = "reward"
+                g.reward[s] = r.reward
+                field = "done"
+                g.done[s] = r.done
+                field = "truncated"
+                g.trunc[s] = r.truncated
+            except (ValueError, TypeError, AttributeError, KeyError) as e:
+                raise EnvError(
+                    f"{self.where}: env {self.env_name} #{i} {what}, agent {a}: {field} does not fit the layout "
+                    f"fixed by the first result ({e})"
+                ) from e
+            g.active[s] = True
+
+    @staticmethod
+    def _allocate(g: _Group, r: StepResult) -> None:
+        if not isinstance(r.obs, NamedArray):
+            raise EnvError(f"StepResult.obs must be a NamedArray of named inputs, got {type(r.obs).__name__}")
+        g.obs = _ObsBuffers(r.obs, g.num_slots)
+        width = int(np.asarray(r.reward).size) or 1
+        g.reward = np.zeros((g.num_slots, width), np.float32)
 
     def _reset(self, g: _Group, j: int) -> None:
         env = g.envs[j]
@@ -209,8 +263,7 @@ class EnvRing:
         log.warning("%s; recreating it and dropping its partial episode (failure %d)", msg, g.failures[j])
         slots = np.asarray(g.slot_of[j])
         g.traj.mark_truncated(slots)
-        for s in slots:
-            g.current[s] = None
+        g.active[slots] = False
         try:
             g.envs[j].close()
         except Exception:
@@ -232,24 +285,27 @@ class EnvRing:
     def request(self, group: int) -> RolloutRequest:
         """Stage the acting agents of ``group`` and return their :class:`RolloutRequest`.
 
+        The request's arrays may be views of the group's buffers: valid until :meth:`consume`.
+
         Raises:
             EnvError: no agent of the group can act (every env returned only ``None``).
         """
         g = self.groups[group]
-        acting = np.fromiter((r is not None for r in g.current), np.bool_, g.num_slots).nonzero()[0]
+        acting = g.active.nonzero()[0]
         if acting.size == 0:
             raise EnvError(f"{self.where}: no agent can act in env group {group}: every StepResult is None")
-        rs = [g.current[s] for s in acting]
-        obs = stack([r.obs for r in rs])  # type: ignore[union-attr]
-        reward = np.stack([r.reward for r in rs])  # type: ignore[union-attr]
-        done = np.stack([r.done for r in rs])  # type: ignore[union-attr]
-        trunc = np.stack([r.truncated for r in rs])  # type: ignore[union-attr]
-        state = None if g.state is None else g.state[acting]
+        assert g.obs is not None and g.reward is not None
+        if acting.size == g.num_slots:
+            obs, reward, done, trunc = g.obs.view(None), g.reward, g.done, g.trunc
+            state, on_reset = g.state, g.on_reset[:, None]
+        else:
+            obs, reward, done, trunc = g.obs.view(acting), g.reward[acting], g.done[acting], g.trunc[acting]
+            state, on_reset = (None if g.state is None else g.state[acting]), g.on_reset[acting, None]
         req = RolloutRequest(
             obs=obs,
             policy_state=state,
             is_evaluation=np.full((acting.size, 1), self.evaluation, np.bool_),
-            on_reset=g.on_reset[acting].reshape(-1, 1).copy(),
+            on_reset=on_reset,
         )
         g.pending = (acting, req, reward, done, trunc)
         return req
@@ -267,40 +323,66 @@ class EnvRing:
         acting, req, reward, done, trunc = g.pending
         g.pending = None
         n = acting.size
-        if len(result.action) != n:
-            raise EnvError(f"{self.where}: the policy returned {len(result.action)} actions for {n} requests")
-        row = SampleBatch(
-            obs=req.obs,
-            policy_state=req.policy_state,
-            action=result.action,
-            analyzed_result=result.analyzed_result,
-            reward=reward,
-            done=done,
-            truncated=trunc,
-            policy_version=np.full((n, 1), version, np.int64),
-            on_reset=req.on_reset,
-        )
-        g.traj.add(acting, row)
+        act = result.action
+        if len(act) != n:
+            raise EnvError(f"{self.where}: the policy returned {len(act)} actions for {n} requests")
+        versions = g.versions.get((n, version))
+        if versions is None:
+            if len(g.versions) > 64:
+                g.versions.clear()
+            versions = g.versions[(n, version)] = np.full((n, 1), version, np.int64)
+        if not g.traj.allocated:
+            g.traj.allocate(
+                SampleBatch(
+                    obs=req.obs,
+                    policy_state=req.policy_state,
+                    action=act,
+                    analyzed_result=result.analyzed_result,
+                    reward=reward,
+                    done=done,
+                    truncated=trunc,
+                    policy_version=versions,
+                    on_reset=req.on_reset,
+                )
+            )
+        leaves = leaves_of(req.obs, [])
+        leaves_of(req.policy_state, leaves)
+        leaves_of(act, leaves)
+        leaves_of(result.analyzed_result, leaves)
+        leaves += (reward, done, trunc, versions, req.on_reset)
+        g.traj.add_leaves(acting, leaves)
         if g.state is not None and result.policy_state is not None:
             g.state[acting] = result.policy_state
-        g.on_reset[acting] = False
-        terminal = (done | trunc).any(axis=1)
         g.ep_return[acting] += reward.sum(axis=1)
-        # episodes end on terminal rows; the reward of an on_reset row is 0 by contract
         g.ep_length[acting] += 1
-        for k in terminal.nonzero()[0]:
-            s = acting[k]
-            self.episodes.append(Episode(float(g.ep_return[s]), int(g.ep_length[s]) - 1, version))
-            g.current[s] = None
-        row_of = {int(s): k for k, s in enumerate(acting)}
-        act = result.action
+        g.on_reset[acting] = False
+        terminal = (done | trunc)[:, 0]
+        if terminal.any():
+            for k in terminal.nonzero()[0]:
+                s = acting[k]
+                # the terminal row counts as a row, not as a step
+                self.episodes.append(Episode(float(g.ep_return[s]), int(g.ep_length[s]) - 1, version))
+                g.active[s] = False
+        # actions, one NamedArray per acting agent
+        cls, keys = type(act), act._keys  # type: ignore[attr-defined]
+        flat = all(not isinstance(getattr(act, k), NamedArray) for k in keys)
+        cols = [getattr(act, k) for k in keys] if flat else None
+        g.row_of[acting] = np.arange(n)
+        rows = g.row_of.tolist()
+        active = g.active.tolist()
         for j, slots in enumerate(g.slot_of):
-            if all(g.current[s] is None for s in slots):
+            if not any(active[s] for s in slots):
                 self._reset(g, j)
                 continue
-            actions: list[NamedArray | None] = [
-                act[row_of[s]] if g.current[s] is not None and s in row_of else None for s in slots
-            ]
+            actions: list[NamedArray | None] = []
+            for s in slots:
+                if not active[s]:
+                    actions.append(None)
+                elif cols is not None:
+                    r = rows[s]
+                    actions.append(cls._build(keys, [None if c is None else c[r] for c in cols]))
+                else:
+                    actions.append(act[rows[s]])
             try:
                 results = g.envs[j].step(actions)
             except Exception as e:

@@ -4,10 +4,13 @@ Each agent slot of an actor owns one column of a ``(T + 1, S)`` buffer and a cur
 A step writes one row for every slot that acted. When a slot's column holds ``T + 1``
 rows it is copied into the outgoing fragment and restarted with its last row (the
 bootstrap row) as row 0, so consecutive fragments of a slot overlap by one row. A
-fragment is emitted once it holds ``S`` complete columns; in the common case (every
-agent acts every step) all columns complete together and a fragment is exactly the
-buffer. Slots that act at different rates (turn-based multi-agent games) simply
-complete at different times; nothing is dropped.
+fragment is emitted once it holds ``S`` complete columns.
+
+In the common case every agent acts every step: all cursors stay equal ("synced"), a
+row is one slice assignment per leaf, and a full buffer *is* the fragment (handed out
+without copying; a fresh buffer takes its place). Slots that act at different rates
+(turn-based multi-agent games) fall back to per-slot cursors and column copies;
+nothing is dropped either way.
 """
 
 from __future__ import annotations
@@ -19,7 +22,22 @@ import numpy as np
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.trainer import SampleBatch
 
-__all__ = ["TrajectoryBuffer"]
+__all__ = ["TrajectoryBuffer", "leaves_of"]
+
+
+def leaves_of(na: NamedArray | None, out: list[Any]) -> list[Any]:
+    """Append the non-None leaves of ``na`` to ``out`` in ``flat_items`` order (fast, no paths)."""
+    if na is None:
+        return out
+    for k in na._keys:  # type: ignore[attr-defined]
+        v = getattr(na, k)
+        if v is None:
+            continue
+        if isinstance(v, NamedArray):
+            leaves_of(v, out)
+        else:
+            out.append(v)
+    return out
 
 
 def _sentinel_like(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -46,96 +64,108 @@ class TrajectoryBuffer:
         self.num_slots = num_slots
         self.rows = fragment_length + 1
         self._buf: SampleBatch | None = None
+        self._bufs: list[np.ndarray] = []
         self._out: SampleBatch | None = None
+        self._outs: list[np.ndarray] = []
         self._out_cols = 0
         self._cursor = np.zeros(num_slots, np.int64)
+        self._synced = True  # every cursor equal
         self._ready: list[SampleBatch] = []
+        self._all = np.arange(num_slots)
 
     @property
     def allocated(self) -> bool:
         """Whether the first row has fixed the structure."""
         return self._buf is not None
 
-    def _allocate(self, row: SampleBatch) -> None:
+    def allocate(self, row: SampleBatch) -> None:
+        """Fix the layout from one row (leaves ``(n, ...)``); sentinel-filled so unwritten reads stand out."""
         self._buf = row.apply(lambda x: _sentinel_like(np.asarray(x), (self.rows, self.num_slots)))
-        self._out = row.apply(lambda x: _sentinel_like(np.asarray(x), (self.rows, self.num_slots)))
+        self._bufs = leaves_of(self._buf, [])
+        self._out = self._buf.apply(np.empty_like)
+        self._outs = leaves_of(self._out, [])
 
     def add(self, slots: np.ndarray, row: SampleBatch) -> None:
         """Write one row for each of ``slots`` (``row`` leaves are ``(len(slots), ...)``).
 
         Raises:
-            ValueError: the row's structure differs from earlier rows (names the field).
+            ValueError: the row's structure differs from earlier rows.
         """
         if self._buf is None:
-            self._allocate(row)
-        buf = self._buf
-        assert buf is not None
-        cur = self._cursor[slots]
+            self.allocate(row)
+        leaves = leaves_of(row, [])
+        if len(leaves) != len(self._bufs):
+            raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(self._bufs)}: {row!r}")
+        self.add_leaves(slots, leaves)
+
+    def add_leaves(self, slots: np.ndarray, leaves: list[Any]) -> None:
+        """Write one row for ``slots`` from leaves in the layout's ``flat_items`` order (the fast path).
+
+        Raises:
+            ValueError: a leaf does not fit its trajectory column (shape or count).
+        """
+        bufs = self._bufs
         try:
-            for (_, dst), (_, src) in zip(buf.flat_items(), row.flat_items()):
+            if self._synced and len(slots) == self.num_slots:
+                c = int(self._cursor[0])
+                for dst, src in zip(bufs, leaves):
+                    dst[c] = src
+                self._cursor += 1
+                if c + 1 == self.rows:
+                    self._complete_all()
+                return
+            cur = self._cursor[slots]
+            for dst, src in zip(bufs, leaves):
                 dst[cur, slots] = src
-        except (ValueError, IndexError) as e:
-            raise ValueError(f"sample row does not match the trajectory layout ({e}); row: {row!r}") from e
+        except (ValueError, IndexError, TypeError) as e:
+            raise ValueError(f"sample row does not match the trajectory layout: {e}") from e
         self._cursor[slots] += 1
         full = slots[self._cursor[slots] == self.rows]
         for s in full:
             self._complete(int(s))
+        self._synced = bool((self._cursor == self._cursor[0]).all())
+
+    def _complete_all(self) -> None:
+        if self._out_cols:  # columns from earlier, unsynchronised completions are waiting: keep order
+            for s in range(self.num_slots):
+                self._complete(s)
+            return
+        old = self._buf
+        assert old is not None
+        self._ready.append(old)
+        self._buf = old.apply(np.empty_like)
+        self._bufs = leaves_of(self._buf, [])
+        for dst, src in zip(self._bufs, leaves_of(old, [])):
+            dst[0] = src[-1]
+        self._cursor[:] = 1
 
     def _complete(self, slot: int) -> None:
-        buf, out = self._buf, self._out
-        assert buf is not None and out is not None
         col = self._out_cols
-        for (_, o), (_, b) in zip(out.flat_items(), buf.flat_items()):
+        for o, b in zip(self._outs, self._bufs):
             o[:, col] = b[:, slot]
             b[0, slot] = b[-1, slot]
         self._cursor[slot] = 1
         self._out_cols += 1
         if self._out_cols == self.num_slots:
+            out = self._out
+            assert out is not None
             self._ready.append(out)
-            self._out = out.apply(lambda x: np.empty_like(x))
+            self._out = out.apply(np.empty_like)
+            self._outs = leaves_of(self._out, [])
             self._out_cols = 0
 
     def mark_truncated(self, slots: np.ndarray) -> None:
         """Mark the newest row of ``slots`` as truncated (its env failed; that row is no decision)."""
-        if self._buf is None:
-            return
         buf = self._buf
+        if buf is None or buf.truncated is None or buf.done is None:
+            return
         for s in slots:
             c = int(self._cursor[s])
-            if c > 0 and buf.truncated is not None:
+            if c > 0:
                 buf.truncated[c - 1, s] = True
-                buf.done[c - 1, s] = False  # type: ignore[index]
+                buf.done[c - 1, s] = False
 
     def pop_ready(self) -> list[SampleBatch]:
         """Fragments completed since the last call (each ``(T + 1, num_slots)``)."""
         ready, self._ready = self._ready, []
         return ready
-
-    def layout(self) -> Any:
-        """The fragment structure (a SampleBatch of one row), once known."""
-        return None if self._buf is None else self._buf[0:1, 0:1]
-
-
-def row_batch(
-    obs: NamedArray,
-    policy_state: NamedArray | None,
-    action: NamedArray,
-    analyzed_result: NamedArray | None,
-    reward: np.ndarray,
-    done: np.ndarray,
-    truncated: np.ndarray,
-    policy_version: np.ndarray,
-    on_reset: np.ndarray,
-) -> SampleBatch:
-    """Assemble one step's rows (leaves ``(n, ...)``) into a SampleBatch row."""
-    return SampleBatch(
-        obs=obs,
-        policy_state=policy_state,
-        action=action,
-        analyzed_result=analyzed_result,
-        reward=reward,
-        done=done,
-        truncated=truncated,
-        policy_version=policy_version,
-        on_reset=on_reset,
-    )
