@@ -24,17 +24,9 @@ def _load(path: Path) -> tuple[Any, Any, Path]:
     import yaml
 
     from hpcrl.api import config
-    from hpcrl.storage.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+    from hpcrl.storage.checkpoint import find_checkpoint
 
-    if path.is_dir():
-        run_dir = path.parent if path.name == "checkpoints" else path
-        found = CheckpointManager(run_dir).latest_valid()
-        if found is None:
-            raise CheckpointError(f"no checkpoints in {run_dir / 'checkpoints'}")
-        file, tree, attrs = found
-    else:
-        file = path
-        tree, attrs = load_checkpoint(path)
+    file, tree, attrs = find_checkpoint(path)
     cfg = config.from_dict(yaml.safe_load(str(attrs["config"])))
     return cfg, tree, file
 

@@ -16,7 +16,7 @@ from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
 from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.rank import STATS_INTERVAL, RankContext
+from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower
 
 __all__ = ["ActorRank"]
 
@@ -42,7 +42,7 @@ class ActorRank:
         remote = self.inference_rank is not None
         groups = 2 if remote and cfg.actor.ring_halves and n >= 2 else 1
         self.policy: Any = None
-        self.subscriber: Any = None
+        self.weights: WeightsFollower | None = None
         self.requests: SendChannel | None = None
         self.results: RecvChannel | None = None
         if remote:
@@ -57,13 +57,11 @@ class ActorRank:
             )
             default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
-            from hpcrl.comm.params import ParamSubscriber
-
             common.set_torch_threads(cfg.run.torch_threads)
             spec = cfg.policy  # already resolved by run_rank
             self.policy = common.build_policy(spec, "cpu", seed=cfg.experiment.seed)
             default_state = common.default_state_row(self.policy)
-            self.subscriber = ParamSubscriber(ctx.comm, topo.leader)
+            self.weights = WeightsFollower(ctx, self.policy)
         self.remote = remote
         self.ring = EnvRing(
             common.env_factory(cfg.environment),
@@ -116,16 +114,6 @@ class ActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
-    def _drain_params(self) -> None:
-        self.subscriber.poll()
-
-    def _load_params(self) -> None:
-        got = self.subscriber.poll()
-        if got is not None:
-            version, state = got
-            self.policy.load_state_dict(state)
-            self.policy.set_version(version)
-
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Act until the leader says stop; returns this rank's final stats."""
@@ -135,12 +123,11 @@ class ActorRank:
         if self.remote:
             self._run_remote()
         else:
-            got = self.subscriber.wait(timeout=ctx.cfg.run.heartbeat_seconds or None, on_idle=ctx.service)
-            self.policy.load_state_dict(got[1])
-            self.policy.set_version(got[0])
+            assert self.weights is not None
+            self.weights.wait_first()
             while not ctx.stopping:
                 ctx.service()
-                self._load_params()
+                self.weights.update()
                 for g in range(self.ring.num_groups):
                     t0 = time.perf_counter()
                     request = self.ring.request(g)
@@ -156,7 +143,7 @@ class ActorRank:
         elapsed = time.monotonic() - t_start
         recv = [self.results] if self.results is not None else []
         send = [self.samples] + ([self.requests] if self.requests is not None else [])
-        extra = self._drain_params if self.subscriber is not None else None
+        extra = self.weights.discard if self.weights is not None else None
         final = {
             "type": "final",
             "role": "actor",
@@ -169,8 +156,8 @@ class ActorRank:
         }
         ctx.send_stats(final)
         ctx.drain(recv, send, extra)
-        if self.subscriber is not None:
-            self.subscriber.close()
+        if self.weights is not None:
+            self.weights.close()
         self.ring.close()
         return final
 

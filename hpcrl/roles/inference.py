@@ -14,10 +14,9 @@ import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, concat
 from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
-from hpcrl.comm.params import ParamSubscriber
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
-from hpcrl.roles.rank import STATS_INTERVAL, RankContext
+from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower
 
 __all__ = ["InferenceRank"]
 
@@ -45,7 +44,7 @@ class InferenceRank:
             RecvChannel(ctx.comm, a, Tag.REQUEST, f"requests of actor {a}", max_rows=rows) for a in self.actors
         ]
         self.results = {a: SendChannel(ctx.comm, a, Tag.RESULT, f"results for actor {a}") for a in self.actors}
-        self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
+        self.weights = WeightsFollower(ctx, self.policy)
         self.batches = 0
         self.rows = 0
         self.busy_seconds = 0.0
@@ -60,29 +59,17 @@ class InferenceRank:
         for ch in self.results.values():
             ch.send(first, version=-1)
 
-    def _drain_params(self) -> None:
-        self.subscriber.poll()
-
-    def _load_params(self) -> None:
-        got = self.subscriber.poll()
-        if got is not None:
-            version, state = got
-            self.policy.load_state_dict(state)
-            self.policy.set_version(version)
-
     def run(self) -> dict[str, Any]:
         """Serve requests until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
         trace = ctx.trace
-        version, state = self.subscriber.wait(timeout=ctx.cfg.run.heartbeat_seconds or None, on_idle=ctx.service)
-        self.policy.load_state_dict(state)
-        self.policy.set_version(version)
+        self.weights.wait_first()
         self._send_default_state()
         backoff = ctx.backoff
         t_start = time.monotonic()
         while not ctx.stopping:
             ctx.service()
-            self._load_params()
+            self.weights.update()
             t0 = time.perf_counter()
             got = poll_any(self.requests)
             if not got:
@@ -124,6 +111,6 @@ class InferenceRank:
             "busy_fraction": self.busy_seconds / elapsed if elapsed > 0 else 0.0,
         }
         ctx.send_stats(final)
-        ctx.drain(self.requests, list(self.results.values()), self._drain_params)
-        self.subscriber.close()
+        ctx.drain(self.requests, list(self.results.values()), self.weights.discard)
+        self.weights.close()
         return final

@@ -16,7 +16,7 @@ from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
 from hpcrl.roles.session import Session, StopFlag
 
-__all__ = ["RankContext", "RankFailure"]
+__all__ = ["RankContext", "RankFailure", "WeightsFollower"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,41 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL = 0.5
 #: seconds the drain at shutdown may take before the rank gives up (and aborts).
 DRAIN_TIMEOUT = 120.0
+
+
+class WeightsFollower:
+    """Keeps a policy on the newest parameters the trainer leader published (inference ranks, inline actors)."""
+
+    def __init__(self, ctx: RankContext, policy: Any) -> None:
+        from hpcrl.comm.params import ParamSubscriber
+
+        self.policy = policy
+        self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
+        self.ctx = ctx
+
+    def _apply(self, got: tuple[int, dict[str, Any]]) -> None:
+        version, state = got
+        self.policy.load_state_dict(state)
+        self.policy.set_version(version)
+
+    def wait_first(self) -> None:
+        """Block (servicing control messages) until the first publication, and load it."""
+        timeout = self.ctx.cfg.run.heartbeat_seconds or None
+        self._apply(self.subscriber.wait(timeout=timeout, on_idle=self.ctx.service))
+
+    def update(self) -> None:
+        """Load the newest publication, if one arrived (non-blocking)."""
+        got = self.subscriber.poll()
+        if got is not None:
+            self._apply(got)
+
+    def discard(self) -> None:
+        """Receive and drop publications (during shutdown)."""
+        self.subscriber.poll()
+
+    def close(self) -> None:
+        """Cancel the posted receive."""
+        self.subscriber.close()
 
 
 class RankFailure(RuntimeError):

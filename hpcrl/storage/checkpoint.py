@@ -37,6 +37,7 @@ import numpy as np
 from hpcrl.storage.tree import CheckpointError, StorageError, read_tree, text_value, write_tree
 
 __all__ = [
+    "find_checkpoint",
     "CheckpointError",
     "StorageError",
     "RunDirError",
@@ -423,6 +424,27 @@ class CheckpointManager:
 
 
 # ============================================================== load_policy
+def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Load a checkpoint file, or the newest valid one of a run directory (or its ``checkpoints/``).
+
+    Returns:
+        ``(file, tree, attrs)``.
+
+    Raises:
+        CheckpointError: no (valid) checkpoint there (names the path).
+    """
+    p = Path(path)
+    if p.is_dir():
+        is_ckpt_dir = p.name == "checkpoints" and not (p / "checkpoints").is_dir()
+        run_dir = p.parent if is_ckpt_dir else p
+        found = CheckpointManager(run_dir).latest_valid()
+        if found is None:
+            raise CheckpointError(f"no checkpoints in {run_dir / 'checkpoints'}")
+        return found
+    tree, attrs = load_checkpoint(p)
+    return p, tree, attrs
+
+
 def load_policy(path: str | Path, device: str = "cpu") -> Any:
     """Rebuild a trained policy from a checkpoint file or a run directory (its newest valid checkpoint).
 
@@ -444,17 +466,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> Any:
     from hpcrl.api import config as config_mod
     from hpcrl.api import policy as policy_mod
 
-    p = Path(path)
-    if p.is_dir():
-        is_ckpt_dir = p.name == "checkpoints" and not (p / "checkpoints").is_dir()
-        run_dir = p.parent if is_ckpt_dir else p
-        found = CheckpointManager(run_dir).latest_valid()
-        if found is None:
-            raise CheckpointError(f"no checkpoints in {run_dir / 'checkpoints'}")
-        file, tree, attrs = found
-    else:
-        file = p
-        tree, attrs = load_checkpoint(p)
+    file, tree, attrs = find_checkpoint(path)
     text = attrs.get("config")
     if not isinstance(text, str):
         raise CheckpointError(f"{file}: no 'config' attribute (a checkpoint not written by the hpcrl runtime?)")
