@@ -114,15 +114,20 @@ class _FlatGrads:
             pos += n
 
     @staticmethod
-    def scatter(params: list[Any], flat: Any, counts: list[int]) -> None:
-        """Copy the averaged values back into every ``.grad`` (creating it where it was ``None``)."""
+    def scatter(params: list[Any], flat: Any, counts: list[int], scale: float) -> None:
+        """Write ``scale`` x the reduced values back into every ``.grad`` (creating it where it was ``None``)."""
+        import torch
+
         pos = 0
         for p, n in zip(params, counts):
             view = flat[pos : pos + n].view(p.shape)
-            if p.grad is None:
-                p.grad = view.to(device=p.device, dtype=p.dtype, copy=True)
+            grad = p.grad
+            if grad is None:
+                p.grad = (view * scale).to(device=p.device, dtype=p.dtype)
+            elif grad.device == flat.device and grad.dtype == flat.dtype and grad.is_contiguous():
+                torch.mul(view, scale, out=grad)  # scale and copy in one pass
             else:
-                p.grad.copy_(view)
+                grad.copy_(view).mul_(scale)
             pos += n
 
 
@@ -190,8 +195,7 @@ class MPIGradientSync(GradientSync):
             group = [ps[i] for i in idx]
             _FlatGrads.gather(group, flat, counts)
             self.comm.Allreduce(mpi.IN_PLACE, flat.numpy())
-            flat.mul_(scale)
-            _FlatGrads.scatter(group, flat, counts)
+            _FlatGrads.scatter(group, flat, counts, scale)
             self.calls += 1
 
     def allreduce_mean(self, values: np.ndarray) -> np.ndarray:
@@ -310,8 +314,7 @@ class TorchGradientSync(GradientSync):
             group = [ps[i] for i in idx]
             _FlatGrads.gather(group, flat, counts)
             dist.all_reduce(flat)
-            flat.div_(self.world_size)
-            _FlatGrads.scatter(group, flat, counts)
+            _FlatGrads.scatter(group, flat, counts, 1.0 / self.world_size)
             self.calls += 1
 
     def allreduce_mean(self, values: np.ndarray) -> np.ndarray:
