@@ -96,6 +96,9 @@ class GradientSync:
         """Mean of a small float array across trainer ranks."""
         return np.asarray(values, dtype=np.float64)
 
+    def destroy(self) -> None:  # noqa: B027 - no-op by design
+        """Release communication resources (process groups); the 1-rank version has none."""
+
 
 class Trainer(abc.ABC):
     """Optimises a policy from sample batches.

@@ -124,8 +124,12 @@ class TrainerRank:
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
         reason = "finished"
+        last_progress = 0.0
         while True:
             ctx.service()
+            if self.publisher is not None and time.monotonic() - last_progress > 0.005:
+                last_progress = time.monotonic()
+                self.publisher.progress()  # a subscriber that was busy gets the newest version
             t0 = time.perf_counter()
             got = poll_any(self.samples, copy=True)
             for _, msg in got:
@@ -203,10 +207,7 @@ class TrainerRank:
                 self.publisher.close()
 
         ctx.drain(self.samples, [], None, finish)
-        sync = self.trainer.sync
-        destroy = getattr(sync, "destroy", None)
-        if callable(destroy):
-            destroy()
+        self.trainer.sync.destroy()
         if not ctx.is_leader:
             return final
         assert self.progress is not None
