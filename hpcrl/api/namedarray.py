@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -246,6 +247,20 @@ class NamedArray:
             elif v is not None or include_none:
                 yield path, v
 
+    def leaves(self, out: list[Any] | None = None) -> list[Any]:
+        """The non-None leaves, depth first in field order (the order of :meth:`flat_items`, without paths)."""
+        if out is None:
+            out = []
+        for k in self._keys:  # type: ignore[attr-defined]
+            v = getattr(self, k)
+            if v is None:
+                continue
+            if isinstance(v, NamedArray):
+                v.leaves(out)
+            else:
+                out.append(v)
+        return out
+
     def apply(self: T, fn: Callable[[Any], Any]) -> T:
         """Return a new NamedArray with ``fn`` applied to every non-None leaf."""
         vals: list[Any] = []
@@ -415,10 +430,48 @@ class Schema:
         walk(na, "")
         return cls(tuple(leaves), tuple(nodes), batch_ndim)
 
-    @property
+    @functools.cached_property
     def row_nbytes(self) -> int:
         """Bytes one batch row (all leaves) occupies."""
         return sum(leaf.row_nbytes for leaf in self.leaves)
+
+    @functools.cached_property
+    def _plan(self) -> list[tuple[np.dtype[Any], tuple[int, ...], int]]:
+        """Per leaf: numpy dtype, per-row shape, bytes per row (computed once)."""
+        return [(np.dtype(leaf.dtype), leaf.shape, leaf.row_nbytes) for leaf in self.leaves]
+
+    @functools.cached_property
+    def _builder(self) -> Callable[[list[Any]], NamedArray]:
+        """A function rebuilding the nested NamedArray from the leaves in schema order."""
+        table = {p: (c, list(f)) for p, c, f in self.nodes}
+        index = {leaf.path: i for i, leaf in enumerate(self.leaves)}
+        if "" not in table:
+            raise SchemaError("schema has no root node")
+
+        def plan(prefix: str) -> tuple[Any, list[str], list[tuple[int, Any]]]:
+            cname, fields = table[prefix]
+            cls = _resolve_class(cname)
+            if cls is not NamedArray and not cls._extra and any(f not in cls._fields for f in fields):
+                cls = NamedArray
+            parts: list[tuple[int, Any]] = []
+            for f in fields:
+                path = f"{prefix}.{f}" if prefix else f
+                if path in table:
+                    parts.append((2, plan(path)))
+                elif path in index:
+                    parts.append((1, index[path]))
+                else:
+                    parts.append((0, None))
+            return cls, fields, parts
+
+        root = plan("")
+
+        def build(node: tuple[Any, list[str], list[tuple[int, Any]]], leaves: list[Any]) -> NamedArray:
+            cls, fields, parts = node
+            vals = [leaves[x] if kind == 1 else (build(x, leaves) if kind == 2 else None) for kind, x in parts]
+            return cls._build(fields, vals)  # type: ignore[no-any-return]
+
+        return lambda leaves: build(root, leaves)
 
     def nbytes(self, batch_shape: tuple[int, ...]) -> int:
         """Bytes a message with ``batch_shape`` occupies."""
@@ -474,12 +527,33 @@ class Schema:
                 raise SchemaError(f"field {leaf.path!r}: batch shape {b} differs from {batch}")
         return batch if batch is not None else (0,) * self.batch_ndim
 
-    def pack(self, na: NamedArray, out: np.ndarray | None = None, offset: int = 0) -> np.ndarray:
+    def pack(
+        self, na: NamedArray, out: np.ndarray | None = None, offset: int = 0, batch: tuple[int, ...] | None = None
+    ) -> np.ndarray:
         """Copy every leaf of ``na`` into one flat uint8 buffer (``out`` if given, at ``offset``).
+
+        Args:
+            na: the NamedArray.
+            out: destination buffer (allocated when None).
+            offset: byte offset in ``out``.
+            batch: the batch shape, when the caller has already checked ``na`` against this schema
+                (skips :meth:`check`: the fast path of channels whose structure is unchanged).
 
         Returns:
             The filled part of the buffer (a view of ``out`` when given).
         """
+        if batch is not None:
+            n = self.nbytes(batch)
+            if out is None:
+                out = np.empty(offset + n, np.uint8)
+            rows = math.prod(batch)
+            pos = offset
+            for (dt, shape, rnb), src in zip(self._plan, na.leaves()):
+                nb = rnb * rows
+                dst = out[pos : pos + nb].view(dt).reshape(batch + shape)
+                np.copyto(dst, _as_np(src), casting="same_kind")
+                pos += nb
+            return out[offset:pos]
         batch = self.check(na)
         n = self.nbytes(batch)
         if out is None:
@@ -505,17 +579,33 @@ class Schema:
             raise SchemaError(f"buffer holds {buf.nbytes} bytes, batch shape {batch_shape} needs {need}")
         raw = buf.view(np.uint8).reshape(-1)
         pos = 0
-        leaves: dict[str, np.ndarray] = {}
-        for leaf in self.leaves:
-            nb = leaf.row_nbytes * math.prod(batch_shape)
-            arr = raw[pos : pos + nb].view(leaf.dtype).reshape(batch_shape + leaf.shape)
-            leaves[leaf.path] = arr.copy() if copy else arr
+        rows = math.prod(batch_shape)
+        arrays: list[Any] = []
+        for dt, shape, rnb in self._plan:
+            nb = rnb * rows
+            arr = raw[pos : pos + nb].view(dt).reshape(batch_shape + shape)
+            arrays.append(arr.copy() if copy else arr)
             pos += nb
-        return from_flat(leaves, self.nodes)
+        return self._builder(arrays)
+
+    def allocate_views(self, batch_shape: tuple[int, ...], header_nbytes: int = 0) -> NamedArray:
+        """A NamedArray whose leaves are views into one fresh buffer laid out exactly as on the wire.
+
+        The buffer has ``header_nbytes`` free bytes in front; it is attached to the result as
+        ``result._wire = (buffer, schema, batch_shape, header_nbytes)``, so a channel can send it
+        without packing (zero copy). Derived NamedArrays (slices, ``apply``) do not carry it.
+        """
+        raw = np.empty(header_nbytes + self.nbytes(batch_shape), np.uint8)
+        na = self.unpack(raw[header_nbytes:], batch_shape)
+        object.__setattr__(na, "_wire", (raw, self, batch_shape, header_nbytes))
+        return na
 
     def allocate(self, batch_shape: tuple[int, ...]) -> np.ndarray:
         """A zeroed buffer large enough for ``batch_shape``."""
         return np.zeros(self.nbytes(batch_shape), np.uint8)
+
+
+_CLASSES[f"{NamedArray.__module__}:{NamedArray.__qualname__}"] = NamedArray
 
 
 def _resolve_class(name: str) -> type[NamedArray]:

@@ -191,6 +191,7 @@ class SendChannel:
         self._slots = (_SendSlot(), _SendSlot())
         self._older = 0
         self._aux: list[tuple[MPI.Request, np.ndarray]] = []  # schema announcements in flight
+        self._borrowed: list[tuple[MPI.Request, np.ndarray]] = []  # zero-copy sends in flight
         self._closed = False
         self.messages = 0
         """Data messages sent so far."""
@@ -215,7 +216,8 @@ class SendChannel:
     @property
     def pending(self) -> int:
         """Sends still in flight (data buffers and schema handshakes)."""
-        return sum(0 if s.free() else 1 for s in self._slots) + sum(1 for r, _ in self._aux if not r.Test())
+        busy = sum(0 if s.free() else 1 for s in self._slots)
+        return busy + sum(1 for r, _ in self._aux + self._borrowed if not r.Test())
 
     @property
     def ready(self) -> bool:
@@ -256,8 +258,16 @@ class SendChannel:
             self._fingerprint = fingerprint
         schema = self._schema
         assert schema is not None
-        batch = tuple(int(n) for n in shapes[0][: self.batch_ndim]) if shapes else (0,) * self.batch_ndim
+        bnd = self.batch_ndim
+        batch = tuple(int(n) for n in shapes[0][:bnd]) if shapes else (0,) * bnd
+        for shape in shapes:
+            if tuple(shape[:bnd]) != batch:
+                raise SchemaError(f"{self.where}: leaves disagree on the batch shape: {tuple(shape[:bnd])} vs {batch}")
         nbytes = self._row_nbytes * math.prod(batch)
+        wire = data.__dict__.get("_wire")
+        if wire is not None and wire[3] == HEADER_NBYTES and wire[2] == batch and wire[1] == schema:
+            self._send_in_place(wire[0], batch, version, nbytes, on_idle)
+            return
         slot = self._take_slot(on_idle)
         need = HEADER_NBYTES + nbytes
         if slot.buf is None or slot.buf.nbytes < need:
@@ -265,11 +275,31 @@ class SendChannel:
             slot.buf = np.empty(max(need, old + old // 2), np.uint8)
         buf = slot.buf
         try:
-            schema.pack(data, out=buf, offset=HEADER_NBYTES)
-        except SchemaError as e:
+            schema.pack(data, out=buf, offset=HEADER_NBYTES, batch=batch)
+        except (SchemaError, TypeError, ValueError) as e:
             raise SchemaError(f"{self.where}: {e}") from e
         write_header(buf, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
         slot.req = self.comm.Isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
+        self._seq += 1
+        self.messages += 1
+        self.bytes += nbytes
+
+    def _send_in_place(
+        self, raw: np.ndarray, batch: tuple[int, ...], version: int, nbytes: int, on_idle: OnIdle | None
+    ) -> None:
+        """Zero-copy send of a NamedArray built by ``Schema.allocate_views`` (its buffer already holds the payload).
+
+        The buffer must not be written until the send completes; at most two such sends are in flight
+        (the oldest is waited for, like the packed path).
+        """
+        self._borrowed = [(r, b) for r, b in self._borrowed if not r.Test()]
+        if len(self._borrowed) >= 2:
+            req = self._borrowed[0][0]
+            wait(req, f"an in-place send on {self.where} to complete", self.dest, self.send_timeout, on_idle)
+            self._borrowed.pop(0)
+        write_header(raw, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
+        req = self.comm.Isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
+        self._borrowed.append((req, raw))
         self._seq += 1
         self.messages += 1
         self.bytes += nbytes
@@ -305,7 +335,7 @@ class SendChannel:
 
     def _requests(self) -> list[MPI.Request]:
         reqs = [s.req for s in self._slots if s.req is not None]
-        return reqs + [r for r, _ in self._aux]
+        return reqs + [r for r, _ in self._aux] + [r for r, _ in self._borrowed]
 
     def flush(self, timeout: float | None = None, on_idle: OnIdle | None = None) -> None:
         """Wait until every message sent so far has left (its buffer may be reused).
@@ -319,6 +349,7 @@ class SendChannel:
         """
         wait(self._requests(), f"outstanding sends on {self.where}", self.dest, timeout, on_idle)
         self._aux.clear()
+        self._borrowed.clear()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Flush, then release the buffers; sends still pending after ``timeout`` are cancelled (logged).
@@ -335,6 +366,7 @@ class SendChannel:
             cancel(self._requests(), f"sends on {self.where}")
         self._closed = True
         self._aux.clear()
+        self._borrowed.clear()
         for slot in self._slots:
             slot.buf, slot.req = None, None
 

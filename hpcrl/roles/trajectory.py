@@ -15,12 +15,14 @@ nothing is dropped either way.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.namedarray import NamedArray, Schema
 from hpcrl.api.trainer import SampleBatch
+from hpcrl.comm.channel import HEADER_NBYTES
 
 __all__ = ["TrajectoryBuffer", "leaves_of"]
 
@@ -63,6 +65,7 @@ class TrajectoryBuffer:
             raise ValueError(f"fragment_length must be >= 1, got {fragment_length}")
         self.num_slots = num_slots
         self.rows = fragment_length + 1
+        self._schema: Schema | None = None
         self._buf: SampleBatch | None = None
         self._bufs: list[np.ndarray] = []
         self._out: SampleBatch | None = None
@@ -79,11 +82,23 @@ class TrajectoryBuffer:
         return self._buf is not None
 
     def allocate(self, row: SampleBatch) -> None:
-        """Fix the layout from one row (leaves ``(n, ...)``); sentinel-filled so unwritten reads stand out."""
-        self._buf = row.apply(lambda x: _sentinel_like(np.asarray(x), (self.rows, self.num_slots)))
+        """Fix the layout from one row (leaves ``(n, ...)``); sentinel-filled so unwritten reads stand out.
+
+        Fragments are allocated in wire layout (``Schema.allocate_views`` with room for a channel
+        header), so an actor sends a finished fragment without packing it (zero copy).
+        """
+        row = row.numpy()
+        self._schema = dataclasses.replace(Schema.of(row, batch_ndim=1), batch_ndim=2)
+        self._buf = self._fresh()
+        for leaf, src in zip(leaves_of(self._buf, []), leaves_of(row, [])):
+            leaf[...] = _sentinel_like(np.asarray(src), (self.rows, self.num_slots))
         self._bufs = leaves_of(self._buf, [])
-        self._out = self._buf.apply(np.empty_like)
+        self._out = self._fresh()
         self._outs = leaves_of(self._out, [])
+
+    def _fresh(self) -> SampleBatch:
+        assert self._schema is not None
+        return self._schema.allocate_views((self.rows, self.num_slots), HEADER_NBYTES)  # type: ignore[return-value]
 
     def add(self, slots: np.ndarray, row: SampleBatch) -> None:
         """Write one row for each of ``slots`` (``row`` leaves are ``(len(slots), ...)``).
@@ -133,7 +148,7 @@ class TrajectoryBuffer:
         old = self._buf
         assert old is not None
         self._ready.append(old)
-        self._buf = old.apply(np.empty_like)
+        self._buf = self._fresh()
         self._bufs = leaves_of(self._buf, [])
         for dst, src in zip(self._bufs, leaves_of(old, [])):
             dst[0] = src[-1]
@@ -150,7 +165,7 @@ class TrajectoryBuffer:
             out = self._out
             assert out is not None
             self._ready.append(out)
-            self._out = out.apply(np.empty_like)
+            self._out = self._fresh()
             self._outs = leaves_of(self._out, [])
             self._out_cols = 0
 
