@@ -89,6 +89,7 @@ class Learner:
         self.policy = policy
         self.trainer = trainer
         self.batcher = Batcher(batch_size, cfg.training.max_staleness)
+        self._next: SampleBatch | None = None
         self.leader = leader
         self.trace = trace
         self.config_text = config_text
@@ -113,17 +114,29 @@ class Learner:
         return self.batcher.add(fragment, self.policy.version)
 
     def ready(self) -> bool:
-        """Whether a full batch is queued."""
-        return self.batcher.ready()
+        """Whether a full batch is queued (it may still turn out stale: see :meth:`prepare`)."""
+        return self._next is not None or self.batcher.ready()
+
+    def prepare(self) -> bool:
+        """Cut the next batch now (dropping stale fragments); returns whether one is ready to step on.
+
+        Trainer ranks call this *before* agreeing to step together, so that every rank that
+        agreed really has a batch (a stale-drop after the agreement would leave one rank out of
+        the gradient collectives and hang the others).
+        """
+        if self._next is None:
+            self._next = self.batcher.pop(self.policy.version)
+        return self._next is not None
 
     def step(self) -> TrainerStepResult | None:
-        """Run one trainer step if a batch is ready.
+        """Run one trainer step on the prepared batch (or a freshly cut one); None if no batch is ready.
 
         Raises:
             NonFiniteError: a NaN/Inf loss with ``training.nonfinite: stop``.
             RuntimeError: the trainer failed on the batch (message names the trainer).
         """
-        batch = self.batcher.pop(self.policy.version)
+        batch = self._next if self._next is not None else self.batcher.pop(self.policy.version)
+        self._next = None
         if batch is None:
             return None
         t0 = time.perf_counter()

@@ -139,7 +139,7 @@ class TrainerRank:
                 if self.learner.frames >= cfg.experiment.total_frames and not ctx.stop.is_set():
                     ctx.stop.set("total_frames reached")
             want_stop = ctx.is_leader and ctx.stop.is_set()
-            if not (self.learner.ready() or want_stop):
+            if not (want_stop or (self.learner.ready() and self.learner.prepare())):
                 if not got:
                     backoff.idle()
                     if trace is not None:
