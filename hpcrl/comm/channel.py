@@ -293,6 +293,16 @@ class SendChannel:
         (the oldest is waited for, like the packed path).
         """
         self._borrowed = [(r, b) for r, b in self._borrowed if not r.Test()]
+        for r, b in self._borrowed:  # the same buffer sent again: its header may change only once it has left
+            if b is raw:
+                wait(
+                    r,
+                    f"the previous in-place send of this buffer on {self.where}",
+                    self.dest,
+                    self.send_timeout,
+                    on_idle,
+                )
+        self._borrowed = [(r, b) for r, b in self._borrowed if b is not raw]
         if len(self._borrowed) >= 2:
             req = self._borrowed[0][0]
             wait(req, f"an in-place send on {self.where} to complete", self.dest, self.send_timeout, on_idle)
