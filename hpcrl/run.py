@@ -20,7 +20,7 @@ from typing import Any
 
 from hpcrl.api import config
 
-__all__ = ["main", "launched_under_mpi"]
+__all__ = ["main", "launched_under_mpi", "world_size_mismatch"]
 
 log = logging.getLogger("hpcrl.run")
 
@@ -34,6 +34,29 @@ def launched_under_mpi() -> bool:
         return True
     ntasks = os.environ.get("SLURM_NTASKS") or os.environ.get("SLURM_NPROCS")
     return "SLURM_PROCID" in os.environ and ntasks is not None and ntasks.isdigit() and int(ntasks) > 1
+
+
+def world_size_mismatch(world_size: int) -> str | None:
+    """Why a 1-rank MPI world contradicts the launcher's environment, or None when it does not.
+
+    ``srun --mpi=none``, ``python`` run in a batch script without ``srun``, or a launcher whose MPI is
+    not the one mpi4py loaded, all start N independent 1-rank worlds that would each train alone on
+    the same run dir.
+    """
+    if world_size != 1:
+        return None
+    from hpcrl.comm.mpi import SIZE_VARS
+
+    for var in SIZE_VARS:
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit() and int(raw) > 1:
+            return (
+                f"the launcher announced {var}={raw} ranks but MPI_COMM_WORLD has 1 rank, so every process would "
+                "train alone on the same run dir. Causes: srun without this MPI's PMI plugin (--mpi=pmi2 for "
+                "MPICH-family MPIs incl. the mpich wheel, --mpi=pmix for Open MPI), python started in a batch "
+                "script without srun, or mpi4py loading another MPI than the launcher's (see MPI4PY_LIBMPI)"
+            )
+    return None
 
 
 def _setup_logging(rank: int, role: str, level: str) -> None:
@@ -87,9 +110,20 @@ def main(argv: list[str] | None = None) -> int:
     if not launched_under_mpi():
         _setup_logging(0, "local", args.log_level)
         return _run_local(cfg, stop, args.summary_json)
-    from hpcrl.comm.mpi import get_world
+    # MPICH (the mpich wheel) under srun --mpi=pmi2 can hang in a collective MPI_Finalize after a clean
+    # shutdown (measured); hpcrl has drained all traffic and passed its own barrier by then.
+    os.environ.setdefault("MPIR_CVAR_NO_COLLECTIVE_FINALIZE", "1")
+    from hpcrl.comm.mpi import MPINotAvailableError, get_world
 
-    comm = get_world()
+    try:
+        comm = get_world()
+    except MPINotAvailableError as e:
+        sys.stderr.write(f"hpcrl: {e}\n")
+        return 2
+    problem = world_size_mismatch(comm.size)
+    if problem is not None:
+        sys.stderr.write(f"hpcrl: launch error: {problem}\n")
+        return 2
     if comm.size == 1:
         _setup_logging(0, "local", args.log_level)
         return _run_local(cfg, stop, args.summary_json)
@@ -114,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_local(cfg: config.ExperimentConfig, stop: Any, summary_json: str | None) -> int:
     from hpcrl.roles.local import run_local
+    from hpcrl.storage.tree import StorageError
 
-    summary = run_local(cfg, stop)
+    try:
+        summary = run_local(cfg, stop)
+    except StorageError as e:  # run dir not writable, no valid checkpoint among existing ones, ...
+        sys.stderr.write(f"hpcrl: {e}\n")
+        return 2
     _report(summary, summary_json)
     return 0
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from mpi4py import MPI as _MPI
 
-__all__ = ["MPINotAvailableError", "load_mpi", "get_world", "world_size_from_env", "abort"]
+__all__ = ["SIZE_VARS", "MPINotAvailableError", "load_mpi", "get_world", "world_size_from_env", "abort"]
 
 _HINT = (
     "hpcrl needs an MPI library: pip install 'hpcrl[mpich]' (laptops/CI) or load your site MPI "
@@ -17,7 +17,7 @@ _HINT = (
 )
 
 #: Environment variables launchers set to the world size, in the order they are trusted.
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS_WORLD", "SLURM_NTASKS", "SLURM_NPROCS")
+SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS_WORLD", "SLURM_NTASKS", "SLURM_NPROCS")
 
 
 class MPINotAvailableError(RuntimeError):
@@ -65,7 +65,7 @@ def world_size_from_env() -> int | None:
     Returns:
         The first positive integer found, or ``None`` when no launcher variable is set.
     """
-    for var in _SIZE_VARS:
+    for var in SIZE_VARS:
         raw = os.environ.get(var, "").strip()
         if raw.isdigit() and int(raw) > 0:
             return int(raw)

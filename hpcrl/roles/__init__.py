@@ -1,0 +1,1 @@
+"""System roles: actor, inference and trainer ranks, and the single-process runner."""
