@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,15 @@ log = logging.getLogger("hpcrl.run")
 
 #: environment variables that MPI launchers (Hydra, PRRTE/ORTE, PMIx, SLURM) set in every rank.
 _LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "PALS_RANKID")
+
+
+def _launcher_rank() -> int:
+    """This process's rank as the launcher announced it (0 when not launched under MPI)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        raw = os.environ.get(var, "").strip()
+        if raw.isdigit():
+            return int(raw)
+    return 0
 
 
 def launched_under_mpi() -> bool:
@@ -64,7 +74,7 @@ def _setup_logging(rank: int, role: str, level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S", force=True)
 
 
-def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
+def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = None) -> None:
     """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job."""
     host = socket.gethostname()
 
@@ -72,8 +82,16 @@ def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         prefix = f"[rank {rank} {role} {host}]"
         sys.stderr.write("".join(f"{prefix} {line}\n" for line in text.rstrip().splitlines()))
-        sys.stderr.write(f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n")
+        line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
+        sys.stderr.write(line)
         sys.stderr.flush()
+        if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
+            try:
+                with open(os.path.join(run_dir, "errors.log"), "a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
+            except OSError:
+                pass
+        time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
         comm.Abort(1)
 
     sys.excepthook = hook
@@ -100,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config.load(args.config, args.overrides)
     except config.ConfigError as e:
-        sys.stderr.write(f"hpcrl: config error: {e}\n")
+        if _launcher_rank() == 0:  # every rank parses the config; one message is enough
+            sys.stderr.write(f"hpcrl: config error: {e}\n")
         return 2
     if args.print_config:
         sys.stdout.write(config.dump(cfg))
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     role = topo.role_of(comm.rank)
     _setup_logging(comm.rank, role, args.log_level)
-    _install_abort_hook(comm, comm.rank, role)
+    _install_abort_hook(comm, comm.rank, role, str(cfg.run_dir))
     from hpcrl.roles.distributed import run_rank
 
     summary = run_rank(cfg, comm, topo, stop)

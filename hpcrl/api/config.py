@@ -170,6 +170,9 @@ class Run:
     """Progress output on rank 0: a live bar on terminals (auto), log lines, or nothing."""
     heartbeat_seconds: float = 120.0
     """A rank silent this long is declared hung and the job is aborted naming it (0 = off)."""
+    startup_seconds: float = 600.0
+    """A rank that has not reported at all this long after start (imports, model build, restore) is declared
+    hung; silence is counted with ``heartbeat_seconds`` only from a rank's first report."""
     torch_threads: int = 1
     """torch intra-op threads per rank."""
 

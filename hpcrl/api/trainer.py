@@ -96,7 +96,7 @@ class GradientSync:
         """Mean of a small float array across trainer ranks."""
         return np.asarray(values, dtype=np.float64)
 
-    def destroy(self) -> None:  # noqa: B027 - no-op by design
+    def destroy(self) -> None:
         """Release communication resources (process groups); the 1-rank version has none."""
 
 

@@ -52,9 +52,9 @@ class ActorRank:
                 ctx.comm, self.inference_rank, Tag.RESULT, f"results for actor {ctx.rank}", max_rows=n * agent_count
             )
             # the inference rank's first message is the policy's default state (row layout, batch of 1)
-            first = self.results.recv(
-                timeout=cfg.run.heartbeat_seconds or None, copy=True, on_idle=ctx.service, backoff=ctx.backoff
-            )
+            run = cfg.run
+            limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
+            first = self.results.recv(timeout=limit, copy=True, on_idle=ctx.service, backoff=ctx.backoff)
             default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
             common.set_torch_threads(cfg.run.torch_threads)

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 from typing import Any
+
+import numpy as np
 
 from hpcrl.api import config
 from hpcrl.comm.topology import Topology
 from hpcrl.roles.rank import RankContext
-from hpcrl.roles.session import Session, StopFlag
+from hpcrl.roles.session import Session, StopFlag, write_text_atomic
 
 __all__ = ["run_rank"]
 
 log = logging.getLogger(__name__)
+
+
+def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
+    """Gather every rank's role, host and pid on rank 0 (fixed-size byte buffers, no pickle)."""
+    size = 256
+    me = json.dumps({"rank": int(comm.Get_rank()), "role": role, "host": socket.gethostname(), "pid": os.getpid()})
+    raw = me.encode()[:size].ljust(size, b" ")
+    send = np.frombuffer(raw, np.uint8).copy()
+    recv = np.empty(size * comm.Get_size(), np.uint8) if comm.Get_rank() == 0 else None
+    comm.Gather(send, recv, root=0)
+    if recv is None:
+        return None
+    return [json.loads(recv[i * size : (i + 1) * size].tobytes().decode()) for i in range(comm.Get_size())]
 
 
 def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag) -> dict[str, Any] | None:
@@ -29,9 +47,15 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     role = topo.role_of(rank)
     tcomm = comm.Split(0 if role == "trainer" else 1, rank)
     session = Session(cfg, rank, role, topo.world_size, leader=topo.is_leader(rank), open_trace=False)
-    comm.Barrier()
+    table = _rank_table(comm, role)  # also the barrier after the leader prepared the run dir
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session)
+    if table is not None:
+        ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
+        log.info("%s", topo.describe())
+        for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
+            log.info("rank %d: %s on %s, pid %d", e["rank"], e["role"], e["host"], e["pid"])
+        write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
     try:
         if role == "trainer":
             from hpcrl.roles.trainer import TrainerRank

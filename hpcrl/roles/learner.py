@@ -241,8 +241,22 @@ class Learner:
         else:
             tree, attrs = load_checkpoint(path)
         self.check_compatible(path, attrs)
-        self.policy.load_checkpoint(tree["policy"])
-        self.trainer.load_checkpoint(tree.get("trainer", {}))
+        from hpcrl.storage.checkpoint import CheckpointError
+
+        try:
+            self.policy.load_checkpoint(tree["policy"])
+        except Exception as e:
+            raise CheckpointError(
+                f"{path}: its policy does not fit policy {self.cfg.policy.type_!r} as configured: "
+                f"{type(e).__name__}: {' '.join(str(e).split())}"
+            ) from e
+        try:
+            self.trainer.load_checkpoint(tree.get("trainer", {}))
+        except Exception as e:
+            raise CheckpointError(
+                f"{path}: its trainer state does not fit trainer {self.cfg.trainer.type_!r}: "
+                f"{type(e).__name__}: {' '.join(str(e).split())}"
+            ) from e
         system = tree.get("system", {})
         self.frames = int(system.get("frames", 0))
         self.steps = int(system.get("trainer_steps", 0))

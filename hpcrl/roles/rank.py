@@ -43,7 +43,8 @@ class WeightsFollower:
 
     def wait_first(self) -> None:
         """Block (servicing control messages) until the first publication, and load it."""
-        timeout = self.ctx.cfg.run.heartbeat_seconds or None
+        run = self.ctx.cfg.run
+        timeout = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
         self._apply(self.subscriber.wait(timeout=timeout, on_idle=self.ctx.service))
 
     def update(self) -> None:
@@ -97,7 +98,8 @@ class RankContext:
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
         now = time.monotonic()
-        self.last_seen: dict[int, float] = {r: now for r in range(topo.world_size) if r != self.rank}
+        self.started = now
+        self.last_seen: dict[int, float | None] = {r: None for r in range(topo.world_size) if r != self.rank}
         self.hosts: dict[int, str] = {}
         self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
         self.backoff = Backoff()
@@ -152,7 +154,16 @@ class RankContext:
         limit = self.cfg.run.heartbeat_seconds
         watch = self.last_seen.keys() if self.is_leader else [self.leader]
         for r in watch:
-            silent = now - self.last_seen[r]
+            seen = self.last_seen[r]
+            if seen is None:  # not heard from yet: still starting (imports, model build, restore)
+                limit0 = self.cfg.run.startup_seconds
+                if now - self.started > limit0:
+                    raise RankFailure(
+                        f"{self.who(r)} has not reported within {limit0:g} s of start (run.startup_seconds): "
+                        f"it is hung or dead; aborting the job"
+                    )
+                continue
+            silent = now - seen
             if silent > limit:
                 raise RankFailure(
                     f"{self.who(r)} has been silent for {silent:.0f} s (run.heartbeat_seconds={limit:g}): "
@@ -222,7 +233,19 @@ class RankContext:
             max(1.0, deadline - time.monotonic()),
             idle,
         )
-        idle()  # the last control messages (final stats) may have arrived with the barrier
+        # Messages sent eagerly complete before they are received: take everything still queued
+        # (MPICH fails MPI_Finalize on unmatched messages) until the channels stay quiet for a moment.
+        quiet = 0
+        for _ in range(100_000):
+            got = poll_any(recv)
+            idle()
+            if got:
+                quiet = 0
+                continue
+            quiet += 1
+            if quiet >= 4:
+                break
+            time.sleep(0.005)
         for rch in recv:
             rch.close()
         control.cancel_obj()

@@ -119,7 +119,7 @@ class TrainerRank:
             self.progress = Progress(
                 cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames
             )
-            log.info("%s; run dir %s", ctx.topo.describe(), ctx.session.run_dir)
+            log.info("run dir %s", ctx.session.run_dir)
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff

@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import re
@@ -167,21 +168,28 @@ def save_checkpoint(path: str | Path, tree: Mapping[Any, Any], attrs: Mapping[st
             if not isinstance(k, str) or k.startswith("@"):
                 raise TypeError(f"checkpoint attribute name {k!r}: expected a str not starting with '@'")
             converted[k] = _attr_value(k, v)
-        # Create the file ourselves: mode 0600 from the first byte, and never follow a planted symlink.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        created = True
-        os.close(fd)
-        with h5py.File(tmp, "w", libver=_LIBVER, track_order=True, locking="best-effort") as f:
+        # The HDF5 file is built in memory and written with plain os.write: a full disk or a size limit
+        # then fails cleanly in our write (HDF5 cannot close a file whose writes failed, which poisons
+        # every later save in the process and crashes it at exit: measured).
+        image = io.BytesIO()
+        with h5py.File(image, "w", libver=_LIBVER, track_order=True) as f:
             f.attrs[_FORMAT_ATTR] = np.bytes_(FORMAT)
             for k, v in converted.items():
                 f.attrs[k] = v
             write_tree(f, tree)
-            f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
+        data = image.getbuffer()
+        # Create the file ourselves: mode 0600 from the first byte, and never follow a planted symlink.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        created = True
         try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
             os.fsync(fd)
         finally:
             os.close(fd)
+            del data
         os.replace(tmp, path)
         created = False
         _fsync_dir(path.parent)

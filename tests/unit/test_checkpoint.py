@@ -172,24 +172,26 @@ def test_torch_imported_lazily(tmp_path: Path, clean_env: dict[str, str]) -> Non
 
 # ============================================================== atomic saves
 _CHILD = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import numpy as np
-from hpcrl.storage.checkpoint import CheckpointManager
+import hpcrl.storage.checkpoint as ck
 
 run, marker = Path(sys.argv[1]), Path(sys.argv[2])
+real_write, written = os.write, [0]
 
-class SlowDict(dict):
-    # Yields half of its items, then tells the parent it is mid-save and stalls.
-    def items(self):
-        for i, kv in enumerate(list(super().items())):
-            if i == len(self) // 2:
-                marker.write_text("mid-save")
-                time.sleep(120)
-            yield kv
+def slow_write(fd, data):
+    # Writes about half of the file, then tells the parent it is mid-save and stalls.
+    n = real_write(fd, data[: 32 << 20])
+    written[0] += n
+    if written[0] > 100 << 20:
+        marker.write_text("mid-save")
+        time.sleep(120)
+    return n
 
-big = SlowDict({f"w{i}": np.full(2_500_000, i, np.float64) for i in range(10)})  # 10 x 20 MB
-CheckpointManager(run).save({"big": big}, {"version": 2})
+ck.os.write = slow_write
+big = {f"w{i}": np.full(2_500_000, i, np.float64) for i in range(10)}  # 10 x 20 MB
+ck.CheckpointManager(run).save({"big": big}, {"version": 2})
 """
 
 
