@@ -438,31 +438,43 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             inputs = self._inputs(request.obs)
             b = int(next(iter(inputs.values())).shape[0])
             actor_hx, critic_hx = self._states(request.policy_state, b)
-            out = self._ac_net(inputs, 1, b, actor_hx, critic_hx)
+            out = self._ac_net.forward(inputs, 1, b, actor_hx, critic_hx)
             dist = out.dist
             action = dist.sample(self._generator())
             ev = request.is_evaluation
-            if ev is not None and bool(np.any(ev)):
+            if ev is not None and np.asarray(ev).any():
                 mask = self._tensor(np.asarray(ev, dtype=bool).reshape(1, b))
                 if action.dim() == 3:
                     mask = mask.unsqueeze(-1)
                 action = torch.where(mask, dist.mode(), action)
-            log_prob = dist.log_prob(action)
-            analysis = RolloutAnalysis(
-                log_prob=log_prob.reshape(b, 1).float().cpu().numpy(), value=out.value[0].float().cpu().numpy()
-            )
-            x = action[0]
-            x = x.float() if self.continuous_action else x.long()
+            log_prob = self._numpy(dist.log_prob(action).reshape(b, 1))
+            if not self.continuous_action and not np.isfinite(log_prob).all():
+                bad = np.flatnonzero(~np.isfinite(log_prob[:, 0]))[:10].tolist()
+                raise ValueError(
+                    f"{type(self).__name__}.rollout: non-finite action probabilities in rows {bad} of {b} "
+                    f"(NaN/Inf in the observations or the weights)"
+                )
+            analysis = RolloutAnalysis(log_prob=log_prob, value=self._numpy(out.value[0]))
+            x = self._numpy(action[0].float() if self.continuous_action else action[0].long())
             state: NamedArray | None = None
             if out.actor_hx is not None:
-                ahx = out.actor_hx.transpose(0, 1).contiguous().cpu().numpy()
+                ahx = self._numpy(out.actor_hx.transpose(0, 1))
                 if self.shared:
                     state = ActorCriticState(hx=ahx)
                 else:
                     assert out.critic_hx is not None
-                    chx = out.critic_hx.transpose(0, 1).contiguous().cpu().numpy()
-                    state = SeparateActorCriticState(actor_hx=ahx, critic_hx=chx)
-            return RolloutResult(action=Action(x=x.cpu().numpy()), policy_state=state, analyzed_result=analysis)
+                    state = SeparateActorCriticState(actor_hx=ahx, critic_hx=self._numpy(out.critic_hx.transpose(0, 1)))
+            return RolloutResult(action=Action(x=x), policy_state=state, analyzed_result=analysis)
+
+    def _numpy(self, t: torch.Tensor) -> np.ndarray:
+        """A C-contiguous numpy array of ``t`` (float32 for floating tensors); no copy when already so on CPU."""
+        import torch
+
+        if t.is_floating_point() and t.dtype != torch.float32:
+            t = t.float()
+        if not self._on_cpu:
+            t = t.cpu()
+        return t.contiguous().numpy()
 
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> AnalyzedResult:
         """Re-evaluate every row of ``sample`` with the current weights (gradients follow the caller).
@@ -500,7 +512,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
                 raise ValueError("a recurrent policy's analyze needs sample.policy_state and sample.on_reset")
             actor_hx, critic_hx = self._states(sample.policy_state[0], b)
             on_reset = self._tensor(sample.on_reset).reshape(t, b).bool()
-        out = self._ac_net(inputs, t, b, actor_hx, critic_hx, on_reset)
+        out = self._ac_net.forward(inputs, t, b, actor_hx, critic_hx, on_reset)
         return AnalyzedResult(
             log_prob=out.dist.log_prob(action),
             entropy=out.dist.entropy(),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from hpcrl.policies.distributions import ActionDistribution, make_action_head
+from hpcrl.policies.distributions import ActionDistribution, linear_forward, make_action_head
 
 __all__ = ["make_activation", "InputEncoder", "NatureCNN", "Torso", "ActorCriticNet", "NetOutput"]
 
@@ -22,6 +24,16 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
+}
+
+#: the same activations as functions (with the modules' default arguments), for the dense hot path.
+_FUNCTIONAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "elu": F.elu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "leaky_relu": F.leaky_relu,
 }
 
 
@@ -37,7 +49,10 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
-def _init(layer: nn.Module, gain: float) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _init(layer: _M, gain: float) -> _M:
     weight = getattr(layer, "weight", None)
     if weight is not None:
         nn.init.orthogonal_(weight, gain)
@@ -104,6 +119,7 @@ class InputEncoder(nn.Module):
         super().__init__()
         self.shapes = {k: tuple(int(s) for s in v) for k, v in shapes.items()}
         self.cnns = nn.ModuleDict({k: NatureCNN(s) for k, s in self.shapes.items() if len(s) == 3})
+        self._cnn_names = frozenset(self.cnns)
         cnn_dims = {k: NatureCNN.OUT_DIM for k in self.cnns}
         self.out_dim = sum(cnn_dims.get(k, int(np.prod(s))) for k, s in self.shapes.items())
 
@@ -112,10 +128,11 @@ class InputEncoder(nn.Module):
         parts = []
         for name, shape in self.shapes.items():
             x = inputs[name]
-            if name in self.cnns:
+            if name in self._cnn_names:
                 parts.append(self.cnns[name](x.reshape(n, *shape)))
             else:
-                parts.append(x.reshape(n, -1).float())
+                x = x.reshape(n, -1)
+                parts.append(x if x.dtype == torch.float32 else x.float())
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
@@ -151,6 +168,11 @@ class Torso(nn.Module):
             layers += [_init(nn.Linear(dim, hidden_dim), math.sqrt(2.0)), make_activation(activation)]
             dim = hidden_dim
         self.mlp = nn.Sequential(*layers)
+        # The forward pass calls F.linear and the activation function over these layers' parameters
+        # instead of going through nn.Sequential: the same math without per-module call overhead.
+        self._dense: list[nn.Linear] = [m for m in layers if isinstance(m, nn.Linear)]
+        make_activation(activation)  # validates the name even without dense layers
+        self._act = _FUNCTIONAL[activation]
         self.gru: nn.GRU | None = None
         if num_rnn_layers > 0:
             self.gru = nn.GRU(dim, rnn_hidden_dim, num_layers=num_rnn_layers)
@@ -177,7 +199,11 @@ class Torso(nn.Module):
         Returns:
             Features ``(t, b, F)`` and the GRU state after the last row (``None`` without GRU).
         """
-        x = self.mlp(self.encoder(inputs, t * b)).reshape(t, b, -1)
+        x = self.encoder.forward(inputs, t * b)
+        act = self._act
+        for layer in self._dense:
+            x = act(linear_forward(layer, x))
+        x = x.reshape(t, b, -1)
         if self.gru is None:
             return x, None
         if hx is None:
@@ -286,12 +312,16 @@ class ActorCriticNet(nn.Module):
         Returns:
             A :class:`NetOutput`.
         """
-        actor_feat, actor_hx = self.actor(inputs, t, b, actor_hx, on_reset)
-        dist = self.action_head(actor_feat)
-        aux = self.aux_value_head(actor_feat) if self.aux_value_head is not None else None
-        if self.critic is None:
-            value = self.value_head(actor_feat)
+        # Submodules' forward() are called directly (no hooks are used): on small CPU batches the
+        # nn.Module call machinery costs as much as the layers themselves.
+        actor_feat, actor_hx = self.actor.forward(inputs, t, b, actor_hx, on_reset)
+        dist = self.action_head.forward(actor_feat)
+        aux = None
+        if self.aux_value_head is not None:
+            aux = linear_forward(self.aux_value_head, actor_feat)
+        if self.critic is not None:
+            critic_feat, critic_hx = self.critic.forward(inputs, t, b, critic_hx, on_reset)
         else:
-            critic_feat, critic_hx = self.critic(inputs, t, b, critic_hx, on_reset)
-            value = self.value_head(critic_feat)
+            critic_feat = actor_feat
+        value = linear_forward(self.value_head, critic_feat)
         return NetOutput(dist, value, aux, actor_hx, critic_hx)

@@ -23,7 +23,11 @@ One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.trainer.SampleBatch` of ``T 
    * ``loss = policy_loss + value_coef value_loss - entropy_coef entropy + aux_value_coef aux_value_loss``.
 
    ``backward()``, then ``sync.allreduce_gradients`` (once per minibatch), a non-finite
-   check agreed across ranks, grad-norm clipping and an Adam step.
+   check (agreed across ranks with ``sync.allreduce_mean`` when there is more than one trainer
+   rank), grad-norm clipping and an Adam step (:func:`hpcrl.trainers.adam.make_adam`: torch's
+   fused kernel when the device supports it).
+   For an MLP policy the minibatch's non-decision rows are dropped before ``analyze`` (the
+   masked means above become plain means over the remaining rows: the same loss, less work).
 3. Optional KL early stop after each epoch (mean ``approx_kl`` agreed with ``sync.allreduce_mean``).
 4. ``policy.inc_version()`` unless every update was skipped.
 """
@@ -39,6 +43,7 @@ import numpy as np
 import torch
 
 from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
+from hpcrl.trainers.adam import make_adam
 from hpcrl.trainers.returns import decision_mask, gae, vtrace
 
 if TYPE_CHECKING:
@@ -171,7 +176,7 @@ class PPOTrainer(Trainer):
         self.lr_schedule, self.total_steps = lr_schedule, total_steps
         self.target_kl = None if target_kl is None else float(target_kl)
         self.vtrace, self.vtrace_rho, self.vtrace_c = bool(vtrace), float(vtrace_rho), float(vtrace_c)
-        self.optimizer = torch.optim.Adam(self._params, lr=self.lr, eps=float(adam_eps))
+        self.optimizer = make_adam(self._params, lr=self.lr, eps=float(adam_eps))
         self._gen = torch.Generator()
         self._gen.manual_seed(int(seed))
         self._step = 0
@@ -260,33 +265,42 @@ class PPOTrainer(Trainer):
             rows = {k: v.reshape(t_len * b, *v.shape[2:]) for k, v in rows.items()}
         n_mb = min(self.minibatches, units)
 
-        sums: dict[str, float] = {}
-        updates = skipped = epochs_done = 0
+        names: list[str] = []
+        per_update: list[torch.Tensor] = []  # one detached stats vector per applied update
+        skipped = epochs_done = 0
         for _ in range(self.epochs):
-            epoch_kl: list[float] = []
+            epoch_start = len(per_update)
             for idx in torch.randperm(units, generator=self._gen).tensor_split(n_mb):
                 idx = idx.to(mask.device)
                 if recurrent:
                     sub = lean[:, idx]
                     mb = {k: v[:, idx] for k, v in rows.items()}
                 else:
+                    keep = idx[rows["mask"][idx]]  # decision rows only: then every row counts
+                    if keep.numel() > 0:
+                        idx = keep
                     sub = lean[idx].apply(lambda x: x.unsqueeze(0))
                     mb = {k: v[idx].unsqueeze(0) for k, v in rows.items()}
-                stats = self._update(sub, mb, t_len if recurrent else 1)
-                if stats is None:
+                    if keep.numel() > 0:
+                        mb["mask"] = None
+                update = self._update(sub, mb, t_len if recurrent else 1)
+                if update is None:
                     skipped += 1
                     continue
-                updates += 1
-                epoch_kl.append(stats["approx_kl"])
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                names, values = update
+                per_update.append(values)
             epochs_done += 1
             if self.target_kl is not None:
+                epoch_kl = [float(v[names.index("approx_kl")]) for v in per_update[epoch_start:]]
                 kl = float(np.mean(epoch_kl)) if epoch_kl else 0.0
                 if float(self.sync.allreduce_mean(np.array([kl]))[0]) > self.target_kl:
                     break
 
-        out = {k: v / updates for k, v in sums.items()} if updates else {}
+        updates = len(per_update)
+        sums = [0.0] * len(names)
+        for row in torch.stack(per_update).tolist() if per_update else []:
+            sums = [a + x for a, x in zip(sums, row)]
+        out = {k: v / updates for k, v in zip(names, sums)}
         for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             out.setdefault(k, 0.0)
         out["explained_variance"] = self._explained_variance(ret, v_old, mask)
@@ -302,27 +316,40 @@ class PPOTrainer(Trainer):
             logger.warning("ppo step skipped entirely: all %d updates had a non-finite loss or gradient", skipped)
         return TrainerStepResult(stats=out, step=self._step, skipped=updates == 0)
 
-    def _update(self, sub: SampleBatch, mb: dict[str, torch.Tensor], t_rows: int) -> dict[str, float] | None:
-        """One minibatch update; ``None`` when skipped (non-finite, agreed across ranks)."""
+    def _update(
+        self, sub: SampleBatch, mb: dict[str, torch.Tensor | None], t_rows: int
+    ) -> tuple[list[str], torch.Tensor] | None:
+        """One minibatch update.
+
+        ``mb["mask"]`` is the decision mask of the rows, or ``None`` when every row is a
+        decision (then the masked means are plain means).
+
+        Returns:
+            The stats' names and their values (one detached tensor), or ``None`` when the
+            update was skipped (non-finite, agreed across ranks).
+        """
         res = self.policy.analyze(sub, target="ppo")
-        new_lp = _rows(res.log_prob)[:t_rows]
-        entropy = _rows(res.entropy)[:t_rows]
-        new_v = _vals(res.value)[:t_rows]
+        new_lp, entropy, new_v = _rows(res.log_prob), _rows(res.entropy), _vals(res.value)
+        if new_lp.shape[0] != t_rows:
+            new_lp, entropy, new_v = new_lp[:t_rows], entropy[:t_rows], new_v[:t_rows]
         m = mb["mask"]
-        count = m.sum().clamp(min=1)
+        count = None if m is None else m.sum().clamp(min=1)
 
         def mmean(x: torch.Tensor) -> torch.Tensor:
+            if m is None or count is None:
+                return x.mean()
             return torch.where(m, x, torch.zeros_like(x)).sum() / count
 
-        adv = mb["adv"]
+        adv, old_lp, ret, v_old = mb["adv"], mb["old_lp"], mb["ret"], mb["v_old"]
+        assert adv is not None and old_lp is not None and ret is not None and v_old is not None
         if self.normalize_advantages:
             mean = mmean(adv)
             std = mmean((adv - mean) ** 2).sqrt()
             adv = (adv - mean) / (std + 1e-8)
-        logratio = new_lp - mb["old_lp"]
+        logratio = new_lp - old_lp
         ratio = logratio.exp()
-        policy_loss = mmean(torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - self.clip, 1.0 + self.clip)))
-        ret, v_old = mb["ret"], mb["v_old"]
+        neg_adv = -adv
+        policy_loss = mmean(torch.max(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - self.clip, 1.0 + self.clip)))
         v_err = (new_v - ret) ** 2
         if self.value_clip is not None:
             v_clipped = v_old + (new_v - v_old).clamp(-self.value_clip, self.value_clip)
@@ -330,35 +357,43 @@ class PPOTrainer(Trainer):
         value_loss = 0.5 * mmean(v_err.sum(-1))
         ent = mmean(entropy)
         terms = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent}
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * ent
+        loss = policy_loss + self.value_coef * value_loss
+        if self.entropy_coef != 0.0:  # a zero-weight term would only add work to backward()
+            loss = loss - self.entropy_coef * ent
         if res.aux_value is not None:
-            aux_loss = 0.5 * mmean(((_vals(res.aux_value)[:t_rows] - ret) ** 2).sum(-1))
+            aux_v = _vals(res.aux_value)[:t_rows]
+            aux_loss = 0.5 * mmean(((aux_v - ret) ** 2).sum(-1))
             terms["aux_value_loss"] = aux_loss
             loss = loss + self.aux_value_coef * aux_loss
 
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self._params:  # optimizer.zero_grad(set_to_none=True)
+            p.grad = None
         loss.backward()
         for p in self._params:  # every rank reduces the same flat layout, even for unused parameters
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         self.sync.allreduce_gradients(self._params)
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        grads = [p.grad for p in self._params if p.grad is not None]
+        grad_norm = _total_norm(grads)
         local_bad = not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))
-        if float(self.sync.allreduce_mean(np.array([float(local_bad)]))[0]) > 0:
+        if getattr(self.sync, "world_size", 1) > 1:  # all trainer ranks skip together
+            bad = float(self.sync.allreduce_mean(np.array([float(local_bad)]))[0]) > 0
+        else:
+            bad = local_bad
+        if bad:
             if self.nonfinite == "stop":
                 raise NonFiniteError(self._describe_nonfinite(terms, loss))
             self.optimizer.zero_grad(set_to_none=True)
             return None
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(self._params, self.max_grad_norm, grad_norm)
+            _clip_grads_(grads, self.max_grad_norm, grad_norm)
         self.optimizer.step()
         with torch.no_grad():
-            stats = {k: v.item() for k, v in terms.items()}
-            stats["approx_kl"] = mmean((ratio - 1.0) - logratio).item()
-            stats["clip_fraction"] = mmean(((ratio - 1.0).abs() > self.clip).float()).item()
-            stats["grad_norm"] = grad_norm.item()
-            stats["loss"] = loss.item()
-        return stats
+            approx_kl = mmean((ratio - 1.0) - logratio)
+            clip_fraction = mmean(((ratio - 1.0).abs() > self.clip).float())
+            names = [*terms, "approx_kl", "clip_fraction", "grad_norm", "loss"]
+            values = torch.stack([*terms.values(), approx_kl, clip_fraction, grad_norm, loss])
+        return names, values.detach()
 
     def _describe_nonfinite(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> str:
         for name, value in terms.items():
@@ -404,9 +439,39 @@ class PPOTrainer(Trainer):
             logger.warning("ppo trainer: empty trainer checkpoint; keeping a fresh optimizer and step counter")
             return
         self.optimizer.load_state_dict(_restore_optimizer_state(checkpoint["optimizer"]))
+        if isinstance(self.optimizer, torch.optim.Optimizer):  # the fallback: not the saver's implementation flags
+            for group in self.optimizer.param_groups:
+                group.update(fused=False, foreach=True)
         self._step = int(checkpoint["step"])
         if checkpoint.get("rng") is not None:
             self._gen.set_state(torch.as_tensor(np.asarray(checkpoint["rng"]), dtype=torch.uint8))
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of ``grads``, computed as ``torch.nn.utils.get_total_norm`` does (norm of per-tensor norms).
+
+    Written out because the generic utility's grouping by device and dtype costs more than the
+    norms themselves for a small model on CPU. Gradients on several devices take the per-tensor path.
+    """
+    if not grads:
+        return torch.zeros(())
+    dev = grads[0].device
+    if all(g.device == dev for g in grads):
+        norms = list(torch._foreach_norm(grads))
+    else:
+        norms = [torch.linalg.vector_norm(g).to(dev) for g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def _clip_grads_(grads: list[torch.Tensor], max_norm: float, total_norm: torch.Tensor) -> None:
+    """Scale ``grads`` in place by ``min(1, max_norm / (total_norm + 1e-6))`` (``clip_grads_with_norm_``'s rule)."""
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    dev = grads[0].device if grads else coef.device
+    if all(g.device == dev for g in grads):
+        torch._foreach_mul_(grads, coef.to(dev))
+    else:
+        for g in grads:
+            g.mul_(coef.to(g.device))
 
 
 def _clone_tensors(x: Any) -> Any:

@@ -17,10 +17,15 @@ and ``k_{t+1} = (1 - done_{t+1}) (1 - truncated_{t+1})`` (the episode continues 
   policy-gradient advantage ``rho_t (r_{t+1} + gamma nt_{t+1} v_{t+1} - V_t)``.
 
 With ``pi == mu`` and ``rho_bar = c_bar = 1``, V-trace targets equal GAE(lambda=1) returns.
+
+Both take and return torch tensors; the backward recursions run in numpy on the host (in the
+inputs' dtype, operation for operation the same arithmetic), because a Python loop over small
+torch ops costs several microseconds per op while the same numpy ops cost well under one.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["decision_mask", "gae", "vtrace"]
@@ -73,19 +78,32 @@ def gae(
         on non-decision rows.
     """
     _check(reward, value, done, truncated)
-    t_len = value.shape[0] - 1
-    done_next = done[1:].unsqueeze(-1)
-    next_v = torch.where(done_next, torch.zeros_like(value[1:]), value[1:])
-    delta = reward[1:] + gamma * next_v - value[:-1]
-    cont = (~(done | truncated)).unsqueeze(-1).to(value.dtype)  # k_t
-    decision = decision_mask(done, truncated).unsqueeze(-1)
-    adv = torch.zeros_like(delta)
-    last = torch.zeros_like(delta[0])
+    r, v, dn, tr = _host(reward), _host(value), _host(done), _host(truncated)
+    t_len = v.shape[0] - 1
+    done_next = dn[1:, :, None]
+    next_v = np.where(done_next, v.dtype.type(0), v[1:])
+    delta = r[1:] + gamma * next_v - v[:-1]
+    coef = (gamma * lam) * (~(dn | tr))[1:, :, None].astype(v.dtype)  # gamma lambda k_{t+1}
+    decision = (~(dn[:-1] | tr[:-1]))[:, :, None]
+    adv = np.zeros_like(delta)
+    last = np.zeros_like(delta[0])
+    zero = v.dtype.type(0)
     for t in range(t_len - 1, -1, -1):
-        last = delta[t] + (gamma * lam) * cont[t + 1] * last
-        last = torch.where(decision[t], last, torch.zeros_like(last))
+        last = np.where(decision[t], delta[t] + coef[t] * last, zero)
         adv[t] = last
-    return adv, adv + value[:-1]
+    adv_t = _back(adv, value)
+    return adv_t, adv_t + value[:-1]
+
+
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A numpy view (CPU) or copy (other devices) of ``x``."""
+    return x.detach().cpu().numpy()
+
+
+def _back(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``x`` as a tensor on ``like``'s device."""
+    t = torch.from_numpy(x)
+    return t if like.device.type == "cpu" else t.to(like.device)
 
 
 def vtrace(
@@ -115,24 +133,23 @@ def vtrace(
         ``(vs, pg_advantages)``, each ``(T, B, D)``; on non-decision rows ``vs = V`` and the advantage is zero.
     """
     _check(reward, value, done, truncated)
-    t_len = value.shape[0] - 1
-    ratio = log_rho[:t_len].exp().unsqueeze(-1)
-    rho = ratio.clamp(max=rho_bar)
-    c = ratio.clamp(max=c_bar)
-    done_next = done[1:].unsqueeze(-1)
-    next_v = torch.where(done_next, torch.zeros_like(value[1:]), value[1:])
-    delta = rho * (reward[1:] + gamma * next_v - value[:-1])
-    cont = (~(done | truncated)).unsqueeze(-1).to(value.dtype)
-    decision = decision_mask(done, truncated).unsqueeze(-1)
-    vs_minus_v = torch.zeros_like(delta)
-    acc = torch.zeros_like(delta[0])
+    r, v, dn, tr = _host(reward), _host(value), _host(done), _host(truncated)
+    t_len = v.shape[0] - 1
+    ratio = _host(log_rho[:t_len].exp())[:, :, None]  # torch's exp (numpy's differs in the last bit)
+    rho = np.minimum(ratio, v.dtype.type(rho_bar))
+    c = np.minimum(ratio, v.dtype.type(c_bar))
+    done_next = dn[1:, :, None]
+    zero = v.dtype.type(0)
+    next_v = np.where(done_next, zero, v[1:])
+    delta = rho * (r[1:] + gamma * next_v - v[:-1])
+    cont = (~(dn | tr))[1:, :, None].astype(v.dtype)  # k_{t+1}
+    decision = (~(dn[:-1] | tr[:-1]))[:, :, None]
+    vs_minus_v = np.zeros_like(delta)
+    acc = np.zeros_like(delta[0])
     for t in range(t_len - 1, -1, -1):
-        acc = delta[t] + gamma * c[t] * cont[t + 1] * acc
-        acc = torch.where(decision[t], acc, torch.zeros_like(acc))
+        acc = np.where(decision[t], delta[t] + gamma * c[t] * cont[t] * acc, zero)
         vs_minus_v[t] = acc
-    vs = value[:-1] + vs_minus_v
-    vs_next = torch.cat([vs[1:], value[t_len:]], dim=0)
-    vs_next = torch.where(done_next, torch.zeros_like(vs_next), vs_next)
-    pg_adv = rho * (reward[1:] + gamma * vs_next - value[:-1])
-    pg_adv = torch.where(decision, pg_adv, torch.zeros_like(pg_adv))
-    return vs, pg_adv
+    vs = v[:-1] + vs_minus_v
+    vs_next = np.where(done_next, zero, np.concatenate([vs[1:], v[t_len:]], axis=0))
+    pg_adv = np.where(decision, rho * (r[1:] + gamma * vs_next - v[:-1]), zero)
+    return _back(vs, value), _back(pg_adv, value)

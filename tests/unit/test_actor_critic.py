@@ -427,3 +427,37 @@ def test_state_dependent_std_and_value_dim() -> None:
     out = policy.analyze(batch)
     assert out.value.shape == (5, 3, 3)
     np.testing.assert_allclose(out.log_prob.detach().numpy(), batch.analyzed_result.log_prob[..., 0], atol=1e-4)
+
+
+def test_categorical_sampling_is_torch_multinomial_and_formulas_match_torch_distributions() -> None:
+    from hpcrl.policies.distributions import CategoricalDistribution, DiagGaussianDistribution
+
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 7, 4) * 3
+    dist = CategoricalDistribution(logits)
+    ref = torch.distributions.Categorical(logits=logits)
+    for _ in range(20):  # the same draws and generator state as torch.multinomial on the probabilities
+        expected = torch.multinomial(ref.probs.reshape(-1, 4), 1, True, generator=g1).reshape(3, 7)
+        torch.testing.assert_close(dist.sample(g2), expected, rtol=0, atol=0)
+    assert torch.equal(g1.get_state(), g2.get_state())
+    action = dist.sample(g2)
+    torch.testing.assert_close(dist.log_prob(action), ref.log_prob(action))
+    torch.testing.assert_close(dist.entropy(), ref.entropy())
+    assert torch.equal(dist.mode(), logits.argmax(-1))
+    masked = CategoricalDistribution(torch.tensor([[0.0, float("-inf"), 1.0]]))  # a zero-probability action
+    torch.testing.assert_close(masked.entropy(), torch.distributions.Categorical(logits=masked.logits).entropy())
+    assert all(int(masked.sample(g2)[0]) != 1 for _ in range(200))
+    mean, log_std = torch.randn(5, 3), torch.randn(3) * 0.3
+    gauss = DiagGaussianDistribution(mean, log_std)
+    normal = torch.distributions.Normal(mean, log_std.exp().expand_as(mean))
+    a = gauss.sample(g2)
+    torch.testing.assert_close(gauss.log_prob(a), normal.log_prob(a).sum(-1))
+    torch.testing.assert_close(gauss.entropy(), normal.entropy().sum(-1))
+
+
+def test_rollout_names_rows_with_non_finite_action_probabilities() -> None:
+    policy = make("actor-critic-separate", obs_dim=3, action_dim=4)
+    obs = np.zeros((5, 3), np.float32)
+    obs[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite action probabilities in rows \[3\] of 5"):
+        policy.rollout(RolloutRequest(obs=NamedArray(obs=obs)))

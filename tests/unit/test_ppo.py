@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -16,6 +19,7 @@ from hpcrl.api.trainer import GradientSync, NonFiniteError, SampleBatch, Trainer
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.policies.actor_critic import ActorCriticPolicy
 from hpcrl.policies.random import RandomPolicy
+from hpcrl.trainers.adam import FusedAdam, fused_adam_supported, make_adam
 from hpcrl.trainers.null import NullTrainer
 from hpcrl.trainers.ppo import PPOTrainer
 from hpcrl.trainers.returns import gae
@@ -71,6 +75,10 @@ def weights(policy: Any) -> dict[str, torch.Tensor]:
 
 
 class CountingSync(GradientSync):
+    """Stands in for a sync over 2 trainer ranks (one rank: the trainer does not ask for agreement)."""
+
+    world_size = 2
+
     def __init__(self) -> None:
         self.grad_calls = 0
         self.mean_calls: list[float] = []
@@ -152,8 +160,23 @@ def test_minibatches_and_sync_calls(rnn: int) -> None:
     if rnn:  # whole sequences: all 17 rows, columns split 2/2/1/1
         assert len(shapes) == 12 and all(s[0] == 17 for s in shapes)
         assert sorted(s[1] for s in shapes[:4]) == [1, 1, 2, 2]
-    else:  # flattened (t, b) rows: 96 rows in 4 minibatches of 24
-        assert shapes == [(1, 24)] * 12
+    else:  # flattened (t, b) rows: 96 rows in 4 minibatches of 24, less the 2 non-decision rows (done, truncated)
+        assert len(shapes) == 12 and all(s[0] == 1 and 22 <= s[1] <= 24 for s in shapes)
+        assert [sum(s[1] for s in shapes[i : i + 4]) for i in (0, 4, 8)] == [94, 94, 94]
+
+
+def test_one_rank_sync_is_not_asked_to_agree_per_minibatch() -> None:
+    policy = new_policy()
+    batch = batch_for(policy)
+    sync = CountingSync()
+    sync.world_size = 1
+    trainer = PPOTrainer(policy, epochs=2, minibatches=3)
+    trainer.sync = sync
+    result = trainer.step(batch)
+    assert sync.grad_calls == 6 and sync.mean_calls == [] and result.stats["updates"] == 6.0
+    # non-finite updates are still detected (and skipped) locally
+    result = trainer.step(_nan_batch(policy))
+    assert result.skipped and result.stats["skipped_updates"] == 6.0 and sync.mean_calls == []
 
 
 def test_kl_early_stop_goes_through_allreduce_mean() -> None:
@@ -363,3 +386,87 @@ def test_multi_dimensional_value_head() -> None:
     policy = new_policy(value_dim=2)
     result = PPOTrainer(policy).step(batch_for(policy))
     assert not result.skipped and np.isfinite(result.stats["value_loss"])
+
+
+# ---------------------------------------------------------------------- the lean fused Adam
+needs_fused = pytest.mark.skipif(
+    not fused_adam_supported(torch.device("cpu"), torch.float32), reason="no fused Adam kernel on CPU in this torch"
+)
+
+
+def _adam_pair(lr: float = 3e-3) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter], Any, Any]:
+    g = torch.Generator().manual_seed(0)
+    pa = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(16, 4), (16,), (3, 16), (3,)]]
+    pb = [torch.nn.Parameter(p.detach().clone()) for p in pa]
+    return pa, pb, torch.optim.Adam(pa, lr=lr, eps=1e-5, fused=True), make_adam(pb, lr=lr, eps=1e-5)
+
+
+def _adam_steps(pa: list[Any], pb: list[Any], oa: Any, ob: Any, n: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for step in range(n):
+        for i, (a, b) in enumerate(zip(pa, pb)):
+            grad = torch.randn(a.shape, generator=g)
+            a.grad, b.grad = (None, None) if (step, i) == (2, 1) else (grad.clone(), grad.clone())
+        for opt in (oa, ob):
+            opt.param_groups[0]["lr"] = 3e-3 * (1 - step / (2 * n))
+            opt.step()
+
+
+@needs_fused
+def test_fused_adam_is_bitwise_torch_adam_and_shares_its_state_dict_layout() -> None:
+    pa, pb, oa, ob = _adam_pair()
+    assert isinstance(ob, FusedAdam)
+    _adam_steps(pa, pb, oa, ob, 6, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb))
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert all(torch.equal(sa["state"][i][k], sb["state"][i][k]) for i in sa["state"] for k in ("step", "exp_avg"))
+    # checkpoints move both ways between the implementations
+    pc, pd, oc, od = _adam_pair()
+    for dst, src in ((pc, pa), (pd, pb)):
+        with torch.no_grad():
+            for p, q in zip(dst, src):
+                p.copy_(q)
+    oc.load_state_dict(_clone(sb))
+    od.load_state_dict(_clone(sa))
+    _adam_steps(pc, pd, oc, od, 3, seed=2)
+    _adam_steps(pa, pb, oa, ob, 3, seed=2)
+    assert all(torch.equal(a, b) and torch.equal(c, a) and torch.equal(d, a) for a, b, c, d in zip(pa, pb, pc, pd))
+
+
+def _clone(sd: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": {i: {k: v.clone() for k, v in st.items()} for i, st in sd["state"].items()},
+        "param_groups": [dict(g) for g in sd["param_groups"]],
+    }
+
+
+@needs_fused
+def test_fused_adam_rejects_mismatched_state() -> None:
+    *_, ob = _adam_pair()
+    other = FusedAdam([torch.nn.Parameter(torch.zeros(5))])
+    with pytest.raises(ValueError, match="parameter groups of sizes \\[1\\]"):
+        ob.load_state_dict(other.state_dict())
+    bad = ob.state_dict()
+    bad["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4), "exp_avg_sq": torch.zeros(4)}}
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(4,\), expected \(16, 4\)"):
+        ob.load_state_dict(bad)
+    with pytest.raises(ValueError, match="one device with one dtype"):
+        FusedAdam([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+
+
+@needs_fused
+def test_ppo_trainer_does_not_import_torch_dynamo(clean_env: dict[str, str]) -> None:
+    code = (
+        "import sys\n"
+        "from hpcrl.api.policy import make\n"
+        "from hpcrl.trainers.ppo import PPOTrainer\n"
+        "from hpcrl.trainers.adam import FusedAdam\n"
+        "p = make('actor-critic-separate', obs_dim=4, action_dim=2)\n"
+        "t = PPOTrainer(p)\n"
+        "assert isinstance(t.optimizer, FusedAdam), type(t.optimizer)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[2], env=clean_env
+    )
