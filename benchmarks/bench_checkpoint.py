@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--hidden", type=int, default=2048, help="hidden width (2048 -> ~9.5M parameters)")
+    ap.add_argument("--json", default=None, help="also write the medians (seconds) to this JSON file")
     args = ap.parse_args()
 
     net, opt = build(args.hidden)
@@ -100,6 +101,20 @@ def main() -> None:
     print(f"  hpcrl load_checkpoint (verifies checksums)              : {med(t_load_h5):.3f}")
     print(f"  torch.load(weights_only=True)                           : {med(t_load_pt):.3f}")
     print(f"ratio hpcrl/torch.save = {h5 / pt:.2f}x (target <= 2x); hpcrl/(torch.save+fsync) = {h5 / ptsync:.2f}x")
+    if args.json:
+        import json
+
+        result = {
+            "params": n_params,
+            "mib": nbytes / 2**20,
+            "reps": args.reps,
+            "hpcrl_save": h5,
+            "torch_save": pt,
+            "torch_save_fsync": ptsync,
+            "hpcrl_load": med(t_load_h5),
+            "torch_load": med(t_load_pt),
+        }
+        Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
