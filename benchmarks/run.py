@@ -335,6 +335,13 @@ def bench_checkpoint(ctx: Context) -> BenchResult:
     return _done(res, t0)
 
 
+def bench_trace(ctx: Context) -> BenchResult:
+    """Tracing overhead: CartPole fps with traces on vs off (benchmarks/bench_trace.py)."""
+    from benchmarks import bench_trace as m
+
+    return m.run(ctx.quick)
+
+
 def bench_startup(ctx: Context) -> BenchResult:
     """Start-up time to the first trained batch (benchmarks/bench_startup.py)."""
     from benchmarks import bench_startup as m
@@ -353,6 +360,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], BenchResult], str]] = {
     "scaling": (bench_scaling, "sleep-env (1 ms/step) throughput with 1 -> 16 -> 64 actor ranks"),
     "memory": (bench_memory, "peak RSS per role of a 64-rank CartPole job (16 ranks with --quick)"),
     "checkpoint": (bench_checkpoint, "HDF5 checkpoint save vs torch.save"),
+    "trace": (bench_trace, "tracing overhead: CartPole fps with HDF5 traces on vs off"),
     "startup": (bench_startup, "launch to first trained batch: mpiexec -n 4 vs the peers"),
 }
 
