@@ -49,6 +49,8 @@ def _sentinel_like(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return np.full(full, np.nan, x.dtype)
     if x.dtype == np.bool_:
         return np.zeros(full, np.bool_)
+    if np.issubdtype(x.dtype, np.unsignedinteger):  # e.g. uint8 Atari frames: -1 does not fit
+        return np.full(full, np.iinfo(x.dtype).max, x.dtype)
     return np.full(full, -1, x.dtype)
 
 

@@ -21,7 +21,22 @@ YAMLS: dict[str, list[str]] = {
     "examples/quickstart/exp.yaml": [],
     "benchmarks/configs/cartpole_ppo.yaml": [],
     "examples/cartpole/ppo.yaml": [],
+    "examples/pong/pong.yaml": [],
+    "examples/pettingzoo/simple_spread.yaml": [],
+    "examples/mujoco/halfcheetah.yaml": [],
 }
+
+#: YAML -> modules its environment needs (the optional extras ``atari``, ``pettingzoo``, ``mujoco``).
+NEEDS: dict[str, list[str]] = {
+    "examples/pong/pong.yaml": ["ale_py", "cv2"],
+    "examples/pettingzoo/simple_spread.yaml": ["pettingzoo", "mpe2"],
+    "examples/mujoco/halfcheetah.yaml": ["mujoco"],
+}
+
+
+def _needs(rel: str) -> None:
+    for mod in NEEDS.get(rel, []):
+        pytest.importorskip(mod, reason=f"{rel} needs the optional module {mod}")
 
 SMOKE = [
     "experiment.total_frames=96",
@@ -35,6 +50,7 @@ SMOKE = [
 @pytest.mark.parametrize("rel", sorted(YAMLS))
 def test_yaml_loads_and_resolves(rel: str) -> None:
     """The file loads strictly as written and its policy fits the env's spaces."""
+    _needs(rel)
     cfg = config.load(ROOT / rel)
     spec = common.resolve_policy_spec(cfg)
     assert "obs_dim" in spec.args and "action_dim" in spec.args
@@ -44,6 +60,7 @@ def test_yaml_loads_and_resolves(rel: str) -> None:
 @pytest.mark.parametrize("rel", sorted(YAMLS))
 def test_yaml_trains(rel: str, tmp_path: Path) -> None:
     """A tiny run finishes, makes trainer steps, writes a checkpoint and a trace."""
+    _needs(rel)
     cfg = config.load(ROOT / rel, [*SMOKE, *YAMLS[rel], f"run.dir={tmp_path / 'run'}"])
     summary = run_local(cfg)
     assert summary["reason"] == "finished"

@@ -90,6 +90,35 @@ def test_single_agent_rows_and_overlap():
     assert ring.frames == 2 * 9  # 12 requests, 3 of them reset instead of step, per env
 
 
+class Frames(Counter):
+    """Counter with uint8 image-like observations and int16 extras (unsigned/signed integer leaves)."""
+
+    def _res(self, reward: float, end: bool) -> list[StepResult | None]:
+        out = super()._res(reward, end)
+        for r in out:
+            if r is not None:
+                t = int(r.obs.obs[0])
+                r.obs = NamedArray(obs=np.full((2, 3), 250 + t, np.uint8), extra=np.array([-t], np.int16))
+        return out
+
+
+def test_unsigned_integer_observations_fill_fragments():
+    # regression: unwritten-row sentinels were -1, which does not fit uint8 (Atari frames crashed)
+    ring = EnvRing(lambda i: Frames(length=3), 2, 1, 4, None, "frames", check="off")
+    frags = []
+    for _ in range(12):
+        req = ring.request(0)
+        n = len(req.obs)
+        res = RolloutResult(action=Action(x=np.zeros(n, np.int64)), analyzed_result=NamedArray(value=np.zeros(n)))
+        ring.consume(0, res, version=1)
+        frags += ring.pop_fragments()
+    assert frags
+    f = frags[0]
+    assert f.obs.obs.dtype == np.uint8 and f.obs.obs.shape == (5, 2, 2, 3)
+    assert set(np.unique(f.obs.obs)) <= {250, 251, 252, 253}
+    assert f.obs.extra.dtype == np.int16 and set(np.unique(f.obs.extra)) <= {0, -1, -2, -3}
+
+
 def test_policy_state_reset_on_episode_start():
     default = NamedArray(hx=np.zeros((1, 2), np.float32))
     ring = EnvRing(lambda i: Counter(length=2), 1, 1, 3, default, "counter", check="off")
