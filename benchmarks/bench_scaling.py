@@ -56,8 +56,8 @@ run: {checkpoint_every_seconds: 0, trace_flush_seconds: 1.0, heartbeat_seconds: 
 class BenchRandomPolicy(RandomPolicy):
     """The numpy ``random`` policy plus one dummy parameter array, so the trainer has something to publish.
 
-    Workaround: hpcrl's parameter publisher rejects the empty ``state_dict`` of a parameter-less policy
-    (``ParamsError: publish needs a non-empty mapping``), so ``random`` cannot run under MPI as is.
+    The dummy array makes each publication carry a payload like a real policy's (the plain ``random``
+    policy, with an empty state dict, publishes only its version; both work under MPI).
     """
 
     def __init__(self, action_dim: int = 2, seed: int = 0) -> None:

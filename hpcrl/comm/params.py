@@ -55,6 +55,7 @@ __all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy"]
 
 _log = logging.getLogger(__name__)
 _PREFIX = "p:"  # field-name prefix on the wire: parameter names can never clash with NamedArray methods
+_EMPTY = "e:"  # the one field published for an empty state dict (not a parameter: receivers skip it)
 
 
 class ParamsError(ValueError):
@@ -160,13 +161,15 @@ class ParamPublisher:
             when they are free: see :meth:`progress`).
 
         Raises:
-            ParamsError: ``state_dict`` is empty, not a mapping, or holds an unsupported dtype.
+            ParamsError: ``state_dict`` is not a mapping or holds an unsupported dtype (an empty mapping
+                publishes just the version).
         """
         if self._closed:
             raise ChannelError("ParamPublisher: publish after close()")
-        if not isinstance(state_dict, Mapping) or not state_dict:
-            raise ParamsError(f"publish needs a non-empty mapping of name -> array, got {type(state_dict).__name__}")
-        arrays = {}
+        if not isinstance(state_dict, Mapping):
+            raise ParamsError(f"publish needs a mapping of name -> array, got {type(state_dict).__name__}")
+        # a policy without parameters (e.g. ``random``) still publishes its version: one placeholder byte
+        arrays: dict[str, np.ndarray] = {} if state_dict else {_EMPTY: np.zeros(1, np.uint8)}
         for name, value in state_dict.items():
             if not isinstance(name, str):
                 raise ParamsError(f"parameter names must be strings, got {name!r}")
@@ -311,6 +314,8 @@ class ParamSubscriber:
         self.version = newest.version
         params = {}
         for key, value in newest.data.items():
+            if not key.startswith(_PREFIX):  # the placeholder of an empty state dict
+                continue
             value.flags.writeable = False
             params[key[len(_PREFIX) :]] = value
         return newest.version, params

@@ -67,6 +67,21 @@ def test_gru_policy_over_remote_inference(tmp_path, clean_env):
     _trained(summary, proc)
 
 
+def test_parameterless_random_policy_over_mpi(tmp_path, clean_env):
+    # a policy without parameters still gets its versions published (an empty state dict)
+    proc, summary, _ = run_hpcrl(
+        clean_env,
+        tmp_path / "random",
+        "policy.type_=random",
+        "policy.args={action_dim: 2}",
+        "trainer.type_='null'", "trainer.args={}",
+        "layout.inference=1",
+        ranks=3,
+    )
+    assert proc.returncode == 0, explain(proc)
+    assert summary is not None and summary["frames"] >= 3000 and summary["trainer_steps"] >= 1, explain(proc)
+
+
 def test_layout_error_is_named_before_any_communication(tmp_path, clean_env):
     proc, _, dt = run_hpcrl(clean_env, tmp_path / "bad", "layout.trainers=1", "layout.actors=5", ranks=2)
     assert proc.returncode != 0

@@ -133,11 +133,27 @@ def test_schema_change_and_torch_tensors(comm: Any) -> None:
         drain_and_close(comm, [], [sub], timeout=30)
 
 
+def test_empty_state_dict_publishes_the_version(comm: Any) -> None:
+    # a parameter-less policy (e.g. ``random``) under MPI: subscribers still learn each new version
+    if comm.rank == 0:
+        pub = ParamPublisher(comm, [1], tag=Tag.TEST + 42)
+        pub.publish({}, version=5)
+        pub.flush(timeout=30)
+        drain_and_close(comm, [pub], [], timeout=30)
+    elif comm.rank == 1:
+        sub = ParamSubscriber(comm, source=0, tag=Tag.TEST + 42)
+        version, got = sub.wait(timeout=30)
+        assert version == 5 and got == {}
+        drain_and_close(comm, [], [sub], timeout=30)
+    else:
+        drain_and_close(comm, [], [], timeout=30)
+
+
 def test_bad_state_dicts_and_timeouts(comm: Any) -> None:
     if comm.rank == 0:
         pub = ParamPublisher(comm, [1], tag=Tag.TEST + 41)
-        with pytest.raises(ParamsError, match="non-empty mapping"):
-            pub.publish({}, version=1)
+        with pytest.raises(ParamsError, match="needs a mapping"):
+            pub.publish([np.zeros(2)], version=1)  # type: ignore[arg-type]
         with pytest.raises(ParamsError, match="names must be strings"):
             pub.publish({3: np.zeros(2)}, version=1)  # type: ignore[dict-item]
         with pytest.raises(ParamsError, match="cannot go on the wire"):
