@@ -8,7 +8,9 @@ Targets (each prints a table and one PASS/FAIL line; results go to benchmarks/re
 
 1. ``cartpole``: CartPole-v1 (benchmarks/configs/cartpole_ppo.yaml): the mean return over the last 100
    episodes reaches 475 within 200k frames, for every seed (3 by default). Reports frames-to-475 and
-   wall-clock seconds-to-475 per seed, and the final last-100 mean.
+   wall-clock seconds-to-475 per seed, and the final last-100 mean. ``cartpole-mpi3``: the same run
+   under ``mpiexec -n 3`` (one trainer, one inference and one actor rank; acting overlaps training)
+   must solve it within the same budget (first seed).
 2. ``memory``: the memory task (examples/memory/{gru,mlp}.yaml, delay 8, 4 symbols): the GRU policy's
    success rate (= mean return, reward 1 for the right answer) over the last 100 episodes is >= 95%;
    the MLP policy stays at chance (25% +- 10 points).
@@ -22,7 +24,7 @@ Targets (each prints a table and one PASS/FAIL line; results go to benchmarks/re
    critic cannot see the coin, so its difference is 0). Both trained policies must beat random play
    (~2 per episode) by far (>= 40 of the 48 reachable).
 
-All runs are single-process (``hpcrl.roles.local.run_local``), one torch thread, run one after the
+All runs but ``cartpole-mpi3`` are single-process (``hpcrl.roles.local.run_local``), one torch thread, one after the
 other. ``--quick`` shrinks every budget to a smoke run; its PASS/FAIL lines are marked ``[quick]`` and
 are not meaningful. Run directories go to a temporary folder (``--keep-runs DIR`` keeps them).
 """
@@ -64,7 +66,7 @@ MEMORY_MLP_YAML = EXAMPLES / "memory" / "mlp.yaml"
 PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
 QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
 
-TARGETS = ("cartpole", "memory", "pendulum", "quickstart")
+TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart")
 
 
 # ====================================================================== running hpcrl
@@ -276,6 +278,43 @@ def bench_cartpole(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"budget_frames": budget, "runs": runs, "verdict": verdict("cartpole-475", ok, detail, args.quick)}
 
 
+def bench_cartpole_mpi3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Target 1b: the same CartPole run under ``mpiexec -n 3`` (trainer, inference, actor rank) also solves it."""
+    from benchmarks.common import run_hpcrl_job
+    from hpcrl.storage.trace import read_trace
+
+    budget = 30_000 if args.quick else 200_000
+    seed = args.seeds[0]
+    run_dir = work / "cartpole-mpi3"
+    job = run_hpcrl_job(
+        CARTPOLE_YAML, [f"experiment.seed={seed}", f"experiment.total_frames={budget}"], run_dir, ranks=3, timeout=1800
+    )
+    actor_trace = read_trace(run_dir / "traces" / "rank-0002.h5")  # the one actor rank records the episodes
+    ep = actor_trace["episodes"]
+    returns = np.asarray(ep["return"], np.float64)
+    frames = np.asarray(ep["frames"], np.int64)
+    i = first_crossing(returns, 475.0)
+    f475 = int(frames[i]) if i is not None else None
+    final = float(returns[-100:].mean()) if len(returns) else float("nan")
+    s = job.summary
+    print(
+        f"  mpiexec -n 3, seed {seed}: frames-to-475 {fmt(f475)}, final last-100 {final:.1f}, "
+        f"{s.get('frames')} frames in {job.seconds:.1f} s, dropped stale fragments {s.get('dropped_fragments', '-')}",
+        flush=True,
+    )
+    ok = f475 is not None and f475 <= budget
+    detail = f"mpiexec -n 3 seed {seed}: frames-to-475 {fmt(f475)} (budget {budget:,}), final last-100 {final:.1f}"
+    return {
+        "budget_frames": budget,
+        "seed": seed,
+        "frames_to_475": f475,
+        "final_mean_last_100": final,
+        "seconds": round(job.seconds, 1),
+        "summary": s,
+        "verdict": verdict("cartpole-mpi3-475", ok, detail, args.quick),
+    }
+
+
 def bench_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Target 2: GRU >= 95% success on the memory task; MLP about chance."""
     budget = 15_000 if args.quick else 100_000
@@ -455,6 +494,7 @@ def bench_quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 BENCHES = {
     "cartpole": bench_cartpole,
+    "cartpole-mpi3": bench_cartpole_mpi3,
     "memory": bench_memory,
     "pendulum": bench_pendulum,
     "quickstart": bench_quickstart,
