@@ -41,7 +41,7 @@ import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, Schema, SchemaError
 from hpcrl.comm.mpi import load_mpi
-from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, wait, wait_for
+from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, transfer_backoff, wait, wait_for
 from hpcrl.comm.tags import schema_tag, tag_name
 
 if TYPE_CHECKING:
@@ -301,11 +301,19 @@ class SendChannel:
                     self.dest,
                     self.send_timeout,
                     on_idle,
+                    transfer_backoff(b.nbytes),
                 )
         self._borrowed = [(r, b) for r, b in self._borrowed if b is not raw]
         if len(self._borrowed) >= 2:
-            req = self._borrowed[0][0]
-            wait(req, f"an in-place send on {self.where} to complete", self.dest, self.send_timeout, on_idle)
+            req, old = self._borrowed[0]
+            wait(
+                req,
+                f"an in-place send on {self.where} to complete",
+                self.dest,
+                self.send_timeout,
+                on_idle,
+                transfer_backoff(old.nbytes),
+            )
             self._borrowed.pop(0)
         write_header(raw, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
         req = self.comm.Isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
@@ -321,8 +329,15 @@ class SendChannel:
                 self._older = 1 - idx
                 return self._slots[idx]
         slot = self._slots[first]
-        assert slot.req is not None
-        wait(slot.req, f"a send buffer on {self.where} to free up", self.dest, self.send_timeout, on_idle)
+        assert slot.req is not None and slot.buf is not None
+        wait(
+            slot.req,
+            f"a send buffer on {self.where} to free up",
+            self.dest,
+            self.send_timeout,
+            on_idle,
+            transfer_backoff(slot.buf.nbytes),
+        )
         self._older = second
         return slot
 
@@ -357,7 +372,16 @@ class SendChannel:
         Raises:
             WaitTimeout: the receiver did not take the messages within ``timeout``.
         """
-        wait(self._requests(), f"outstanding sends on {self.where}", self.dest, timeout, on_idle)
+        inflight = sum(s.buf.nbytes for s in self._slots if s.buf is not None and not s.free())
+        inflight += sum(b.nbytes for _, b in self._borrowed)
+        wait(
+            self._requests(),
+            f"outstanding sends on {self.where}",
+            self.dest,
+            timeout,
+            on_idle,
+            transfer_backoff(inflight),
+        )
         self._aux.clear()
         self._borrowed.clear()
 
@@ -443,6 +467,7 @@ class RecvChannel:
         """Data messages received so far."""
         self.bytes = 0
         """Payload bytes received so far."""
+        self._last_nbytes = 0
 
     # ------------------------------------------------------------------ info
     @property
@@ -509,13 +534,21 @@ class RecvChannel:
             timeout: seconds before ``WaitTimeout`` (``None``: forever).
             copy: see :meth:`test`.
             on_idle: called between tests (e.g. to poll control messages).
-            backoff: pacing of the wait.
+            backoff: pacing of the wait; by default it yields (never sleeps) for as long as a message
+                as large as the previous one takes to copy (:func:`~hpcrl.comm.polling.transfer_backoff`).
 
         Raises:
             WaitTimeout: nothing arrived within ``timeout`` (names the channel and the source rank).
             ChannelError: see :meth:`test`.
         """
-        return wait_for(lambda: self.test(copy), f"a message on {self.where}", self.source, timeout, on_idle, backoff)
+        msg = self.test(copy)  # fast path: the message is already here
+        if msg is not None:
+            return msg
+        if backoff is None:  # a message as large as the last one may be mid-copy: yield while it would take
+            backoff = transfer_backoff(self._last_nbytes)
+        return wait_for(
+            lambda: self.test(copy), lambda: f"a message on {self.where}", self.source, timeout, on_idle, backoff
+        )
 
     def _post(self) -> None:
         if self._schema is None:
@@ -592,6 +625,7 @@ class RecvChannel:
         self._user_buf = idx
         self.messages += 1
         self.bytes += nbytes
+        self._last_nbytes = nbytes
         if self.nbuffers > 1:
             self._post()
         return Message(data, batch, int(version), int(seq), self.source)

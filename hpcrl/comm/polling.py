@@ -31,13 +31,16 @@ from hpcrl.comm.mpi import load_mpi
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["Backoff", "WaitTimeout", "wait_for", "wait", "wait_any", "cancel", "OnIdle"]
+__all__ = ["Backoff", "Describe", "transfer_backoff", "WaitTimeout", "wait_for", "wait", "wait_any", "cancel", "OnIdle"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 #: Called once per unsuccessful test while waiting (e.g. to poll control messages); may raise to stop waiting.
 OnIdle = Callable[[], None]
+#: What a wait is for, for its timeout message: a string, or a callable that builds it only if the wait times out
+#: (hot paths pass a lambda so that a wait that succeeds costs no string formatting).
+Describe = str | Callable[[], str]
 
 
 class WaitTimeout(TimeoutError):
@@ -49,7 +52,8 @@ class WaitTimeout(TimeoutError):
         timeout: the timeout in seconds.
     """
 
-    def __init__(self, what: str, peer: int | None, timeout: float) -> None:
+    def __init__(self, what: Describe, peer: int | None, timeout: float) -> None:
+        what = what if isinstance(what, str) else what()
         self.what = what
         self.peer = peer
         self.timeout = timeout
@@ -62,20 +66,36 @@ class Backoff:
 
     Call :meth:`idle` after every unsuccessful test and :meth:`reset` after progress. The three
     phases trade latency for CPU: for ``spin_time`` seconds the caller tests back to back (an answer
-    that is microseconds away costs no extra latency), then it yields the core ``yields`` times
-    (free when no other process wants the core), then it sleeps ``min_sleep``, doubling up to
-    ``max_sleep``. An idle rank thus costs at most ``spin_time`` of CPU per wait plus one wake-up per
-    ``max_sleep``.
+    that is microseconds away costs no extra latency), then it yields the core ``yields`` times and
+    for at least ``yield_time`` seconds (free when no other process wants the core), then it sleeps
+    ``min_sleep``, doubling up to ``max_sleep``. An idle rank thus costs at most ``spin_time`` +
+    ``yield_time`` of CPU per wait plus one wake-up per ``max_sleep``.
+
+    ``yield_time`` is for waits on a transfer known to be in flight (see :func:`transfer_backoff`):
+    MPICH moves a large shared-memory message in a pipeline that advances only while both ranks
+    call into MPI, so a rank asleep in the middle of it stalls the copy.
 
     Args:
         min_sleep: first sleep in seconds (after spinning and yielding).
         max_sleep: longest sleep in seconds (the worst-case added latency once idle for a while).
         factor: growth factor of the sleep.
         spin_time: seconds of back-to-back testing before yielding starts (0 disables it).
-        yields: tests with one ``sched_yield`` each before sleeping starts.
+        yields: tests with one ``sched_yield`` each before sleeping starts (at least).
+        yield_time: seconds of yielding tests before sleeping starts (at least; 0: count only).
     """
 
-    __slots__ = ("_count", "_sleep", "_spin_until", "factor", "max_sleep", "min_sleep", "spin_time", "yields")
+    __slots__ = (
+        "_count",
+        "_sleep",
+        "_spin_until",
+        "_yield_until",
+        "factor",
+        "max_sleep",
+        "min_sleep",
+        "spin_time",
+        "yield_time",
+        "yields",
+    )
 
     def __init__(
         self,
@@ -84,44 +104,78 @@ class Backoff:
         factor: float = 2.0,
         spin_time: float = 50e-6,
         yields: int = 16,
+        yield_time: float = 0.0,
     ) -> None:
         if not 0 < min_sleep <= max_sleep:
             raise ValueError(f"Backoff needs 0 < min_sleep <= max_sleep, got {min_sleep} and {max_sleep}")
-        if factor < 1.0 or spin_time < 0 or yields < 0:
+        if factor < 1.0 or spin_time < 0 or yields < 0 or yield_time < 0:
             raise ValueError(
-                f"Backoff needs factor >= 1, spin_time >= 0, yields >= 0; got {factor}, {spin_time}, {yields}"
+                "Backoff needs factor >= 1, spin_time >= 0, yields >= 0, yield_time >= 0; "
+                f"got {factor}, {spin_time}, {yields}, {yield_time}"
             )
         self.min_sleep = float(min_sleep)
         self.max_sleep = float(max_sleep)
         self.factor = float(factor)
         self.spin_time = float(spin_time)
         self.yields = int(yields)
+        self.yield_time = float(yield_time)
         self._count = 0
         self._sleep = self.min_sleep
         self._spin_until = 0.0
+        self._yield_until = 0.0
 
     def reset(self) -> None:
         """Start again from the spinning phase (call it when a wait starts or progress was made)."""
         self._count = 0
         self._sleep = self.min_sleep
-        self._spin_until = time.perf_counter() + self.spin_time
+        now = time.perf_counter()
+        self._spin_until = now + self.spin_time
+        self._yield_until = now + self.spin_time + self.yield_time if self.yield_time else 0.0
 
     def idle(self) -> None:
         """Pause once: nothing while spinning, then ``sched_yield``, then a growing sleep."""
         if self._spin_until and time.perf_counter() < self._spin_until:
             return
         self._spin_until = 0.0
-        if self._count < self.yields:
+        if self._count < self.yields or (self._yield_until and time.perf_counter() < self._yield_until):
             self._count += 1
             os.sched_yield()
             return
+        self._yield_until = 0.0
         time.sleep(self._sleep)
         self._sleep = min(self._sleep * self.factor, self.max_sleep)
 
 
+#: Shared-memory copy rate assumed by :func:`transfer_backoff` (bytes/s; deliberately low: a wait that
+#: yields a little longer than the copy takes costs little, one that sleeps mid-copy stalls it).
+TRANSFER_RATE = 1e9
+#: Upper bound of the yielding phase of :func:`transfer_backoff` (seconds).
+MAX_TRANSFER_YIELD = 20e-3
+
+
+def transfer_backoff(nbytes: int) -> Backoff:
+    """Pacing for a wait on ``nbytes`` known to be in flight: yield (never sleep) while they copy.
+
+    Args:
+        nbytes: bytes of the message(s) being waited for.
+
+    Returns:
+        A :class:`Backoff` whose yielding phase lasts ``nbytes / TRANSFER_RATE`` (at most
+        ``MAX_TRANSFER_YIELD``), then backs off as usual.
+
+    Examples:
+        >>> round(transfer_backoff(16 << 20).yield_time, 4)
+        0.0168
+        >>> transfer_backoff(1024).yield_time
+        0.0
+    """
+    seconds = min(nbytes / TRANSFER_RATE, MAX_TRANSFER_YIELD)
+    return Backoff(yield_time=seconds if seconds > 50e-6 else 0.0)
+
+
 def wait_for(
     poll: Callable[[], T | None],
-    what: str,
+    what: Describe,
     peer: int | None = None,
     timeout: float | None = None,
     on_idle: OnIdle | None = None,
@@ -131,7 +185,8 @@ def wait_for(
 
     Args:
         poll: non-blocking test; returns ``None`` while there is nothing yet.
-        what: what is awaited, for the timeout message (e.g. ``"a RESULT message"``).
+        what: what is awaited, for the timeout message (e.g. ``"a RESULT message"``), or a callable
+            returning it (called only on a timeout).
         peer: the rank it is awaited from, for the timeout message.
         timeout: seconds before :class:`WaitTimeout` is raised; ``None`` waits forever.
         on_idle: called after every unsuccessful poll.
@@ -162,7 +217,7 @@ def wait_for(
 
 def wait(
     requests: MPI.Request | Sequence[MPI.Request],
-    what: str,
+    what: Describe,
     peer: int | None = None,
     timeout: float | None = None,
     on_idle: OnIdle | None = None,
@@ -197,7 +252,7 @@ def wait(
 
 def wait_any(
     requests: Sequence[MPI.Request],
-    what: str,
+    what: Describe,
     peer: int | None = None,
     timeout: float | None = None,
     on_idle: OnIdle | None = None,
@@ -223,7 +278,7 @@ def wait_any(
     mpi: Any = load_mpi()
     reqs = list(requests)
     if not any(reqs):
-        raise ValueError(f"wait_any for {what}: no active request to wait on")
+        raise ValueError(f"wait_any for {what if isinstance(what, str) else what()}: no active request to wait on")
     status = mpi.Status()
 
     def poll() -> tuple[int, MPI.Status] | None:
