@@ -136,12 +136,22 @@ class Training:
     ``None`` = one fragment from every env slot of the actors feeding that trainer."""
     max_staleness: int = 1
     """Drop (and count) fragments produced by a policy more than this many versions old."""
+    queue_batches: int = 2
+    """Back-pressure: a trainer rank takes in fragments only while fewer than this many batches are queued,
+    and actors send fragments in synchronous mode, so an actor whose fragment is not taken in waits instead
+    of producing fragments that would go stale (its CPU goes to the trainer). 0 = always take in (no
+    back-pressure: surplus fragments queue at the trainer and stale ones are dropped)."""
     grad_backend: Literal["auto", "mpi", "gloo", "nccl"] = "auto"
     """Gradient allreduce over trainer ranks: ``auto`` = nccl on GPU, MPI Allreduce of one flat buffer on CPU."""
     device: str = "auto"
     """Trainer device: ``auto`` (cuda if available), ``cpu`` or ``cuda[:N]``."""
     nonfinite: Literal["skip", "stop"] = "skip"
     """A NaN/Inf loss or gradient: skip the step and count it, or stop the run."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_staleness", "queue_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"training.{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

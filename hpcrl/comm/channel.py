@@ -162,6 +162,10 @@ class SendChannel:
         batch_ndim: leading batch dims of the NamedArrays sent (0, 1 or 2).
         send_timeout: seconds :meth:`send` may wait for a free buffer before raising ``WaitTimeout``
             (``None``: forever).
+        synchronous: send data messages in synchronous mode (``Issend``): a send completes only once the
+            receiver has matched it with a receive, so a receiver that stops receiving holds the sender
+            to two messages in flight (back-pressure). Default: standard mode (``Isend``; small messages
+            complete as soon as MPI has buffered them).
     """
 
     def __init__(
@@ -172,6 +176,7 @@ class SendChannel:
         name: str,
         batch_ndim: int = 1,
         send_timeout: float | None = None,
+        synchronous: bool = False,
     ) -> None:
         if not 0 <= batch_ndim <= MAX_BATCH_NDIM:
             raise ValueError(f"channel {name!r}: batch_ndim must be 0..{MAX_BATCH_NDIM}, got {batch_ndim}")
@@ -183,6 +188,8 @@ class SendChannel:
         self.name = name
         self.batch_ndim = batch_ndim
         self.send_timeout = send_timeout
+        self.synchronous = synchronous
+        self._isend = comm.Issend if synchronous else comm.Isend
         self._schema: Schema | None = None
         self._fingerprint: tuple[Any, ...] | None = None
         self._row_nbytes = 0
@@ -279,7 +286,7 @@ class SendChannel:
         except (SchemaError, TypeError, ValueError) as e:
             raise SchemaError(f"{self.where}: {e}") from e
         write_header(buf, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
-        slot.req = self.comm.Isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
+        slot.req = self._isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
         self._seq += 1
         self.messages += 1
         self.bytes += nbytes
@@ -316,7 +323,7 @@ class SendChannel:
             )
             self._borrowed.pop(0)
         write_header(raw, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
-        req = self.comm.Isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
+        req = self._isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
         self._borrowed.append((req, raw))
         self._seq += 1
         self.messages += 1

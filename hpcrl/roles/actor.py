@@ -77,12 +77,18 @@ class ActorRank:
             max_env_failures=cfg.actor.max_env_failures,
         )
         self.samples = SendChannel(
-            ctx.comm, self.trainer_rank, Tag.SAMPLE, f"samples of actor {ctx.rank}", batch_ndim=2
+            ctx.comm,
+            self.trainer_rank,
+            Tag.SAMPLE,
+            f"samples of actor {ctx.rank}",
+            batch_ndim=2,
+            synchronous=cfg.training.queue_batches > 0,  # back-pressure from a trainer that is behind
         )
         self._last_stats = 0.0
         self._reported_frames = 0
         self.sent_fragments = 0
         self.wait_seconds = 0.0
+        self.send_wait_seconds = 0.0
 
     # ------------------------------------------------------------------ helpers
     def _ship(self) -> None:
@@ -90,10 +96,14 @@ class ActorRank:
         for frag in self.ring.pop_fragments():
             t0 = time.perf_counter()
             version = int(frag.policy_version.max()) if frag.policy_version is not None else 0
+            if self.samples.synchronous:  # back-pressure: at most one fragment not yet taken in by the trainer
+                self.samples.flush(on_idle=self.ctx.service)
             self.samples.send(frag, version=version)
             self.sent_fragments += 1
+            dt = time.perf_counter() - t0
+            self.send_wait_seconds += dt
             if trace is not None:
-                trace.add_time("send_samples", time.perf_counter() - t0)
+                trace.add_time("send_samples", dt)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -151,6 +161,7 @@ class ActorRank:
             "fps": self.ring.frames / elapsed if elapsed > 0 else 0.0,
             "fragments": self.sent_fragments,
             "wait_seconds": round(self.wait_seconds, 3),
+            "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,
             "torch_loaded": "torch" in sys.modules,
         }

@@ -56,7 +56,16 @@ class TrainerRank:
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
-            RecvChannel(ctx.comm, a, Tag.SAMPLE, f"samples of actor {a}", max_rows=rows) for a in self.actors
+            # with back-pressure, one buffer: a receive is posted only when the trainer asks for more
+            RecvChannel(
+                ctx.comm,
+                a,
+                Tag.SAMPLE,
+                f"samples of actor {a}",
+                max_rows=rows,
+                nbuffers=1 if cfg.training.queue_batches > 0 else 2,
+            )
+            for a in self.actors
         ]
         batch_size = columns
         self.learner = Learner(
@@ -123,6 +132,7 @@ class TrainerRank:
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
+        queue_cols = cfg.training.queue_batches * self.learner.batcher.batch_size
         reason = "finished"
         last_progress = 0.0
         while True:
@@ -131,7 +141,9 @@ class TrainerRank:
                 last_progress = time.monotonic()
                 self.publisher.progress()  # a subscriber that was busy gets the newest version
             t0 = time.perf_counter()
-            got = poll_any(self.samples, copy=True)
+            # back-pressure: with enough batches queued, leave fragments unreceived (actors wait on their sends)
+            full = queue_cols > 0 and self.learner.batcher.queued_columns >= queue_cols
+            got = [] if full else poll_any(self.samples, copy=True)
             for _, msg in got:
                 self.learner.add(msg.data)  # type: ignore[arg-type]
             if ctx.is_leader:

@@ -232,6 +232,7 @@ def _fault_ppo_class() -> Any:
             ballast_from: int = 0,
             ballast_until: int = 2**62,
             init_sleep: float = 0.0,
+            step_sleep: float = 0.0,
             **kwargs: Any,
         ) -> None:
             super().__init__(policy, **kwargs)
@@ -245,6 +246,7 @@ def _fault_ppo_class() -> Any:
             self.ballast_from = int(ballast_from)
             self.ballast_until = int(ballast_until)
             self.calls = 0
+            self.step_sleep = float(step_sleep)
             self._poison = False
             if self.active and init_sleep > 0:  # a slow start: a big model, a large checkpoint to restore
                 time.sleep(init_sleep)
@@ -267,6 +269,8 @@ def _fault_ppo_class() -> Any:
             if self.active and self.raise_at and self.calls == self.raise_at:
                 raise RuntimeError(f"injected trainer failure at trainer step call {self.calls}")
             self._poison = self.active and self.calls in self.nan_steps
+            if self.active and self.step_sleep > 0:  # a slow trainer (a big model on a slow device)
+                time.sleep(self.step_sleep)
             try:
                 return super().step(samples)
             finally:
@@ -298,7 +302,8 @@ def make_fault_ppo(policy: Any, **kwargs: Any) -> Any:
             ``nan_kind`` (``loss`` or ``grad``), ``raise_at`` (call that raises RuntimeError), ``ranks``,
             ``ballast_mib``/``ballast_from``/``ballast_until`` (random bytes added to the checkpoints written
             while ``ballast_from <= calls < ballast_until``), and
-            ``init_sleep`` (seconds the constructor sleeps: a slow start-up), and every PPO argument.
+            ``init_sleep`` (seconds the constructor sleeps: a slow start-up), ``step_sleep`` (seconds every
+            step sleeps: a slow trainer), and every PPO argument.
     """
     return _fault_ppo_class()(policy, **kwargs)
 

@@ -1,10 +1,11 @@
-"""Training faults end to end: non-finite losses/gradients (skip or stop) and stale fragments.
+"""Training faults end to end: non-finite losses/gradients (skip or stop), stale fragments, a slow trainer.
 
-Cases 9 and 10 of docs/reliability.md.
+Cases 9 and 10 of docs/reliability.md, and back-pressure (``training.queue_batches``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,35 @@ def test_stale_fragments_with_two_trainer_ranks_keep_the_trainers_in_step(
     )
     assert res.finished and res.summary is not None, res.explain()
     assert res.summary["dropped_fragments"] > 0
+
+
+# ---------------------------------------------------------------------- back-pressure: a slow trainer
+@pytest.mark.parametrize("queue_batches", [1, 0], ids=["back-pressure", "none"])
+def test_back_pressure_holds_actors_to_what_a_slow_trainer_takes_in(
+    tmp_path: Path, clean_env: dict[str, str], queue_batches: int
+) -> None:
+    """With ``training.queue_batches`` > 0 actors wait for a slow trainer instead of producing fragments for
+    nothing; with 0 they run ahead (the surplus is discarded at shutdown). Counts, not timings."""
+    res = run_job(
+        fault_env(clean_env),
+        tmp_path / "run",
+        "layout.inference=0",
+        "trainer.args.step_sleep=0.1",
+        f"training.queue_batches={queue_batches}",
+        "training.max_staleness=1000",
+        "experiment.total_frames=1500",
+        ranks=3,  # trainer + 2 actors of 2 envs: a batch is 2 fragments of 16 steps x 2 envs
+        timeout=90,
+    )
+    assert res.finished and res.summary is not None, res.explain()
+    sent = [int(n) for n in re.findall(r"rank \d actor: frames=\d+.*?fragments=(\d+)", res.text)]
+    assert len(sent) == 2, res.explain()
+    steps = int(res.summary["trainer_steps"])
+    # what the trainer took in (2 per step), what may wait in its queue (2 per queued batch), and per
+    # actor one fragment received but not yet taken plus one in flight
+    bound = 2 * steps + 2 * max(queue_batches, 1) + 2 * 2
+    if queue_batches:
+        assert sum(sent) <= bound, f"actors sent {sent} fragments for {steps} trainer steps (bound {bound})"
+    else:
+        assert sum(sent) > bound, f"without back-pressure actors should run ahead: sent {sent}, {steps} steps"
+    print(f"queue_batches={queue_batches}: actors sent {sent} fragments, trainer steps {steps}, bound {bound}")
