@@ -303,25 +303,11 @@ class SendChannel:
         self._borrowed = [(r, b) for r, b in self._borrowed if not r.Test()]
         for r, b in self._borrowed:  # the same buffer sent again: its header may change only once it has left
             if b is raw:
-                wait(
-                    r,
-                    f"the previous in-place send of this buffer on {self.where}",
-                    self.dest,
-                    self.send_timeout,
-                    on_idle,
-                    transfer_backoff(b.nbytes),
-                )
+                self._wait_sent(r, "the previous in-place send of this buffer", b.nbytes, on_idle)
         self._borrowed = [(r, b) for r, b in self._borrowed if b is not raw]
         if len(self._borrowed) >= 2:
             req, old = self._borrowed[0]
-            wait(
-                req,
-                f"an in-place send on {self.where} to complete",
-                self.dest,
-                self.send_timeout,
-                on_idle,
-                transfer_backoff(old.nbytes),
-            )
+            self._wait_sent(req, "an in-place send to complete", old.nbytes, on_idle)
             self._borrowed.pop(0)
         write_header(raw, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
         req = self._isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
@@ -338,16 +324,27 @@ class SendChannel:
                 return self._slots[idx]
         slot = self._slots[first]
         assert slot.req is not None and slot.buf is not None
-        wait(
-            slot.req,
-            f"a send buffer on {self.where} to free up",
-            self.dest,
-            self.send_timeout,
-            on_idle,
-            transfer_backoff(slot.buf.nbytes),
-        )
+        self._wait_sent(slot.req, "a send buffer to free up", slot.buf.nbytes, on_idle)
         self._older = second
         return slot
+
+    def _wait_sent(
+        self,
+        reqs: MPI.Request | list[MPI.Request],
+        what: str,
+        nbytes: int,
+        on_idle: OnIdle | None,
+        timeout: float | None = -1.0,
+    ) -> None:
+        """Wait for sends of ``nbytes`` in flight, yielding while they copy (``timeout`` -1: ``send_timeout``)."""
+        wait(
+            reqs,
+            lambda: f"{what} on {self.where}",
+            self.dest,
+            self.send_timeout if timeout == -1.0 else timeout,
+            on_idle,
+            transfer_backoff(nbytes),
+        )
 
     def _announce(self, schema: Schema) -> None:
         text = schema.to_json().encode("utf-8")
@@ -382,14 +379,7 @@ class SendChannel:
         """
         inflight = sum(s.buf.nbytes for s in self._slots if s.buf is not None and not s.free())
         inflight += sum(b.nbytes for _, b in self._borrowed)
-        wait(
-            self._requests(),
-            f"outstanding sends on {self.where}",
-            self.dest,
-            timeout,
-            on_idle,
-            transfer_backoff(inflight),
-        )
+        self._wait_sent(self._requests(), "outstanding sends", inflight, on_idle, timeout)
         self._aux.clear()
         self._borrowed.clear()
 
