@@ -22,7 +22,6 @@ Examples:
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import re
@@ -135,6 +134,64 @@ def _user_attrs(f: Any) -> dict[str, Any]:
     return {k: _plain_attr(v) for k, v in f.attrs.items() if not k.startswith("@")}
 
 
+class _FileSink:
+    """A file object over ``fd`` for h5py's file-object driver that absorbs write errors.
+
+    HDF5 writes the file straight to disk through it (no in-memory image). A failed write
+    (a full disk, a size limit) is recorded in :attr:`error` and later writes are skipped, so
+    HDF5 still closes the file cleanly; the caller then raises. (HDF5 cannot close a file whose
+    own writes failed, which poisons every later save in the process and crashes it at exit:
+    measured.) Reads past what was written return zeros, as HDF5's sec2 driver does.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0
+        self.size = 0
+        self.error: OSError | None = None
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        if self.error is None:
+            view, offset = memoryview(data), self.pos
+            try:
+                while view:
+                    done = os.pwrite(self.fd, view, offset)
+                    view, offset = view[done:], offset + done
+            except OSError as e:
+                self.error = e
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else n
+        data = b"" if self.error is not None else os.pread(self.fd, n, self.pos)
+        self.pos += n
+        return data + bytes(n - len(data))
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self.error = e
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
 # ============================================================== save / load
 def save_checkpoint(path: str | Path, tree: Mapping[Any, Any], attrs: Mapping[str, Any]) -> Path:
     """Write ``tree`` and ``attrs`` to ``path`` atomically (mode 0600).
@@ -168,28 +225,21 @@ def save_checkpoint(path: str | Path, tree: Mapping[Any, Any], attrs: Mapping[st
             if not isinstance(k, str) or k.startswith("@"):
                 raise TypeError(f"checkpoint attribute name {k!r}: expected a str not starting with '@'")
             converted[k] = _attr_value(k, v)
-        # The HDF5 file is built in memory and written with plain os.write: a full disk or a size limit
-        # then fails cleanly in our write (HDF5 cannot close a file whose writes failed, which poisons
-        # every later save in the process and crashes it at exit: measured).
-        image = io.BytesIO()
-        with h5py.File(image, "w", libver=_LIBVER, track_order=True) as f:
-            f.attrs[_FORMAT_ATTR] = np.bytes_(FORMAT)
-            for k, v in converted.items():
-                f.attrs[k] = v
-            write_tree(f, tree)
-        data = image.getbuffer()
         # Create the file ourselves: mode 0600 from the first byte, and never follow a planted symlink.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         created = True
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            sink = _FileSink(fd)
+            with h5py.File(sink, "w", libver=_LIBVER, track_order=True) as f:
+                f.attrs[_FORMAT_ATTR] = np.bytes_(FORMAT)
+                for k, v in converted.items():
+                    f.attrs[k] = v
+                write_tree(f, tree)
+            if sink.error is not None:
+                raise sink.error
             os.fsync(fd)
         finally:
             os.close(fd)
-            del data
         os.replace(tmp, path)
         created = False
         _fsync_dir(path.parent)

@@ -178,18 +178,18 @@ import numpy as np
 import hpcrl.storage.checkpoint as ck
 
 run, marker = Path(sys.argv[1]), Path(sys.argv[2])
-real_write, written = os.write, [0]
+real_write, written = os.pwrite, [0]
 
-def slow_write(fd, data):
+def slow_write(fd, data, offset):
     # Writes about half of the file, then tells the parent it is mid-save and stalls.
-    n = real_write(fd, data[: 32 << 20])
+    n = real_write(fd, data[: 32 << 20], offset)
     written[0] += n
     if written[0] > 100 << 20:
         marker.write_text("mid-save")
         time.sleep(120)
     return n
 
-ck.os.write = slow_write
+ck.os.pwrite = slow_write
 big = {f"w{i}": np.full(2_500_000, i, np.float64) for i in range(10)}  # 10 x 20 MB
 ck.CheckpointManager(run).save({"big": big}, {"version": 2})
 """
