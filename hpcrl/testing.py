@@ -203,4 +203,3 @@ def test_pipeline(env: Any, policy: Any, trainer: Any, **kwargs: Any) -> dict[st
 
 
 test_pipeline.__test__ = False  # type: ignore[attr-defined]
-

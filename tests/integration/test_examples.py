@@ -38,6 +38,7 @@ def _needs(rel: str) -> None:
     for mod in NEEDS.get(rel, []):
         pytest.importorskip(mod, reason=f"{rel} needs the optional module {mod}")
 
+
 SMOKE = [
     "experiment.total_frames=96",
     "actor.envs_per_actor=2",

@@ -74,7 +74,8 @@ def test_parameterless_random_policy_over_mpi(tmp_path, clean_env):
         tmp_path / "random",
         "policy.type_=random",
         "policy.args={action_dim: 2}",
-        "trainer.type_='null'", "trainer.args={}",
+        "trainer.type_='null'",
+        "trainer.args={}",
         "layout.inference=1",
         ranks=3,
     )
