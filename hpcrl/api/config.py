@@ -170,6 +170,13 @@ class Run:
     """Keep the newest K checkpoints."""
     on_save_error: Literal["stop", "continue"] = "stop"
     """A checkpoint that cannot be written: stop the run (after logging), or log and continue."""
+    checkpoint_writer: Literal["process", "thread", "inline"] = "process"
+    """Who writes periodic checkpoints. ``process``: the trainer copies the state into shared memory
+    and a helper process writes it (the trainer pauses only for the copy; Linux, else ``thread``).
+    ``thread``: a thread of the trainer process writes a copy (no extra process, but it competes with
+    the trainer for the GIL). ``inline``: the trainer writes and waits. With a background writer a
+    failed write is reported, and ``on_save_error`` applied, at the next trainer step; the final and
+    stop checkpoints are always written before the run ends."""
     trace: bool = True
     """Write per-rank HDF5 traces (episodes, trainer stats, timings)."""
     trace_flush_seconds: float = 5.0

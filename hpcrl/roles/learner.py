@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from hpcrl.api import config
 from hpcrl.api.policy import Policy
 from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
 from hpcrl.roles.batcher import Batcher
+
+if TYPE_CHECKING:
+    from hpcrl.storage.background import BackgroundSaver
 
 __all__ = ["Learner", "rng_state", "set_rng_state"]
 
@@ -102,11 +105,15 @@ class Learner:
         self._last_ckpt_time = time.monotonic()
         self._last_ckpt_step = 0
         self._ckpt = None
+        self._saver: BackgroundSaver | None = None
         self.saves_failed = 0
         if run_dir is not None and leader:
             from hpcrl.storage.checkpoint import CheckpointManager
 
             self._ckpt = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints)
+            from hpcrl.storage.background import make_saver
+
+            self._saver = make_saver(self._ckpt, cfg.run.checkpoint_writer)
 
     # ------------------------------------------------------------------ data
     def add(self, fragment: SampleBatch) -> bool:
@@ -137,6 +144,8 @@ class Learner:
         """
         batch = self._next if self._next is not None else self.batcher.pop(self.policy.version)
         self._next = None
+        if self._saver is not None:
+            self.collect_save()
         if batch is None:
             return None
         t0 = time.perf_counter()
@@ -176,11 +185,96 @@ class Learner:
         )
 
     def save(self, reason: str = "periodic") -> Path | None:
-        """Write a checkpoint (leader only). A failed save is logged; with ``on_save_error: stop`` it raises."""
+        """Write a checkpoint (leader only). A failed save is logged; with ``on_save_error: stop`` it raises.
+
+        With a background ``run.checkpoint_writer`` a periodic save only copies the state here and is
+        written by the writer (returns ``None``; :attr:`last_checkpoint` is set once it is on disk, and a
+        failure is handled at the next :meth:`step` or save). Every other save waits for a background
+        save in flight, then writes in place and returns the file.
+        """
         if self._ckpt is None:
             return None
-        from hpcrl import __version__
         from hpcrl.storage.checkpoint import CheckpointError
+
+        saver = self._saver if reason == "periodic" else None
+        t0 = time.perf_counter()
+        if self._saver is not None:
+            self.collect_save(wait=True)  # files land in version order; at most one extra copy in memory
+        tree, attrs = self._checkpoint_state(reason)
+        try:
+            if saver is not None:
+                saver.submit(tree, attrs, reason)
+                path = None
+            else:
+                path = self._ckpt.save(tree, attrs)
+        except CheckpointError as e:
+            self._save_failed(reason, e)
+            return None
+        finally:
+            self._last_ckpt_time = time.monotonic()
+            self._last_ckpt_step = self.steps
+        dt = time.perf_counter() - t0
+        if self.trace is not None:
+            self.trace.add_time("checkpoint", dt)
+        if path is None:
+            log.debug(
+                "checkpoint version %d handed to the background writer (trainer paused %.3fs)", self.policy.version, dt
+            )
+            return None
+        self.last_checkpoint = path
+        log.info("checkpoint %s (version %d, %d frames, %.2fs)", path.name, self.policy.version, self.frames, dt)
+        return path
+
+    def collect_save(self, wait: bool = False) -> None:
+        """Handle a finished background save: log it, or apply ``on_save_error`` to its failure.
+
+        Args:
+            wait: block until the save in flight (if any) has finished.
+
+        Raises:
+            CheckpointError: it failed and ``on_save_error`` is ``stop``.
+        """
+        if self._saver is None:
+            return
+        outcome = self._saver.wait() if wait else self._saver.poll()
+        if outcome is None:
+            return
+        if outcome.error is not None:
+            self._save_failed(outcome.reason, outcome.error)
+            return
+        assert outcome.path is not None
+        self.last_checkpoint = outcome.path
+        log.info(
+            "checkpoint %s (version %d, written in %.2fs in the background)",
+            outcome.path.name,
+            outcome.version,
+            outcome.write_seconds,
+        )
+
+    def close(self) -> None:
+        """Finish a background save still in flight (its failure is logged, not raised); stop the writer."""
+        if self._saver is None:
+            return
+        from hpcrl.storage.checkpoint import CheckpointError
+
+        if self._saver.busy:
+            log.info("waiting for the checkpoint being written in the background")
+        try:
+            self.collect_save(wait=True)
+        except CheckpointError:
+            pass  # already logged by _save_failed
+        finally:
+            self._saver.close()
+
+    def _save_failed(self, reason: str, error: Exception) -> None:
+        self.saves_failed += 1
+        log.error("checkpoint save failed (%s): %s", reason, error)
+        if self.cfg.run.on_save_error == "stop":
+            raise error
+
+    def _checkpoint_state(self, reason: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The checkpoint tree and root attributes of the current state."""
+        from hpcrl import __version__
 
         tree = {
             "policy": self.policy.get_checkpoint(),
@@ -203,24 +297,7 @@ class Learner:
             "reason": reason,
             **self.extra_attrs,
         }
-        t0 = time.perf_counter()
-        try:
-            path: Path = self._ckpt.save(tree, attrs)
-        except CheckpointError as e:
-            self.saves_failed += 1
-            log.error("checkpoint save failed (%s): %s", reason, e)
-            if self.cfg.run.on_save_error == "stop":
-                raise
-            return None
-        finally:
-            self._last_ckpt_time = time.monotonic()
-            self._last_ckpt_step = self.steps
-        dt = time.perf_counter() - t0
-        if self.trace is not None:
-            self.trace.add_time("checkpoint", dt)
-        self.last_checkpoint = path
-        log.info("checkpoint %s (version %d, %d frames, %.2fs)", path.name, self.policy.version, self.frames, dt)
-        return path
+        return tree, attrs
 
     def restore(self, path: Path | None = None) -> Path | None:
         """Resume from ``path`` or, on the leader, the newest valid checkpoint; returns the file used.

@@ -138,6 +138,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
                 trace.maybe_flush()
         learner.save("final" if reason == "finished" else "stop")
     finally:
+        learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
         progress.close()
         ring.close()
         session.close()

@@ -119,6 +119,12 @@ class TrainerRank:
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Train until the frame budget is spent or a stop is agreed; returns this rank's final stats."""
+        try:
+            return self._train()
+        finally:
+            self.learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
+
+    def _train(self) -> dict[str, Any]:
         ctx = self.ctx
         cfg = ctx.cfg
         trace = ctx.trace

@@ -415,6 +415,20 @@ class CheckpointManager:
         Raises:
             CheckpointError: no valid ``version``, or the save failed (older files are untouched).
         """
+        path = self.begin(attrs)
+        save_checkpoint(path, tree, attrs)
+        self.prune(path)
+        return path
+
+    def begin(self, attrs: Mapping[str, Any]) -> Path:
+        """Check ``attrs["version"]``, create the directory (0700) and return the file to write.
+
+        :meth:`save` is ``begin`` + :func:`save_checkpoint` + :meth:`prune`; a writer elsewhere (the
+        checkpoint writer process) does the middle step itself.
+
+        Raises:
+            CheckpointError: no valid ``version``, or the directory cannot be created.
+        """
         version = attrs.get("version")
         if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or int(version) < 0:
             raise CheckpointError(f"cannot save a checkpoint in {self.dir}: attrs['version'] must be an int >= 0")
@@ -426,11 +440,9 @@ class CheckpointManager:
         newest = self.list()
         if newest and _version_of(newest[0]) > int(version):
             log.warning("saving checkpoint version %d below the newest existing one (%s)", version, newest[0])
-        save_checkpoint(path, tree, attrs)
-        self._prune(path)
         return path
 
-    def _prune(self, just_saved: Path) -> None:
+    def prune(self, just_saved: Path) -> None:
         """Delete files older than the ``keep``-th newest file that opens as an hpcrl checkpoint.
 
         Files newer than that (even corrupt ones, kept as evidence) and the file just saved are never deleted.

@@ -48,6 +48,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -56,12 +57,14 @@ import numpy as np
 __all__ = [
     "StorageError",
     "CheckpointError",
+    "HostTensor",
     "TYPE_ATTR",
     "encode_key",
     "decode_key",
     "write_tree",
     "read_tree",
     "text_value",
+    "tensor_storage",
 ]
 
 TYPE_ATTR = "@type"
@@ -240,7 +243,28 @@ def _write_text(group: Any, name: str, text: str, tag: str) -> None:
         _write_array(group, name, np.frombuffer(raw, dtype=np.uint8), tag, "uint8")
 
 
-def _write_tensor(group: Any, name: str, value: Any, path: str) -> None:
+@dataclass(frozen=True)
+class HostTensor:
+    """A tensor's data already on the host, written as a tensor without importing torch.
+
+    Used by the checkpoint writer process, which gets the parent's tensors as bytes in shared memory.
+    """
+
+    data: np.ndarray
+    """The values in the tensor's numpy storage dtype (see :func:`tensor_storage`)."""
+    dtype: str
+    """The torch dtype name (``float32``, ``bfloat16``, ...)."""
+
+
+def tensor_storage(value: Any, path: str = "tensor") -> tuple[np.ndarray, str]:
+    """The host array holding a tensor's values and the torch dtype name.
+
+    A view (no copy) for a contiguous CPU tensor; ``bfloat16`` and ``float8_*`` come back as their
+    raw bits (uint16 / uint8).
+
+    Raises:
+        TypeError: a sparse or otherwise non-strided tensor, or a dtype a checkpoint cannot store.
+    """
     import torch
 
     dname = str(value.dtype).removeprefix("torch.")
@@ -251,13 +275,11 @@ def _write_tensor(group: Any, name: str, value: Any, path: str) -> None:
         t = t.cpu()
     t = t.resolve_conj().resolve_neg().contiguous()
     if dname in _TORCH_NATIVE:
-        arr = t.numpy()
-    elif dname in _TORCH_VIEW:
+        return t.numpy(), dname
+    if dname in _TORCH_VIEW:
         storage = _TORCH_VIEW[dname]
-        arr = t.view(getattr(torch, _TORCH_BITS[storage])).numpy().view(storage)
-    else:
-        raise TypeError(f"{path}: tensors of dtype {value.dtype} cannot be stored in a checkpoint")
-    _write_array(group, name, arr, "tensor", dname)
+        return t.view(getattr(torch, _TORCH_BITS[storage])).numpy().view(storage), dname
+    raise TypeError(f"{path}: tensors of dtype {value.dtype} cannot be stored in a checkpoint")
 
 
 def _write_value(group: Any, name: str, value: Any, path: str, depth: int) -> None:
@@ -265,7 +287,10 @@ def _write_value(group: Any, name: str, value: Any, path: str, depth: int) -> No
         raise TypeError(f"{path}: checkpoint tree nested deeper than {MAX_DEPTH} levels (a reference cycle?)")
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        _write_tensor(group, name, value, path)
+        arr, dname = tensor_storage(value, path)
+        _write_array(group, name, arr, "tensor", dname)
+    elif isinstance(value, HostTensor):
+        _write_array(group, name, value.data, "tensor", value.dtype)
     elif isinstance(value, np.ndarray):
         if value.dtype.kind not in _NUMERIC_KINDS or value.dtype.fields is not None:
             raise TypeError(f"{path}: numpy arrays of dtype {value.dtype} cannot be stored; expected bool/int/float")
