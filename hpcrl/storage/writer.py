@@ -244,8 +244,9 @@ class WriterProcess:
         if self._job is None or self._proc is None:
             return True
         assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], 0)
-        return bool(ready)
+        poller = select.poll()  # not select.select: a big MPI job can hold file descriptors above 1024
+        poller.register(self._proc.stdout.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
 
     def result(self) -> tuple[float, str | None]:
         """Block for the answer to the job in flight: (seconds the writer took, error message or ``None``)."""

@@ -330,3 +330,28 @@ def test_learner_sync_mode_returns_the_file(tmp_path: Path) -> None:
     learner.step()
     path = learner.save("periodic")
     assert path is not None and path.exists() and learner.last_checkpoint == path
+
+
+@pytest.mark.skipif(not available(), reason="needs Linux")
+def test_writer_process_with_file_descriptors_above_1024(tmp_path: Path) -> None:
+    """A big MPI job can hold many fds: waiting for the writer must not use select() (FD_SETSIZE 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        saver = ProcessSaver(CheckpointManager(prepare_run_dir(tmp_path / "run")))
+        saver.submit({"x": np.arange(3)}, {"version": 1}, reason="periodic")
+        while (outcome := saver.poll()) is None:
+            pass
+        assert outcome.error is None and outcome.path is not None
+        saver.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
