@@ -294,10 +294,20 @@ class WriterProcess:
 
 # ============================================================== child side
 def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (no orphan writers after a crash)."""
+    """Tie this process's life to the trainer's: killed when it dies, deaf to the signals it handles.
+
+    SLURM and terminals signal every process of a job or process group (preemption's SIGTERM/SIGUSR1,
+    Ctrl-C's SIGINT); the trainer handles them by finishing the save in flight and writing a stop
+    checkpoint, so the writer must not die of them mid-save. It ends when its pipe closes, or with
+    the trainer (``PR_SET_PDEATHSIG``), never on its own.
+    """
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG

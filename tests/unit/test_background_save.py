@@ -355,3 +355,21 @@ def test_writer_process_with_file_descriptors_above_1024(tmp_path: Path) -> None
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.skipif(not available(), reason="needs Linux")
+def test_writer_process_survives_job_signals_mid_save(tmp_path: Path) -> None:
+    """SLURM preemption and Ctrl-C signal the whole job: the save in flight must still land."""
+    saver = ProcessSaver(CheckpointManager(prepare_run_dir(tmp_path / "run")))
+    saver.submit({"x": np.arange(3)}, {"version": 1}, reason="periodic")
+    assert saver.wait().error is None  # type: ignore[union-attr]
+    pid = saver.writer.pid
+    assert pid is not None
+    saver.submit({"x": np.ones(30_000_000, np.uint8)}, {"version": 2}, reason="periodic")
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
+        os.kill(pid, sig)
+    outcome = saver.wait()
+    assert outcome is not None and outcome.error is None and outcome.path is not None
+    assert np.array_equal(load_checkpoint(outcome.path)[0]["x"][:5], np.ones(5, np.uint8))
+    assert saver.writer.pid == pid
+    saver.close()
