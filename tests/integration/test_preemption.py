@@ -32,7 +32,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 class Job:
     """A background ``hpcrl.run`` (one process or an mpiexec job) with its output in files."""
 
-    def __init__(self, env: dict[str, str], run_dir: Path, *overrides: str, ranks: int = 0) -> None:
+    def __init__(
+        self, env: dict[str, str], run_dir: Path, *overrides: str, ranks: int = 0, session: bool = False
+    ) -> None:
         self.run_dir = run_dir
         self.summary = run_dir.parent / f"{run_dir.name}-summary-{time.monotonic_ns()}.json"
         self.out = run_dir.parent / f"{run_dir.name}-{time.monotonic_ns()}.out"
@@ -43,7 +45,7 @@ class Job:
         if ranks:
             cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), *cmd]
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err, start_new_session=session)
 
     def text(self) -> str:
         """stdout + stderr so far."""
@@ -196,6 +198,20 @@ def test_sigterm_to_a_single_process_run_checkpoints_and_resumes(tmp_path, clean
     rc, waited = job.wait(timeout=EXIT_WITHIN + 30)
     summary = assert_stopped_with_checkpoint(job, rc, waited, "stopped by SIGTERM")
     assert_resumes(clean_env, run_dir, summary)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_whole_process_group_keeps_background_checkpoints(tmp_path, clean_env, sig):
+    """SLURM and Ctrl-C signal every process of the job, the checkpoint writer process included: a periodic
+    save in flight must still land, and the run must stop with its stop checkpoint, no failed save."""
+    job = Job(clean_env, tmp_path / "group", LONG, "run.checkpoint_every_steps=1", session=True)
+    job.wait_for_training(min_steps=4)
+    os.killpg(job.proc.pid, sig)
+    rc, waited = job.wait(timeout=EXIT_WITHIN + 30)
+    assert_stopped_with_checkpoint(job, rc, waited, "stopped by SIG")
+    text = job.text()
+    assert "written in" in text and "in the background" in text, job.explain()  # the writer process was in use
+    assert "checkpoint save failed" not in text, job.explain()
 
 
 def test_sigterm_to_the_leader_alone_stops_the_job(tmp_path, clean_env):
