@@ -166,8 +166,9 @@ def test_back_pressure_holds_actors_to_what_a_slow_trainer_takes_in(
     assert len(sent) == 2, res.explain()
     steps = int(res.summary["trainer_steps"])
     # what the trainer took in (2 per step), what may wait in its queue (2 per queued batch), and per
-    # actor one fragment received but not yet taken plus one in flight
-    bound = 2 * steps + 2 * max(queue_batches, 1) + 2 * 2
+    # actor one fragment received but not yet taken, one in flight, and one more that the shutdown drain
+    # lets through before the actor sees the stop (measured: 59-61 against 58-60 without that slack)
+    bound = 2 * steps + 2 * max(queue_batches, 1) + 2 * 3
     if queue_batches:
         assert sum(sent) <= bound, f"actors sent {sent} fragments for {steps} trainer steps (bound {bound})"
     else:
