@@ -30,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import abc
 import logging
 import sys
 import threading
@@ -92,7 +93,7 @@ class SaveOutcome:
     """Time the writer thread spent (encode, checksums, fsync, rename, rotation)."""
 
 
-class BackgroundSaver:
+class BackgroundSaver(abc.ABC):
     """One checkpoint at a time, written off the caller's thread (see :class:`ThreadSaver`, :class:`ProcessSaver`).
 
     Args:
@@ -102,7 +103,6 @@ class BackgroundSaver:
     def __init__(self, manager: CheckpointManager) -> None:
         self.manager = manager
         self._pending: tuple[str, int, Path | None] | None = None  # reason, version, file
-        self._t0 = 0.0
 
     @property
     def busy(self) -> bool:
@@ -123,7 +123,6 @@ class BackgroundSaver:
         if self._pending is not None:
             raise RuntimeError(f"{type(self).__name__}.submit: collect the previous save with wait() or poll() first")
         version = int(attrs.get("version", -1))
-        self._t0 = time.perf_counter()
         path = self._start(tree, dict(attrs))
         self._pending = (reason, version, path)
 
@@ -146,16 +145,18 @@ class BackgroundSaver:
         """Finish the save in flight (its outcome is dropped: collect it first) and release the writer."""
         self.wait()
 
-    # subclass hooks
+    # what a writer provides
+    @abc.abstractmethod
     def _start(self, tree: Mapping[Any, Any], attrs: dict[str, Any]) -> Path | None:
-        raise NotImplementedError
+        """Copy ``tree`` and start writing it; the file if known now (the writer process), else ``None``."""
 
+    @abc.abstractmethod
     def _finished(self) -> bool:
-        raise NotImplementedError
+        """Whether the save in flight has ended (its outcome can be had without blocking)."""
 
+    @abc.abstractmethod
     def _finish(self, path: Path | None) -> tuple[Path | None, CheckpointError | None, float]:
         """Wait for the writer: (written file, error, writer seconds); ``path`` is what :meth:`_start` returned."""
-        raise NotImplementedError
 
 
 class ThreadSaver(BackgroundSaver):

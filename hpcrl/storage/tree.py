@@ -65,6 +65,9 @@ __all__ = [
     "read_tree",
     "text_value",
     "tensor_storage",
+    "is_numeric",
+    "check_ndarray",
+    "unsupported",
 ]
 
 TYPE_ATTR = "@type"
@@ -243,6 +246,26 @@ def _write_text(group: Any, name: str, text: str, tag: str) -> None:
         _write_array(group, name, np.frombuffer(raw, dtype=np.uint8), tag, "uint8")
 
 
+def is_numeric(dtype: np.dtype[Any]) -> bool:
+    """Whether a numpy dtype can be stored (bool, integers, floats, complex; no structured dtypes)."""
+    return dtype.kind in _NUMERIC_KINDS and dtype.fields is None
+
+
+def check_ndarray(value: np.ndarray, path: str) -> None:
+    """Raise ``TypeError`` naming ``path`` if a numpy array's dtype cannot be stored."""
+    if not is_numeric(value.dtype):
+        raise TypeError(f"{path}: numpy arrays of dtype {value.dtype} cannot be stored; expected bool/int/float")
+
+
+def unsupported(value: Any, path: str) -> TypeError:
+    """The error for a value a checkpoint tree cannot hold (names its path and type)."""
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    return TypeError(
+        f"{path}: cannot store a {kind} in a checkpoint; expected dict, list, tuple, torch.Tensor, "
+        "np.ndarray, numpy scalar, int, float, bool, str, bytes or None"
+    )
+
+
 @dataclass(frozen=True)
 class HostTensor:
     """A tensor's data already on the host, written as a tensor without importing torch.
@@ -292,8 +315,7 @@ def _write_value(group: Any, name: str, value: Any, path: str, depth: int) -> No
     elif isinstance(value, HostTensor):
         _write_array(group, name, value.data, "tensor", value.dtype)
     elif isinstance(value, np.ndarray):
-        if value.dtype.kind not in _NUMERIC_KINDS or value.dtype.fields is not None:
-            raise TypeError(f"{path}: numpy arrays of dtype {value.dtype} cannot be stored; expected bool/int/float")
+        check_ndarray(value, path)
         arr = np.asarray(value)
         _write_array(group, name, arr, "ndarray", arr.dtype.str)
     elif isinstance(value, Mapping):
@@ -325,11 +347,7 @@ def _write_value(group: Any, name: str, value: Any, path: str, depth: int) -> No
     elif isinstance(value, (bytes, bytearray, memoryview)):
         _write_array(group, name, np.frombuffer(bytes(value), dtype=np.uint8), "bytes", "uint8")
     else:
-        kind = f"{type(value).__module__}.{type(value).__qualname__}"
-        raise TypeError(
-            f"{path}: cannot store a {kind} in a checkpoint; expected dict, list, tuple, torch.Tensor, "
-            "np.ndarray, numpy scalar, int, float, bool, str, bytes or None"
-        )
+        raise unsupported(value, path)
 
 
 def _write_mapping(group: Any, tree: Mapping[Any, Any], path: str, depth: int) -> None:

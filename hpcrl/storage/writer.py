@@ -33,14 +33,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from hpcrl.storage.tree import CheckpointError, HostTensor, encode_key
+from hpcrl.storage.tree import CheckpointError, HostTensor, check_ndarray, encode_key, is_numeric, unsupported
 
 __all__ = ["SharedMemoryError", "WriterProcess", "available", "pack", "unpack"]
 
 log = logging.getLogger(__name__)
 
 _ALIGN = 64  # every array starts on a cache line
-_NUMERIC_KINDS = "biufc"
 
 
 def available() -> bool:
@@ -74,10 +73,7 @@ class _Packer:
             arr, dname = tensor_storage(value, path)
             return ["T", dname, arr.dtype.str, list(arr.shape), self._place(arr)]
         if isinstance(value, np.ndarray):
-            if value.dtype.kind not in _NUMERIC_KINDS or value.dtype.fields is not None:
-                raise TypeError(
-                    f"{path}: numpy arrays of dtype {value.dtype} cannot be stored; expected bool/int/float"
-                )
+            check_ndarray(value, path)
             arr = np.ascontiguousarray(value)
             return ["a", arr.dtype.str, list(arr.shape), self._place(arr)]
         if isinstance(value, Mapping):
@@ -93,7 +89,7 @@ class _Packer:
             return ["l", [self.node(v, f"{path}/{i}") for i, v in enumerate(value)]]
         if value is None:
             return ["n"]
-        if isinstance(value, np.generic) and value.dtype.kind in _NUMERIC_KINDS:
+        if isinstance(value, np.generic) and is_numeric(value.dtype):
             return ["g", value.dtype.str, base64.b64encode(value.tobytes()).decode("ascii")]
         if isinstance(value, bool):
             return ["b", value]
@@ -105,11 +101,7 @@ class _Packer:
             return ["s", value]
         if isinstance(value, (bytes, bytearray, memoryview)):
             return ["y", base64.b64encode(bytes(value)).decode("ascii")]
-        kind = f"{type(value).__module__}.{type(value).__qualname__}"
-        raise TypeError(
-            f"{path}: cannot store a {kind} in a checkpoint; expected dict, list, tuple, torch.Tensor, "
-            "np.ndarray, numpy scalar, int, float, bool, str, bytes or None"
-        )
+        raise unsupported(value, path)
 
 
 def pack(tree: Mapping[Any, Any], attrs: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[np.ndarray, int]], int]:
