@@ -78,6 +78,8 @@ KIND_DATA = 1
 KIND_SCHEMA = 2
 
 _HEADER = struct.Struct("=8q")  # magic, kind, schema id, dim0, dim1, version, seq, payload nbytes
+#: Batch shapes per buffer whose leaf views are cached (send and receive); the cache is cleared when full.
+_VIEW_CACHE = 64
 
 
 def _pad_dims(batch_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -118,11 +120,12 @@ class Message:
 
 
 class _SendSlot:
-    __slots__ = ("buf", "req")
+    __slots__ = ("buf", "req", "views")
 
     def __init__(self) -> None:
         self.buf: np.ndarray | None = None
         self.req: MPI.Request | None = None
+        self.views: dict[tuple[Any, ...], list[np.ndarray]] = {}  # (schema id, batch) -> leaf views into buf
 
     def free(self) -> bool:
         return self.req is None or bool(self.req.Test())
@@ -192,6 +195,7 @@ class SendChannel:
         self.synchronous = synchronous
         self._isend = comm.Issend if synchronous else comm.Isend
         self._schema: Schema | None = None
+        self._wire_schema: Schema | None = None  # a wire-layout schema found equal to _schema
         self._fingerprint: tuple[Any, ...] | None = None
         self._row_nbytes = 0
         self._schema_id = 0
@@ -254,6 +258,51 @@ class SendChannel:
         """
         if self._closed:
             raise ChannelError(f"{self.where}: send after close()")
+        schema = self._schema
+        got: tuple[tuple[int, ...], list[Any] | None] | None = None if schema is None else schema._matcher(data)
+        if got is None or schema is None:  # first message, a new structure, or leaves the matcher does not vouch for
+            schema, got = self._adopt(data)
+        batch, leaves = got
+        nbytes = self._row_nbytes * math.prod(batch)
+        wire = data.__dict__.get("_wire")
+        if wire is not None and leaves is not None and self._is_wire(wire, schema, batch, leaves):
+            self._send_in_place(wire[0], batch, version, nbytes, on_idle)
+            return
+        slot = self._take_slot(on_idle)
+        need = HEADER_NBYTES + nbytes
+        if slot.buf is None or slot.buf.nbytes < need:
+            old = 0 if slot.buf is None else slot.buf.nbytes
+            slot.buf = np.empty(max(need, old + old // 2), np.uint8)
+            slot.views.clear()
+        buf = slot.buf
+        if leaves is not None:  # numpy leaves of the checked structure: copy into cached destination views
+            key = (self._schema_id, batch)
+            dsts = slot.views.get(key)
+            if dsts is None:
+                if len(slot.views) >= _VIEW_CACHE:
+                    slot.views.clear()
+                dsts = slot.views[key] = schema.unpack(buf[HEADER_NBYTES:], batch).leaves()
+            for dst, src in zip(dsts, leaves):
+                np.copyto(dst, src)
+        else:
+            try:
+                schema.pack(data, out=buf, offset=HEADER_NBYTES, batch=batch)
+            except (SchemaError, TypeError, ValueError) as e:
+                raise SchemaError(f"{self.where}: {e}") from e
+        d0, d1 = (batch + (1, 1))[:2]
+        _HEADER.pack_into(buf, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
+        slot.req = self._isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
+        self._seq += 1
+        self.messages += 1
+        self.bytes += nbytes
+
+    def _adopt(self, data: NamedArray) -> tuple[Schema, tuple[tuple[int, ...], list[Any] | None]]:
+        """The general path of :meth:`send`: describe ``data``, announce its schema if it changed.
+
+        Returns:
+            The schema and ``(batch shape, leaves)``; leaves are ``None`` when the schema's matcher does
+            not take ``data`` (e.g. torch leaves), and the leaves are then packed by :meth:`Schema.pack`.
+        """
         shapes: list[Any] = []
         fingerprint = _fingerprint(data, self.batch_ndim, shapes)
         if fingerprint != self._fingerprint:
@@ -266,31 +315,25 @@ class SendChannel:
             self._fingerprint = fingerprint
         schema = self._schema
         assert schema is not None
+        got = schema._matcher(data)
+        if got is not None:
+            return schema, got
         bnd = self.batch_ndim
         batch = tuple(int(n) for n in shapes[0][:bnd]) if shapes else (0,) * bnd
         for shape in shapes:
             if tuple(shape[:bnd]) != batch:
                 raise SchemaError(f"{self.where}: leaves disagree on the batch shape: {tuple(shape[:bnd])} vs {batch}")
-        nbytes = self._row_nbytes * math.prod(batch)
-        wire = data.__dict__.get("_wire")
-        if wire is not None and wire[3] == HEADER_NBYTES and wire[2] == batch and wire[1] == schema:
-            self._send_in_place(wire[0], batch, version, nbytes, on_idle)
-            return
-        slot = self._take_slot(on_idle)
-        need = HEADER_NBYTES + nbytes
-        if slot.buf is None or slot.buf.nbytes < need:
-            old = 0 if slot.buf is None else slot.buf.nbytes
-            slot.buf = np.empty(max(need, old + old // 2), np.uint8)
-        buf = slot.buf
-        try:
-            schema.pack(data, out=buf, offset=HEADER_NBYTES, batch=batch)
-        except (SchemaError, TypeError, ValueError) as e:
-            raise SchemaError(f"{self.where}: {e}") from e
-        write_header(buf, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
-        slot.req = self._isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
-        self._seq += 1
-        self.messages += 1
-        self.bytes += nbytes
+        return schema, (batch, None)
+
+    def _is_wire(self, wire: tuple[Any, ...], schema: Schema, batch: tuple[int, ...], leaves: list[Any]) -> bool:
+        """Whether ``data`` (carrying ``wire`` from ``Schema.allocate_views``) can be sent from its own buffer."""
+        if wire[3] != HEADER_NBYTES or wire[2] != batch or len(wire[4]) != len(leaves):
+            return False
+        if wire[1] is not self._wire_schema:
+            if wire[1] != schema:
+                return False
+            self._wire_schema = wire[1]  # equal to the channel's schema: later checks are by identity
+        return all(a is b for a, b in zip(leaves, wire[4]))  # no leaf was replaced by another array
 
     def _send_in_place(
         self, raw: np.ndarray, batch: tuple[int, ...], version: int, nbytes: int, on_idle: OnIdle | None
@@ -300,16 +343,22 @@ class SendChannel:
         The buffer must not be written until the send completes; at most two such sends are in flight
         (the oldest is waited for, like the packed path).
         """
-        self._borrowed = [(r, b) for r, b in self._borrowed if not r.Test()]
-        for r, b in self._borrowed:  # the same buffer sent again: its header may change only once it has left
-            if b is raw:
-                self._wait_sent(r, "the previous in-place send of this buffer", b.nbytes, on_idle)
-        self._borrowed = [(r, b) for r, b in self._borrowed if b is not raw]
+        if self._borrowed:
+            keep = []
+            for r, b in self._borrowed:
+                if r.Test():
+                    continue
+                if b is raw:  # the same buffer sent again: its header may change only once it has left
+                    self._wait_sent(r, "the previous in-place send of this buffer", b.nbytes, on_idle)
+                    continue
+                keep.append((r, b))
+            self._borrowed = keep
         if len(self._borrowed) >= 2:
             req, old = self._borrowed[0]
             self._wait_sent(req, "an in-place send to complete", old.nbytes, on_idle)
             self._borrowed.pop(0)
-        write_header(raw, KIND_DATA, self._schema_id, batch, version, self._seq, nbytes)
+        d0, d1 = (batch + (1, 1))[:2]
+        _HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
         req = self._isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
         self._borrowed.append((req, raw))
         self._seq += 1
@@ -455,6 +504,7 @@ class RecvChannel:
         self._awaiting: tuple[int, int] | None = None  # (schema id, JSON bytes) announced, JSON not yet received
         self._first = np.empty(HEADER_NBYTES, np.uint8)  # receives the first announcement
         self._bufs: list[np.ndarray] = []
+        self._preqs: list[MPI.Prequest] = []  # one persistent receive per buffer
         self._req: MPI.Request | None = None
         self._req_buf = -1  # index in _bufs of the posted receive (-1: _first)
         self._user_buf = -1  # index in _bufs of the last message handed out
@@ -466,6 +516,9 @@ class RecvChannel:
         self.bytes = 0
         """Payload bytes received so far."""
         self._last_nbytes = 0
+        # (buffer index, dim 0, dim 1) -> (batch shape, payload bytes, leaf views): shapes already checked
+        self._views: dict[tuple[int, int, int], tuple[tuple[int, ...], int, list[np.ndarray]]] = {}
+        self._builder: Any = None
 
     # ------------------------------------------------------------------ info
     @property
@@ -550,12 +603,20 @@ class RecvChannel:
 
     def _post(self) -> None:
         if self._schema is None:
-            buf, idx = self._first, -1
-        else:
-            idx = 0 if self.nbuffers == 1 or self._user_buf != 0 else 1
-            buf = self._bufs[idx]
-        self._req = self.comm.Irecv([buf, self._mpi.BYTE], self.source, self.tag)
+            self._req = self.comm.Irecv([self._first, self._mpi.BYTE], self.source, self.tag)
+            self._req_buf = -1
+            return
+        idx = 0 if self.nbuffers == 1 or self._user_buf != 0 else 1
+        req = self._preqs[idx]  # persistent receive into buffer idx: half the cost of a fresh Irecv
+        req.Start()
+        self._req = req
         self._req_buf = idx
+
+    def _free_persistent(self) -> None:
+        for req in self._preqs:
+            if req:
+                req.Free()
+        self._preqs = []
 
     def _mpi_failure(self, error_class: int, text: str) -> ChannelError:
         if error_class == self._mpi.ERR_TRUNCATE:
@@ -582,6 +643,21 @@ class RecvChannel:
         count = status.Get_count(mpi.BYTE)
         idx = self._req_buf
         buf = self._first if idx < 0 else self._bufs[idx]
+        if idx >= 0 and count >= HEADER_NBYTES:  # fast path: a data message of a batch shape seen before
+            magic, kind, sid, d0, d1, version, seq, nbytes = _HEADER.unpack_from(buf, 0)  # type: ignore[arg-type]
+            cached = self._views.get((idx, d0, d1))
+            if (
+                cached is not None
+                and magic == MAGIC
+                and kind == KIND_DATA
+                and sid == self._schema_id
+                and nbytes == cached[1]
+                and count - HEADER_NBYTES == nbytes
+                and (seq == self._next_seq or (self.allow_gaps and seq > self._next_seq))
+            ):
+                views = cached[2]
+                data = self._builder([a.copy() for a in views] if copy else views)
+                return self._accepted(cached[0], nbytes, version, seq, idx, data)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
         magic, kind, sid, d0, d1, version, seq, nbytes = _HEADER.unpack_from(buf.data, 0)
@@ -618,7 +694,17 @@ class RecvChannel:
             raise self._error(f"header says {nbytes} payload bytes, schema needs {expect} for batch shape {batch}")
         if count - HEADER_NBYTES != nbytes:
             raise self._error(f"message holds {count - HEADER_NBYTES} payload bytes, header says {nbytes}")
-        data = schema.unpack(buf[HEADER_NBYTES : HEADER_NBYTES + nbytes], batch, copy=copy)
+        views = schema.unpack(buf[HEADER_NBYTES : HEADER_NBYTES + nbytes], batch).leaves()
+        if len(self._views) >= _VIEW_CACHE:
+            self._views.clear()
+        self._views[(idx, d0, d1)] = (batch, nbytes, views)  # checked once: later messages take the fast path
+        data = self._builder([a.copy() for a in views] if copy else views)
+        return self._accepted(batch, nbytes, version, seq, idx, data)
+
+    def _accepted(
+        self, batch: tuple[int, ...], nbytes: int, version: int, seq: int, idx: int, data: NamedArray
+    ) -> Message:
+        """Book a checked data message, repost the receive (double-buffered) and wrap it."""
         self._next_seq = seq + 1
         self._user_buf = idx
         self.messages += 1
@@ -626,7 +712,7 @@ class RecvChannel:
         self._last_nbytes = nbytes
         if self.nbuffers > 1:
             self._post()
-        return Message(data, batch, int(version), int(seq), self.source)
+        return Message(data, batch, version, seq, self.source)
 
     def _receive_schema(self) -> bool:
         assert self._awaiting is not None
@@ -656,11 +742,15 @@ class RecvChannel:
                 f"more than max_bytes={self.max_bytes}"
             )
         if not self._bufs or self._bufs[0].nbytes < need:
-            # Old buffers stay alive as long as the caller holds views into them.
+            # Old buffers stay alive as long as the caller holds views into them; no receive is posted now.
             self._bufs = [np.empty(need, np.uint8) for _ in range(self.nbuffers)]
             self._user_buf = -1
+            self._free_persistent()
+            self._preqs = [self.comm.Recv_init([b, mpi.BYTE], self.source, self.tag) for b in self._bufs]
         self._schema, self._schema_id, self._awaiting = schema, sid, None
         self._row_nbytes = schema.row_nbytes
+        self._builder = schema._builder
+        self._views.clear()
         _log.debug("%s: schema %d received (%d leaves, %d bytes/row)", self.where, sid, len(schema.leaves), need)
         return True
 
@@ -683,7 +773,9 @@ class RecvChannel:
             cancel([self._req], f"the posted receive on {self.where}")
             self._req = None
         self._closed = True
+        self._free_persistent()
         self._bufs = []
+        self._views.clear()
 
 
 def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[RecvChannel, Message]]:
@@ -720,8 +812,9 @@ def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[
         try:
             indices = mpi.Request.Testsome(reqs, statuses)
         except mpi.Exception:
-            # MPI_ERR_IN_STATUS: the completed requests were nulled in place; their statuses come first.
-            done = [ch for ch in posted if not ch._req]
+            # MPI_ERR_IN_STATUS: the completed requests were nulled (persistent ones: made inactive, for
+            # which Get_status reports completion) in place; their statuses come first.
+            done = [ch for ch in posted if not ch._req or ch._req.Get_status()]
             for k, ch in enumerate(done):
                 ch._req = None
                 ch._complete(statuses[k], copy, check_error=True)  # raises for the failed one

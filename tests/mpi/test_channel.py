@@ -358,3 +358,78 @@ def test_wait_helpers(comm: Any) -> None:
     assert cancel(reqs, "the tag-40 receive") == 0 and not any(reqs)
     with pytest.raises(ValueError, match="no active request"):
         wait_any(reqs, "nothing")
+
+
+# ---------------------------------------------------------------------------------------- fast paths
+def test_wire_layout_sends_in_place_unless_a_leaf_was_replaced(comm: Any) -> None:
+    from hpcrl.api.namedarray import Schema
+
+    dest, source = ring(comm)
+    out = SendChannel(comm, dest, T0 + 50, "wire")
+    inp = RecvChannel(comm, source, T0 + 50, "wire", max_rows=4)
+    template = NamedArray(x=np.zeros((4, 3), np.float32), y=np.zeros((4, 1), np.int64))
+    frag = Schema.of(template).allocate_views((4,), HEADER_NBYTES)
+    frag.x[...], frag.y[...] = 1.0, 10
+    out.send(frag)
+    assert len(out._borrowed) == 1  # zero copy: its own buffer went on the wire
+    msg = inp.recv(timeout=30)
+    assert np.all(msg.data.x == 1.0) and np.all(msg.data.y == 10)
+    out.flush(timeout=30)
+    frag.x = np.full((4, 3), 2.0, np.float32)  # replaced, not written into the wire buffer
+    out.send(frag)
+    msg = inp.recv(timeout=30)
+    assert np.all(msg.data.x == 2.0) and np.all(msg.data.y == 10), "a replaced leaf must be sent, not the stale buffer"
+    drain_and_close(comm, [out], [inp], timeout=30)
+
+
+def test_receive_fast_path_many_batch_shapes_and_copies(comm: Any) -> None:
+    dest, source = ring(comm)
+    out = SendChannel(comm, dest, T0 + 51, "shapes")
+    inp = RecvChannel(comm, source, T0 + 51, "shapes", max_rows=8)
+    kept = []
+    for i in range(60):  # every shape is seen on both buffers, then served from the cache
+        rows = i % 9
+        out.send(Request(obs=Obs(obs=np.full((rows, 4), i, np.float32)), on_reset=np.ones((rows, 1), bool)), version=i)
+        msg = inp.recv(timeout=30, copy=(i % 2 == 0))
+        assert (msg.batch_shape, msg.version, msg.seq) == ((rows,), i, i)
+        assert type(msg.data) is Request and msg.data.policy_state is None and np.all(msg.data.obs.obs == i)
+        if i % 2 == 0:
+            kept.append((i, msg.data))
+    for i, data in kept:  # copies are not overwritten by later messages
+        assert np.all(data.obs.obs == i)
+    drain_and_close(comm, [out], [inp], timeout=30)
+
+
+@pytest.mark.parametrize(
+    "case,header,needles",
+    [
+        ("gap", {"seq": 9}, ["sequence gap: expected message 2, got 9"]),
+        ("size", {"nbytes": 8}, ["header says 8 payload bytes, schema needs 16"]),
+        ("count", {"payload": 8}, ["message holds 8 payload bytes, header says 16"]),
+        ("schema", {"schema_id": 3}, ["unknown schema id 3"]),
+        ("kind", {"kind": 7}, ["unknown message kind 7"]),
+    ],
+)
+def test_malformed_header_after_the_shape_is_cached(
+    comm: Any, case: str, header: dict[str, Any], needles: list[str]
+) -> None:
+    """The receive fast path (a batch shape already seen on that buffer) still refuses every bad header."""
+    from mpi4py import MPI
+
+    tag = T0 + 52 + ["gap", "size", "count", "schema", "kind"].index(case)
+    dest, source = ring(comm)
+    out = SendChannel(comm, dest, tag, f"cached-{tag}")
+    inp = RecvChannel(comm, source, tag, f"cached-{tag}", max_rows=4)
+    for _ in range(2):  # batch (2,) on both receive buffers
+        out.send(NamedArray(x=np.zeros((2, 2), np.float32)))
+        inp.recv(timeout=30)
+    header = dict(header)
+    payload = header.pop("payload", 16)
+    fields = {"kind": KIND_DATA, "schema_id": 1, "batch_shape": (2,), "version": 0, "seq": 2, "nbytes": 16, **header}
+    buf = np.zeros(HEADER_NBYTES + payload, np.uint8)
+    write_header(buf, **fields)
+    comm.Send([buf, MPI.BYTE], dest, tag)
+    _expect_error(inp, *needles)
+    comm.Barrier()
+    out.close()
+    inp.close()

@@ -133,3 +133,59 @@ def test_schema_errors():
         Schema.from_json('{"version":1,"batch_ndim":1,"leaves":[["a","|O",[1]]],"nodes":[["","x",["a"]]]}')
     with pytest.raises(SchemaError, match="cannot go on the wire"):
         Schema.of(NamedArray(a=np.array([object()] * 2)))
+
+
+# ---------------------------------------------------------------- the channels' fast structure check
+@namedarray
+class _Inner:
+    obs: np.ndarray
+    state: np.ndarray | None = None
+
+
+@namedarray
+class _Outer:
+    obs: _Inner
+    hx: np.ndarray | None = None
+    on_reset: np.ndarray | None = None
+
+
+def _outer(rows: int = 3) -> _Outer:
+    return _Outer(
+        obs=_Inner(obs=np.zeros((rows, 4), np.float32)),
+        hx=np.ones((rows, 2, 5), np.float32),
+        on_reset=np.zeros((rows, 1), bool),
+    )
+
+
+def test_matcher_accepts_exactly_the_schema_structure():
+    x = _outer()
+    schema = Schema.of(x)
+    batch, leaves = schema._matcher(x)
+    assert batch == (3,) and [a is b for a, b in zip(leaves, x.leaves())] == [True, True, True]
+    assert schema._matcher(_outer(rows=7))[0] == (7,)  # other batch sizes: same schema
+    changed = [
+        _Outer(obs=_Inner(obs=np.zeros((3, 4), np.float64)), hx=x.hx, on_reset=x.on_reset),  # dtype
+        _Outer(obs=_Inner(obs=np.zeros((3, 5), np.float32)), hx=x.hx, on_reset=x.on_reset),  # row shape
+        _Outer(obs=_Inner(obs=np.zeros((4, 4), np.float32)), hx=x.hx, on_reset=x.on_reset),  # batch disagrees
+        _Outer(obs=_Inner(obs=x.obs.obs, state=np.zeros((3, 1), np.float32)), hx=x.hx, on_reset=x.on_reset),
+        _Outer(obs=_Inner(obs=x.obs.obs), hx=None, on_reset=x.on_reset),  # a leaf became None
+        _Outer(obs=NamedArray(obs=x.obs.obs, state=None), hx=x.hx, on_reset=x.on_reset),  # other node class
+        _Outer(obs=_Inner(obs=x.obs.obs.tolist()), hx=x.hx, on_reset=x.on_reset),  # not an ndarray
+        NamedArray(obs=x.obs, hx=x.hx, on_reset=x.on_reset),  # other root class
+    ]
+    for i, other in enumerate(changed):
+        assert schema._matcher(other) is None, i
+    extra = NamedArray(a=np.zeros((2, 1)))
+    extra.b = np.zeros((2, 1))  # a field added after construction changes the structure
+    assert Schema.of(NamedArray(a=np.zeros((2, 1))))._matcher(extra) is None
+    assert Schema.of(x, batch_ndim=2)._matcher(_Outer(obs=_Inner(obs=np.zeros((3,), np.float32)))) is None
+    assert schema._matcher("not a NamedArray") is None
+
+
+def test_generated_code_takes_any_field_name():
+    odd = NamedArray(**{"agent-0": np.zeros((2, 1), np.float32), "x'); import os; ('": np.ones((2, 3), np.int8)})
+    schema = Schema.of(odd)
+    batch, leaves = schema._matcher(odd)
+    assert batch == (2,) and len(leaves) == 2
+    rebuilt = schema.unpack(schema.pack(odd), (2,))
+    assert rebuilt.keys() == odd.keys() and np.all(rebuilt["x'); import os; ('"] == 1)
