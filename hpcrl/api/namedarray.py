@@ -211,8 +211,15 @@ class NamedArray:
             mine[index] = other
 
     def __len__(self) -> int:
-        for _, leaf in self.flat_items():
-            return int(leaf.shape[0])
+        for k in self._keys:  # type: ignore[attr-defined]
+            v = getattr(self, k)
+            if v is None:
+                continue
+            if isinstance(v, NamedArray):
+                if not v.leaves():
+                    continue
+                return len(v)
+            return int(v.shape[0])
         return 0
 
     def __eq__(self, other: object) -> bool:

@@ -80,6 +80,9 @@ KIND_SCHEMA = 2
 _HEADER = struct.Struct("=8q")  # magic, kind, schema id, dim0, dim1, version, seq, payload nbytes
 #: Batch shapes per buffer whose leaf views are cached (send and receive); the cache is cleared when full.
 _VIEW_CACHE = 64
+#: Back-to-back tests :meth:`RecvChannel.recv` makes before it starts pacing (~10 us, within the first
+#: phase of :class:`~hpcrl.comm.polling.Backoff`, which tests back to back for 50 us anyway).
+_SPIN_TESTS = 32
 
 
 def _pad_dims(batch_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -592,9 +595,10 @@ class RecvChannel:
             WaitTimeout: nothing arrived within ``timeout`` (names the channel and the source rank).
             ChannelError: see :meth:`test`.
         """
-        msg = self.test(copy)  # fast path: the message is already here
-        if msg is not None:
-            return msg
+        for _ in range(_SPIN_TESTS):  # fast path: the message is here or microseconds away (a reply)
+            msg = self.test(copy)
+            if msg is not None:
+                return msg
         if backoff is None:  # a message as large as the last one may be mid-copy: yield while it would take
             backoff = transfer_backoff(self._last_nbytes)
         return wait_for(

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RandomPolicy"]
 
+_RESULT_KEYS = ["action", "policy_state", "analyzed_result"]
+_ACTION_KEYS = ["x"]
+_ANALYSIS_KEYS = ["log_prob", "value"]
+#: Random actions drawn per generator call (a call costs as much as drawing thousands of numbers).
+_BLOCK = 1024
+
 
 class RandomPolicy(Policy):
     """Uniformly random actions; ``is_evaluation`` rows get the all-zero action.
@@ -61,6 +67,9 @@ class RandomPolicy(Policy):
             self._log_prob = -math.log(self._n)
         self._rng = np.random.default_rng(seed)
         self._version = 0
+        self._analysis: dict[int, list[np.ndarray]] = {}  # batch size -> read-only (log_prob, value)
+        self._block: np.ndarray = np.empty(0)  # random actions drawn ahead (see _draw)
+        self._pos = 0
 
     @property
     def version(self) -> int:
@@ -76,25 +85,49 @@ class RandomPolicy(Policy):
         self._version = int(version)
 
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
-        """Random actions for every row of ``request``."""
-        b = next((int(np.shape(leaf)[0]) for _, leaf in request.obs.flat_items()), None)
-        if b is None:
+        """Random actions for every row of ``request``.
+
+        The analysed result (uniform log-probability, zero value) is the same for every call with the
+        same batch size: it is built once per size and returned read-only.
+        """
+        leaves = request.obs.leaves() if request.obs is not None else []
+        if leaves:
+            b = int(np.shape(leaves[0])[0])
+        else:
             if request.is_evaluation is None:
                 raise ValueError("RandomPolicy.rollout: cannot tell the batch size (no obs leaves)")
             b = int(np.shape(request.is_evaluation)[0])
-        if self.continuous_action:
-            x: np.ndarray = self._rng.uniform(-1.0, 1.0, (b, self._n)).astype(np.float32)
-        elif self._nvec is not None:
-            x = self._rng.integers(0, self._nvec, size=(b, self._n), dtype=np.int64)
-        else:
-            x = self._rng.integers(0, self._n, size=b, dtype=np.int64)
+        x = self._draw(b)
         if request.is_evaluation is not None:
             ev = np.asarray(request.is_evaluation, bool).reshape(b)
-            x[ev] = 0
-        analysis = RolloutAnalysis(
-            log_prob=np.full((b, 1), self._log_prob, np.float32), value=np.zeros((b, 1), np.float32)
+            if ev.any():
+                x[ev] = 0
+        analysis = self._analysis.get(b)
+        if analysis is None:
+            if len(self._analysis) >= 64:
+                self._analysis.clear()
+            log_prob, value = np.full((b, 1), self._log_prob, np.float32), np.zeros((b, 1), np.float32)
+            log_prob.flags.writeable = value.flags.writeable = False
+            analysis = self._analysis[b] = [log_prob, value]
+        return RolloutResult._build(
+            _RESULT_KEYS,
+            [Action._build(_ACTION_KEYS, [x]), request.policy_state, RolloutAnalysis._build(_ANALYSIS_KEYS, analysis)],
         )
-        return RolloutResult(action=Action(x=x), policy_state=request.policy_state, analyzed_result=analysis)
+
+    def _draw(self, b: int) -> np.ndarray:
+        """``b`` fresh random actions, taken from a block drawn ahead (one generator call per block)."""
+        pos = self._pos
+        if pos + b > len(self._block):
+            n = max(_BLOCK, b)
+            if self.continuous_action:
+                self._block = self._rng.uniform(-1.0, 1.0, (n, self._n)).astype(np.float32)
+            elif self._nvec is not None:
+                self._block = self._rng.integers(0, self._nvec, size=(n, self._n), dtype=np.int64)
+            else:
+                self._block = self._rng.integers(0, self._n, size=n, dtype=np.int64)
+            pos = 0
+        self._pos = pos + b
+        return self._block[pos : pos + b].copy()
 
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> RolloutAnalysis:
         """The uniform log-probability and zero value for every ``(T + 1, B)`` row (numpy ``(T + 1, B, 1)``)."""

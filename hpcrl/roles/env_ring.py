@@ -27,6 +27,14 @@ __all__ = ["EnvRing", "EnvError", "Episode"]
 
 log = logging.getLogger(__name__)
 
+_REQUEST_KEYS = ["obs", "policy_state", "is_evaluation", "on_reset"]
+
+
+def _what(step: int | None) -> str:
+    """``reset`` or ``step N``, for messages (built only when a message is)."""
+    return "reset" if step is None else f"step {step}"
+
+
 #: with ``check_env: first``, results are validated for this many steps of each env.
 CHECK_FIRST_STEPS = 100
 
@@ -63,6 +71,8 @@ class _ObsBuffers:
             self.nodes = schema.nodes
         flat = dict(obs.flat_items())
         self.bufs = [np.zeros((num_slots, *np.shape(flat[p])), np.asarray(flat[p]).dtype) for p in self.paths]
+        by_path = dict(zip(self.paths, self.bufs))
+        self.full_values = [by_path.get(k) for k in self.keys]  # (flat obs) field values of a full view
 
     def write(self, slot: int, obs: NamedArray) -> None:
         if self.flat:
@@ -74,6 +84,8 @@ class _ObsBuffers:
                 b[slot] = flat[k]
 
     def view(self, idx: np.ndarray | None) -> NamedArray:
+        if idx is None and self.flat:  # every slot acting: the buffers themselves, in field order
+            return self.cls._build(self.keys, self.full_values)
         arrays = self.bufs if idx is None else [b[idx] for b in self.bufs]
         if self.flat:
             by_key = dict(zip(self.paths, arrays))
@@ -160,6 +172,7 @@ class EnvRing:
         self.env_failures = 0
         self.episodes: list[Episode] = []
         self._checkers: dict[int, Any] = {}
+        self._eval_flags: dict[int, np.ndarray] = {}
         ids = list(range(num_envs))
         split = [ids[g::num_groups] for g in range(num_groups)]
         self.groups: list[_Group] = []
@@ -190,19 +203,22 @@ class EnvRing:
             self._checkers[i] = chk
         return chk
 
-    def _accept(self, g: _Group, j: int, results: Any, what: str) -> None:
-        """Validate the results of env ``j`` of group ``g`` and stage them in the group's buffers."""
+    def _accept(self, g: _Group, j: int, results: Any, step: int | None) -> None:
+        """Validate what env ``j`` of group ``g`` returned and stage it in the group's buffers.
+
+        ``step`` is the step number (``None``: the results of ``reset()``), for messages.
+        """
         i = g.env_ids[j]
         slots = g.slot_of[j]
         if type(results) is not list or len(results) != len(slots):
             n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
             raise EnvError(
-                f"{self.where}: env {self.env_name} #{i} {what} returned {n} results, "
+                f"{self.where}: env {self.env_name} #{i} {_what(step)} returned {n} results, "
                 f"expected a list of agent_count={len(slots)} StepResult/None"
             )
         if self.check_mode == "always" or (self.check_mode == "first" and g.steps[j] < CHECK_FIRST_STEPS):
             try:
-                self._checker(i, g.envs[j]).check(results, where=what)
+                self._checker(i, g.envs[j]).check(results, where=_what(step))
             except ValueError as e:
                 raise EnvError(f"{self.where}: env #{i}: {e}") from e
         for a, (s, r) in enumerate(zip(slots, results)):
@@ -223,7 +239,7 @@ class EnvRing:
                 g.trunc[s] = r.truncated
             except (ValueError, TypeError, AttributeError, KeyError) as e:
                 raise EnvError(
-                    f"{self.where}: env {self.env_name} #{i} {what}, agent {a}: {field} does not fit the layout "
+                    f"{self.where}: env {self.env_name} #{i} {_what(step)}, agent {a}: {field} does not fit the layout "
                     f"fixed by the first result ({e})"
                 ) from e
             g.active[s] = True
@@ -243,7 +259,7 @@ class EnvRing:
         except Exception as e:
             self._failed(g, j, "reset", e)
             return
-        self._accept(g, j, results, "reset")
+        self._accept(g, j, results, None)
         slots = np.asarray(g.slot_of[j])
         g.on_reset[slots] = True
         g.ep_return[slots] = 0.0
@@ -301,12 +317,11 @@ class EnvRing:
         else:
             obs, reward, done, trunc = g.obs.view(acting), g.reward[acting], g.done[acting], g.trunc[acting]
             state, on_reset = (None if g.state is None else g.state[acting]), g.on_reset[acting, None]
-        req = RolloutRequest(
-            obs=obs,
-            policy_state=state,
-            is_evaluation=np.full((acting.size, 1), self.evaluation, np.bool_),
-            on_reset=on_reset,
-        )
+        flags = self._eval_flags.get(acting.size)
+        if flags is None:  # read-only and shared: one per batch size
+            flags = self._eval_flags[acting.size] = np.full((acting.size, 1), self.evaluation, np.bool_)
+            flags.flags.writeable = False
+        req = RolloutRequest._build(_REQUEST_KEYS, [obs, state, flags, on_reset])
         g.pending = (acting, req, reward, done, trunc)
         return req
 
@@ -353,9 +368,14 @@ class EnvRing:
         g.traj.add_leaves(acting, leaves)
         if g.state is not None and result.policy_state is not None:
             g.state[acting] = result.policy_state
-        g.ep_return[acting] += reward.sum(axis=1)
-        g.ep_length[acting] += 1
-        g.on_reset[acting] = False
+        if n == g.num_slots:  # every slot acted (the common case): whole-array updates, no fancy indexing
+            g.ep_return += reward[:, 0] if reward.shape[1] == 1 else reward.sum(axis=1)
+            g.ep_length += 1
+            g.on_reset[:] = False
+        else:
+            g.ep_return[acting] += reward.sum(axis=1)
+            g.ep_length[acting] += 1
+            g.on_reset[acting] = False
         terminal = (done | trunc)[:, 0]
         if terminal.any():
             for k in terminal.nonzero()[0]:
@@ -391,7 +411,7 @@ class EnvRing:
             g.steps[j] += 1
             g.failures[j] = 0
             self.frames += 1
-            self._accept(g, j, results, f"step {g.steps[j]}")
+            self._accept(g, j, results, g.steps[j])
 
     def pop_fragments(self, group: int | None = None) -> list[SampleBatch]:
         """Completed ``(T + 1, slots)`` fragments of one group (or all groups)."""

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between statistics reports to the leader.
 STATS_INTERVAL = 0.5
+#: Seconds between two control-plane polls of :meth:`RankContext.service` (more frequent calls return at once).
+SERVICE_INTERVAL = 10e-3
 #: seconds the drain at shutdown may take before the rank gives up (and aborts).
 DRAIN_TIMEOUT = 120.0
 
@@ -97,6 +99,7 @@ class RankContext:
         self._stop_forwarded = False
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
+        self._next_service = 0.0
         now = time.monotonic()
         self.started = now
         self.last_seen: dict[int, float | None] = {r: None for r in range(topo.world_size) if r != self.rank}
@@ -116,8 +119,16 @@ class RankContext:
         control.post_obj(self.comm, dest, msg, tag)
 
     def service(self) -> None:
-        """Poll control messages, forward local stop requests, send/check heartbeats. Cheap; call often."""
+        """Poll control messages, forward local stop requests, send/check heartbeats. Cheap; call often.
+
+        Calls within :data:`SERVICE_INTERVAL` of the last poll return at once (a loop may call it every
+        iteration: an actor stepping a fast env would otherwise spend more time probing for control
+        messages, which arrive a few times per second, than stepping).
+        """
         now = time.monotonic()
+        if now < self._next_service:
+            return
+        self._next_service = now + SERVICE_INTERVAL
         for src, msg in self._poll_all():
             self.last_seen[src] = now
             kind = msg.get("type")

@@ -74,7 +74,9 @@ class TrajectoryBuffer:
         self._outs: list[np.ndarray] = []
         self._out_cols = 0
         self._cursor = np.zeros(num_slots, np.int64)
-        self._synced = True  # every cursor equal
+        # While every slot is at the same row, that row as a plain int (then _cursor is not kept up to date:
+        # the per-step fast path touches no array); None once the slots diverged (_cursor is authoritative).
+        self._synced_row: int | None = 0
         self._ready: list[SampleBatch] = []
         self._all = np.arange(num_slots)
 
@@ -123,14 +125,17 @@ class TrajectoryBuffer:
         """
         bufs = self._bufs
         try:
-            if self._synced and len(slots) == self.num_slots:
-                c = int(self._cursor[0])
+            c = self._synced_row
+            if c is not None and len(slots) == self.num_slots:
                 for dst, src in zip(bufs, leaves):
                     dst[c] = src
-                self._cursor += 1
+                self._synced_row = c + 1
                 if c + 1 == self.rows:
                     self._complete_all()
                 return
+            if c is not None:  # the slots diverge from here on: the array takes over
+                self._cursor[:] = c
+                self._synced_row = None
             cur = self._cursor[slots]
             for dst, src in zip(bufs, leaves):
                 dst[cur, slots] = src
@@ -140,12 +145,14 @@ class TrajectoryBuffer:
         full = slots[self._cursor[slots] == self.rows]
         for s in full:
             self._complete(int(s))
-        self._synced = bool((self._cursor == self._cursor[0]).all())
+        if bool((self._cursor == self._cursor[0]).all()):
+            self._synced_row = int(self._cursor[0])
 
     def _complete_all(self) -> None:
         if self._out_cols:  # columns from earlier, unsynchronised completions are waiting: keep order
             for s in range(self.num_slots):
                 self._complete(s)
+            self._synced_row = 1
             return
         old = self._buf
         assert old is not None
@@ -155,6 +162,7 @@ class TrajectoryBuffer:
         for dst, src in zip(self._bufs, leaves_of(old, [])):
             dst[0] = src[-1]
         self._cursor[:] = 1
+        self._synced_row = 1
 
     def _complete(self, slot: int) -> None:
         col = self._out_cols
@@ -177,7 +185,7 @@ class TrajectoryBuffer:
         if buf is None or buf.truncated is None or buf.done is None:
             return
         for s in slots:
-            c = int(self._cursor[s])
+            c = self._synced_row if self._synced_row is not None else int(self._cursor[s])
             if c > 0:
                 buf.truncated[c - 1, s] = True
                 buf.done[c - 1, s] = False

@@ -194,3 +194,41 @@ def test_batcher_staleness_and_split():
     assert batch is not None and batch.obs.obs.shape == (5, 2, 1)
     assert b.queued_columns == 1
     assert b.pop(version=10) is None and b.dropped == 2 and b.queued_columns == 0
+
+
+def test_trajectory_buffer_full_and_partial_rows_interleaved():
+    """Every slot's rows come out in order, each fragment column T + 1 consecutive rows of one slot
+    (the first repeating the previous column's last), whether the slots write together (the fast path
+    that tracks one shared row) or apart (per-slot cursors), and across switches between the two."""
+    from hpcrl.roles.trajectory import TrajectoryBuffer
+
+    slots, t = 3, 4
+    buf = TrajectoryBuffer(slots, t)
+    rng = np.random.default_rng(0)
+    count = np.zeros(slots, np.int64)
+    seen: dict[int, list[int]] = {s: [] for s in range(slots)}
+    frags = []
+    for step in range(400):
+        if step % 50 < 25:  # phases of all-slot writes and of random subsets
+            chosen = np.arange(slots)
+        else:
+            chosen = np.flatnonzero(rng.random(slots) < 0.6)
+            if chosen.size == 0:
+                continue
+        row = NamedArray(value=count[chosen].astype(np.float32)[:, None], slot=chosen.astype(np.int64)[:, None])
+        if not buf.allocated:
+            buf.allocate(row)
+        buf.add_leaves(chosen, [row.value, row.slot])
+        count[chosen] += 1
+        frags += buf.pop_ready()
+    assert len(frags) > 20
+    for f in frags:
+        assert f.value.shape == (t + 1, slots, 1)
+        for c in range(slots):
+            col, who = f.value[:, c, 0], f.slot[:, c, 0]
+            assert (who == who[0]).all(), "a column mixes slots"
+            assert np.array_equal(col, col[0] + np.arange(t + 1)), col
+            s = int(who[0])
+            if seen[s]:
+                assert seen[s][-1] == col[0], "a column must start at the previous column's last row"
+            seen[s].append(int(col[-1]))
