@@ -660,7 +660,8 @@ class RecvChannel:
                 and (seq == self._next_seq or (self.allow_gaps and seq > self._next_seq))
             ):
                 views = cached[2]
-                data = self._builder([a.copy() for a in views] if copy else views)
+                # fresh array objects over the same memory: flags or shapes a caller changes stay its own
+                data = self._builder([a.copy() for a in views] if copy else [a.view() for a in views])
                 return self._accepted(cached[0], nbytes, version, seq, idx, data)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
@@ -702,7 +703,7 @@ class RecvChannel:
         if len(self._views) >= _VIEW_CACHE:
             self._views.clear()
         self._views[(idx, d0, d1)] = (batch, nbytes, views)  # checked once: later messages take the fast path
-        data = self._builder([a.copy() for a in views] if copy else views)
+        data = self._builder([a.copy() for a in views] if copy else [a.view() for a in views])
         return self._accepted(batch, nbytes, version, seq, idx, data)
 
     def _accepted(

@@ -397,6 +397,12 @@ def test_receive_fast_path_many_batch_shapes_and_copies(comm: Any) -> None:
             kept.append((i, msg.data))
     for i, data in kept:  # copies are not overwritten by later messages
         assert np.all(data.obs.obs == i)
+    for k in range(4):  # views: each message gets its own array objects (a flag set on one stays there)
+        out.send(Request(obs=Obs(obs=np.full((3, 4), k, np.float32))), version=k)
+        leaf = inp.recv(timeout=30).data.obs.obs
+        assert leaf.flags.writeable, "a caller's flag change leaked into a later message"
+        leaf.flags.writeable = False
+        leaf.shape = (12,)
     drain_and_close(comm, [out], [inp], timeout=30)
 
 
