@@ -678,6 +678,26 @@ class Schema:
 _CLASSES[f"{NamedArray.__module__}:{NamedArray.__qualname__}"] = NamedArray
 
 
+def structure_key(node: NamedArray, batch_ndim: int, shapes: list[Any]) -> tuple[Any, ...]:
+    """Cheap structural key: equal keys imply equal :meth:`Schema.of` (classes, fields, dtypes, shapes).
+
+    Also appends the shape of every array leaf to ``shapes`` (the first one gives the batch shape).
+    """
+    parts: list[Any] = [type(node)]
+    for key, value in node.items():
+        if value is None:
+            parts.append((key, None))
+        elif isinstance(value, NamedArray):
+            parts.append((key, structure_key(value, batch_ndim, shapes)))
+        elif hasattr(value, "dtype") and hasattr(value, "shape"):
+            shape = value.shape
+            shapes.append(shape)
+            parts.append((key, value.dtype, tuple(shape[batch_ndim:])))
+        else:  # not an array (e.g. a list): never trust a cached schema for it
+            parts.append((key, object()))
+    return tuple(parts)
+
+
 def _resolve_class(name: str) -> type[NamedArray]:
     cls = _CLASSES.get(name)
     if cls is not None:

@@ -1,14 +1,12 @@
 """The data plane: point-to-point channels carrying NamedArrays as one contiguous buffer per message.
 
-Wire protocol (DESIGN.md §3). A channel is (source rank, destination rank, data tag ``T``):
+Wire protocol (DESIGN.md §3; header layout in :mod:`hpcrl.comm.wire`). A channel is (source rank,
+destination rank, data tag ``T``):
 
-1. Before the first message, and whenever the structure of the sent NamedArrays changes, the
-   sender announces a schema: a 64-byte header of kind ``SCHEMA`` on ``T`` (it carries the new
-   schema id and the JSON length), then the schema JSON (:meth:`Schema.to_json`) as a uint8 buffer
-   on ``schema_tag(T)``. No pickle anywhere.
-2. Every data message is ONE buffer on ``T``: the 64-byte header (8 int64: magic, kind, schema
-   id, batch dim 0, batch dim 1, policy version, sequence number, payload bytes) followed by the
-   payload packed by :meth:`Schema.pack`.
+1. Before the first message, and whenever the structure of the sent NamedArrays changes, the sender
+   announces a schema: a header of kind ``SCHEMA`` on ``T``, then the schema JSON
+   (:meth:`Schema.to_json`) as a uint8 buffer on ``schema_tag(T)``. No pickle anywhere.
+2. Every data message is ONE buffer on ``T``: the 64-byte header, then the payload (:meth:`Schema.pack`).
 
 The receiver keeps an ``Irecv`` posted into buffers preallocated from the schema and ``max_rows``
 (rows = product of the batch dims), so a message is never larger than what was allocated: a
@@ -30,20 +28,31 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, Schema, SchemaError
+from hpcrl.api.namedarray import NamedArray, Schema, SchemaError, structure_key
 from hpcrl.comm.mpi import load_mpi
 from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, transfer_backoff, wait, wait_for
 from hpcrl.comm.shutdown import drain_and_close
 from hpcrl.comm.tags import schema_tag, tag_name
+from hpcrl.comm.wire import (
+    DEFAULT_MAX_BYTES,
+    HEADER,
+    HEADER_NBYTES,
+    KIND_DATA,
+    KIND_SCHEMA,
+    MAGIC,
+    MAX_BATCH_NDIM,
+    MAX_SCHEMA_BYTES,
+    ChannelError,
+    Message,
+    write_header,
+)
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -64,62 +73,11 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: Bytes of the fixed message header (8 int64); the payload follows at this offset.
-HEADER_NBYTES = 64
-#: Largest schema JSON a receiver accepts.
-MAX_SCHEMA_BYTES = 1 << 20
-#: Channels carry NamedArrays with at most this many batch dims (``(B,)`` or ``(T, B)``).
-MAX_BATCH_NDIM = 2
-#: Default upper bound of one receive buffer (``max_rows`` x row size); raise it explicitly if needed.
-DEFAULT_MAX_BYTES = 1 << 31
-
-MAGIC = 0x4850_4352_4C00_0001  # "HPCRL", protocol 1
-KIND_DATA = 1
-KIND_SCHEMA = 2
-
-_HEADER = struct.Struct("=8q")  # magic, kind, schema id, dim0, dim1, version, seq, payload nbytes
 #: Batch shapes per buffer whose leaf views are cached (send and receive); the cache is cleared when full.
 _VIEW_CACHE = 64
 #: Back-to-back tests :meth:`RecvChannel.recv` makes before it starts pacing (~10 us, within the first
 #: phase of :class:`~hpcrl.comm.polling.Backoff`, which tests back to back for 50 us anyway).
 _SPIN_TESTS = 32
-
-
-def _pad_dims(batch_shape: tuple[int, ...]) -> tuple[int, int]:
-    dims = tuple(batch_shape) + (1,) * (MAX_BATCH_NDIM - len(batch_shape))
-    return int(dims[0]), int(dims[1])
-
-
-def write_header(
-    buf: np.ndarray, kind: int, schema_id: int, batch_shape: tuple[int, ...], version: int, seq: int, nbytes: int
-) -> None:
-    """Write the 64-byte message header at the start of ``buf`` (shared with :mod:`hpcrl.comm.params`)."""
-    d0, d1 = _pad_dims(batch_shape)
-    _HEADER.pack_into(buf.data, 0, MAGIC, kind, schema_id, d0, d1, int(version), seq, nbytes)
-
-
-class ChannelError(RuntimeError):
-    """A message on a channel is malformed, out of order or too large (the message names rank, tag, channel)."""
-
-
-@dataclasses.dataclass(slots=True)
-class Message:
-    """One received message.
-
-    Attributes:
-        data: the NamedArray; its leaves are views into the channel's receive buffer, valid until the
-            next receive on that channel (unless received with ``copy=True``).
-        batch_shape: the batch dims, e.g. ``(B,)`` or ``(T, B)``.
-        version: the policy version the sender attached.
-        seq: the message's sequence number on its channel (0, 1, 2, ... in sending order).
-        source: the sending rank.
-    """
-
-    data: NamedArray
-    batch_shape: tuple[int, ...]
-    version: int
-    seq: int
-    source: int
 
 
 class _SendSlot:
@@ -132,26 +90,6 @@ class _SendSlot:
 
     def free(self) -> bool:
         return self.req is None or bool(self.req.Test())
-
-
-def _fingerprint(node: NamedArray, batch_ndim: int, shapes: list[Any]) -> tuple[Any, ...]:
-    """Cheap structural key: equal fingerprints imply equal :meth:`Schema.of` (classes, fields, dtypes, shapes).
-
-    Also appends the shape of every array leaf to ``shapes`` (the first one gives the batch shape).
-    """
-    parts: list[Any] = [type(node)]
-    for key, value in node.items():
-        if value is None:
-            parts.append((key, None))
-        elif isinstance(value, NamedArray):
-            parts.append((key, _fingerprint(value, batch_ndim, shapes)))
-        elif hasattr(value, "dtype") and hasattr(value, "shape"):
-            shape = value.shape
-            shapes.append(shape)
-            parts.append((key, value.dtype, tuple(shape[batch_ndim:])))
-        else:  # not an array (e.g. a list): never trust a cached schema for it
-            parts.append((key, object()))
-    return tuple(parts)
 
 
 class SendChannel:
@@ -293,7 +231,7 @@ class SendChannel:
             except (SchemaError, TypeError, ValueError) as e:
                 raise SchemaError(f"{self.where}: {e}") from e
         d0, d1 = (batch + (1, 1))[:2]
-        _HEADER.pack_into(buf, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
+        HEADER.pack_into(buf, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
         slot.req = self._isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
         self._seq += 1
         self.messages += 1
@@ -307,7 +245,7 @@ class SendChannel:
             not take ``data`` (e.g. torch leaves), and the leaves are then packed by :meth:`Schema.pack`.
         """
         shapes: list[Any] = []
-        fingerprint = _fingerprint(data, self.batch_ndim, shapes)
+        fingerprint = structure_key(data, self.batch_ndim, shapes)
         if fingerprint != self._fingerprint:
             try:
                 fresh = Schema.of(data, self.batch_ndim)
@@ -361,7 +299,7 @@ class SendChannel:
             self._wait_sent(req, "an in-place send to complete", old.nbytes, on_idle)
             self._borrowed.pop(0)
         d0, d1 = (batch + (1, 1))[:2]
-        _HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
+        HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
         req = self._isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
         self._borrowed.append((req, raw))
         self._seq += 1
@@ -648,7 +586,7 @@ class RecvChannel:
         idx = self._req_buf
         buf = self._first if idx < 0 else self._bufs[idx]
         if idx >= 0 and count >= HEADER_NBYTES:  # fast path: a data message of a batch shape seen before
-            magic, kind, sid, d0, d1, version, seq, nbytes = _HEADER.unpack_from(buf, 0)  # type: ignore[arg-type]
+            magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf, 0)  # type: ignore[arg-type]
             cached = self._views.get((idx, d0, d1))
             if (
                 cached is not None
@@ -665,7 +603,7 @@ class RecvChannel:
                 return self._accepted(cached[0], nbytes, version, seq, idx, data)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
-        magic, kind, sid, d0, d1, version, seq, nbytes = _HEADER.unpack_from(buf.data, 0)
+        magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf.data, 0)
         if magic != MAGIC:
             raise self._error(f"bad magic number {magic & 0xFFFFFFFFFFFFFFFF:#x} (not an hpcrl channel message)")
         if self.allow_gaps:

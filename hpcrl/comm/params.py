@@ -34,19 +34,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, Schema, SchemaError
-from hpcrl.comm.channel import (
+from hpcrl.comm.channel import RecvChannel
+from hpcrl.comm.mpi import load_mpi
+from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, wait_for
+from hpcrl.comm.tags import Tag, tag_name
+from hpcrl.comm.wire import (
     DEFAULT_MAX_BYTES,
     HEADER_NBYTES,
     KIND_DATA,
     KIND_SCHEMA,
     MAX_SCHEMA_BYTES,
     ChannelError,
-    RecvChannel,
     write_header,
 )
-from hpcrl.comm.mpi import load_mpi
-from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, wait_for
-from hpcrl.comm.tags import Tag, tag_name
 
 if TYPE_CHECKING:
     from mpi4py import MPI

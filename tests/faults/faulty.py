@@ -188,8 +188,9 @@ def _inject_sample_message(kind: str) -> None:
 
     from mpi4py import MPI
 
-    from hpcrl.comm.channel import HEADER_NBYTES, KIND_DATA, SendChannel, write_header
+    from hpcrl.comm.channel import SendChannel
     from hpcrl.comm.tags import Tag
+    from hpcrl.comm.wire import HEADER_NBYTES, KIND_DATA, write_header
 
     comm = MPI.COMM_WORLD
     if kind == "garbage_msg":
