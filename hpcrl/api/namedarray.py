@@ -450,39 +450,50 @@ class Schema:
     @functools.cached_property
     def _builder(self) -> Callable[[list[Any]], NamedArray]:
         """A function rebuilding the nested NamedArray from the leaves in schema order."""
+        return self._generate_builder("")
+
+    @functools.cached_property
+    def _view_builder(self) -> Callable[[list[Any]], NamedArray]:
+        """Like :attr:`_builder`, with a fresh view of each leaf (``a.view()``): a channel's receive path."""
+        return self._generate_builder(".view()")
+
+    def _generate_builder(self, leaf_suffix: str) -> Callable[[list[Any]], NamedArray]:
+        """Straight-line code filling each node's ``__dict__`` as :meth:`NamedArray._build` does.
+
+        Field names enter the generated code only as ``repr`` literals; classes and key lists are
+        bound in its namespace. A node class that overrides ``__new__`` gets it called, like ``_build``.
+        """
         table = {p: (c, list(f)) for p, c, f in self.nodes}
         index = {leaf.path: i for i, leaf in enumerate(self.leaves)}
         if "" not in table:
             raise SchemaError("schema has no root node")
+        env: dict[str, Any] = {}
+        lines: list[str] = []
 
-        def plan(prefix: str) -> tuple[Any, list[str], list[tuple[int, Any]]]:
+        def node(prefix: str) -> str:
             cname, fields = table[prefix]
             cls = _resolve_class(cname)
             if cls is not NamedArray and not cls._extra and any(f not in cls._fields for f in fields):
                 cls = NamedArray
-            parts: list[tuple[int, Any]] = []
+            values = []
             for f in fields:
                 path = f"{prefix}.{f}" if prefix else f
                 if path in table:
-                    parts.append((2, plan(path)))
+                    values.append(node(path))
                 elif path in index:
-                    parts.append((1, index[path]))
+                    values.append(f"L[{index[path]}]{leaf_suffix}")
                 else:
-                    parts.append((0, None))
-            return cls, fields, parts
-
-        root = plan("")
-        env: dict[str, Any] = {}
-
-        def expr(node: tuple[Any, list[str], list[tuple[int, Any]]]) -> str:
-            cls, fields, parts = node
+                    values.append("None")
             k = len(env) // 2
-            env[f"C{k}"], env[f"K{k}"] = cls, fields
-            vals = [f"L[{x}]" if kind == 1 else (expr(x) if kind == 2 else "None") for kind, x in parts]
-            return f"C{k}._build(K{k}, [{', '.join(vals)}])"
+            env[f"C{k}"], env[f"N{k}"] = cls, cls.__new__
+            lines.append(f"    o{k} = N{k}(C{k})")
+            lines.append(f"    d{k} = o{k}.__dict__")
+            lines.append(f"    d{k}['_keys'] = {list(fields)!r}")
+            lines.extend(f"    d{k}[{f!r}] = {v}" for f, v in zip(fields, values))
+            return f"o{k}"
 
-        # one generated expression (no names from the schema in the code): a few hundred ns per message
-        exec(f"def build(L):\n    return {expr(root)}", env)
+        root = node("")
+        exec("\n".join(["def build(L):", *lines, f"    return {root}"]), env)  # a few hundred ns per message
         return env["build"]  # type: ignore[no-any-return]
 
     @functools.cached_property
