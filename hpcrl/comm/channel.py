@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,13 +56,16 @@ from hpcrl.comm.wire import (
 if TYPE_CHECKING:
     from mpi4py import MPI
 
+    from hpcrl.comm.fastpath import PyRecvBase as RecvBase
+    from hpcrl.comm.fastpath import PySendBase as SendBase
+else:
+    from hpcrl.comm.fastpath import RecvBase, SendBase
+
 __all__ = [
     "ChannelError",
     "Message",
     "SendChannel",
     "RecvChannel",
-    "poll_any",
-    "recv_any",
     "drain_and_close",
     "write_header",
     "HEADER_NBYTES",
@@ -77,7 +79,7 @@ _log = logging.getLogger(__name__)
 _VIEW_CACHE = 64
 #: Back-to-back tests :meth:`RecvChannel.recv` makes before it starts pacing (~10 us, within the first
 #: phase of :class:`~hpcrl.comm.polling.Backoff`, which tests back to back for 50 us anyway).
-_SPIN_TESTS = 32
+_SPIN_TESTS = 128
 
 
 class _SendSlot:
@@ -92,7 +94,7 @@ class _SendSlot:
         return self.req is None or bool(self.req.Test())
 
 
-class SendChannel:
+class SendChannel(SendBase):
     """Sending end of a channel: NamedArrays to one rank on one tag, without blocking the caller.
 
     Each :meth:`send` packs into one of two buffers and starts an ``Isend``; it waits only when both
@@ -135,7 +137,10 @@ class SendChannel:
         self.send_timeout = send_timeout
         self.synchronous = synchronous
         self._isend = comm.Issend if synchronous else comm.Isend
+        self._byte = self._mpi.BYTE
+        self._dims: dict[tuple[int, ...], tuple[int, int, int]] = {}  # batch -> (dim 0, dim 1, payload bytes)
         self._schema: Schema | None = None
+        self._matcher = None  # the schema's generated structure check (Schema._matcher)
         self._wire_schema: Schema | None = None  # a wire-layout schema found equal to _schema
         self._fingerprint: tuple[Any, ...] | None = None
         self._row_nbytes = 0
@@ -197,17 +202,28 @@ class SendChannel:
             ChannelError: the channel is closed, or the schema JSON exceeds ``MAX_SCHEMA_BYTES``.
             WaitTimeout: both buffers stayed busy longer than ``send_timeout``.
         """
+        got = self._send_fast(data, version)  # C or Python (hpcrl.comm.fastpath): zero-copy, nothing to wait for
+        if got is True:
+            return
         if self._closed:
             raise ChannelError(f"{self.where}: send after close()")
         schema = self._schema
-        got: tuple[tuple[int, ...], list[Any] | None] | None = None if schema is None else schema._matcher(data)
         if got is None or schema is None:  # first message, a new structure, or leaves the matcher does not vouch for
             schema, got = self._adopt(data)
         batch, leaves = got
-        nbytes = self._row_nbytes * math.prod(batch)
-        wire = data.__dict__.get("_wire")
-        if wire is not None and leaves is not None and self._is_wire(wire, schema, batch, leaves):
-            self._send_in_place(wire[0], batch, version, nbytes, on_idle)
+        dims = self._dims.get(batch)
+        if dims is None:
+            dims = self._batch_dims(batch)
+        d0, d1, nbytes = dims
+        raw = None if leaves is None else self._wire_buffer(data, schema, batch, leaves)
+        if raw is not None:  # zero copy, after waiting for the sends in flight that hold it up
+            if self._borrowed:
+                self._reap_borrowed(raw, on_idle)
+            HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
+            self._borrowed.append((self._isend([raw, HEADER_NBYTES + nbytes, self._byte], self.dest, self.tag), raw))
+            self._seq += 1
+            self.messages += 1
+            self.bytes += nbytes
             return
         slot = self._take_slot(on_idle)
         need = HEADER_NBYTES + nbytes
@@ -230,9 +246,8 @@ class SendChannel:
                 schema.pack(data, out=buf, offset=HEADER_NBYTES, batch=batch)
             except (SchemaError, TypeError, ValueError) as e:
                 raise SchemaError(f"{self.where}: {e}") from e
-        d0, d1 = (batch + (1, 1))[:2]
         HEADER.pack_into(buf, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
-        slot.req = self._isend([buf, need, self._mpi.BYTE], self.dest, self.tag)
+        slot.req = self._isend([buf, need, self._byte], self.dest, self.tag)
         self._seq += 1
         self.messages += 1
         self.bytes += nbytes
@@ -266,45 +281,47 @@ class SendChannel:
                 raise SchemaError(f"{self.where}: leaves disagree on the batch shape: {tuple(shape[:bnd])} vs {batch}")
         return schema, (batch, None)
 
-    def _is_wire(self, wire: tuple[Any, ...], schema: Schema, batch: tuple[int, ...], leaves: list[Any]) -> bool:
-        """Whether ``data`` (carrying ``wire`` from ``Schema.allocate_views``) can be sent from its own buffer."""
-        if wire[3] != HEADER_NBYTES or wire[2] != batch or len(wire[4]) != len(leaves):
-            return False
+    def _wire_buffer(
+        self, data: NamedArray, schema: Schema, batch: tuple[int, ...], leaves: list[Any]
+    ) -> np.ndarray | None:
+        """The buffer of ``data`` if it can be sent from it (``Schema.allocate_views`` layout, leaves unchanged)."""
+        wire = data.__dict__.get("_wire")
+        if wire is None or wire[2] != batch or wire[3] != HEADER_NBYTES:
+            return None
         if wire[1] is not self._wire_schema:
             if wire[1] != schema:
-                return False
+                return None
             self._wire_schema = wire[1]  # equal to the channel's schema: later checks are by identity
-        return all(a is b for a, b in zip(leaves, wire[4]))  # no leaf was replaced by another array
+        if len(wire[4]) != len(leaves) or any(a is not b for a, b in zip(leaves, wire[4])):
+            return None  # a leaf was replaced by another array: pack it instead
+        return wire[0]  # type: ignore[no-any-return]
 
-    def _send_in_place(
-        self, raw: np.ndarray, batch: tuple[int, ...], version: int, nbytes: int, on_idle: OnIdle | None
-    ) -> None:
-        """Zero-copy send of a NamedArray built by ``Schema.allocate_views`` (its buffer already holds the payload).
+    def _batch_dims(self, batch: tuple[int, ...]) -> tuple[int, int, int]:
+        """Header dims and payload bytes of a batch shape (cached until the schema changes)."""
+        d0, d1 = (tuple(batch) + (1, 1))[:2]
+        if len(self._dims) >= _VIEW_CACHE:
+            self._dims.clear()
+        dims = self._dims[batch] = (int(d0), int(d1), self._row_nbytes * math.prod(batch))
+        return dims
 
-        The buffer must not be written until the send completes; at most two such sends are in flight
-        (the oldest is waited for, like the packed path).
+    def _reap_borrowed(self, raw: np.ndarray, on_idle: OnIdle | None) -> None:
+        """Before an in-place send of ``raw``: drop completed zero-copy sends, wait for those holding it up.
+
+        A send of ``raw`` itself must complete (its header may change only once it has left), and at
+        most one other stays in flight.
         """
-        if self._borrowed:
-            keep = []
-            for r, b in self._borrowed:
-                if r.Test():
-                    continue
-                if b is raw:  # the same buffer sent again: its header may change only once it has left
-                    self._wait_sent(r, "the previous in-place send of this buffer", b.nbytes, on_idle)
-                    continue
-                keep.append((r, b))
-            self._borrowed = keep
-        if len(self._borrowed) >= 2:
-            req, old = self._borrowed[0]
+        keep = []
+        for r, b in self._borrowed:
+            if r.Test():
+                continue
+            if b is raw:
+                self._wait_sent(r, "the previous in-place send of this buffer", b.nbytes, on_idle)
+                continue
+            keep.append((r, b))
+        if len(keep) >= 2:
+            req, old = keep.pop(0)
             self._wait_sent(req, "an in-place send to complete", old.nbytes, on_idle)
-            self._borrowed.pop(0)
-        d0, d1 = (batch + (1, 1))[:2]
-        HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
-        req = self._isend([raw, HEADER_NBYTES + nbytes, self._mpi.BYTE], self.dest, self.tag)
-        self._borrowed.append((req, raw))
-        self._seq += 1
-        self.messages += 1
-        self.bytes += nbytes
+        self._borrowed = keep
 
     def _take_slot(self, on_idle: OnIdle | None) -> _SendSlot:
         first, second = self._older, 1 - self._older
@@ -350,7 +367,9 @@ class SendChannel:
         self._aux.append((self.comm.Isend([marker, mpi.BYTE], self.dest, self.tag), marker))
         self._aux.append((self.comm.Isend([payload, mpi.BYTE], self.dest, self.schema_tag), payload))
         self._schema = schema
+        self._matcher = schema._matcher
         self._row_nbytes = schema.row_nbytes
+        self._dims.clear()
         _log.debug("%s: schema %d announced (%d leaves)", self.where, self._schema_id, len(schema.leaves))
 
     def _requests(self) -> list[MPI.Request]:
@@ -393,7 +412,7 @@ class SendChannel:
             slot.buf, slot.req = None, None
 
 
-class RecvChannel:
+class RecvChannel(RecvBase):
     """Receiving end of a channel: NamedArrays from one rank on one tag, with an ``Irecv`` always posted.
 
     The receive buffers are allocated when the schema arrives: ``nbuffers`` x (64 + ``max_rows`` x
@@ -437,7 +456,8 @@ class RecvChannel:
         self.name = name
         self.max_rows = int(max_rows)
         self.nbuffers = nbuffers
-        self.allow_gaps = allow_gaps
+        self.allow_gaps = bool(allow_gaps)
+        self._byte = self._mpi.BYTE
         self.max_bytes = int(max_bytes)
         self._schema: Schema | None = None
         self._row_nbytes = 0
@@ -460,6 +480,7 @@ class RecvChannel:
         # (buffer index, dim 0, dim 1) -> (batch shape, payload bytes, leaf views): shapes already checked
         self._views: dict[tuple[int, int, int], tuple[tuple[int, ...], int, list[np.ndarray]]] = {}
         self._builder: Any = None
+        self._view_builder: Any = None
 
     # ------------------------------------------------------------------ info
     @property
@@ -492,26 +513,30 @@ class RecvChannel:
         Raises:
             ChannelError: a malformed, out-of-order or oversized message, or the channel is closed.
         """
-        if self._closed:
-            raise self._error("receive after close()")
-        while True:
-            if self._awaiting is not None and not self._receive_schema():
-                return None
-            if self._req is None:
-                self._post()
-            req = self._req
-            assert req is not None
-            try:
-                done = req.Test(self._status)
-            except self._mpi.Exception as e:
+        try:
+            while True:
+                req = self._req
+                if req is None:  # (a posted receive implies: open, and no schema JSON awaited)
+                    if self._closed:
+                        raise self._error("receive after close()")
+                    if self._awaiting is not None and not self._receive_schema():
+                        return None
+                    self._post()
+                    req = self._req
+                    assert req is not None
+                if self._req_buf >= 0:  # a data buffer's receive: the fast path (hpcrl.comm.fastpath) tests it
+                    msg = self._recv_fast(1, copy)
+                    if msg is not None or self._req is not None:  # a message, or nothing yet
+                        return msg
+                    continue  # it completed a schema announcement
+                if not req.Test(self._status):  # the first message: a schema announcement into _first
+                    return None
                 self._req = None
-                raise self._mpi_failure(e.Get_error_class(), str(e)) from e
-            if not done:
-                return None
-            self._req = None
-            msg = self._complete(self._status, copy)
-            if msg is not None:
-                return msg
+                msg = self._complete(self._status, copy)
+                if msg is not None:
+                    return msg
+        except self._mpi.Exception as e:
+            raise self._receive_failed(e) from e
 
     def recv(
         self,
@@ -533,10 +558,12 @@ class RecvChannel:
             WaitTimeout: nothing arrived within ``timeout`` (names the channel and the source rank).
             ChannelError: see :meth:`test`.
         """
-        for _ in range(_SPIN_TESTS):  # fast path: the message is here or microseconds away (a reply)
-            msg = self.test(copy)
-            if msg is not None:
-                return msg
+        try:  # spin on the posted data receive first: a reply is here or microseconds away
+            msg = self._recv_fast(_SPIN_TESTS, copy)
+        except self._mpi.Exception as e:
+            raise self._receive_failed(e) from e
+        if msg is not None:
+            return msg
         if backoff is None:  # a message as large as the last one may be mid-copy: yield while it would take
             backoff = transfer_backoff(self._last_nbytes)
         return wait_for(
@@ -559,6 +586,11 @@ class RecvChannel:
             if req:
                 req.Free()
         self._preqs = []
+
+    def _receive_failed(self, e: Any) -> ChannelError:
+        """The error for an MPI exception raised by a receive (the request is gone)."""
+        self._req = None
+        return self._mpi_failure(e.Get_error_class(), str(e))
 
     def _mpi_failure(self, error_class: int, text: str) -> ChannelError:
         if error_class == self._mpi.ERR_TRUNCATE:
@@ -597,10 +629,20 @@ class RecvChannel:
                 and count - HEADER_NBYTES == nbytes
                 and (seq == self._next_seq or (self.allow_gaps and seq > self._next_seq))
             ):
-                views = cached[2]
                 # fresh array objects over the same memory: flags or shapes a caller changes stay its own
-                data = self._builder([a.copy() for a in views] if copy else [a.view() for a in views])
-                return self._accepted(cached[0], nbytes, version, seq, idx, data)
+                data = self._builder([a.copy() for a in cached[2]]) if copy else self._view_builder(cached[2])
+                self._next_seq = seq + 1
+                self._user_buf = idx
+                self.messages += 1
+                self.bytes += nbytes
+                self._last_nbytes = nbytes
+                if self.nbuffers > 1:  # repost into the other buffer (see _post)
+                    other = 1 - idx
+                    req = self._preqs[other]
+                    req.Start()
+                    self._req = req
+                    self._req_buf = other
+                return Message(data, cached[0], version, seq, self.source)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
         magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf.data, 0)
@@ -641,7 +683,7 @@ class RecvChannel:
         if len(self._views) >= _VIEW_CACHE:
             self._views.clear()
         self._views[(idx, d0, d1)] = (batch, nbytes, views)  # checked once: later messages take the fast path
-        data = self._builder([a.copy() for a in views] if copy else [a.view() for a in views])
+        data = self._builder([a.copy() for a in views]) if copy else self._view_builder(views)
         return self._accepted(batch, nbytes, version, seq, idx, data)
 
     def _accepted(
@@ -693,6 +735,7 @@ class RecvChannel:
         self._schema, self._schema_id, self._awaiting = schema, sid, None
         self._row_nbytes = schema.row_nbytes
         self._builder = schema._builder
+        self._view_builder = schema._view_builder
         self._views.clear()
         _log.debug("%s: schema %d received (%d leaves, %d bytes/row)", self.where, sid, len(schema.leaves), need)
         return True
@@ -719,79 +762,3 @@ class RecvChannel:
         self._free_persistent()
         self._bufs = []
         self._views.clear()
-
-
-def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[RecvChannel, Message]]:
-    """Non-blocking receive on many channels at once (one ``Testsome`` over all posted receives).
-
-    Returns at most one message per channel per call; a channel with more queued messages returns the
-    next one on the next call. Each message is valid until the next receive on its channel.
-
-    Args:
-        channels: the channels to poll (e.g. one per actor of an inference rank).
-        copy: see :meth:`RecvChannel.test`.
-
-    Returns:
-        ``(channel, message)`` for every channel that had a message, in the order of ``channels``.
-
-    Raises:
-        ChannelError: a malformed message on any of the channels (naming that channel).
-    """
-    if not channels:
-        return []
-    mpi: Any = channels[0]._mpi
-    posted: list[RecvChannel] = []
-    out: dict[int, tuple[RecvChannel, Message]] = {}
-    for pos, ch in enumerate(channels):
-        if ch._req is not None and ch._awaiting is None and not ch._closed:
-            posted.append(ch)
-        else:
-            msg = ch.test(copy)
-            if msg is not None:
-                out[pos] = (ch, msg)
-    if posted:
-        reqs = [ch._req for ch in posted]
-        statuses = [ch._status for ch in posted]  # scratch: Testsome fills them in completion order
-        try:
-            indices = mpi.Request.Testsome(reqs, statuses)
-        except mpi.Exception:
-            # MPI_ERR_IN_STATUS: the completed requests were nulled (persistent ones: made inactive, for
-            # which Get_status reports completion) in place; their statuses come first.
-            done = [ch for ch in posted if not ch._req or ch._req.Get_status()]
-            for k, ch in enumerate(done):
-                ch._req = None
-                ch._complete(statuses[k], copy, check_error=True)  # raises for the failed one
-            raise
-        positions = {id(ch): pos for pos, ch in enumerate(channels)}
-        handshakes: list[RecvChannel] = []
-        for k, i in enumerate(indices or ()):
-            ch = posted[i]
-            ch._req = None
-            msg = ch._complete(statuses[k], copy)
-            if msg is None:
-                handshakes.append(ch)
-            else:
-                out[positions[id(ch)]] = (ch, msg)
-        for ch in handshakes:  # after all statuses were read: test() reuses the scratch status objects
-            msg = ch.test(copy)
-            if msg is not None:
-                out[positions[id(ch)]] = (ch, msg)
-    return [out[p] for p in sorted(out)]
-
-
-def recv_any(
-    channels: Sequence[RecvChannel],
-    timeout: float | None = None,
-    copy: bool = False,
-    on_idle: OnIdle | None = None,
-    backoff: Backoff | None = None,
-) -> list[tuple[RecvChannel, Message]]:
-    """Wait (without busy-spinning) until at least one of ``channels`` has a message; see :func:`poll_any`.
-
-    Raises:
-        WaitTimeout: nothing arrived within ``timeout``.
-        ChannelError: a malformed message on any of the channels.
-    """
-    sources = sorted({ch.source for ch in channels})
-    what = f"a message on any of {len(channels)} channel(s) from rank(s) {sources}"
-    return wait_for(lambda: poll_any(channels, copy) or None, what, None, timeout, on_idle, backoff)

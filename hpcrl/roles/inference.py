@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, concat
-from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
+from hpcrl.comm.channel import RecvChannel, SendChannel
+from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
 from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower

@@ -10,7 +10,8 @@ from typing import Any
 
 from hpcrl.api import config
 from hpcrl.comm import control
-from hpcrl.comm.channel import RecvChannel, SendChannel, poll_any
+from hpcrl.comm.channel import RecvChannel, SendChannel
+from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import Backoff, wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology

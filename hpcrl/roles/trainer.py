@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.comm.channel import RecvChannel, poll_any
+from hpcrl.comm.channel import RecvChannel
+from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.progress import Progress

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from hpcrl.api.namedarray import NamedArray, SchemaError, namedarray
-from hpcrl.comm.channel import ChannelError, RecvChannel, SendChannel, drain_and_close, poll_any, recv_any
+from hpcrl.comm.channel import ChannelError, RecvChannel, SendChannel, drain_and_close
+from hpcrl.comm.fanin import poll_any, recv_any
 from hpcrl.comm.polling import WaitTimeout
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.wire import HEADER_NBYTES, KIND_DATA, write_header
