@@ -9,6 +9,8 @@
  *       A wire-layout NamedArray (Schema.allocate_views) matching the channel's schema, whose buffer is
  *       free: write the header, Isend it, book it, return True. Anything else returns what the schema
  *       matcher returned (None if it did not run) and the Python path takes over.
+ *   copy_leaves(dsts, srcs)
+ *       The packing of a NamedArray that is not in wire layout: dst[...] = src per leaf, a memcpy each.
  *   RecvBase._recv_fast(spins, copy) -> Message | None
  *       Test the posted data receive up to `spins` times; a data message of an already checked batch
  *       shape is validated against the header and returned; any other completed message goes to the
@@ -402,13 +404,57 @@ static PyTypeObject RecvBaseType = {
 };
 
 /* ------------------------------------------------------------------------------------------ module */
+static PyObject *np_copyto = NULL; /* numpy.copyto, for any pair memcpy cannot take */
+
+/* copy_leaves(dsts, srcs): dst[...] = src for each pair; a memcpy where both are C-contiguous buffers of
+ * the same size (the matcher has checked dtypes and shapes), else numpy.copyto. */
+static PyObject *copy_leaves(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    (void)mod;
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "copy_leaves(dsts: list, srcs: list) of equal lengths");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[0]); i++) {
+        PyObject *dst = PyList_GET_ITEM(args[0], i), *src = PyList_GET_ITEM(args[1], i);
+        Py_buffer d, s;
+        int fast = 0;
+        if (PyObject_GetBuffer(dst, &d, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0) {
+            if (PyObject_GetBuffer(src, &s, PyBUF_C_CONTIGUOUS) == 0) {
+                if (s.len == d.len) {
+                    memmove(d.buf, s.buf, (size_t)d.len); /* memmove: overlap is never expected, but safe */
+                    fast = 1;
+                }
+                PyBuffer_Release(&s);
+            } else {
+                PyErr_Clear();
+            }
+            PyBuffer_Release(&d);
+        } else {
+            PyErr_Clear();
+        }
+        if (fast) continue;
+        if (np_copyto == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "hpcrl.comm._fastpath: configure() was not called");
+            return NULL;
+        }
+        PyObject *call[2] = {dst, src};
+        PyObject *r = PyObject_Vectorcall(np_copyto, call, 2, NULL);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *configure(PyObject *mod, PyObject *args) {
     (void)mod;
-    PyObject *message;
+    PyObject *message, *copyto;
     long long header, magic, kind_data;
-    if (!PyArg_ParseTuple(args, "OLLL", &message, &header, &magic, &kind_data)) return NULL;
+    if (!PyArg_ParseTuple(args, "OLLLO", &message, &header, &magic, &kind_data, &copyto)) return NULL;
     Py_INCREF(message);
     Py_XSETREF(Message, message);
+    Py_INCREF(copyto);
+    Py_XSETREF(np_copyto, copyto);
     HEADER_NBYTES = header;
     MAGIC = magic;
     KIND_DATA = kind_data;
@@ -416,7 +462,8 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"configure", configure, METH_VARARGS, "configure(Message, header_nbytes, magic, kind_data)"},
+    {"configure", configure, METH_VARARGS, "configure(Message, header_nbytes, magic, kind_data, numpy.copyto)"},
+    {"copy_leaves", (PyCFunction)(void (*)(void))copy_leaves, METH_FASTCALL, "dst[...] = src for each pair"},
     {NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_fastpath", "hpcrl channel hot path (C)", -1,

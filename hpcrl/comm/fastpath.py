@@ -15,6 +15,9 @@ error included, to the channel's Python code.
   an already validated batch shape is checked against the header and returned as a
   :class:`~hpcrl.comm.wire.Message`; any other completed message goes to ``self._complete``.
 
+* ``copy_leaves(dsts, srcs)``: ``dst[...] = src`` for each pair (the packing of a NamedArray that is not
+  in wire layout into a send buffer's cached leaf views); a ``memcpy`` each in C.
+
 Set ``HPCRL_PURE_PYTHON=1`` to use the Python fast paths even where the C module exists (the tests run
 the channel suite both ways). :data:`ACCELERATED` says which one is in use.
 """
@@ -24,11 +27,14 @@ from __future__ import annotations
 import logging
 import operator
 import os
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from hpcrl.comm.wire import HEADER, HEADER_NBYTES, KIND_DATA, MAGIC, Message
 
-__all__ = ["SendBase", "RecvBase", "ACCELERATED", "PySendBase", "PyRecvBase"]
+__all__ = ["SendBase", "RecvBase", "copy_leaves", "ACCELERATED", "PySendBase", "PyRecvBase", "py_copy_leaves"]
 
 _log = logging.getLogger(__name__)
 _is = operator.is_
@@ -105,17 +111,25 @@ class PyRecvBase:
         return self._complete(status, copy)  # its own fast path checks a known batch shape in a few comparisons
 
 
-def _load() -> tuple[type, type, bool]:
+def py_copy_leaves(dsts: list[np.ndarray], srcs: list[np.ndarray]) -> None:
+    """``dst[...] = src`` for each pair (Python fast path of ``copy_leaves``)."""
+    if len(dsts) != len(srcs):
+        raise TypeError(f"copy_leaves: {len(dsts)} destinations for {len(srcs)} sources")
+    for dst, src in zip(dsts, srcs):
+        np.copyto(dst, src)
+
+
+def _load() -> tuple[type, type, Callable[[list[np.ndarray], list[np.ndarray]], None], bool]:
     if os.environ.get("HPCRL_PURE_PYTHON", "").strip() not in ("", "0"):
-        return PySendBase, PyRecvBase, False
+        return PySendBase, PyRecvBase, py_copy_leaves, False
     try:
         from hpcrl.comm import _fastpath  # type: ignore[attr-defined]
     except ImportError as e:  # not built (no compiler at install time): same behaviour, slower
         _log.debug("hpcrl.comm._fastpath not available (%s): channels use the Python fast path", e)
-        return PySendBase, PyRecvBase, False
-    _fastpath.configure(Message, HEADER_NBYTES, MAGIC, KIND_DATA)
-    return _fastpath.SendBase, _fastpath.RecvBase, True
+        return PySendBase, PyRecvBase, py_copy_leaves, False
+    _fastpath.configure(Message, HEADER_NBYTES, MAGIC, KIND_DATA, np.copyto)
+    return _fastpath.SendBase, _fastpath.RecvBase, _fastpath.copy_leaves, True
 
 
-SendBase, RecvBase, ACCELERATED = _load()
-"""Base classes of the channels and whether they are the C ones."""
+SendBase, RecvBase, copy_leaves, ACCELERATED = _load()
+"""Base classes of the channels, the leaf copy, and whether they are the C ones."""

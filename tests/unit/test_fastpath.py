@@ -127,6 +127,32 @@ def test_everything_else_falls_through_to_the_general_path(pair: tuple[SendChann
     assert [tx.seq, rx._next_seq] == [6, 6]
 
 
+def test_copy_leaves_copies_contiguous_and_strided_leaves() -> None:
+    rng = np.random.default_rng(0)
+    srcs = [rng.random((3, 4)).astype(np.float32), rng.random((6, 4))[::2], np.arange(5, dtype=np.int16)]
+    srcs.append(np.asfortranarray(rng.random((3, 2))))
+    dsts = [np.zeros_like(s, order="C") for s in srcs]
+    fastpath.copy_leaves(dsts, srcs)
+    for d, s in zip(dsts, srcs):
+        np.testing.assert_array_equal(d, s)
+    with pytest.raises(TypeError):
+        fastpath.copy_leaves(dsts, srcs[:1])
+    with pytest.raises(ValueError):  # not writeable: numpy's own error, not a silent skip
+        ro = np.zeros(5, np.int16)
+        ro.flags.writeable = False
+        fastpath.copy_leaves([ro], [srcs[2]])
+
+
+def test_strided_leaves_are_packed_correctly(pair: tuple[SendChannel, RecvChannel]) -> None:
+    tx, rx = pair
+    base = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
+    for data in (plain_payload(), NamedArray(obs=NamedArray(x=base[::2, ::2]), done=np.ones((4,), np.bool_))):
+        tx.send(data)
+        got = rx.recv(timeout=5).data
+        np.testing.assert_array_equal(got.obs.x, data.obs.x)
+        np.testing.assert_array_equal(got.done, data.done)
+
+
 def test_copy_receives_own_their_memory(pair: tuple[SendChannel, RecvChannel]) -> None:
     tx, rx = pair
     data = wire_payload(fill=1.0)
