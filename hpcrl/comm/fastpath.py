@@ -93,9 +93,7 @@ class PyRecvBase:
     _req: Any
     _req_buf: int
     _status: Any
-
-    def _complete(self, status: Any, copy: bool, check_error: bool = False) -> Message | None:
-        raise NotImplementedError
+    _complete: Callable[[Any, bool], Message | None]  # RecvChannel._complete: validates any completed message
 
     def _recv_fast(self, spins: int, copy: bool) -> Message | None:
         req = self._req
