@@ -30,7 +30,6 @@ def test_config_error_names_the_key_path(tmp_path: Path, clean_env: dict[str, st
     assert lines and expected in lines[0], res.explain()
     assert "Traceback" not in res.text
     assert not run_dir.exists()  # nothing was started
-    assert res.seconds < 20
 
 
 def test_layout_not_matching_the_world_size_names_the_numbers(tmp_path: Path, clean_env: dict[str, str]) -> None:
@@ -42,7 +41,6 @@ def test_layout_not_matching_the_world_size_names_the_numbers(tmp_path: Path, cl
     assert "trainers=2 inference=2 = 4 ranks plus at least 1 actor (actors=rest), but the world size is 3" in lines[0]
     assert "Traceback" not in res.text
     assert not run_dir.exists()
-    assert res.seconds < 20
 
 
 def test_layout_is_not_applied_to_a_one_process_run(tmp_path: Path, clean_env: dict[str, str]) -> None:

@@ -38,6 +38,5 @@ def test_malformed_sample_message_names_source_rank_and_tag(
     assert fatal and fatal[0].startswith(f"[rank 0 trainer {socket.gethostname()}] FATAL: ChannelError:"), res.explain()
     assert "channel 'samples of actor 1' (rank 1 -> rank 0, tag SAMPLE (102))" in fatal[0], fatal[0]
     assert CASES[fault] in fatal[0], fatal[0]
-    assert res.seconds < 60
     wait_until(lambda: not job_processes(run_dir), 10, "every process of the job to be gone", poll=0.2)
     print(f"{fault}: rc={res.rc} after {res.seconds:.1f}s: {fatal[0].split('ChannelError: ')[-1][:200]}")

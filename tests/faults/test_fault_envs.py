@@ -59,7 +59,6 @@ def test_recreate_gives_up_after_max_consecutive_failures(tmp_path: Path, clean_
     assert fatal and fatal[0].startswith("[rank 1 actor "), res.explain()
     assert re.search(r"actor rank 1: env fault-env #\d raised in reset: RuntimeError: injected", fatal[0]), fatal[0]
     assert "(3 consecutive failures, max_env_failures=2)" in fatal[0], fatal[0]
-    assert res.seconds < 60
     print(f"raise_forever with recreate, max 2: stopped after {res.seconds:.1f}s: {fatal[0][:200]}")
 
 
@@ -73,7 +72,6 @@ def test_fail_fast_stops_at_the_first_env_exception(tmp_path: Path, clean_env: d
         res.explain()
     )
     assert not log_lines(res.text, "recreating it")
-    assert res.seconds < 60
 
 
 # ---------------------------------------------------------------------- case 8: bad results

@@ -122,7 +122,6 @@ def test_exception_in_one_rank_aborts_with_one_prefixed_traceback(
     rank, overrides, needle = EXCEPTION_CASES[role]
     res = run_job(fault_env(clean_env), tmp_path / "run", *LONG, *overrides, ranks=3, timeout=90, expect_fatal=True)
     assert res.rc != 0, res.explain()
-    assert res.seconds < 60, res.explain()
     prefix = f"[rank {rank} {role} {HOST}]"
     tracebacks = log_lines(res.text, "Traceback (most recent call last)")  # a chained exception has several
     assert tracebacks and all(t.startswith(prefix) for t in tracebacks), res.explain()
@@ -178,7 +177,6 @@ def test_env_step_that_never_returns_is_named_by_the_heartbeat(tmp_path: Path, c
     )
     assert res.rc != 0, res.explain()
     assert f"rank 2 (actor on {HOST}) has been silent for" in res.text, res.explain()
-    assert res.seconds < 45, res.explain()
     _no_leftovers(tmp_path / "run")
     print(f"hung env.step on the actor: job aborted after {res.seconds:.1f}s in total (start-up + {HEARTBEAT} s)")
 
