@@ -631,18 +631,7 @@ class RecvChannel(RecvBase):
             ):
                 # fresh array objects over the same memory: flags or shapes a caller changes stay its own
                 data = self._builder([a.copy() for a in cached[2]]) if copy else self._view_builder(cached[2])
-                self._next_seq = seq + 1
-                self._user_buf = idx
-                self.messages += 1
-                self.bytes += nbytes
-                self._last_nbytes = nbytes
-                if self.nbuffers > 1:  # repost into the other buffer (see _post)
-                    other = 1 - idx
-                    req = self._preqs[other]
-                    req.Start()
-                    self._req = req
-                    self._req_buf = other
-                return Message(data, cached[0], version, seq, self.source)
+                return self._accepted(cached[0], nbytes, version, seq, idx, data)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
         magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf.data, 0)
