@@ -1,7 +1,11 @@
 """Evaluate a trained policy: ``python -m hpcrl.evaluate RUN_DIR|CHECKPOINT [--episodes N]``.
 
-Builds the environment from the config stored in the checkpoint, acts deterministically
-(``is_evaluation``) and prints the mean and standard deviation of the episode returns.
+Builds the policy and the environment from the config stored in the checkpoint, acts
+deterministically (``is_evaluation``) and prints the mean and standard deviation of the episode
+returns. The stored config is used only if everything it names is registered in this process
+(the built-ins); otherwise pass your own experiment file with ``--config EXP.yaml``, or
+``--trust-checkpoint-config`` for a checkpoint whose writer you trust (see
+:mod:`hpcrl.storage.stored_config`).
 """
 
 from __future__ import annotations
@@ -11,28 +15,38 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hpcrl.api.config import ExperimentConfig
 
 __all__ = ["evaluate", "main"]
 
 log = logging.getLogger(__name__)
 
 
-def _load(path: Path) -> tuple[Any, Any, Path]:
-    import yaml
-
-    from hpcrl.api import config
+def _load(
+    path: Path, config: ExperimentConfig | str | Path | None, trust_config: bool
+) -> tuple[ExperimentConfig, Any, Path]:
     from hpcrl.storage.checkpoint import find_checkpoint
+    from hpcrl.storage.stored_config import loading_config
 
     file, tree, attrs = find_checkpoint(path)
-    cfg = config.from_dict(yaml.safe_load(str(attrs["config"])))
+    cfg = loading_config(file, attrs, config=config, trust_config=trust_config, environment=True)
     return cfg, tree, file
 
 
 def evaluate(
-    path: str | Path, episodes: int = 10, envs: int = 4, seed: int = 12345, stochastic: bool = False
+    path: str | Path,
+    episodes: int = 10,
+    envs: int = 4,
+    seed: int = 12345,
+    stochastic: bool = False,
+    *,
+    config: ExperimentConfig | str | Path | None = None,
+    trust_config: bool = False,
 ) -> dict[str, Any]:
     """Run ``episodes`` evaluation episodes of the policy in ``path`` (a checkpoint or a run dir).
 
@@ -42,16 +56,23 @@ def evaluate(
         envs: environments stepped side by side.
         seed: base seed of the evaluation envs (different from training's by default).
         stochastic: sample actions instead of acting deterministically.
+        config: build the policy and env from this config (an ``ExperimentConfig`` or a YAML file) instead
+            of the stored one; its ``experiment.imports`` are imported.
+        trust_config: build what the stored config names, importing its ``experiment.imports``.
 
     Returns:
         ``{"checkpoint", "version", "episodes", "mean_return", "std_return", "mean_length", "returns"}``.
+
+    Raises:
+        UntrustedConfigError: (a ``CheckpointError``) the stored config names code not registered in this
+            process (a policy or env ``type_``, a ``"module:attribute"`` argument, a module of
+            ``experiment.imports`` not imported yet); nothing it names was imported or called.
     """
     from hpcrl.api.policy import make as make_policy
     from hpcrl.roles import common
     from hpcrl.roles.env_ring import EnvRing
 
-    cfg, tree, file = _load(Path(path))
-    common.import_user_modules(cfg)
+    cfg, tree, file = _load(Path(path), config, trust_config)
     common.set_torch_threads(cfg.run.torch_threads)
     policy = make_policy(cfg.policy)
     policy.load_checkpoint(tree["policy"])
@@ -100,13 +121,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic action")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="EXP.yaml",
+        help="build the policy and env from this experiment file (its experiment.imports are imported) "
+        "instead of the config stored in the checkpoint",
+    )
+    p.add_argument(
+        "--trust-checkpoint-config",
+        action="store_true",
+        help="build what the config stored in the checkpoint names and import its experiment.imports "
+        "(only for checkpoints whose writer you trust)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from hpcrl.api.config import ConfigError
     from hpcrl.storage.checkpoint import CheckpointError
+    from hpcrl.storage.stored_config import UntrustedConfigError
 
     try:
-        out = evaluate(args.path, args.episodes, args.envs, args.seed, args.stochastic)
-    except (CheckpointError, FileNotFoundError) as e:
+        out = evaluate(
+            args.path,
+            args.episodes,
+            args.envs,
+            args.seed,
+            args.stochastic,
+            config=args.config,
+            trust_config=args.trust_checkpoint_config,
+        )
+    except UntrustedConfigError as e:
+        why = e.describe("pass your own experiment file with --config EXP.yaml", "--trust-checkpoint-config")
+        sys.stderr.write(f"hpcrl.evaluate: {why}\n")
+        return 2
+    except ConfigError as e:
+        sys.stderr.write(f"hpcrl.evaluate: config error: {e}\n")
+        return 2
+    except (CheckpointError, FileNotFoundError, ImportError) as e:
         sys.stderr.write(f"hpcrl.evaluate: {e}\n")
         return 2
     if args.json:

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import logging
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hpcrl.storage.files import make_private_dir, write_file_atomic
 
 __all__ = ["ReportError", "load_traces", "build_series", "build_summary", "format_summary", "write_report", "main"]
 
@@ -302,6 +306,15 @@ def _stat_order(keys: list[str]) -> list[str]:
     return sorted(keys, key=rank)[:_MAX_STAT_PLOTS]
 
 
+def _save_png(plt: Any, fig: Any, path: Path) -> Path:
+    """Render ``fig`` and write it to ``path`` atomically (0600, never through a symlink); close the figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_file_atomic(path, buf.getvalue())
+    return path
+
+
 def _plot_returns(plt: Any, x: np.ndarray, ret: np.ndarray, xlabel: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.scatter(x, ret, s=4, alpha=0.25, label="episode")
@@ -311,9 +324,23 @@ def _plot_returns(plt: Any, x: np.ndarray, ret: np.ndarray, xlabel: str, path: P
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)
+
+
+def _private_out_dir(run_dir: str | Path, out_dir: str | Path | None) -> Path:
+    """The report directory, created 0700 when missing.
+
+    The default ``RUN_DIR/report`` is also made 0700 when it exists and belongs to this user; a directory
+    given with ``--out`` keeps its mode.
+    """
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    existed = out.is_dir()
+    make_private_dir(out)
+    if out_dir is None and existed and not out.is_symlink():
+        st = out.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(out, 0o700)
+    return out
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -321,7 +348,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
 
     Args:
         run_dir: the run directory.
-        out_dir: where to write (created if missing); default ``RUN_DIR/report``.
+        out_dir: where to write (created with mode 0700 if missing); default ``RUN_DIR/report``.
+            Every file is written atomically with mode 0600.
 
     Returns:
         The files written (plots with no data to show are skipped).
@@ -335,8 +363,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
     import matplotlib.pyplot as plt
 
     series = build_series(run_dir)
-    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _private_out_dir(run_dir, out_dir)
     written: list[Path] = []
     ep, tr, t0 = series["episodes"], series["trainer"], series["t0"]
     if len(ep["return"]):
@@ -352,9 +379,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         ax.set_ylabel("frames per second")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "fps.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "fps.png")
+        written.append(_save_png(plt, fig, out / "fps.png"))
     keys = _stat_order(list(tr["stats"]))
     if keys and len(tr["step"]):
         cols = min(4, len(keys))
@@ -368,9 +393,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         for ax in list(axes.flat)[len(keys) :]:
             ax.set_visible(False)
         fig.tight_layout()
-        fig.savefig(out / "trainer_stats.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "trainer_stats.png")
+        written.append(_save_png(plt, fig, out / "trainer_stats.png"))
     split = series["time_split"]
     if split:
         roles = sorted(split)
@@ -386,17 +409,18 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         ax.set_title("time breakdown per role")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "time_breakdown.png", dpi=100)
-        plt.close(fig)
-        written.append(out / "time_breakdown.png")
+        written.append(_save_png(plt, fig, out / "time_breakdown.png"))
     summary_path = out / "summary.md"
-    summary_path.write_text(format_summary(_summary_from(series)))
+    write_file_atomic(summary_path, format_summary(_summary_from(series)).encode("utf-8"))
     written.append(summary_path)
     return written
 
 
 def write_tensorboard(run_dir: str | Path, log_dir: str | Path) -> Path:
     """Export episode returns, fps and trainer stats as TensorBoard scalars (needs ``tensorboard``).
+
+    ``log_dir`` is created with mode 0700 when missing (TensorBoard writes its files with the umask's
+    mode, so the directory keeps them private).
 
     Raises:
         ImportError: tensorboard is not installed.
@@ -406,6 +430,7 @@ def write_tensorboard(run_dir: str | Path, log_dir: str | Path) -> Path:
 
     series = build_series(run_dir)
     ep, tr = series["episodes"], series["trainer"]
+    make_private_dir(log_dir)
     writer = SummaryWriter(log_dir=str(log_dir))
     try:
         for f, r, w in zip(ep["frames"], ep["return"], ep["wall_time"]):

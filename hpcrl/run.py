@@ -9,6 +9,7 @@ line naming the rank, its role and host.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -75,7 +76,13 @@ def _setup_logging(rank: int, role: str, level: str) -> None:
 
 
 def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = None) -> None:
-    """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job."""
+    """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job.
+
+    The FATAL line and the traceback are also appended to ``RUN_DIR/errors.log`` (created 0600, never
+    written through a symlink; when it cannot be written, stderr says so and the abort goes on).
+    """
+    from hpcrl.storage.files import append_private
+
     host = socket.gethostname()
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
@@ -86,11 +93,12 @@ def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = N
         sys.stderr.write(line)
         sys.stderr.flush()
         if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
+            path = os.path.join(run_dir, "errors.log")
             try:
-                with open(os.path.join(run_dir, "errors.log"), "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
-            except OSError:
-                pass
+                append_private(path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
+            except OSError as e:
+                why = "it is a symbolic link, not followed" if e.errno == errno.ELOOP else (e.strerror or str(e))
+                sys.stderr.write(f"{prefix} could not write {path} ({why}); aborting anyway\n")
         time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
         comm.Abort(1)
 
@@ -183,9 +191,10 @@ def _report(summary: dict[str, Any], summary_json: str | None) -> None:
 
     sys.stdout.write("\nhpcrl run summary\n" + format_summary(summary) + "\n")
     sys.stdout.flush()
-    if summary_json:
-        with open(summary_json, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    if summary_json:  # 0600, atomic, never through a symlink (the path may be in a shared directory)
+        from hpcrl.storage.files import write_file_atomic
+
+        write_file_atomic(summary_json, json.dumps(summary, indent=2, default=str).encode())
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ class Registry(Generic[T]):
 
     A factory may also be given lazily as a ``"package.module:attribute"`` string, so
     built-ins register themselves without importing torch or gymnasium until they are
-    first made. An unregistered name of that form is imported on use, so a config may
-    name a user class directly (``type_: mypackage.envs:MyEnv``).
+    first made. An unregistered name of that form is imported on use, so a config the user
+    runs may name a user class directly (``type_: mypackage.envs:MyEnv``). A name read from a
+    file someone else may have written (the config stored in a checkpoint) is looked up with
+    ``get(name, allow_import=False)``, which resolves only what this process registered.
 
     Args:
         kind: what is registered ("environment", "policy", "trainer"), used in messages.
@@ -56,22 +58,37 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str, *, allow_import: bool = True) -> Callable[..., T]:
         """The factory for ``name``; resolves lazy entries.
 
+        Args:
+            name: a registered name, or (with ``allow_import``) an unregistered ``"package.module:attribute"``.
+            allow_import: import an unregistered ``"package.module:attribute"`` name. With ``False`` only
+                names this process registered resolve (built-ins included: their lazy targets were
+                registered by hpcrl itself). A ``"module:attribute"`` name then also resolves when it is
+                exactly the target of a registered entry (its lazy string, or the ``__module__:__qualname__``
+                of a registered class or function), without importing anything new.
+
         Raises:
-            RegistryError: unknown name; the message lists close matches and all known names.
+            RegistryError: unknown name (or, with ``allow_import=False``, a name not registered in this
+                process); the message lists close matches and all known names.
         """
         if name not in self._entries and isinstance(name, str) and ":" in name:
-            # an unregistered "package.module:attribute" is imported on use
-            self._entries[name] = name
+            if allow_import:
+                # an unregistered "package.module:attribute" is imported on use
+                self._entries[name] = name
+            else:
+                alias = self._registered_target(name)
+                if alias is not None:
+                    self._entries[name] = self._entries[alias]
         try:
             entry = self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(str(name), self.names(), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            what = f"unknown {self.kind}" if allow_import else f"{self.kind} not registered in this process:"
             raise RegistryError(
-                f"unknown {self.kind} {name!r}.{hint} Registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
+                f"{what} {name!r}.{hint} Registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
             ) from None
         if isinstance(entry, str):
             module, _, attr = entry.partition(":")
@@ -83,6 +100,16 @@ class Registry(Generic[T]):
             self._entries[name] = factory
             return factory  # type: ignore[no-any-return]
         return entry
+
+    def _registered_target(self, target: str) -> str | None:
+        """A registered name whose entry is ``target`` (a lazy string or a class/function named so), else None."""
+        for name, entry in self._entries.items():
+            if isinstance(entry, str):
+                if entry == target:
+                    return name
+            elif f"{getattr(entry, '__module__', '')}:{getattr(entry, '__qualname__', '')}" == target:
+                return name
+        return None
 
     def make(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Build the ``name`` entry with ``args``/``kwargs``.

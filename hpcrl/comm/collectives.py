@@ -8,7 +8,8 @@ communicator:
   faster than gloo (see ``benchmarks/bench_allreduce.py``).
 * ``"gloo"`` / ``"nccl"``: the same flat buffer (on the gradients' device for nccl), reduced with one
   ``torch.distributed.all_reduce`` on a process group bootstrapped over MPI (no free-port race: rank 0
-  binds port 0 and broadcasts the address as JSON in a fixed-size byte buffer; no pickle).
+  binds port 0 and broadcasts the address as JSON in a fixed-size byte buffer; no pickle). The
+  rendezvous store listens on one address only: loopback when all trainer ranks share a node.
 * ``"auto"``: nccl when the device is CUDA, else mpi.
 
 A one-rank communicator gets the no-op base class. torch is imported only inside functions.
@@ -24,12 +25,15 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import os
 import socket
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -216,11 +220,84 @@ def _mpi_mean(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
 
 
 # ====================================================================== torch.distributed backends
-def _rendezvous(comm: MPI.Comm, timeout_s: float) -> Any:
+_NAME_BYTES = 256  # fixed size of a gathered processor name
+
+
+def _gather_names(comm: MPI.Comm) -> list[str] | None:
+    """Every rank's MPI processor name, on rank 0 (``None`` elsewhere); collective."""
+    mpi: Any = load_mpi()
+    mine = np.zeros(_NAME_BYTES, np.uint8)
+    raw = mpi.Get_processor_name().encode()[:_NAME_BYTES]
+    mine[: len(raw)] = np.frombuffer(raw, np.uint8)
+    out = np.zeros((comm.Get_size(), _NAME_BYTES), np.uint8) if comm.Get_rank() == 0 else None
+    comm.Gather([mine, mpi.BYTE], [out, mpi.BYTE] if out is not None else None, root=0)
+    if out is None:
+        return None
+    return [bytes(row).rstrip(b"\0").decode("utf-8", "replace") for row in out]
+
+
+def _resolve(host: str) -> tuple[int, str]:
+    """``(address family, IP address)`` of ``host`` (a name or an address literal)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0]
+    return int(family), str(addr[0])
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or addr.is_unspecified
+
+
+def _route_to(peer: str) -> tuple[int, str] | None:
+    """The local address this host uses to reach ``peer`` (a UDP ``connect`` sends nothing); None if unknown."""
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(peer, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            local = str(s.getsockname()[0])
+    except OSError:
+        return None
+    return None if _is_loopback(local) else (int(family), local)
+
+
+def _store_address(names: list[str] | None, one_node: bool) -> tuple[tuple[int, str] | None, str]:
+    """Rank 0: the address the rendezvous store listens on (``None``: every interface) and why.
+
+    ``$HPCRL_MASTER_ADDR`` / ``$MASTER_ADDR`` when set; 127.0.0.1 when every trainer rank is on this
+    node; else the local address of the route to the first trainer rank on another node, else this
+    host name's address if it is not a loopback one.
+
+    Raises:
+        OSError: the address given in the environment does not resolve.
+    """
+    for var in ("HPCRL_MASTER_ADDR", "MASTER_ADDR"):
+        if os.environ.get(var):
+            return _resolve(os.environ[var]), f"${var}"
+    if one_node:
+        return (socket.AF_INET, "127.0.0.1"), "all trainer ranks on this node"
+    others = [n for n in (names or [])[1:] if names and n != names[0]]
+    if others:
+        found = _route_to(others[0])
+        if found is not None:
+            return found, f"the interface that reaches {others[0]}"
+    try:
+        family, ip = _resolve(socket.gethostname())
+    except OSError:
+        return None, "no address found"
+    if _is_loopback(ip):
+        return None, f"the host name resolves to the loopback address {ip}"
+    return (family, ip), "the host name's address"
+
+
+def _rendezvous(comm: MPI.Comm, timeout_s: float) -> tuple[Any, bool]:
     """A ``TCPStore`` for ``comm``'s ranks: rank 0 hosts it on a free port, the address goes by ``Bcast``.
 
-    The host is ``$HPCRL_MASTER_ADDR``, else ``$MASTER_ADDR``, else 127.0.0.1 when all ranks share a node,
-    else rank 0's host name.
+    Rank 0 binds the listening socket itself, to one address (see :func:`_store_address`: loopback
+    when all trainer ranks share a node), and hands it to the store (``master_listen_fd``): torch's
+    store would otherwise listen on every interface whatever host it is given. Only when no address
+    can be found does it listen on every interface (with a WARNING). The store has no authentication.
+
+    Returns:
+        ``(store, one_node)``: ``one_node`` is true when every rank of ``comm`` runs on the same host.
     """
     from datetime import timedelta
 
@@ -237,12 +314,40 @@ def _rendezvous(comm: MPI.Comm, timeout_s: float) -> Any:
     comm.Allreduce(node, lo, op=mpi.MIN)
     comm.Allreduce(node, hi, op=mpi.MAX)
     one_node = bool(lo[0] == hi[0])
+    names = None if one_node else _gather_names(comm)
     if rank == 0:
         try:
-            host = os.environ.get("HPCRL_MASTER_ADDR") or os.environ.get("MASTER_ADDR")
-            host = host or ("127.0.0.1" if one_node else socket.gethostname())
-            store = dist.TCPStore("0.0.0.0", 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
+            address, why = _store_address(names, one_node)
+            if address is None:
+                _log.warning(
+                    "trainer rendezvous store: listening on every interface (%s); set HPCRL_MASTER_ADDR to the "
+                    "address the trainer ranks should use",
+                    why,
+                )
+                host = socket.gethostname()
+                store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
+            else:
+                family, host = address
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.bind((host, 0))
+                    sock.listen(max(128, size))
+                    port = int(sock.getsockname()[1])
+                except BaseException:
+                    sock.close()
+                    raise
+                # the store takes the socket over (and closes it when it is destroyed)
+                store = dist.TCPStore(
+                    host,
+                    port,
+                    size,
+                    is_master=True,
+                    timeout=timeout,
+                    wait_for_workers=False,
+                    master_listen_fd=sock.detach(),
+                )
             info: dict[str, Any] = {"host": host, "port": int(store.port)}
+            _log.info("trainer rendezvous store listening on %s port %d (%s)", host, int(store.port), why)
         except Exception as e:  # every rank must learn about the failure, not hang
             info = {"error": f"{type(e).__name__}: {e}"}
         raw = json.dumps(info).encode()
@@ -253,7 +358,36 @@ def _rendezvous(comm: MPI.Comm, timeout_s: float) -> Any:
         raise CollectiveError(f"trainer rank 0 could not open a rendezvous store: {info['error']}")
     if rank != 0:
         store = dist.TCPStore(info["host"], int(info["port"]), size, is_master=False, timeout=timeout)
-    return store
+    return store, one_node
+
+
+def _loopback_interface() -> str:
+    """The name of the loopback network interface (``lo`` on Linux)."""
+    for _, name in socket.if_nameindex():
+        try:
+            flags = int(Path(f"/sys/class/net/{name}/flags").read_text().strip(), 16)
+        except (OSError, ValueError):
+            continue
+        if flags & 0x8:  # IFF_LOOPBACK
+            return name
+    return "lo"
+
+
+@contextlib.contextmanager
+def _gloo_on_loopback(active: bool) -> Iterator[None]:
+    """While creating a gloo group of ranks on one node: ``GLOO_SOCKET_IFNAME`` = loopback, unless the user set it.
+
+    gloo reads the variable when the group is created; without it gloo listens on the address the
+    host name resolves to, which other hosts can reach.
+    """
+    if not active or os.environ.get("GLOO_SOCKET_IFNAME"):
+        yield
+        return
+    os.environ["GLOO_SOCKET_IFNAME"] = _loopback_interface()
+    try:
+        yield
+    finally:
+        os.environ.pop("GLOO_SOCKET_IFNAME", None)
 
 
 class TorchGradientSync(GradientSync):
@@ -291,11 +425,16 @@ class TorchGradientSync(GradientSync):
                     f"{dist.get_world_size()}, but this trainer is rank {self.rank} of {self.world_size}"
                 )
         else:
-            store = _rendezvous(comm, timeout)
+            store, one_node = _rendezvous(comm, timeout)
             try:
-                dist.init_process_group(
-                    backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timedelta(seconds=timeout)
-                )
+                with _gloo_on_loopback(backend == "gloo" and one_node):
+                    dist.init_process_group(
+                        backend,
+                        store=store,
+                        rank=self.rank,
+                        world_size=self.world_size,
+                        timeout=timedelta(seconds=timeout),
+                    )
             except Exception as e:
                 raise CollectiveError(f"trainer rank {self.rank}: init_process_group({backend!r}) failed: {e}") from e
             self._owns_group = True

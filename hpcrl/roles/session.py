@@ -51,23 +51,14 @@ def install_signal_handlers(flag: StopFlag) -> None:
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same dir, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write ``text`` to ``path`` atomically (temp file in the same dir, fsync, rename, fsync dir).
+
+    The temporary file is created with ``O_EXCL | O_NOFOLLOW`` and ``mode``; see
+    :func:`hpcrl.storage.files.write_file_atomic`.
+    """
+    from hpcrl.storage.files import write_file_atomic
+
+    write_file_atomic(path, text.encode("utf-8"), mode)
 
 
 class _SafeTrace:

@@ -29,12 +29,15 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from hpcrl.storage.tree import CheckpointError, StorageError, read_tree, text_value, write_tree
+
+if TYPE_CHECKING:
+    from hpcrl.api.config import ExperimentConfig
 
 __all__ = [
     "find_checkpoint",
@@ -515,37 +518,45 @@ def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, A
     return p, tree, attrs
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> Any:
+def load_policy(
+    path: str | Path,
+    device: str = "cpu",
+    *,
+    config: ExperimentConfig | str | Path | None = None,
+    trust_config: bool = False,
+) -> Any:
     """Rebuild a trained policy from a checkpoint file or a run directory (its newest valid checkpoint).
 
-    The policy is built from the resolved config stored in the checkpoint's ``config`` attribute
-    (``hpcrl.api.policy.make(config.policy)``) and restored with ``policy.load_checkpoint(tree["policy"])``.
+    By default the policy is built from the resolved config stored in the checkpoint's ``config``
+    attribute, but only if its ``policy.type_`` is registered in this process (the built-ins, or a
+    policy the caller's code registered before this call) and its ``policy.args`` name no
+    ``"module:attribute"``; nothing the file names is imported or called otherwise (see
+    :mod:`hpcrl.storage.stored_config`). The weights are restored with
+    ``policy.load_checkpoint(tree["policy"])``.
 
     Args:
         path: an ``.h5`` checkpoint, a run directory, or its ``checkpoints/`` directory.
         device: where to move the policy (if it supports ``to(device)``).
+        config: build the policy from this config instead (an ``ExperimentConfig`` or a YAML file);
+            its ``experiment.imports`` are imported.
+        trust_config: build the policy the stored config names, importing its ``experiment.imports``
+            (only for checkpoints whose writer you trust).
 
     Returns:
         The policy with its weights and version.
 
     Raises:
+        UntrustedConfigError: (a ``CheckpointError``) the stored config names a policy that is not registered
+            here, or a ``"module:attribute"`` argument; the message names the entry and both ways to proceed.
         CheckpointError: no (valid) checkpoint, or it lacks the config/policy (names the file).
     """
-    import yaml
-
-    from hpcrl.api import config as config_mod
     from hpcrl.api import policy as policy_mod
+    from hpcrl.storage.stored_config import loading_config
 
     file, tree, attrs = find_checkpoint(path)
-    text = attrs.get("config")
-    if not isinstance(text, str):
-        raise CheckpointError(f"{file}: no 'config' attribute (a checkpoint not written by the hpcrl runtime?)")
-    try:
-        cfg = config_mod.from_dict(yaml.safe_load(text))
-    except (yaml.YAMLError, config_mod.ConfigError, TypeError) as e:
-        raise CheckpointError(f"{file}: the stored config is not valid: {e}") from e
     if "policy" not in tree or not isinstance(tree["policy"], dict):
         raise CheckpointError(f"{file}: no /policy group in the checkpoint tree (found {sorted(map(str, tree))})")
+    cfg = loading_config(file, attrs, config=config, trust_config=trust_config)
     policy = policy_mod.make(cfg.policy)
     policy.load_checkpoint(tree["policy"])
     to = getattr(policy, "to", None)

@@ -49,6 +49,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpcrl.storage.files import create_exclusive
 from hpcrl.storage.tree import StorageError, decode_key, encode_key, text_value
 
 __all__ = ["TraceError", "TraceWriter", "read_trace", "FORMAT", "EPISODE_FIELDS"]
@@ -269,8 +270,7 @@ class TraceWriter:
             for key in stats:
                 stat_keys.setdefault(key, None)
         tmp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.close(fd)
+        os.close(create_exclusive(tmp))  # 0600, never through a link planted at the temporary name
         try:
             f = h5py.File(tmp, "w", libver=_LIBVER, locking="best-effort")
         except Exception:

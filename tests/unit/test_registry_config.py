@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter, OrderedDict, deque
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,29 @@ def test_registry_module_attr_names_and_bad_ones():
     with pytest.raises(RegistryError, match="cannot load 'nope.module:X'"):
         r.get("nope.module:X")
     assert "nope.module:X" not in r
+
+
+def test_registry_strict_get_resolves_only_registered_names(tmp_path, monkeypatch):
+    """``allow_import=False`` (used for names read from a checkpoint) never imports a module the name chooses."""
+    name = "hpcrl_registry_strict_probe"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass C: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r: Registry[object] = Registry("thing")
+    with pytest.raises(RegistryError, match=rf"thing not registered in this process: '{name}:C'"):
+        r.get(f"{name}:C", allow_import=False)
+    with pytest.raises(RegistryError, match="not registered in this process: 'subprocess:Popen'"):
+        r.get("subprocess:Popen", allow_import=False)  # an already imported module is no exception
+    assert not marker.exists() and f"{name}:C" not in r and "subprocess:Popen" not in r
+    # registered names resolve, lazy ones too; a "module:attr" name equal to a registered target resolves
+    r.register("od", "collections:OrderedDict")
+    r.register("counter", Counter)
+    assert r.get("od", allow_import=False) is OrderedDict
+    assert r.get("collections:OrderedDict", allow_import=False) is OrderedDict
+    assert r.get("collections:Counter", allow_import=False) is Counter
+    with pytest.raises(RegistryError, match="not registered in this process: 'collections:deque'"):
+        r.get("collections:deque", allow_import=False)
+    assert r.get("collections:deque") is deque  # the default still imports (a config the user runs)
 
 
 def test_config_imports_list(tmp_path):
