@@ -49,7 +49,12 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 
     Resumes automatically from the newest valid checkpoint in the run directory unless
     ``run.fresh`` is set. Stops at ``experiment.total_frames`` or when ``stop`` is set
-    (SIGTERM/SIGUSR1), writing a final checkpoint either way.
+    (SIGTERM/SIGUSR1), writing a final checkpoint either way. The run directory is locked from
+    before anything in it is touched until this returns or raises.
+
+    Raises:
+        RunDirInUse: another run holds the run directory (names its host and pid); nothing was touched.
+        StorageError: the run directory cannot be used, or checkpoints exist but none can be resumed.
     """
     common.import_user_modules(cfg)
     cfg, _ = common.resolve_experiment(cfg)

@@ -71,11 +71,15 @@ def test_second_start_fails_at_once_and_touches_nothing(tmp_path: Path, clean_en
                 return True
             return ckdir.is_dir() and any(".h5.tmp." in p.name for p in ckdir.iterdir())
 
-        wait_until(saving, 90, "a checkpoint save in flight (a .tmp file)", poll=0.002)
-        os.killpg(first.proc.pid, signal.SIGSTOP)  # freeze the first run (writer included): it keeps its lock
+        for _ in range(20):  # freeze the first run (writer included) mid-save; it keeps its lock
+            wait_until(saving, 90, "a checkpoint save in flight (a .tmp file)", poll=0.002)
+            os.killpg(first.proc.pid, signal.SIGSTOP)
+            before = _snapshot(run_dir)
+            if any(".h5.tmp." in name for name in before) or first.proc.poll() is not None:
+                break
+            os.killpg(first.proc.pid, signal.SIGCONT)  # the save landed just before the freeze: catch the next
         try:
             assert first.proc.poll() is None, first.output()[-3000:]
-            before = _snapshot(run_dir)
             assert any(".h5.tmp." in name for name in before), before  # the in-flight save of the first run
             for ranks in (0, 3):
                 res = run_job(env, run_dir, ranks=ranks, timeout=90)
