@@ -75,13 +75,17 @@ def _setup_logging(rank: int, role: str, level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S", force=True)
 
 
-def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = None) -> None:
+def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
     """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job.
 
-    The FATAL line and the traceback are also appended to ``RUN_DIR/errors.log`` (created 0600, never
-    written through a symlink; when it cannot be written, stderr says so and the abort goes on).
+    The FATAL line and the traceback are also appended to ``RUN_DIR/errors.log`` once this run holds its
+    run dir (never into a run dir that another run holds; created 0600, never written through a symlink;
+    when it cannot be written, stderr says so and the abort goes on), and the run dir lock is released
+    before the abort.
     """
+    from hpcrl.roles.session import active_run_dir
     from hpcrl.storage.files import append_private
+    from hpcrl.storage.rundir import release_all
 
     host = socket.gethostname()
 
@@ -92,6 +96,7 @@ def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = N
         line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
         sys.stderr.write(line)
         sys.stderr.flush()
+        run_dir = active_run_dir()
         if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
             path = os.path.join(run_dir, "errors.log")
             try:
@@ -99,6 +104,7 @@ def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = N
             except OSError as e:
                 why = "it is a symbolic link, not followed" if e.errno == errno.ELOOP else (e.strerror or str(e))
                 sys.stderr.write(f"{prefix} could not write {path} ({why}); aborting anyway\n")
+        release_all()
         time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
         comm.Abort(1)
 
@@ -164,10 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     role = topo.role_of(comm.rank)
     _setup_logging(comm.rank, role, args.log_level)
-    _install_abort_hook(comm, comm.rank, role, str(cfg.run_dir))
-    from hpcrl.roles.distributed import run_rank
+    _install_abort_hook(comm, comm.rank, role)
+    from hpcrl.roles.distributed import RunDirUnavailable, run_rank
 
-    summary = run_rank(cfg, comm, topo, stop)
+    try:
+        summary = run_rank(cfg, comm, topo, stop)
+    except RunDirUnavailable as e:  # raised on every rank together: no rank is left waiting
+        if comm.rank == 0:
+            sys.stderr.write(f"hpcrl: {e}\n")
+            sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.Finalize()  # a clean end on every rank: without it, mpi4py turns exit status 2 into an MPI_Abort
+        return 2
     if summary is not None:
         _report(summary, args.summary_json)
     return 0
@@ -179,7 +194,7 @@ def _run_local(cfg: config.ExperimentConfig, stop: Any, summary_json: str | None
 
     try:
         summary = run_local(cfg, stop)
-    except StorageError as e:  # run dir not writable, no valid checkpoint among existing ones, ...
+    except StorageError as e:  # run dir in use or not writable, no valid checkpoint among existing ones, ...
         sys.stderr.write(f"hpcrl: {e}\n")
         return 2
     _report(summary, summary_json)

@@ -15,9 +15,50 @@ from hpcrl.comm.topology import Topology
 from hpcrl.roles.rank import RankContext
 from hpcrl.roles.session import Session, StopFlag, write_text_atomic
 
-__all__ = ["run_rank"]
+__all__ = ["RunDirUnavailable", "run_rank"]
 
 log = logging.getLogger(__name__)
+
+
+class RunDirUnavailable(RuntimeError):
+    """Raised on every rank together when the leader could not take the run dir (in use, not writable, ...).
+
+    The message is the leader's error; ``hpcrl.run`` prints it once (from rank 0) and every rank exits 2.
+    """
+
+
+def _bcast_text(comm: Any, text: str, root: int) -> str:
+    """Broadcast a string from ``root`` as bytes (no pickle); a blocking collective on every rank."""
+    mine = comm.Get_rank() == root
+    data = np.frombuffer(text.encode(), np.uint8) if mine else np.zeros(0, np.uint8)
+    n = np.array([data.size], np.int64)
+    comm.Bcast(n, root=root)
+    buf = data.copy() if mine else np.empty(int(n[0]), np.uint8)
+    comm.Bcast(buf, root=root)
+    return buf.tobytes().decode()
+
+
+def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
+    """The leader locks and prepares the run dir; every rank learns the outcome before touching it.
+
+    Non-leaders wait in the broadcast, so nothing of theirs (trace files, ``errors.log``) can create the
+    run dir, or anything in it, before the leader made it (0700) and holds its lock.
+
+    Raises:
+        RunDirUnavailable: on every rank, when the leader could not (its message).
+    """
+    from hpcrl.storage.tree import StorageError
+
+    error = ""
+    if session.leader:
+        try:
+            session.prepare()
+        except StorageError as e:
+            error = str(e) or type(e).__name__
+    error = _bcast_text(comm, error, topo.leader)
+    if error:
+        raise RunDirUnavailable(error)
+    session.attach()
 
 
 def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
@@ -36,8 +77,10 @@ def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
 def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag) -> dict[str, Any] | None:
     """Run this rank's role; returns the run summary on the leader, None elsewhere.
 
-    The leader prepares the run directory first (any error there aborts the job before
-    training starts); every rank then opens its own trace file.
+    The leader locks and prepares the run directory first while the other ranks wait; if it cannot
+    (another run holds it, not writable, another user's), every rank raises :class:`RunDirUnavailable`
+    before touching it. Then every rank opens its own trace file. The leader holds the run dir lock
+    until this returns or raises.
     """
     from hpcrl.roles.common import import_user_modules, resolve_experiment
 
@@ -45,9 +88,24 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     cfg, agents = resolve_experiment(cfg)
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
+    session = Session(cfg, rank, role, topo.world_size, leader=topo.is_leader(rank), open_trace=False, prepare=False)
+    try:
+        _prepare_together(comm, topo, session)
+        result = _run_role(cfg, comm, topo, stop, session, agents)
+    except BaseException:
+        session.close(release=False)  # the abort hook appends to RUN_DIR/errors.log, then releases the lock
+        raise
+    session.close()
+    return result
+
+
+def _run_role(
+    cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag, session: Session, agents: int
+) -> dict[str, Any] | None:
+    rank = int(comm.Get_rank())
+    role = topo.role_of(rank)
     tcomm = comm.Split(0 if role == "trainer" else 1, rank)
-    session = Session(cfg, rank, role, topo.world_size, leader=topo.is_leader(rank), open_trace=False)
-    table = _rank_table(comm, role)  # also the barrier after the leader prepared the run dir
+    table = _rank_table(comm, role)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session)
     if table is not None:
@@ -56,20 +114,17 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
         for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
             log.info("rank %d: %s on %s, pid %d", e["rank"], e["role"], e["host"], e["pid"])
         write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
-    try:
-        if role == "trainer":
-            from hpcrl.roles.trainer import TrainerRank
+    if role == "trainer":
+        from hpcrl.roles.trainer import TrainerRank
 
-            result = TrainerRank(ctx, tcomm, agents).run()
-        elif role == "inference":
-            from hpcrl.roles.inference import InferenceRank
+        result = TrainerRank(ctx, tcomm, agents).run()
+    elif role == "inference":
+        from hpcrl.roles.inference import InferenceRank
 
-            result = InferenceRank(ctx, agents).run()
-        else:
-            from hpcrl.roles.actor import ActorRank
+        result = InferenceRank(ctx, agents).run()
+    else:
+        from hpcrl.roles.actor import ActorRank
 
-            result = ActorRank(ctx, agents).run()
-    finally:
-        session.close()
+        result = ActorRank(ctx, agents).run()
     tcomm.Free()
     return result if topo.is_leader(rank) else None

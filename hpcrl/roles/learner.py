@@ -18,9 +18,12 @@ from hpcrl.roles.batcher import Batcher
 if TYPE_CHECKING:
     from hpcrl.storage.background import BackgroundSaver
 
-__all__ = ["Learner", "rng_state", "set_rng_state"]
+__all__ = ["Learner", "rng_state", "set_rng_state", "spec_diff"]
 
 log = logging.getLogger(__name__)
+
+#: config sections whose change is reported when a run resumes.
+_SPEC_SECTIONS = ("environment", "policy")
 
 
 def rng_state() -> dict[str, Any]:
@@ -352,10 +355,12 @@ class Learner:
         return path
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
-        """Log how the checkpoint's layout differs from this run's.
+        """Log how the checkpoint's layout and (on the leader) env/policy specs differ from this run's.
 
         Weights and optimizer state are the same on every trainer rank, so a different world size
-        or layout resumes correctly; only the batch composition changes.
+        or layout resumes correctly; only the batch composition changes. A different ``environment``
+        or ``policy`` section (even one whose spaces match, such as another env id) is logged as one
+        WARNING with a unified diff of the two sections: the run resumes with the new spec.
         """
         for key in ("world_size", "layout"):
             mine, theirs = self.extra_attrs.get(key), attrs.get(key)
@@ -363,3 +368,48 @@ class Learner:
                 log.warning(
                     "%s was written with %s=%s; this run has %s=%s (resuming anyway)", path, key, theirs, key, mine
                 )
+        if self.leader and self.config_text:
+            diff = spec_diff(attrs.get("config"), self.config_text, f"{path.name} (checkpoint)")
+            if diff:
+                log.warning(
+                    "%s was written with another environment/policy spec; this run resumes it with the new spec:\n%s",
+                    path,
+                    diff,
+                )
+
+
+def spec_diff(stored: Any, current: str, stored_name: str = "checkpoint") -> str | None:
+    """A unified diff of the ``environment`` and ``policy`` sections of two config YAML texts.
+
+    ``stored`` comes from a checkpoint's ``config`` attribute: it is parsed with ``yaml.safe_load`` and
+    only compared, never used to build anything.
+
+    Returns:
+        The diff (``---``/``+++`` headers, ``stored_name`` vs ``this run``), or None when the sections are
+        equal or ``stored`` is not a config (missing, not YAML, not a mapping; logged at DEBUG).
+    """
+    import difflib
+
+    import yaml
+
+    if not isinstance(stored, str):
+        return None
+    try:
+        old, new = yaml.safe_load(stored), yaml.safe_load(current)
+    except yaml.YAMLError as e:
+        log.debug("cannot compare the stored config of %s: %s", stored_name, e)
+        return None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    a = {k: old.get(k) for k in _SPEC_SECTIONS}
+    b = {k: new.get(k) for k in _SPEC_SECTIONS}
+    if a == b:
+        return None
+    lines = difflib.unified_diff(
+        yaml.safe_dump(a, sort_keys=True).splitlines(),
+        yaml.safe_dump(b, sort_keys=True).splitlines(),
+        fromfile=stored_name,
+        tofile="this run",
+        lineterm="",
+    )
+    return "\n".join(lines)

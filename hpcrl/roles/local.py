@@ -49,12 +49,23 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 
     Resumes automatically from the newest valid checkpoint in the run directory unless
     ``run.fresh`` is set. Stops at ``experiment.total_frames`` or when ``stop`` is set
-    (SIGTERM/SIGUSR1), writing a final checkpoint either way.
+    (SIGTERM/SIGUSR1), writing a final checkpoint either way. The run directory is locked from
+    before anything in it is touched until this returns or raises.
+
+    Raises:
+        RunDirInUse: another run holds the run directory (names its host and pid); nothing was touched.
+        StorageError: the run directory cannot be used, or checkpoints exist but none can be resumed.
     """
     common.import_user_modules(cfg)
     cfg, _ = common.resolve_experiment(cfg)
     session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
-    stop = stop or StopFlag()
+    try:  # the run dir stays locked until here: release it on every way out
+        return _train(cfg, session, stop or StopFlag())
+    finally:
+        session.close()
+
+
+def _train(cfg: config.ExperimentConfig, session: Session, stop: StopFlag) -> RunSummary:
     common.set_torch_threads(cfg.run.torch_threads)
     common.seed_everything(cfg.experiment.seed)
     spec = cfg.policy
@@ -74,6 +85,14 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         env_failure=cfg.actor.env_failure,
         max_env_failures=cfg.actor.max_env_failures,
     )
+    try:
+        return _loop(cfg, session, stop, policy, ring)
+    finally:
+        ring.close()
+
+
+def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy: Policy, ring: EnvRing) -> RunSummary:
+    n_envs = cfg.actor.envs_per_actor
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
     hint = common.steps_hint(cfg.experiment.total_frames, batch_size, cfg.actor.fragment_length, agents)
@@ -90,8 +109,13 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         trace=trace,
         extra_attrs={"world_size": 1, "layout": "local"},
     )
-    if not cfg.run.fresh:
-        learner.restore()
+    try:
+        if not cfg.run.fresh:
+            learner.restore()
+        session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
+    except BaseException:
+        learner.close()
+        raise
     base_frames = learner.frames
     progress = Progress(cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames)
     log.info(
@@ -140,8 +164,6 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     finally:
         learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
         progress.close()
-        ring.close()
-        session.close()
     return progress.summary(
         reason=reason,
         policy_version=policy.version,

@@ -13,9 +13,20 @@ from typing import Any
 
 from hpcrl.api import config
 
-__all__ = ["Session", "StopFlag", "install_signal_handlers", "write_text_atomic"]
+__all__ = ["Session", "StopFlag", "active_run_dir", "install_signal_handlers", "write_text_atomic"]
 
 log = logging.getLogger(__name__)
+
+_active_run_dir: Path | None = None
+
+
+def active_run_dir() -> Path | None:
+    """The run dir of this process's run, once its leader has prepared and locked it; else None.
+
+    Before that point (or when the leader could not take the run dir) nothing may be written there:
+    it may be another run's.
+    """
+    return _active_run_dir
 
 
 class StopFlag:
@@ -98,19 +109,31 @@ class _SafeTrace:
 
 
 class Session:
-    """What one process of a run needs besides its role: the run dir, config text, and its trace.
+    """What one process of a run needs besides its role: the run dir, its lock, config text, and its trace.
 
     Args:
         cfg: the experiment.
         rank: this process's rank.
         role: ``local``, ``trainer``, ``inference`` or ``actor``.
         world_size: ranks in the job.
-        leader: prepares the run dir and writes ``config.yaml``; others only open their trace
-            (call :meth:`open_trace` after the leader is done).
+        leader: locks and prepares the run dir and writes ``config.yaml``; others only open their trace
+            (call :meth:`attach`, then :meth:`open_trace`, after the leader is done).
+        open_trace: open this rank's trace file now.
+        prepare: (leader) lock and prepare the run dir now; otherwise call :meth:`prepare` later.
+
+    Raises:
+        RunDirError: (leader, ``prepare``) see :meth:`prepare`.
     """
 
     def __init__(
-        self, cfg: config.ExperimentConfig, rank: int, role: str, world_size: int, leader: bool, open_trace: bool = True
+        self,
+        cfg: config.ExperimentConfig,
+        rank: int,
+        role: str,
+        world_size: int,
+        leader: bool,
+        open_trace: bool = True,
+        prepare: bool = True,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
@@ -120,30 +143,63 @@ class Session:
         self.config_text = config.dump(cfg)
         self.run_dir = Path(cfg.run_dir)
         self.trace: Any = None
-        if leader:
+        self.lock: Any = None
+        """The run dir's :class:`~hpcrl.storage.rundir.RunDirLock` (leader, after :meth:`prepare`)."""
+        if leader and prepare:
             self.prepare()
         if open_trace:
-            self.open_trace()
+            try:
+                self.open_trace()
+            except BaseException:
+                self.close()
+                raise
 
     def prepare(self) -> None:
-        """Create the run dir (0700), move old checkpoints/traces aside for a fresh run, save config.yaml.
+        """Lock the run dir, create it (0700), and move old checkpoints/traces aside for a fresh run.
+
+        The lock (``RUN_DIR/.lock``) is taken before anything in the run dir is touched and held until
+        :meth:`close`. ``config.yaml`` is written later, by :meth:`write_config`, once a resume has
+        succeeded.
 
         Raises:
-            RunDirError: the run dir cannot be created or written (names the path).
+            RunDirInUse: another run holds the run dir (names its host and pid); nothing was touched.
+            RunDirError: the run dir cannot be created or written, or belongs to another user (names the path).
         """
-        from hpcrl.storage.checkpoint import prepare_run_dir
+        from hpcrl.storage.rundir import RunDirError, RunDirLock, make_run_dir, prepare_run_dir
 
-        self.run_dir = prepare_run_dir(self.run_dir)
-        if self.cfg.run.fresh:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for sub in ("checkpoints", "traces"):
-                p = self.run_dir / sub
-                if p.exists() and any(p.iterdir()):
-                    dest = self.run_dir / f"{sub}.old-{stamp}"
-                    os.replace(p, dest)
-                    log.warning("run.fresh: moved the existing %s to %s (nothing deleted)", p, dest)
+        self.run_dir = make_run_dir(self.run_dir)
+        self.lock = RunDirLock.acquire(self.run_dir)
+        try:
             prepare_run_dir(self.run_dir)
-        write_text_atomic(self.run_dir / "config.yaml", self.config_text)
+            if self.cfg.run.fresh:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                for sub in ("checkpoints", "traces"):
+                    p = self.run_dir / sub
+                    if p.exists() and any(p.iterdir()):
+                        dest = self.run_dir / f"{sub}.old-{stamp}"
+                        try:
+                            os.replace(p, dest)
+                        except OSError as e:
+                            raise RunDirError(f"run.fresh: cannot move {p} aside to {dest}: {e}") from e
+                        log.warning("run.fresh: moved the existing %s to %s (nothing deleted)", p, dest)
+                prepare_run_dir(self.run_dir)
+        except BaseException:
+            self.close()
+            raise
+        self.attach()
+
+    def attach(self) -> None:
+        """Mark the run dir as this process's to write (after its leader prepared and locked it)."""
+        global _active_run_dir
+        _active_run_dir = self.run_dir
+
+    def write_config(self) -> None:
+        """(Leader) save the resolved config as ``RUN_DIR/config.yaml`` (atomically, 0600).
+
+        Called once the run has resumed (or starts fresh), so a failed resume leaves the old file as it was.
+        """
+        if self.leader and self.lock is not None:
+            write_text_atomic(self.run_dir / "config.yaml", self.config_text)
 
     def open_trace(self) -> None:
         """Open this rank's trace file (if tracing is on)."""
@@ -159,11 +215,21 @@ class Session:
         """This process's host name."""
         return socket.gethostname()
 
-    def close(self) -> None:
-        """Flush and close the trace."""
+    def close(self, release: bool = True) -> None:
+        """Flush and close the trace, then release the run dir lock (leader). Idempotent.
+
+        Args:
+            release: release the lock now. ``False`` keeps it until the process ends or
+                :func:`hpcrl.storage.rundir.release_all` (the MPI abort hook releases it after the
+                job's last words are written to the run dir).
+        """
         if self.trace is not None:
             try:
                 self.trace.close()
             except Exception as e:
                 log.warning("closing trace of rank %d failed: %s", self.rank, e)
             self.trace = None
+        if release:
+            lock, self.lock = self.lock, None
+            if lock is not None:
+                lock.release()

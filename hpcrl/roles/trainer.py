@@ -109,6 +109,8 @@ class TrainerRank:
         if not ctx.cfg.run.fresh and ctx.is_leader:
             used = self.learner.restore()
             path = str(used) if used is not None else ""
+        if ctx.is_leader:
+            ctx.session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
         if self.tcomm.Get_size() > 1:
             path = _bcast_text(self.tcomm, path or "")
             if not ctx.is_leader and path:

@@ -1,1 +1,1 @@
-"""Run storage: HDF5 checkpoints (atomic, validated), per-rank SWMR traces and the tree <-> HDF5 encoding."""
+"""Run storage: the run dir and its lock, HDF5 checkpoints (atomic, validated), SWMR traces, tree <-> HDF5."""

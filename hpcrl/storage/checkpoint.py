@@ -25,7 +25,6 @@ import errno
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from hpcrl.storage.rundir import RunDirError, _mkdir_private, lock_held, pid_alive, prepare_run_dir
 from hpcrl.storage.tree import CheckpointError, StorageError, read_tree, text_value, write_tree
 
 if TYPE_CHECKING:
@@ -60,14 +60,10 @@ FORMAT = "hpcrl-checkpoint-1"
 _FORMAT_ATTR = "@format"
 _LIBVER = ("v110", "v110")  # v2 object headers (checksummed metadata); readable by HDF5 >= 1.10
 _NAME_RE = re.compile(r"ckpt-([0-9]{9,})\.h5")
-_TMP_RE = re.compile(r".+\.h5\.tmp\.[0-9]+")
+_TMP_RE = re.compile(r".+\.h5\.tmp\.([0-9]+)")
 
 
 _Paths = list[Path]  # ``CheckpointManager.list`` shadows the builtin inside the class body
-
-
-class RunDirError(StorageError):
-    """The run directory cannot be created or written (the message names the path and the OS error)."""
 
 
 # ============================================================== helpers
@@ -77,14 +73,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _mkdir_private(path: Path) -> None:
-    """Create ``path`` (and parents) if missing; a directory this call creates gets mode 0700."""
-    if path.is_dir():
-        return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def _os_reason(e: BaseException) -> str:
@@ -326,41 +314,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[Any, Any], dict[str, Any]]:
     return tree, attrs
 
 
-# ============================================================== run dir
-def prepare_run_dir(path: str | Path) -> Path:
-    """Create the run directory (0700) with ``checkpoints/`` and ``traces/`` and check it is writable.
-
-    Directories created here get mode 0700; existing ones keep their mode.
-
-    Args:
-        path: the run directory.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        RunDirError: it cannot be created or written: ``run dir X is not writable: <OS error>``.
-    """
-    path = Path(path)
-    try:
-        _mkdir_private(path)
-        for sub in ("checkpoints", "traces"):
-            _mkdir_private(path / sub)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RunDirError(f"run dir {path} is not writable: {_os_reason(e)}") from e
-    return path
-
-
 # ============================================================== rotation
 class CheckpointManager:
     """The checkpoints of one run: ``RUN_DIR/checkpoints/ckpt-<version:09d>.h5``, newest K kept.
 
     Constructing a manager touches nothing on disk; :meth:`save` creates the directory (0700).
-    Call :meth:`sweep_tmp` once at start on the writing rank only (a reader must not remove
-    a live writer's temporary file).
+    Call :meth:`sweep_tmp` once at start on the writing rank only, holding the run dir lock.
 
     Args:
         run_dir: the run directory (the checkpoints live in its ``checkpoints/`` subdirectory).
@@ -388,14 +347,28 @@ class CheckpointManager:
     def sweep_tmp(self) -> _Paths:
         """Remove stale ``*.h5.tmp.<pid>`` files left by interrupted saves (each removal is logged).
 
+        Sweeps only while this process holds the run directory's lock
+        (:class:`~hpcrl.storage.rundir.RunDirLock`), so it never removes another run's file; without
+        the lock it logs a WARNING and removes nothing. A file whose ``<pid>`` is a live process of this
+        host (a writer still at work) is never removed either.
+
         Returns:
             The removed files.
         """
         removed: _Paths = []
         if not self.dir.is_dir():
             return removed
+        if not lock_held(self.run_dir):
+            log.warning(
+                "not sweeping temporary checkpoints in %s: this process does not hold the run dir lock", self.dir
+            )
+            return removed
         for p in sorted(self.dir.iterdir()):
-            if _TMP_RE.fullmatch(p.name) and p.is_file():
+            m = _TMP_RE.fullmatch(p.name)
+            if m and p.is_file():
+                if pid_alive(int(m.group(1))):
+                    log.info("kept temporary checkpoint %s: process %s is still running", p, m.group(1))
+                    continue
                 try:
                     p.unlink()
                 except OSError as e:

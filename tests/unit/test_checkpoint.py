@@ -30,6 +30,7 @@ from hpcrl.storage.checkpoint import (
     prepare_run_dir,
     save_checkpoint,
 )
+from hpcrl.storage.rundir import RunDirLock
 from hpcrl.storage.tree import decode_key, encode_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,7 +226,7 @@ def test_kill9_during_save_keeps_previous_and_tmp_is_swept(
     assert _digest(first) == before
     found = CheckpointManager(run).latest_valid()
     assert found is not None and found[0] == first and found[2]["version"] == 1
-    with caplog.at_level(logging.WARNING, logger="hpcrl.storage.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="hpcrl.storage.checkpoint"), RunDirLock.acquire(run):
         removed = CheckpointManager(run).sweep_tmp()
     assert removed == [tmp] and not tmp.exists()
     assert str(tmp) in caplog.text
@@ -465,10 +466,19 @@ def test_sweep_ignores_other_files(tmp_path: Path) -> None:
     mgr = CheckpointManager(tmp_path)
     d = tmp_path / "checkpoints"
     d.mkdir()
-    (d / "ckpt-000000001.h5.tmp.123").write_bytes(b"x")
+    dead = _dead_pid()
+    (d / f"ckpt-000000001.h5.tmp.{dead}").write_bytes(b"x")
     (d / "notes.txt").write_text("keep me")
-    assert [p.name for p in mgr.sweep_tmp()] == ["ckpt-000000001.h5.tmp.123"]
+    with RunDirLock.acquire(tmp_path):
+        assert [p.name for p in mgr.sweep_tmp()] == [f"ckpt-000000001.h5.tmp.{dead}"]
     assert [p.name for p in d.iterdir()] == ["notes.txt"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 # ============================================================== load_policy
