@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from hpcrl.storage.rundir import RunDirError, _mkdir_private, lock_held, pid_alive, prepare_run_dir
+from hpcrl.storage.files import make_private_dir
+from hpcrl.storage.rundir import RunDirError, lock_held, pid_alive, prepare_run_dir
 from hpcrl.storage.tree import CheckpointError, StorageError, read_tree, text_value, write_tree
 
 if TYPE_CHECKING:
@@ -409,7 +410,7 @@ class CheckpointManager:
         if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or int(version) < 0:
             raise CheckpointError(f"cannot save a checkpoint in {self.dir}: attrs['version'] must be an int >= 0")
         try:
-            _mkdir_private(self.dir)
+            make_private_dir(self.dir)
         except OSError as e:
             raise CheckpointError(f"cannot save checkpoint in {self.dir}: {_os_reason(e)}") from e
         path = self.path_for(int(version))

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from hpcrl.storage.files import make_private_dir
 from hpcrl.storage.tree import StorageError
 
 __all__ = [
@@ -112,14 +113,6 @@ def check_owner(path: str | Path, what: str = "run dir") -> None:
         )
 
 
-def _mkdir_private(path: Path) -> None:
-    """Create ``path`` (and parents) if missing; a directory this call creates gets mode 0700."""
-    if path.is_dir():
-        return
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
 def make_run_dir(path: str | Path) -> Path:
     """Create the run directory itself (0700) if missing and check it is this user's; nothing inside it.
 
@@ -129,7 +122,7 @@ def make_run_dir(path: str | Path) -> Path:
     path = Path(path)
     check_owner(path)
     try:
-        _mkdir_private(path)
+        make_private_dir(path)
     except OSError as e:
         raise RunDirError(f"run dir {path} is not writable: {_os_reason(e)}") from e
     check_owner(path)  # created by someone else between the check and mkdir
@@ -156,7 +149,7 @@ def prepare_run_dir(path: str | Path) -> Path:
     try:
         for sub in ("checkpoints", "traces"):
             check_owner(path / sub, f"the {sub} directory")
-            _mkdir_private(path / sub)
+            make_private_dir(path / sub)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
         os.close(fd)
         os.unlink(probe)
