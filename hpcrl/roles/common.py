@@ -29,6 +29,7 @@ __all__ = [
     "fill_policy_args",
     "build_policy",
     "build_trainer",
+    "budget_reached",
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
@@ -176,6 +177,15 @@ def build_trainer(
     trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
     return trainer
+
+
+def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
+    """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
+    if frames >= cfg.experiment.total_frames:
+        return "total_frames reached"
+    if cfg.run.stop_at_frames and frames >= cfg.run.stop_at_frames:
+        return "run.stop_at_frames reached"
+    return None
 
 
 def steps_hint(total_frames: int, batch_columns: int, fragment_length: int, agents: int, trainers: int = 1) -> int:

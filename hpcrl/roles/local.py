@@ -48,8 +48,10 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     """Train ``cfg`` with every role in this process; returns the run summary.
 
     Resumes automatically from the newest valid checkpoint in the run directory unless
-    ``run.fresh`` is set. Stops at ``experiment.total_frames`` or when ``stop`` is set
-    (SIGTERM/SIGUSR1), writing a final checkpoint either way.
+    ``run.fresh`` is set. Stops at ``experiment.total_frames``, at ``run.stop_at_frames`` or when
+    ``stop`` is set (SIGTERM/SIGUSR1), writing a final checkpoint either way. Every completed batch
+    is trained on before a frame limit stops the run, so a run split at step boundaries takes the
+    same steps, at the same frames, as an uninterrupted one.
     """
     common.import_user_modules(cfg)
     cfg, _ = common.resolve_experiment(cfg)
@@ -107,7 +109,11 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     )
     reason = "finished"
     try:
-        while learner.frames < cfg.experiment.total_frames:
+        while True:
+            budget = common.budget_reached(learner.frames, cfg)
+            if budget is not None:
+                reason = "finished" if budget == "total_frames reached" else budget
+                break
             if stop.is_set():
                 reason = f"stopped by {stop.reason}"
                 break

@@ -155,8 +155,9 @@ class TrainerRank:
                 self.learner.add(msg.data)  # type: ignore[arg-type]
             if ctx.is_leader:
                 self.learner.frames = base_frames + sum(self.actor_frames.values())
-                if self.learner.frames >= cfg.experiment.total_frames and not ctx.stop.is_set():
-                    ctx.stop.set("total_frames reached")
+                budget = common.budget_reached(self.learner.frames, cfg)
+                if budget is not None and not ctx.stop.is_set():
+                    ctx.stop.set(budget)
             want_stop = ctx.is_leader and ctx.stop.is_set()
             if not (want_stop or (self.learner.ready() and self.learner.prepare())):
                 if not got:
