@@ -78,8 +78,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     )
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
-    hint = common.steps_hint(cfg.experiment.total_frames, batch_size, cfg.actor.fragment_length, agents)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training, hint)
+    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
     trace = session.trace
     learner = Learner(
         cfg,
@@ -90,7 +89,12 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         run_dir=session.run_dir,
         config_text=session.config_text,
         trace=trace,
-        extra_attrs={"world_size": 1, "layout": "local"},
+        extra_attrs={
+            "world_size": 1,
+            "layout": "local",
+            "trainer_ranks": 1,
+            "frames_per_step": common.frames_per_step(batch_size, cfg.actor.fragment_length, agents),
+        },
     )
     if not cfg.run.fresh:
         learner.restore()
@@ -123,7 +127,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
             t1 = time.perf_counter()
             ring.consume(0, result, policy.version)
             t2 = time.perf_counter()
-            learner.frames = base_frames + ring.frames
+            learner.frames = base_frames + ring.frames  # the progress the next trainer steps see
             for fragment in ring.pop_fragments():
                 learner.add(fragment)
             episodes = ring.pop_episodes()
@@ -142,6 +146,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()
+        progress.update(learner.frames, learner.steps, learner.last_stats)  # also when no step was taken
         learner.save("final" if reason == "finished" else "stop")
     finally:
         learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
@@ -216,6 +221,7 @@ def test_pipeline(
         environment=config.Environment(type_="test"),
         policy=config.Policy(type_=type(policy).__name__),
         trainer=config.Trainer(type_=type(trainer).__name__),
+        experiment=config.Experiment(total_frames=max_frames),  # trainer.progress counts toward max_frames
     )
     learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0), leader=False)
     done_eps: list[float] = []
@@ -237,6 +243,7 @@ def test_pipeline(
             except ValueError as e:
                 raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             done_eps.extend(e.ret for e in ring.pop_episodes())
+            learner.frames = ring.frames
             for fragment in ring.pop_fragments():
                 learner.add(fragment)
             while learner.ready():
