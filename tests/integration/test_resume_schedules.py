@@ -207,6 +207,7 @@ def _check_any_history(env: dict[str, str], base: Path, history: list[tuple[tupl
     run_history(env, _tmp(base) / "run", history)
 
 
+@pytest.mark.timeout(600)  # several real runs per example; each run has its own 240 s hang guard
 @budget(2)
 @given(history=histories(max_segments=3))
 @example(history=[((4, 2, 0), 1100), ((0, 1, 0), 2300), ((5, 1, 1), 0)])
@@ -215,6 +216,7 @@ def test_any_resume_history_across_layouts_follows_the_schedule(clean_env, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @long_variant
 @budget(25)
 @given(history=histories(max_segments=4))
@@ -253,6 +255,7 @@ def _check_one_process_history(env: dict[str, str], base: Path, cut_steps: list[
         assert joined[key] == [expected(key, int(f)) for f in joined["frames"]]
 
 
+@pytest.mark.timeout(600)
 @budget(3)
 @given(cut_steps=st.lists(st.integers(1, TOTAL // LOCAL_FRAMES_PER_STEP - 1), min_size=1, max_size=2))
 def test_one_process_history_split_at_step_boundaries_equals_the_uninterrupted_run(
@@ -262,6 +265,7 @@ def test_one_process_history_split_at_step_boundaries_equals_the_uninterrupted_r
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @long_variant
 @budget(20)
 @given(cut_steps=st.lists(st.integers(1, TOTAL // LOCAL_FRAMES_PER_STEP - 1), min_size=1, max_size=4))
