@@ -12,7 +12,7 @@ from typing import Any
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.namedarray import NamedArray, namedarray
 from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
-from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult
+from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult, TrainingProgress
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "SampleBatch",
     "Trainer",
     "TrainerStepResult",
+    "TrainingProgress",
     "load_policy",
     "__version__",
 ]

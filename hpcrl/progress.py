@@ -116,7 +116,7 @@ class Progress:
         """One progress line."""
         pct = 100.0 * self.frames / self.total if self.total else 100.0
         extra = ""
-        for key in ("policy_loss", "value_loss", "entropy", "approx_kl"):
+        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "lr"):
             if key in self.stats:
                 extra += f"  {key} {self.stats[key]:.4g}"
         return f"frames {self.frames:,}/{self.total:,} ({pct:5.1f}%)  {self._info()}{extra}"

@@ -162,6 +162,12 @@ class Run:
     """Run directory (shared storage on clusters); default ``runs/<experiment.name>``."""
     fresh: bool = False
     """Ignore existing checkpoints in the run directory and start from scratch."""
+    stop_at_frames: int = 0
+    """Stop this invocation once the run (resumes included) has reached this many env frames, writing a
+    checkpoint, so that the next start resumes from there; 0 = run to ``experiment.total_frames``. Unlike a
+    smaller ``total_frames`` it does not change the run's length, so schedules (which follow
+    ``frames / experiment.total_frames``) are the same as in one uninterrupted run. Use it to split a run
+    into chunks (e.g. one per batch job)."""
     checkpoint_every_steps: int = 0
     """Write a checkpoint every N trainer steps (0 = off; one is always written at the end)."""
     checkpoint_every_seconds: float = 600.0
@@ -192,6 +198,10 @@ class Run:
     hung; silence is counted with ``heartbeat_seconds`` only from a rank's first report."""
     torch_threads: int = 1
     """torch intra-op threads per rank."""
+
+    def __post_init__(self) -> None:
+        if self.stop_at_frames < 0:
+            raise ConfigError(f"run.stop_at_frames: must be >= 0 (0 = off), got {self.stop_at_frames}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ Trainers never import mpi4py. The trainer role injects a :class:`GradientSync` a
 ``self.sync.allreduce_gradients(params)`` between ``backward()`` and the optimizer step
 (one collective over one flat buffer), and ``self.sync.allreduce_mean(x)`` for any
 decision that all trainer ranks must take together (e.g. KL early stopping).
+
+Before every step the role also sets ``trainer.progress`` (a :class:`TrainingProgress`: the
+run's env frames so far, its ``experiment.total_frames`` and their ratio). Schedules (learning
+rate, entropy bonus, clip range, ...) should be functions of ``progress.fraction``: it is the
+same on every trainer rank at a step, is restored from checkpoints, and does not depend on the
+rank layout, whereas the number of trainer steps a run takes does.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "Trainer",
     "SampleBatch",
     "TrainerStepResult",
+    "TrainingProgress",
     "GradientSync",
     "NonFiniteError",
     "register",
@@ -79,6 +86,35 @@ class TrainerStepResult:
     skipped: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingProgress:
+    """How far the run is, in env frames; what schedules should depend on.
+
+    Attributes:
+        frames: env frames (summed over all actors, resumes included) when the step starts. In one
+            process it is the env ring's count; under MPI the trainer leader's count from the actors'
+            reports, sent to every trainer rank with the per-step agreement.
+        total_frames: the run's budget, ``experiment.total_frames`` (0: unknown, e.g. a trainer stepped
+            by hand).
+
+    Examples:
+        >>> TrainingProgress(frames=25_000, total_frames=100_000).fraction
+        0.25
+        >>> TrainingProgress(frames=120, total_frames=100).fraction, TrainingProgress(0, 0).fraction
+        (1.0, 0.0)
+    """
+
+    frames: int = 0
+    total_frames: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """``frames / total_frames`` clipped to ``[0, 1]`` (0.0 when ``total_frames`` is 0)."""
+        if self.total_frames <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.frames / self.total_frames))
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or gradient was NaN/Inf and the run is configured to stop."""
 
@@ -108,6 +144,11 @@ class Trainer(abc.ABC):
 
     Attributes:
         sync: injected by the system before the first step (no-op on one rank).
+        progress: set by the system before every :meth:`step`: the run's env frames so far and its
+            frame budget (:class:`TrainingProgress`). Compute schedules from ``progress.fraction``,
+            never from a count of steps: a step's size in frames depends on the rank layout, which may
+            change when a run resumes. Before the first step (or when a trainer is stepped by hand)
+            it is ``TrainingProgress(0, 0)``, whose ``fraction`` is 0.
         nonfinite: ``"skip"`` (skip the update, count it) or ``"stop"`` (raise
             :class:`NonFiniteError`) when a loss or gradient is NaN/Inf.
     """
@@ -115,6 +156,7 @@ class Trainer(abc.ABC):
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self.sync: GradientSync = GradientSync()
+        self.progress: TrainingProgress = TrainingProgress()
         self.nonfinite: str = "skip"
 
     @property

@@ -29,6 +29,8 @@ __all__ = [
     "fill_policy_args",
     "build_policy",
     "build_trainer",
+    "frames_per_step",
+    "budget_reached",
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
@@ -149,42 +151,40 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
     return policy
 
 
-def build_trainer(
-    spec: config.Trainer, policy: Policy, training: config.Training, total_steps_hint: int | None = None
-) -> Trainer:
+def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:
     """Build the trainer for ``policy`` and apply the system's non-finite policy.
+
+    Nothing about the run's length or layout is passed to the trainer: schedules read
+    ``trainer.progress`` (env frames), which the learner sets before every step.
 
     Args:
         spec: the trainer spec.
         policy: the policy to optimise.
         training: the trainer-role settings.
-        total_steps_hint: expected trainer steps of the run; passed as ``total_steps`` (for schedules such as
-            linear lr annealing) when the trainer accepts that argument and the spec does not set it.
     """
-    import inspect
-
-    from hpcrl.api.trainer import ALL_TRAINERS
-
-    if total_steps_hint is not None and "total_steps" not in spec.args:
-        try:
-            params = inspect.signature(ALL_TRAINERS.get(spec.type_)).parameters
-        except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if "total_steps" in params or takes_kwargs:
-            spec = dataclasses.replace(spec, args={**spec.args, "total_steps": max(1, int(total_steps_hint))})
     trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
     return trainer
 
 
-def steps_hint(total_frames: int, batch_columns: int, fragment_length: int, agents: int, trainers: int = 1) -> int:
-    """Trainer steps a run of ``total_frames`` env steps will take.
+def frames_per_step(columns: int, fragment_length: int, agents: int) -> int:
+    """Env frames one trainer step consumes (for messages and checkpoint attributes, never for schedules).
 
-    Each step eats ``batch_columns`` x T rows per trainer rank; one env step gives ``agents`` rows.
+    Args:
+        columns: trajectories in one step's batches, summed over all trainer ranks.
+        fragment_length: T; each trajectory holds T decision rows.
+        agents: agents per env (one env step gives one row per agent).
     """
-    frames_per_step = max(1, batch_columns * fragment_length * trainers // max(1, agents))
-    return max(1, -(-total_frames // frames_per_step))
+    return max(1, columns * fragment_length // max(1, agents))
+
+
+def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
+    """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
+    if frames >= cfg.experiment.total_frames:
+        return "total_frames reached"
+    if cfg.run.stop_at_frames and frames >= cfg.run.stop_at_frames:
+        return "run.stop_at_frames reached"
+    return None
 
 
 def seed_everything(seed: int) -> None:

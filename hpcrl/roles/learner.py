@@ -12,7 +12,7 @@ import numpy as np
 
 from hpcrl.api import config
 from hpcrl.api.policy import Policy
-from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
+from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult, TrainingProgress
 from hpcrl.roles.batcher import Batcher
 
 if TYPE_CHECKING:
@@ -76,7 +76,12 @@ class Learner:
         run_dir: the prepared run directory (None: no checkpoints, e.g. ``test_pipeline``).
         config_text: the resolved config YAML stored in checkpoints.
         trace: this rank's trace writer, or None.
-        extra_attrs: more root attributes for checkpoints (world size, layout).
+        extra_attrs: more root attributes for checkpoints (``world_size``, ``layout``, ``trainer_ranks``,
+            ``frames_per_step``), compared with a checkpoint's on resume.
+
+    Attributes:
+        frames: the run's env frames (resumes included). The caller keeps it current before every
+            :meth:`step`; the step hands it to the trainer as ``trainer.progress`` and records it in the trace.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class Learner:
             self.collect_save()
         if batch is None:
             return None
+        self.trainer.progress = TrainingProgress(int(self.frames), int(self.cfg.experiment.total_frames))
         t0 = time.perf_counter()
         try:
             result = self.trainer.step(batch)
@@ -168,6 +174,7 @@ class Learner:
         stats = dict(result.stats)
         stats["dropped_fragments"] = float(self.batcher.dropped)
         stats["skipped_steps"] = float(self.skipped_steps)
+        stats["policy_version"] = float(self.policy.version)
         stats["step_seconds"] = dt
         self.last_stats = stats
         if self.trace is not None:
@@ -294,6 +301,7 @@ class Learner:
             "version": int(self.policy.version),
             "frames": int(self.frames),
             "trainer_steps": int(self.steps),
+            "total_frames": int(self.cfg.experiment.total_frames),
             "time": time.time(),
             "hpcrl_version": __version__,
             "config": self.config_text,
@@ -355,20 +363,45 @@ class Learner:
         return path
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
-        """Log how the checkpoint's layout and (on the leader) env/policy specs differ from this run's.
+        """Log how the checkpoint's run differs from this one: rank layout, frames per step, frame budget, specs.
 
-        Weights and optimizer state are the same on every trainer rank, so a different world size
-        or layout resumes correctly; only the batch composition changes. A different ``environment``
-        or ``policy`` section (even one whose spaces match, such as another env id) is logged as one
-        WARNING with a unified diff of the two sections: the run resumes with the new spec.
+        Weights, optimizer state, policy version and frames are the same on every trainer rank, so a
+        different world size, trainer count or batch size resumes exactly; only the batch composition
+        (frames per trainer step) changes. Schedules follow ``frames / experiment.total_frames``, so they
+        continue where they were; a changed ``total_frames`` rescales them from here on (logged). A
+        different ``environment`` or ``policy`` section (even one whose spaces match, such as another env
+        id) is logged as one WARNING with a unified diff of the two sections: the run resumes with the new spec.
         """
-        for key in ("world_size", "layout"):
-            mine, theirs = self.extra_attrs.get(key), attrs.get(key)
-            if mine is not None and theirs is not None and str(mine) != str(theirs):
-                log.warning(
-                    "%s was written with %s=%s; this run has %s=%s (resuming anyway)", path, key, theirs, key, mine
-                )
-        if self.leader and self.config_text:
+        if not self.leader:  # every trainer rank loads the same file: one message is enough
+            return
+        keys = ("world_size", "layout", "trainer_ranks", "frames_per_step")
+        ours = self.extra_attrs
+        if any(ours.get(k) is not None and attrs.get(k) is not None and str(ours[k]) != str(attrs[k]) for k in keys):
+            log.warning(
+                "resuming with a different layout: %s was written by %s; this run is %s. Weights, optimizer state, "
+                "policy version and frames (%d) carry over; only the batch composition changes. Schedules follow "
+                "frames / experiment.total_frames, not trainer steps, so they continue where they were",
+                path,
+                _describe_layout(attrs),
+                _describe_layout(self.extra_attrs),
+                int(attrs.get("frames", 0)),
+            )
+        theirs = attrs.get("total_frames")
+        mine = int(self.cfg.experiment.total_frames)
+        if theirs is not None and int(theirs) != mine:
+            frames = int(attrs.get("frames", 0))
+            log.warning(
+                "%s was written by a run with experiment.total_frames=%d; this run has %d: schedules follow "
+                "frames / %d from here on (at %d frames: %.1f%% of the run instead of %.1f%%)",
+                path,
+                int(theirs),
+                mine,
+                mine,
+                frames,
+                100.0 * min(1.0, frames / mine) if mine else 100.0,
+                100.0 * min(1.0, frames / int(theirs)) if int(theirs) else 100.0,
+            )
+        if self.config_text:
             diff = spec_diff(attrs.get("config"), self.config_text, f"{path.name} (checkpoint)")
             if diff:
                 log.warning(
@@ -413,3 +446,14 @@ def spec_diff(stored: Any, current: str, stored_name: str = "checkpoint") -> str
         lineterm="",
     )
     return "\n".join(lines)
+
+
+def _describe_layout(attrs: dict[str, Any]) -> str:
+    """``layout '...' (world size N, T trainer ranks, F frames per trainer step)`` from checkpoint attributes."""
+    parts = [f"world size {attrs['world_size']}"] if attrs.get("world_size") is not None else []
+    if attrs.get("trainer_ranks") is not None:
+        parts.append(f"{attrs['trainer_ranks']} trainer rank(s)")
+    if attrs.get("frames_per_step") is not None:
+        parts.append(f"{attrs['frames_per_step']} frames per trainer step")
+    layout = f"layout {str(attrs.get('layout', '?'))!r}"
+    return f"{layout} ({', '.join(parts)})" if parts else layout

@@ -48,8 +48,10 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     """Train ``cfg`` with every role in this process; returns the run summary.
 
     Resumes automatically from the newest valid checkpoint in the run directory unless
-    ``run.fresh`` is set. Stops at ``experiment.total_frames`` or when ``stop`` is set
-    (SIGTERM/SIGUSR1), writing a final checkpoint either way. The run directory is locked from
+    ``run.fresh`` is set. Stops at ``experiment.total_frames``, at ``run.stop_at_frames`` or when
+    ``stop`` is set (SIGTERM/SIGUSR1), writing a final checkpoint either way. Every completed batch
+    is trained on before a frame limit stops the run, so a run split at step boundaries takes the
+    same steps, at the same frames, as an uninterrupted one. The run directory is locked from
     before anything in it is touched until this returns or raises.
 
     Raises:
@@ -95,8 +97,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     n_envs = cfg.actor.envs_per_actor
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
-    hint = common.steps_hint(cfg.experiment.total_frames, batch_size, cfg.actor.fragment_length, agents)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training, hint)
+    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
     trace = session.trace
     learner = Learner(
         cfg,
@@ -107,7 +108,12 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         run_dir=session.run_dir,
         config_text=session.config_text,
         trace=trace,
-        extra_attrs={"world_size": 1, "layout": "local"},
+        extra_attrs={
+            "world_size": 1,
+            "layout": "local",
+            "trainer_ranks": 1,
+            "frames_per_step": common.frames_per_step(batch_size, cfg.actor.fragment_length, agents),
+        },
     )
     try:
         if not cfg.run.fresh:
@@ -131,7 +137,11 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     )
     reason = "finished"
     try:
-        while learner.frames < cfg.experiment.total_frames:
+        while True:
+            budget = common.budget_reached(learner.frames, cfg)
+            if budget is not None:
+                reason = "finished" if budget == "total_frames reached" else budget
+                break
             if stop.is_set():
                 reason = f"stopped by {stop.reason}"
                 break
@@ -141,7 +151,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
             t1 = time.perf_counter()
             ring.consume(0, result, policy.version)
             t2 = time.perf_counter()
-            learner.frames = base_frames + ring.frames
+            learner.frames = base_frames + ring.frames  # the progress the next trainer steps see
             for fragment in ring.pop_fragments():
                 learner.add(fragment)
             episodes = ring.pop_episodes()
@@ -160,6 +170,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()
+        progress.update(learner.frames, learner.steps, learner.last_stats)  # also when no step was taken
         learner.save("final" if reason == "finished" else "stop")
     finally:
         learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
@@ -232,6 +243,7 @@ def test_pipeline(
         environment=config.Environment(type_="test"),
         policy=config.Policy(type_=type(policy).__name__),
         trainer=config.Trainer(type_=type(trainer).__name__),
+        experiment=config.Experiment(total_frames=max_frames),  # trainer.progress counts toward max_frames
     )
     learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0), leader=False)
     done_eps: list[float] = []
@@ -253,6 +265,7 @@ def test_pipeline(
             except ValueError as e:
                 raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             done_eps.extend(e.ret for e in ring.pop_episodes())
+            learner.frames = ring.frames
             for fragment in ring.pop_fragments():
                 learner.add(fragment)
             while learner.ready():

@@ -2,7 +2,9 @@
 
 The leader (rank 0) additionally counts frames from the actors' reports, decides when
 to stop, publishes parameters with their version after every step, writes checkpoints
-and shows progress.
+and shows progress. With several trainer ranks, the per-step agreement (one non-blocking
+allreduce) also carries the leader's frame count, so every trainer rank steps with the same
+``trainer.progress`` (schedules) and records the same frames in its trace.
 """
 
 from __future__ import annotations
@@ -50,10 +52,7 @@ class TrainerRank:
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
-        hint = common.steps_hint(
-            cfg.experiment.total_frames, columns, cfg.actor.fragment_length, agent_count, len(topo.trainers)
-        )
-        self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training, hint)
+        self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
@@ -78,7 +77,18 @@ class TrainerRank:
             run_dir=ctx.session.run_dir,
             config_text=ctx.session.config_text,
             trace=ctx.trace,
-            extra_attrs={"world_size": topo.world_size, "layout": topo.describe(), "trainer_ranks": len(topo.trainers)},
+            extra_attrs={
+                "world_size": topo.world_size,
+                "layout": topo.describe(),
+                "trainer_ranks": len(topo.trainers),
+                "frames_per_step": common.frames_per_step(
+                    cfg.training.batch_size * len(topo.trainers)
+                    if cfg.training.batch_size
+                    else per_actor * len(topo.actors),
+                    cfg.actor.fragment_length,
+                    agent_count,
+                ),
+            },
         )
         self.publisher: Any = None
         if ctx.is_leader:
@@ -157,8 +167,9 @@ class TrainerRank:
                 self.learner.add(msg.data)  # type: ignore[arg-type]
             if ctx.is_leader:
                 self.learner.frames = base_frames + sum(self.actor_frames.values())
-                if self.learner.frames >= cfg.experiment.total_frames and not ctx.stop.is_set():
-                    ctx.stop.set("total_frames reached")
+                budget = common.budget_reached(self.learner.frames, cfg)
+                if budget is not None and not ctx.stop.is_set():
+                    ctx.stop.set(budget)
             want_stop = ctx.is_leader and ctx.stop.is_set()
             if not (want_stop or (self.learner.ready() and self.learner.prepare())):
                 if not got:
@@ -171,7 +182,7 @@ class TrainerRank:
                     self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
                 continue
             backoff.reset()
-            if multi and self._agree_stop(want_stop):
+            if multi and self._agree(want_stop):
                 break
             if not multi and want_stop:
                 break
@@ -193,12 +204,17 @@ class TrainerRank:
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)
 
-    def _agree_stop(self, want_stop: bool) -> bool:
-        """All trainer ranks agree at a step boundary: step together, or stop together."""
+    def _agree(self, want_stop: bool) -> bool:
+        """All trainer ranks agree at a step boundary: step together, or stop together; True means stop.
+
+        The same allreduce (MAX of ``[stop flag, frames]``) gives every rank the leader's frame count
+        (frames only grow, and no other rank's count is ahead of the leader's), which becomes this step's
+        ``learner.frames`` everywhere: schedules see the same progress on every trainer rank.
+        """
         from mpi4py import MPI
 
-        send = np.array([1.0 if want_stop else 0.0])
-        recv = np.zeros(1)
+        send = np.array([1.0 if want_stop else 0.0, float(self.learner.frames)])
+        recv = np.zeros(2)
         req = self.tcomm.Iallreduce(send, recv, op=MPI.MAX)
 
         def idle() -> None:
@@ -209,6 +225,7 @@ class TrainerRank:
         wait_for(
             lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle
         )
+        self.learner.frames = int(recv[1])
         return bool(recv[0] > 0)
 
     def _shutdown(self, reason: str) -> dict[str, Any]:

@@ -30,6 +30,13 @@ One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.trainer.SampleBatch` of ``T 
    masked means above become plain means over the remaining rows: the same loss, less work).
 3. Optional KL early stop after each epoch (mean ``approx_kl`` agreed with ``sync.allreduce_mean``).
 4. ``policy.inc_version()`` unless every update was skipped.
+
+The learning rate, ``entropy_coef`` and ``clip`` can each follow a schedule (``constant`` or
+``linear``, :mod:`hpcrl.trainers.schedule`) of the run's progress in env frames,
+``trainer.progress.fraction`` (``frames / experiment.total_frames``), which the system sets before every
+step. The values used by a step are in its stats (``lr``, ``entropy_coef``, ``clip``), hence in the
+trace. Because progress is counted in frames and stored in checkpoints, a run resumed with a different
+rank layout or batch size continues its schedules exactly where they were.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import torch
 from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
 from hpcrl.trainers.adam import make_adam
 from hpcrl.trainers.returns import decision_mask, gae, vtrace
+from hpcrl.trainers.schedule import check_schedule, scheduled
 
 if TYPE_CHECKING:
     from hpcrl.api.policy import Policy
@@ -89,20 +97,25 @@ class PPOTrainer(Trainer):
     Args:
         policy: a policy whose ``analyze`` returns :class:`AnalyzedResult` and whose
             ``parameters()`` are torch parameters.
-        lr: Adam learning rate.
+        lr: Adam learning rate (the start value with ``lr_schedule: linear``).
         gamma: discount.
         gae_lambda: GAE lambda (unused with V-trace, whose traces are cut by ``vtrace_c`` only).
-        clip: PPO ratio clip.
+        clip: PPO ratio clip (the start value with ``clip_schedule: linear``).
         value_clip: clip of the value change around the target-time values, or ``None``.
         value_coef: value loss weight.
-        entropy_coef: entropy bonus weight.
+        entropy_coef: entropy bonus weight (the start value with ``entropy_schedule: linear``).
         aux_value_coef: auxiliary value loss weight (used only if the policy has an aux head).
         epochs: passes over the batch per step.
         minibatches: minibatches per epoch (capped at the number of rows / sequences).
         max_grad_norm: global grad-norm clip, or ``None``.
         normalize_advantages: normalise advantages per minibatch (masked mean/std).
-        lr_schedule: ``"constant"`` or ``"linear"`` (anneal to 0 over ``total_steps`` trainer steps).
-        total_steps: trainer steps for the linear schedule (``total_frames / frames_per_step``).
+        lr_schedule: ``"constant"`` or ``"linear"``: ``lr * (1 - progress.fraction)``, which reaches 0 when
+            ``experiment.total_frames`` env frames are done (never a function of a step count, so it does not
+            depend on the rank layout or batch size, and resumes exactly).
+        entropy_schedule: the same choice for ``entropy_coef``.
+        clip_schedule: the same choice for ``clip``.
+        total_steps: not supported; giving it raises ``ValueError`` (schedules follow
+            ``experiment.total_frames``, not a number of trainer steps).
         target_kl: stop the epochs early once an epoch's mean approx KL exceeds this, or ``None``.
         vtrace: V-trace targets and advantages instead of GAE.
         vtrace_rho: V-trace ``rho_bar``.
@@ -131,6 +144,8 @@ class PPOTrainer(Trainer):
         max_grad_norm: float | None = 0.5,
         normalize_advantages: bool = True,
         lr_schedule: str = "constant",
+        entropy_schedule: str = "constant",
+        clip_schedule: str = "constant",
         total_steps: int | None = None,
         target_kl: float | None = None,
         vtrace: bool = False,
@@ -140,6 +155,18 @@ class PPOTrainer(Trainer):
         seed: int = 0,
     ) -> None:
         super().__init__(policy)
+        if total_steps is not None:
+            raise ValueError(
+                f"ppo trainer: total_steps={total_steps!r} is not supported: schedules (lr_schedule, "
+                f"entropy_schedule, clip_schedule) follow the run's progress in env frames, "
+                f"frames / experiment.total_frames, whatever the rank layout; remove trainer.args.total_steps"
+            )
+        for name, value in (
+            ("lr_schedule", lr_schedule),
+            ("entropy_schedule", entropy_schedule),
+            ("clip_schedule", clip_schedule),
+        ):
+            check_schedule(name, value, "ppo trainer")
         checks = {
             "lr": lr >= 0,
             "gamma": 0 <= gamma <= 1,
@@ -149,18 +176,13 @@ class PPOTrainer(Trainer):
             "epochs": isinstance(epochs, int) and epochs >= 1,
             "minibatches": isinstance(minibatches, int) and minibatches >= 1,
             "max_grad_norm": max_grad_norm is None or max_grad_norm > 0,
-            "lr_schedule": lr_schedule in ("constant", "linear"),
-            "total_steps": lr_schedule != "linear" or (total_steps is not None and total_steps >= 1),
             "target_kl": target_kl is None or target_kl > 0,
             "vtrace_rho": vtrace_rho > 0,
             "vtrace_c": vtrace_c > 0,
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(
-                    f"ppo trainer: bad {name}={locals()[name]!r} (lr_schedule is 'constant' or 'linear'; "
-                    f"'linear' needs total_steps >= 1)"
-                )
+                raise ValueError(f"ppo trainer: bad {name}={locals()[name]!r}")
         self._params = [p for p in policy.parameters() if getattr(p, "requires_grad", False)]
         if not self._params:
             raise TypeError(
@@ -173,7 +195,7 @@ class PPOTrainer(Trainer):
         self.epochs, self.minibatches = epochs, minibatches
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.normalize_advantages = bool(normalize_advantages)
-        self.lr_schedule, self.total_steps = lr_schedule, total_steps
+        self.lr_schedule, self.entropy_schedule, self.clip_schedule = lr_schedule, entropy_schedule, clip_schedule
         self.target_kl = None if target_kl is None else float(target_kl)
         self.vtrace, self.vtrace_rho, self.vtrace_c = bool(vtrace), float(vtrace_rho), float(vtrace_c)
         self.optimizer = make_adam(self._params, lr=self.lr, eps=float(adam_eps))
@@ -240,15 +262,19 @@ class PPOTrainer(Trainer):
         return adv.sum(-1), ret, value[:-1]
 
     # ------------------------------------------------------------------ step
+    def scheduled_values(self, fraction: float) -> dict[str, float]:
+        """``{"lr", "entropy_coef", "clip"}`` at ``fraction`` of the run (what a step at that progress uses)."""
+        return {
+            "lr": scheduled(self.lr_schedule, self.lr, fraction),
+            "entropy_coef": scheduled(self.entropy_schedule, self.entropy_coef, fraction),
+            "clip": scheduled(self.clip_schedule, self.clip, fraction),
+        }
+
     def step(self, samples: SampleBatch) -> TrainerStepResult:
         """One PPO step (see the module docstring); increments the policy version unless fully skipped."""
-        if self.lr_schedule == "linear":
-            assert self.total_steps is not None
-            lr_now = self.lr * max(0.0, 1.0 - self._step / self.total_steps)
-        else:
-            lr_now = self.lr
+        now = self.scheduled_values(self.progress.fraction)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_now
+            group["lr"] = now["lr"]
 
         d = self._prepare(samples)
         adv, ret, v_old = self._targets(d)
@@ -283,7 +309,7 @@ class PPOTrainer(Trainer):
                     mb = {k: v[idx].unsqueeze(0) for k, v in rows.items()}
                     if keep.numel() > 0:
                         mb["mask"] = None
-                update = self._update(sub, mb, t_len if recurrent else 1)
+                update = self._update(sub, mb, t_len if recurrent else 1, now["clip"], now["entropy_coef"])
                 if update is None:
                     skipped += 1
                     continue
@@ -304,7 +330,7 @@ class PPOTrainer(Trainer):
         for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             out.setdefault(k, 0.0)
         out["explained_variance"] = self._explained_variance(ret, v_old, mask)
-        out["lr"] = float(lr_now)
+        out.update(now)
         out["skipped_updates"] = float(skipped)
         out["updates"] = float(updates)
         out["epochs"] = float(epochs_done)
@@ -317,9 +343,9 @@ class PPOTrainer(Trainer):
         return TrainerStepResult(stats=out, step=self._step, skipped=updates == 0)
 
     def _update(
-        self, sub: SampleBatch, mb: dict[str, torch.Tensor | None], t_rows: int
+        self, sub: SampleBatch, mb: dict[str, torch.Tensor | None], t_rows: int, clip: float, entropy_coef: float
     ) -> tuple[list[str], torch.Tensor] | None:
-        """One minibatch update.
+        """One minibatch update with this step's (scheduled) ``clip`` and ``entropy_coef``.
 
         ``mb["mask"]`` is the decision mask of the rows, or ``None`` when every row is a
         decision (then the masked means are plain means).
@@ -349,7 +375,7 @@ class PPOTrainer(Trainer):
         logratio = new_lp - old_lp
         ratio = logratio.exp()
         neg_adv = -adv
-        policy_loss = mmean(torch.max(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - self.clip, 1.0 + self.clip)))
+        policy_loss = mmean(torch.max(neg_adv * ratio, neg_adv * ratio.clamp(1.0 - clip, 1.0 + clip)))
         v_err = (new_v - ret) ** 2
         if self.value_clip is not None:
             v_clipped = v_old + (new_v - v_old).clamp(-self.value_clip, self.value_clip)
@@ -358,8 +384,8 @@ class PPOTrainer(Trainer):
         ent = mmean(entropy)
         terms = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent}
         loss = policy_loss + self.value_coef * value_loss
-        if self.entropy_coef != 0.0:  # a zero-weight term would only add work to backward()
-            loss = loss - self.entropy_coef * ent
+        if entropy_coef != 0.0:  # a zero-weight term would only add work to backward()
+            loss = loss - entropy_coef * ent
         if res.aux_value is not None:
             aux_v = _vals(res.aux_value)[:t_rows]
             aux_loss = 0.5 * mmean(((aux_v - ret) ** 2).sum(-1))
@@ -390,7 +416,7 @@ class PPOTrainer(Trainer):
         self.optimizer.step()
         with torch.no_grad():
             approx_kl = mmean((ratio - 1.0) - logratio)
-            clip_fraction = mmean(((ratio - 1.0).abs() > self.clip).float())
+            clip_fraction = mmean(((ratio - 1.0).abs() > clip).float())
             names = [*terms, "approx_kl", "clip_fraction", "grad_norm", "loss"]
             values = torch.stack([*terms.values(), approx_kl, clip_fraction, grad_norm, loss])
         return names, values.detach()

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from hpcrl.api import config
 from hpcrl.api.namedarray import NamedArray, stack
 from hpcrl.api.policy import RolloutRequest, make, state_to_agent
-from hpcrl.api.trainer import GradientSync, NonFiniteError, SampleBatch, TrainerStepResult
+from hpcrl.api.trainer import GradientSync, NonFiniteError, SampleBatch, TrainerStepResult, TrainingProgress
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.policies.actor_critic import ActorCriticPolicy
 from hpcrl.policies.random import RandomPolicy
@@ -199,16 +200,49 @@ def test_kl_early_stop_goes_through_allreduce_mean() -> None:
     assert trainer.step(batch).stats["epochs"] == 1.0
 
 
-def test_linear_lr_schedule() -> None:
+def test_schedules_follow_training_progress_not_the_step_count() -> None:
     policy = new_policy()
     batch = batch_for(policy)
-    trainer = PPOTrainer(policy, lr=1e-3, lr_schedule="linear", total_steps=4, epochs=1, minibatches=1)
-    lrs = [trainer.step(batch).stats["lr"] for _ in range(5)]
-    assert lrs == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])
-    with pytest.raises(ValueError, match="total_steps"):
-        PPOTrainer(policy, lr_schedule="linear")
-    with pytest.raises(ValueError, match="lr_schedule"):
-        PPOTrainer(policy, lr_schedule="cosine")
+    trainer = PPOTrainer(
+        policy,
+        lr=1e-3,
+        entropy_coef=0.01,
+        clip=0.2,
+        lr_schedule="linear",
+        entropy_schedule="linear",
+        clip_schedule="linear",
+        epochs=2,
+        minibatches=1,
+    )
+    assert trainer.progress == TrainingProgress(0, 0)  # before the system sets it: the start values
+    fractions = [0.0, 0.25, 0.25, 0.9, 1.0, 1.0]  # the same progress twice: the same values (no step count)
+    got, clipped = [], []
+    for frames in (0, 250, 250, 900, 1000, 1500):
+        trainer.progress = TrainingProgress(frames, 1000)
+        stats = trainer.step(batch).stats
+        got += [stats["lr"], stats["entropy_coef"], stats["clip"]]
+        clipped.append(stats["clip_fraction"])
+        assert trainer.optimizer.param_groups[0]["lr"] == stats["lr"]  # the optimizer used what is reported
+    assert got == pytest.approx([v * (1 - f) for f in fractions for v in (1e-3, 0.01, 0.2)])
+    # the scheduled clip is the one applied: the policy has moved since the batch was made, so at clip 0
+    # (the budget spent) every row counts as clipped, and at the start (clip 0.2) few do
+    assert clipped[-2:] == [1.0, 1.0] and clipped[0] < 0.5, clipped
+
+    constant = PPOTrainer(new_policy(), lr=1e-3, entropy_coef=0.01, clip=0.2, epochs=1, minibatches=1)
+    constant.progress = TrainingProgress(900, 1000)
+    stats = constant.step(batch_for(constant.policy)).stats
+    assert (stats["lr"], stats["entropy_coef"], stats["clip"]) == (1e-3, 0.01, 0.2)
+
+
+def test_schedule_arguments_are_checked_and_total_steps_is_refused() -> None:
+    policy = new_policy()
+    for name in ("lr_schedule", "entropy_schedule", "clip_schedule"):
+        with pytest.raises(ValueError, match=rf"ppo trainer: bad {name}='cosine'; expected one of 'constant', 'lin"):
+            PPOTrainer(policy, **{name: "cosine"})
+    # a trainer-step horizon would depend on the rank layout: refused with a message naming the key
+    spec = config.Trainer(type_="ppo", args={"lr_schedule": "linear", "total_steps": 100})
+    with pytest.raises(ValueError, match=r"total_steps=100 is not supported.*remove trainer.args.total_steps"):
+        make_trainer(spec, policy)
 
 
 def test_seeded_step_is_deterministic() -> None:

@@ -54,6 +54,22 @@ def test_config_defaults_and_types():
         config.from_dict(dict(BASE, actor={"envs_per_actor": True}))
 
 
+def test_stop_at_frames_stops_an_invocation_not_the_run():
+    from hpcrl.roles.common import budget_reached
+
+    cfg = config.from_dict(dict(BASE, experiment={"total_frames": 1000}, run={"stop_at_frames": 300}))
+    assert [budget_reached(f, cfg) for f in (299, 300, 999, 1000)] == [
+        None,
+        "run.stop_at_frames reached",
+        "run.stop_at_frames reached",
+        "total_frames reached",
+    ]
+    off = config.from_dict(dict(BASE, experiment={"total_frames": 1000}))
+    assert off.run.stop_at_frames == 0 and budget_reached(999, off) is None
+    with pytest.raises(config.ConfigError, match=r"run\.stop_at_frames: must be >= 0 \(0 = off\), got -1"):
+        config.from_dict(dict(BASE, run={"stop_at_frames": -1}))
+
+
 def test_config_roundtrip_and_overrides(tmp_path):
     p = tmp_path / "exp.yaml"
     p.write_text("environment: {type_: gym, args: {id: CartPole-v1}}\npolicy: {type_: p}\ntrainer: {type_: t}\n")
