@@ -42,6 +42,8 @@ __all__ = [
     "ALL_POLICIES",
     "state_from_agent",
     "state_to_agent",
+    "result_rows_problem",
+    "PolicyContractError",
 ]
 
 
@@ -153,6 +155,30 @@ class Policy(abc.ABC):
     def set_version(self, version: int) -> None:
         """Set the version (used when weights arrive from the trainer)."""
         raise NotImplementedError(f"{type(self).__name__} does not support set_version")
+
+
+class PolicyContractError(TypeError):
+    """A policy does not implement what the run needs (the message names the policy and the methods)."""
+
+
+def result_rows_problem(result: Any, rows: int) -> str | None:
+    """What is wrong with a policy's answer to a request of ``rows`` rows; ``None`` if every leaf has ``rows`` rows.
+
+    Every leaf of ``action``, ``analyzed_result`` and ``policy_state`` must have ``rows`` rows on axis 0 (a
+    leaf with one row, or none, would otherwise be broadcast or sliced wrongly when the batch is split
+    between the actors that asked).
+    """
+    if not isinstance(result, RolloutResult) or not isinstance(result.action, NamedArray):
+        return f"rollout returned {type(result).__name__}, expected a RolloutResult with an action NamedArray"
+    for part in ("action", "analyzed_result", "policy_state"):
+        na = getattr(result, part)
+        if not isinstance(na, NamedArray):
+            continue
+        for path, x in na.flat_items():
+            shape = tuple(getattr(x, "shape", ()))
+            if not shape or shape[0] != rows:
+                return f"{part}.{path} has shape {shape}; expected {rows} rows (one per request row) on axis 0"
+    return None
 
 
 class SingleModelPytorchPolicy(Policy):

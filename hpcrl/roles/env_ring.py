@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from hpcrl.api.environment import Environment, StepResult
-from hpcrl.api.namedarray import NamedArray, Schema, from_flat, stack
-from hpcrl.api.policy import RolloutRequest, RolloutResult
+from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray, Schema, from_flat, stack
+from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
+from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
+from hpcrl.envs.results import FALSE, TRUE
 from hpcrl.roles.trajectory import TrajectoryBuffer, leaves_of
 
-__all__ = ["EnvRing", "EnvError", "Episode"]
+__all__ = ["EnvRing", "EnvError", "PolicyResultError", "Episode"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,25 @@ def _what(step: int | None) -> str:
 CHECK_FIRST_STEPS = 100
 
 
+# The NaN/Inf check multiplies each float buffer by zeros (Inf * 0 = NaN): numpy's "invalid value" warning for
+# it would only precede the EnvError that names the field, so it is silenced for this module's dot products.
+warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWarning, __name__)
+
+_F32 = np.dtype(np.float32)
+_BOOL = np.dtype(np.bool_)
+_ONE = (1,)
+
+
 class EnvError(RuntimeError):
     """An environment raised, or returned something the actor cannot use (names env and actor)."""
+
+
+class PolicyResultError(EnvError):
+    """The policy's RolloutResult does not fit the request or the layout fixed by its first result (names it)."""
+
+
+class _Misfit(ValueError):
+    """One field of a step result does not fit the ring's buffers (the message starts with the field)."""
 
 
 @dataclasses.dataclass
@@ -55,8 +75,13 @@ class Episode:
 class _ObsBuffers:
     """Per-slot observation buffers (one array per leaf, ``(S, *shape)``), written as results arrive.
 
-    Built from the first observation; a request is then a view of the buffers (every slot acting)
-    or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+    Built from the first observation, which fixes every field's shape and dtype; every later write
+    checks its leaf against them (one type, shape and dtype comparison each) and refuses a mismatch
+    instead of letting numpy broadcast or cast it. A request is a view of the buffers (every slot
+    acting) or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+
+    Raises:
+        _Misfit: the first observation has a leaf that is not a numpy array of a wire dtype.
     """
 
     def __init__(self, obs: NamedArray, num_slots: int) -> None:
@@ -70,18 +95,51 @@ class _ObsBuffers:
             self.paths = [leaf.path for leaf in schema.leaves]
             self.nodes = schema.nodes
         flat = dict(obs.flat_items())
-        self.bufs = [np.zeros((num_slots, *np.shape(flat[p])), np.asarray(flat[p]).dtype) for p in self.paths]
+        for p in self.paths:
+            x = flat[p]
+            if not isinstance(x, np.ndarray) or x.dtype.str not in WIRE_DTYPES:
+                raise _Misfit(f"obs field {p!r}: expected a numpy array of a numeric/bool dtype, got {describe(x)}")
+        self.bufs = [np.zeros((num_slots, *flat[p].shape), flat[p].dtype) for p in self.paths]
+        self.spec = [(p, b, b.shape[1:], b.dtype) for p, b in zip(self.paths, self.bufs)]
         by_path = dict(zip(self.paths, self.bufs))
         self.full_values = [by_path.get(k) for k in self.keys]  # (flat obs) field values of a full view
+        # float leaves as flat views, each with a zero vector: ``v.dot(zeros)`` is 0 unless v holds NaN/Inf
+        self.finite = [(p, b.reshape(-1), np.zeros(b.size, b.dtype)) for p, b in by_path.items() if b.dtype.kind == "f"]
 
     def write(self, slot: int, obs: NamedArray) -> None:
+        """Copy one agent's observation into row ``slot``.
+
+        Raises:
+            _Misfit: a missing or extra field, or a leaf whose type, shape or dtype differs from the first one's.
+        """
         if self.flat:
-            for k, b in zip(self.paths, self.bufs):
-                b[slot] = getattr(obs, k)
-        else:
-            flat = dict(obs.flat_items())
-            for k, b in zip(self.paths, self.bufs):
-                b[slot] = flat[k]
+            if obs._keys != self.keys:  # type: ignore[attr-defined]
+                self._keys_misfit(obs.keys())
+            for k, b, shape, dtype in self.spec:
+                x = getattr(obs, k)
+                if type(x) is not np.ndarray or x.shape != shape or x.dtype is not dtype:
+                    problem = leaf_problem(x, shape, dtype)
+                    if problem is not None:
+                        raise _Misfit(f"obs field {k!r}: {problem}")
+                b[slot] = x
+            return
+        flat = dict(obs.flat_items())
+        if len(flat) != len(self.paths) or not all(p in flat for p in self.paths):
+            self._keys_misfit(list(flat))
+        for k, b, shape, dtype in self.spec:
+            x = flat[k]
+            problem = leaf_problem(x, shape, dtype)
+            if problem is not None:
+                raise _Misfit(f"obs field {k!r}: {problem}")
+            b[slot] = x
+
+    def _keys_misfit(self, keys: list[str]) -> None:
+        mine = self.keys if self.flat else self.paths
+        if set(keys) == set(mine):
+            return  # the same fields in another order: written by name
+        missing = [k for k in mine if k not in keys]
+        extra = [k for k in keys if k not in mine]
+        raise _Misfit(f"obs fields: expected {mine}, got {keys} (missing {missing}, unexpected {extra})")
 
     def view(self, idx: np.ndarray | None) -> NamedArray:
         if idx is None and self.flat:  # every slot acting: the buffers themselves, in field order
@@ -100,25 +158,30 @@ class _Group:
         self.env_ids = env_ids
         self.envs = envs
         self.slot_of: list[list[int]] = []
+        self.agent_of: list[tuple[int, int]] = []  # slot -> (env position j in the group, agent index)
         n = 0
-        for env in envs:
+        for j, env in enumerate(envs):
             k = int(env.agent_count)
             self.slot_of.append(list(range(n, n + k)))
+            self.agent_of.extend((j, a) for a in range(k))
             n += k
         self.num_slots = n
         self.active = np.zeros(n, np.bool_)  # slot has a staged result and will act
         self.on_reset = np.zeros(n, np.bool_)
         self.obs: _ObsBuffers | None = None
         self.reward: np.ndarray | None = None
+        self.reward_shape: tuple[int] = (1,)  # one agent's reward row, fixed by the first result
         self.done = np.zeros((n, 1), np.bool_)
         self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
+        self.finite: list[tuple[str, np.ndarray, np.ndarray]] = []  # (field, flat float buffer, zeros)
         self.traj = TrajectoryBuffer(n, fragment_length)
         self.ep_return = np.zeros(n, np.float64)
         self.ep_length = np.zeros(n, np.int64)
         self.row_of = np.full(n, -1, np.int64)
         self.pending: tuple[np.ndarray, RolloutRequest, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.steps = [0] * len(envs)
+        self.last_step: list[int | None] = [None] * len(envs)  # step of the staged results (None: a reset)
         self.failures = [0] * len(envs)
         self.versions: dict[tuple[int, int], np.ndarray] = {}
 
@@ -135,10 +198,16 @@ class EnvRing:
         env_name: for messages (e.g. ``gym:CartPole-v1``).
         where: who runs this ring, for messages (e.g. ``actor rank 3``).
         seeds: seed for each env (``env.seed`` is called before the first reset).
-        check: ``"first"``, ``"always"`` or ``"off"``: validate results against declared spaces.
+        check: ``"first"``, ``"always"`` or ``"off"``: validate results against the declared spaces
+            (:class:`~hpcrl.envs.checks.EnvChecker`) on the first steps of each env, on every step, or never.
+            Whatever it says, the layout of every result (count, every obs field's type, shape and dtype,
+            reward, done and truncated) is checked on every step; with ``first`` and ``always``, float
+            observations and rewards are also checked for NaN/Inf on every step (one dot product per float
+            buffer per ring step).
         env_failure: ``"fail"`` or ``"recreate"``.
         max_env_failures: consecutive failures of one env before giving up (with ``recreate``).
         evaluation: mark every request ``is_evaluation`` (deterministic actions).
+        policy_name: names the policy in errors about its results.
     """
 
     def __init__(
@@ -155,6 +224,7 @@ class EnvRing:
         env_failure: str = "fail",
         max_env_failures: int = 3,
         evaluation: bool = False,
+        policy_name: str = "the policy",
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"{where}: envs_per_actor must be >= 1, got {num_envs}")
@@ -164,6 +234,10 @@ class EnvRing:
         self.where = where
         self.default_state = default_state
         self.check_mode = check
+        self._check_all = check == "always"
+        self._check_some = check == "first"
+        self._check_finite = check != "off"
+        self.policy_name = policy_name
         self.env_failure = env_failure
         self.max_env_failures = max_env_failures
         self.seeds = seeds or list(range(num_envs))
@@ -206,51 +280,112 @@ class EnvRing:
     def _accept(self, g: _Group, j: int, results: Any, step: int | None) -> None:
         """Validate what env ``j`` of group ``g`` returned and stage it in the group's buffers.
 
-        ``step`` is the step number (``None``: the results of ``reset()``), for messages.
+        ``step`` is the step number (``None``: the results of ``reset()``), for messages. The layout
+        checks here run on every step; the :class:`~hpcrl.envs.checks.EnvChecker` runs as ``check`` says.
         """
-        i = g.env_ids[j]
         slots = g.slot_of[j]
         if type(results) is not list or len(results) != len(slots):
             n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
             raise EnvError(
-                f"{self.where}: env {self.env_name} #{i} {_what(step)} returned {n} results, "
+                f"{self.where}: env {self.env_name} #{g.env_ids[j]} {_what(step)} returned {n} results, "
                 f"expected a list of agent_count={len(slots)} StepResult/None"
             )
-        if self.check_mode == "always" or (self.check_mode == "first" and g.steps[j] < CHECK_FIRST_STEPS):
+        if self._check_all or (self._check_some and g.steps[j] < CHECK_FIRST_STEPS):
+            i = g.env_ids[j]
             try:
                 self._checker(i, g.envs[j]).check(results, where=_what(step))
             except ValueError as e:
                 raise EnvError(f"{self.where}: env #{i}: {e}") from e
-        for a, (s, r) in enumerate(zip(slots, results)):
+        g.last_step[j] = step
+        a = 0
+        for s, r in zip(slots, results):
             if r is None:
                 g.active[s] = False
+                a += 1
                 continue
-            if g.obs is None:
-                self._allocate(g, r)
-            assert g.obs is not None and g.reward is not None
-            field = "obs"
+            obs = g.obs
+            if obs is None:
+                self._allocate(g, j, a, r, step)
+                obs = g.obs
+                assert obs is not None
             try:
-                g.obs.write(s, r.obs)
-                field = "reward"
-                g.reward[s] = r.reward
-                field = "done"
-                g.done[s] = r.done
-                field = "truncated"
-                g.trunc[s] = r.truncated
-            except (ValueError, TypeError, AttributeError, KeyError) as e:
-                raise EnvError(
-                    f"{self.where}: env {self.env_name} #{i} {_what(step)}, agent {a}: {field} does not fit the layout "
-                    f"fixed by the first result ({e})"
-                ) from e
+                obs.write(s, r.obs)
+                rw = r.reward
+                if type(rw) is not np.ndarray or rw.shape != g.reward_shape or rw.dtype is not _F32:
+                    problem = reward_problem(rw, g.reward_shape[0])
+                    if problem is not None:
+                        raise _Misfit(f"reward: {problem}")
+                g.reward[s] = rw  # type: ignore[index]
+                d = r.done
+                if (d is not FALSE and d is not TRUE) and (
+                    type(d) is not np.ndarray or d.dtype is not _BOOL or d.shape != _ONE
+                ):
+                    problem = flag_problem(d)
+                    if problem is not None:
+                        raise _Misfit(f"done: {problem}")
+                g.done[s] = d
+                d = r.truncated
+                if (d is not FALSE and d is not TRUE) and (
+                    type(d) is not np.ndarray or d.dtype is not _BOOL or d.shape != _ONE
+                ):
+                    problem = flag_problem(d)
+                    if problem is not None:
+                        raise _Misfit(f"truncated: {problem}")
+                g.trunc[s] = d
+            except _Misfit as e:
+                raise self._misfit(g, j, a, step, str(e)) from None
+            except (AttributeError, TypeError, ValueError) as e:
+                if not isinstance(r, StepResult):
+                    problem = f"expected a StepResult or None, got {describe(r)}"
+                elif not isinstance(r.obs, NamedArray):
+                    problem = f"obs: expected a NamedArray of named inputs, got {describe(r.obs)}"
+                else:
+                    problem = f"does not fit the layout fixed by the first result ({type(e).__name__}: {e})"
+                raise self._misfit(g, j, a, step, problem) from e
             g.active[s] = True
+            a += 1
 
-    @staticmethod
-    def _allocate(g: _Group, r: StepResult) -> None:
-        if not isinstance(r.obs, NamedArray):
-            raise EnvError(f"StepResult.obs must be a NamedArray of named inputs, got {type(r.obs).__name__}")
-        g.obs = _ObsBuffers(r.obs, g.num_slots)
-        width = int(np.asarray(r.reward).size) or 1
+    def _misfit(self, g: _Group, j: int, agent: int, step: int | None, problem: str) -> EnvError:
+        """The error for a result that does not fit: names actor, env, step, agent and the field's problem."""
+        head = f"{self.where}: env #{g.env_ids[j]}: env {self.env_name!r} {_what(step)}: agent {agent}"
+        return EnvError(f"{head}: {problem}")
+
+    def _allocate(self, g: _Group, j: int, agent: int, r: Any, step: int | None) -> None:
+        """Allocate the group's obs and reward buffers from its first result."""
+        if not isinstance(r, StepResult) or not isinstance(r.obs, NamedArray):
+            got = describe(r.obs) if isinstance(r, StepResult) else describe(r)
+            raise self._misfit(g, j, agent, step, f"obs: expected a StepResult whose obs is a NamedArray, got {got}")
+        try:
+            g.obs = _ObsBuffers(r.obs, g.num_slots)
+        except _Misfit as e:
+            raise self._misfit(g, j, agent, step, str(e)) from None
+        problem = reward_problem(r.reward, None)
+        if problem is not None:
+            raise self._misfit(g, j, agent, step, f"reward: {problem}")
+        width = 1 if np.ndim(r.reward) == 0 else int(np.shape(r.reward)[0])
+        g.reward_shape = (width,)
         g.reward = np.zeros((g.num_slots, width), np.float32)
+        g.finite = [*g.obs.finite, ("reward", g.reward.reshape(-1), np.zeros(g.reward.size, np.float32))]
+
+    def _nonfinite(self, g: _Group) -> EnvError:
+        """The error for NaN/Inf in the group's float buffers: names env, step, agent and field."""
+        assert g.obs is not None and g.reward is not None
+        for path, buf in [*((p, b) for p, b, _, _ in g.obs.spec), ("reward", g.reward)]:
+            if buf.dtype.kind != "f":
+                continue
+            rows = buf.reshape(g.num_slots, -1)
+            bad_rows = (~np.isfinite(rows)).any(axis=1).nonzero()[0]
+            if bad_rows.size:
+                s = int(bad_rows[0])
+                j, a = g.agent_of[s]
+                if path == "reward":
+                    problem = f"reward: expected a finite value, got {g.reward[s]!r}"
+                else:
+                    size = rows[s].size
+                    bad = int(size - np.isfinite(rows[s]).sum())
+                    problem = f"obs field {path!r}: expected finite values, got {bad} NaN/Inf element(s) of {size}"
+                return self._misfit(g, j, a, g.last_step[j], problem)
+        return EnvError(f"{self.where}: NaN/Inf in the staged results of env {self.env_name}")
 
     def _reset(self, g: _Group, j: int) -> None:
         env = g.envs[j]
@@ -311,6 +446,10 @@ class EnvRing:
         if acting.size == 0:
             raise EnvError(f"{self.where}: no agent can act in env group {group}: every StepResult is None")
         assert g.obs is not None and g.reward is not None
+        if self._check_finite:
+            for _, flat, zeros in g.finite:
+                if not flat.dot(zeros) == 0:  # NaN * 0 and Inf * 0 are NaN: one BLAS call per float buffer
+                    raise self._nonfinite(g)
         if acting.size == g.num_slots:
             obs, reward, done, trunc = g.obs.view(None), g.reward, g.done, g.trunc
             state, on_reset = g.state, g.on_reset[:, None]
@@ -329,8 +468,9 @@ class EnvRing:
         """Record the rows of the pending request of ``group``, then step or reset its envs.
 
         Raises:
-            EnvError: the result does not fit the request (row count), or an env failed and
-                ``env_failure`` is ``fail``.
+            PolicyResultError: the result does not fit the request (rows) or the layout fixed by the first
+                result (shapes, dtypes), or it holds float actions for an integer action space.
+            EnvError: an env failed and ``env_failure`` is ``fail``.
         """
         g = self.groups[group]
         if g.pending is None:
@@ -339,14 +479,16 @@ class EnvRing:
         g.pending = None
         n = acting.size
         act = result.action
-        if len(act) != n:
-            raise EnvError(f"{self.where}: the policy returned {len(act)} actions for {n} requests")
+        if not isinstance(act, NamedArray) or len(act) != n:
+            got = f"{len(act)} actions" if isinstance(act, NamedArray) else f"action {describe(act)}"
+            raise PolicyResultError(f"{self.where}: policy {self.policy_name} returned {got} for {n} requests")
         versions = g.versions.get((n, version))
         if versions is None:
             if len(g.versions) > 64:
                 g.versions.clear()
             versions = g.versions[(n, version)] = np.full((n, 1), version, np.int64)
         if not g.traj.allocated:
+            self._check_first_result(result, n)
             g.traj.allocate(
                 SampleBatch(
                     obs=req.obs,
@@ -365,9 +507,15 @@ class EnvRing:
         leaves_of(act, leaves)
         leaves_of(result.analyzed_result, leaves)
         leaves += (reward, done, trunc, versions, req.on_reset)
-        g.traj.add_leaves(acting, leaves)
-        if g.state is not None and result.policy_state is not None:
-            g.state[acting] = result.policy_state
+        try:
+            g.traj.add_leaves(acting, leaves)
+        except ValueError as e:
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name}: its RolloutResult does not fit the layout fixed by its "
+                f"first result: {e}"
+            ) from e
+        if g.state is not None:
+            self._write_state(g, acting, result.policy_state)
         if n == g.num_slots:  # every slot acted (the common case): whole-array updates, no fancy indexing
             g.ep_return += reward[:, 0] if reward.shape[1] == 1 else reward.sum(axis=1)
             g.ep_length += 1
@@ -412,6 +560,81 @@ class EnvRing:
             g.failures[j] = 0
             self.frames += 1
             self._accept(g, j, results, g.steps[j])
+
+    # ------------------------------------------------------------------ policy results
+    def _check_first_result(self, result: RolloutResult, n: int) -> None:
+        """Before the first result fixes the trajectory layout: one row per request, integer actions where due."""
+        problem = result_rows_problem(result, n)
+        if problem is not None:
+            raise PolicyResultError(f"{self.where}: policy {self.policy_name}: {problem}")
+        found = self._integer_action_space()
+        if found is None:
+            return
+        space, kinds = found
+        from hpcrl.envs.spaces import action_value
+
+        try:
+            x = action_value(result.action)
+        except ValueError:
+            return
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and getattr(dtype, "kind", "i") not in kinds:
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} returned {dtype} actions for env {self.env_name}, whose "
+                f"action space is {space}: expected an integer dtype (int64); float actions would be truncated"
+            )
+
+    def _integer_action_space(self) -> tuple[Any, str] | None:
+        """(a space, the dtype kinds its actions may have) if every agent of every env declares an integer space.
+
+        Integer spaces are Discrete and MultiDiscrete (int kinds) and MultiBinary (int or bool).
+        """
+        found, kinds = None, "iub"
+        for g in self.groups:
+            for env in g.envs:
+                declared = env.action_spaces
+                if not declared:
+                    return None
+                from gymnasium import spaces
+
+                for sp in declared:
+                    if isinstance(sp, (spaces.Discrete, spaces.MultiDiscrete)):
+                        kinds = "iu"
+                    elif not isinstance(sp, spaces.MultiBinary):
+                        return None
+                    found = found or sp
+        return None if found is None else (found, kinds)
+
+    def _write_state(self, g: _Group, acting: np.ndarray, state: NamedArray | None) -> None:
+        """Store the policy's next state for the acting slots; refuses a missing field or a wrong shape."""
+        assert g.state is not None
+        if not isinstance(state, NamedArray):
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} has a default_policy_state but returned policy_state "
+                f"{describe(state)}; expected the next state, rows like RolloutRequest.policy_state"
+            )
+        mine = list(g.state.flat_items())
+        theirs = dict(state.flat_items())
+        n = acting.size
+        for path, dst in mine:
+            src = theirs.get(path)
+            want = (n, *dst.shape[1:])
+            if src is None or tuple(getattr(src, "shape", ())) != want:
+                got = "nothing" if src is None else describe(np.asarray(src))
+                raise PolicyResultError(
+                    f"{self.where}: policy {self.policy_name} returned policy_state.{path} {got}; expected shape "
+                    f"{want} ({n} rows of default_policy_state)"
+                )
+            if n == g.num_slots:
+                dst[...] = src
+            else:
+                dst[acting] = src
+        if len(theirs) != len(mine):
+            extra = sorted(set(theirs) - {p for p, _ in mine})
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} returned policy_state fields {extra} that "
+                f"default_policy_state does not have"
+            )
 
     def pop_fragments(self, group: int | None = None) -> list[SampleBatch]:
         """Completed ``(T + 1, slots)`` fragments of one group (or all groups)."""

@@ -21,7 +21,7 @@ from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.progress import Progress, RunSummary
 from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvError, EnvRing
+from hpcrl.roles.env_ring import EnvRing, PolicyResultError
 from hpcrl.roles.learner import Learner
 from hpcrl.roles.session import Session, StopFlag
 
@@ -73,6 +73,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         check=cfg.actor.check_env,
         env_failure=cfg.actor.env_failure,
         max_env_failures=cfg.actor.max_env_failures,
+        policy_name=cfg.policy.type_,
     )
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
@@ -205,7 +206,17 @@ def test_pipeline(
         row_state = common.default_state_row(policy)
     except ValueError as e:
         raise PipelineError(f"policy {type(policy).__name__}: {e}") from e
-    ring = EnvRing(make, n_envs, 1, fragment_length, row_state, label, where="test_pipeline", check="always")
+    ring = EnvRing(
+        make,
+        n_envs,
+        1,
+        fragment_length,
+        row_state,
+        label,
+        where="test_pipeline",
+        check="always",
+        policy_name=type(policy).__name__,
+    )
     cfg = config.ExperimentConfig(
         environment=config.Environment(type_="test"),
         policy=config.Policy(type_=type(policy).__name__),
@@ -224,10 +235,8 @@ def test_pipeline(
             result = _rollout(policy, request, f"policy {type(policy).__name__}")
             try:
                 ring.consume(0, result, policy.version)
-            except EnvError as e:
-                if "policy returned" in str(e):
-                    raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
-                raise
+            except PolicyResultError as e:
+                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             except ValueError as e:
                 raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             done_eps.extend(e.ret for e in ring.pop_episodes())
