@@ -60,6 +60,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     spec = cfg.policy
     device = common.resolve_device(cfg.training.device)
     policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+    common.check_publishes(policy, None)
     n_envs = cfg.actor.envs_per_actor
     ring = EnvRing(
         common.env_factory(cfg.environment),
@@ -169,13 +170,19 @@ def test_pipeline(
     fragment_length: int = 16,
     max_frames: int = 20_000,
 ) -> dict[str, Any]:
-    """Run actor, inference and trainer in this process until ``episodes`` and ``trainer_steps`` are done.
+    """Run actor, inference and trainer in this process, then check that the trained policy deploys.
 
-    Passing this means the same env/policy/trainer will run under ``mpirun``.
+    Steps until ``episodes`` and ``trainer_steps`` are done, then replays what ``mpirun`` adds to a
+    one-process run on a second policy instance (see :mod:`hpcrl.roles.roundtrip`): the publish path
+    (``state_dict()`` -> wire -> ``load_state_dict()`` -> ``set_version()``) and the checkpoint path
+    (``get_checkpoint()`` of policy and trainer -> the HDF5 writer -> ``load_checkpoint()``). Each must
+    give a policy that acts like the trained one on deterministic (``is_evaluation``) rows and reports
+    its version. Passing this means the same env/policy/trainer will run under ``mpirun``.
 
     Args:
         env: an Environment, a ``config.Environment`` or a registered name.
-        policy: a Policy, a ``config.Policy`` or a registered name.
+        policy: a Policy, a ``config.Policy`` or a registered name. The second instance is built from the
+            spec, or deep-copied from the given instance before training.
         trainer: a Trainer, a ``config.Trainer`` or a registered name (built for ``policy``).
         episodes: finished episodes required.
         trainer_steps: trainer steps required.
@@ -186,9 +193,14 @@ def test_pipeline(
         ``{"frames", "episodes", "trainer_steps", "mean_return", "policy_version", "last_stats"}``.
 
     Raises:
-        PipelineError: the parts do not fit; the message names the part and what went wrong.
+        PipelineError: the parts do not fit; the message names the part (policy, trainer, env), the method at
+            fault and what went wrong.
     """
+    from hpcrl.api.policy import publish_problem
+    from hpcrl.roles import roundtrip
+
     make, label, n_envs = _as_env_factory(env)
+    policy_spec: config.Policy | None = None
     if not isinstance(policy, Policy):
         spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
         probe = make(0)
@@ -198,14 +210,21 @@ def test_pipeline(
             if not isinstance(env, Environment):
                 probe.close()
         policy = make_policy(spec)
+        policy_spec = spec
+    trainer_spec: config.Trainer | None = None
     if not isinstance(trainer, Trainer):
-        trainer = make_trainer(trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer), policy)
+        trainer_spec = trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer)
+        trainer = make_trainer(trainer_spec, policy)
     if trainer.policy is not policy:
         raise PipelineError("the trainer was built for a different policy object than the one given")
+    problem = publish_problem(policy)
+    if problem is not None:
+        raise PipelineError(problem)
     try:
         row_state = common.default_state_row(policy)
     except ValueError as e:
         raise PipelineError(f"policy {type(policy).__name__}: {e}") from e
+    twins = roundtrip.Twins(policy, policy_spec)
     ring = EnvRing(
         make,
         n_envs,
@@ -250,8 +269,12 @@ def test_pipeline(
                     raise PipelineError(str(e)) from e
                 if step is not None and not step.skipped and policy.version == version:
                     raise PipelineError(f"trainer {type(trainer).__name__}.step did not increment the policy version")
+        probe_request = roundtrip.evaluation_request(ring.request(0))
     finally:
         ring.close()
+    expected = roundtrip.reference_outputs(policy, probe_request)
+    roundtrip.check_publish(policy, twins.make(), probe_request, expected)
+    roundtrip.check_checkpoint(policy, trainer, learner, twins.make(), trainer_spec, probe_request, expected)
     return {
         "frames": ring.frames,
         "episodes": len(done_eps),

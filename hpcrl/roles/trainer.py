@@ -47,6 +47,8 @@ class TrainerRank:
         spec = cfg.policy  # already resolved by run_rank
         device = common.resolve_device(cfg.training.device)
         self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        if ctx.is_leader and topo.param_subscribers:
+            common.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)

@@ -1,7 +1,9 @@
-"""Fault-injection components for tests/faults: an env, a PPO trainer and a policy that fail on purpose.
+"""Fault-injection components for tests/faults: an env, a PPO trainer and policies that fail on purpose.
 
 Loaded into every rank of a test job with ``experiment.imports=[faulty]`` (``tests/faults`` is on the
-subprocess's ``PYTHONPATH``); they register themselves as ``fault-env``, ``fault-ppo`` and ``fault-policy``.
+subprocess's ``PYTHONPATH``); they register themselves as ``fault-env``, ``fault-ppo``, ``fault-policy``,
+``stale-policy`` (trains torch weights it never publishes) and ``coin-policy`` (a numpy-only user policy
+that implements nothing but the abstract methods).
 Faults fire only on the ranks listed in ``ranks`` (``None``: every rank); a process finds its rank from the
 launcher's environment (``PMI_RANK`` for MPICH/Hydra, ``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``, ``SLURM_PROCID``),
 0 in a single-process run. Nothing here is imported by hpcrl itself.
@@ -18,6 +20,7 @@ import numpy as np
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.environment import register as register_env
 from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.policy import Policy
 from hpcrl.api.policy import register as register_policy
 from hpcrl.api.trainer import register as register_trainer
 
@@ -25,10 +28,12 @@ __all__ = [
     "ENV_FAULTS",
     "BAD_DATA",
     "GOOD_DATA",
+    "CoinPolicy",
     "FaultyEnv",
     "launcher_rank",
     "make_fault_policy",
     "make_fault_ppo",
+    "make_stale_policy",
 ]
 
 
@@ -399,3 +404,63 @@ def make_fault_policy(raise_at: int = 0, ranks: list[int] | None = None, **kwarg
 register_env("fault-env", FaultyEnv)
 register_trainer("fault-ppo", make_fault_ppo)
 register_policy("fault-policy", make_fault_policy)
+
+
+# ====================================================================== user policies
+class CoinPolicy(Policy):
+    """A numpy-only user policy that implements only the abstract methods (no torch, no version counter).
+
+    Random actions from ``Discrete(action_dim)``; ``is_evaluation`` rows take action 0. With the ``null``
+    trainer it exercises the whole publish path of a parameterless policy (empty ``state_dict``, the base
+    class's version counter).
+
+    Args:
+        action_dim: number of actions.
+        seed: seed of the action generator.
+    """
+
+    def __init__(self, action_dim: int = 2, seed: int = 0) -> None:
+        self.n = int(action_dim)
+        self.rng = np.random.default_rng(seed)
+
+    def rollout(self, request: Any, **kwargs: Any) -> Any:
+        from hpcrl.api.environment import Action
+        from hpcrl.api.policy import RolloutResult
+
+        b = len(request.obs)
+        x = self.rng.integers(0, self.n, b).astype(np.int64)
+        if request.is_evaluation is not None:
+            x[np.asarray(request.is_evaluation, bool).reshape(b)] = 0
+        log_prob = np.full((b, 1), -np.log(self.n), np.float32)
+        analysis = NamedArray(log_prob=log_prob, value=np.zeros((b, 1), np.float32))
+        return RolloutResult(action=Action(x=x), policy_state=request.policy_state, analyzed_result=analysis)
+
+    def analyze(self, sample: Any, target: str = "ppo", **kwargs: Any) -> Any:
+        shape = (*sample.reward.shape[:2], 1)
+        return NamedArray(log_prob=np.full(shape, -np.log(self.n), np.float32), value=np.zeros(shape, np.float32))
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.set_version(int(checkpoint["version"]))
+
+
+def make_stale_policy(**kwargs: Any) -> Any:
+    """``stale-policy``: ``actor-critic-separate`` whose ``state_dict``/``load_state_dict`` are the base class's.
+
+    Its trainer trains real torch weights, but nothing is published: under MPI every actor would act with
+    the initial weights for the whole run (``obs_dim`` and ``action_dim`` must be given).
+    """
+    from hpcrl.api.policy import Policy as Base
+    from hpcrl.policies.actor_critic import ActorCriticPolicy
+
+    class StalePolicy(ActorCriticPolicy):
+        state_dict = Base.state_dict  # type: ignore[assignment]
+        load_state_dict = Base.load_state_dict  # type: ignore[assignment]
+
+    return StalePolicy(shared=False, **kwargs)
+
+
+register_policy("coin-policy", CoinPolicy)
+register_policy("stale-policy", make_stale_policy)
