@@ -6,12 +6,18 @@ one half steps while the other waits for actions). For each group the actor asks
 a :class:`RolloutRequest` (:meth:`EnvRing.request`), gets a :class:`RolloutResult` back
 from whatever runs the policy, and hands it to :meth:`EnvRing.consume`, which records
 the rows, steps (or resets) the envs and stages the next observations.
+
+Nothing reaches a buffer that does not fit it: every env result is checked against the
+layout its group's first result fixed, on every step, and every policy result against the
+request and the trajectory layout (see :class:`EnvRing`). numpy never broadcasts or casts a
+misfit; the error names the actor, env, step, agent and field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -76,15 +82,18 @@ class _ObsBuffers:
     """Per-slot observation buffers (one array per leaf, ``(S, *shape)``), written as results arrive.
 
     Built from the first observation, which fixes every field's shape and dtype; every later write
-    checks its leaf against them (one type, shape and dtype comparison each) and refuses a mismatch
+    checks its leaf against them (one shape and one dtype comparison each) and refuses a mismatch
     instead of letting numpy broadcast or cast it. A request is a view of the buffers (every slot
     acting) or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+
+    Float leaves of one dtype share one allocation (with ``reward_width`` float32 columns for the group's
+    rewards at the end of the float32 one), so the NaN/Inf check is one dot product per float dtype.
 
     Raises:
         _Misfit: the first observation has a leaf that is not a numpy array of a wire dtype.
     """
 
-    def __init__(self, obs: NamedArray, num_slots: int) -> None:
+    def __init__(self, obs: NamedArray, num_slots: int, reward_width: int) -> None:
         self.flat = all(not isinstance(v, NamedArray) for v in obs.values())
         self.cls = type(obs)
         self.keys: list[str] = list(obs.keys())
@@ -99,12 +108,31 @@ class _ObsBuffers:
             x = flat[p]
             if not isinstance(x, np.ndarray) or x.dtype.str not in WIRE_DTYPES:
                 raise _Misfit(f"obs field {p!r}: expected a numpy array of a numeric/bool dtype, got {describe(x)}")
-        self.bufs = [np.zeros((num_slots, *flat[p].shape), flat[p].dtype) for p in self.paths]
+        shapes = {p: (num_slots, *flat[p].shape) for p in self.paths}
+        blocks: dict[np.dtype[Any], list[str]] = {}  # float dtype -> the leaves that share its block
+        for p in self.paths:
+            if flat[p].dtype.kind == "f":
+                blocks.setdefault(flat[p].dtype, []).append(p)
+        by_path: dict[str, np.ndarray] = {}
+        #: one (flat block, zeros) per float dtype: ``block.dot(zeros)`` is 0 unless the block holds NaN/Inf
+        self.finite: list[tuple[np.ndarray, np.ndarray]] = []
+        self.reward = np.zeros((num_slots, reward_width), np.float32)
+        blocks.setdefault(_F32, [])
+        for dtype, paths in blocks.items():
+            sizes = [math.prod(shapes[p]) for p in paths]
+            extra = self.reward.size if dtype == _F32 else 0
+            block = np.zeros(sum(sizes) + extra, dtype)
+            at = 0
+            for p, n in zip(paths, sizes):
+                by_path[p] = block[at : at + n].reshape(shapes[p])
+                at += n
+            if extra:
+                self.reward = block[at:].reshape(num_slots, reward_width)
+            self.finite.append((block, np.zeros(block.size, dtype)))
+        self.bufs = [by_path[p] if p in by_path else np.zeros(shapes[p], flat[p].dtype) for p in self.paths]
         self.spec = [(p, b, b.shape[1:], b.dtype) for p, b in zip(self.paths, self.bufs)]
-        by_path = dict(zip(self.paths, self.bufs))
-        self.full_values = [by_path.get(k) for k in self.keys]  # (flat obs) field values of a full view
-        # float leaves as flat views, each with a zero vector: ``v.dot(zeros)`` is 0 unless v holds NaN/Inf
-        self.finite = [(p, b.reshape(-1), np.zeros(b.size, b.dtype)) for p, b in by_path.items() if b.dtype.kind == "f"]
+        every = dict(zip(self.paths, self.bufs))
+        self.full_values = [every.get(k) for k in self.keys]  # (flat obs) field values of a full view
 
     def write(self, slot: int, obs: NamedArray) -> None:
         """Copy one agent's observation into row ``slot``.
@@ -117,7 +145,7 @@ class _ObsBuffers:
                 self._keys_misfit(obs.keys())
             for k, b, shape, dtype in self.spec:
                 x = getattr(obs, k)
-                if type(x) is not np.ndarray or x.shape != shape or x.dtype is not dtype:
+                if x.shape != shape or x.dtype is not dtype:  # no shape/dtype: AttributeError, diagnosed
                     problem = leaf_problem(x, shape, dtype)
                     if problem is not None:
                         raise _Misfit(f"obs field {k!r}: {problem}")
@@ -171,17 +199,17 @@ class _Group:
         self.obs: _ObsBuffers | None = None
         self.reward: np.ndarray | None = None
         self.reward_shape: tuple[int] = (1,)  # one agent's reward row, fixed by the first result
+        self.fit_reward: Any = None  # the last reward object found to fit (cached reward arrays repeat)
         self.done = np.zeros((n, 1), np.bool_)
         self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
-        self.finite: list[tuple[str, np.ndarray, np.ndarray]] = []  # (field, flat float buffer, zeros)
+        self.finite: list[tuple[np.ndarray, np.ndarray]] = []  # (float block, zeros): see _ObsBuffers
         self.traj = TrajectoryBuffer(n, fragment_length)
         self.ep_return = np.zeros(n, np.float64)
         self.ep_length = np.zeros(n, np.int64)
         self.row_of = np.full(n, -1, np.int64)
         self.pending: tuple[np.ndarray, RolloutRequest, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.steps = [0] * len(envs)
-        self.last_step: list[int | None] = [None] * len(envs)  # step of the staged results (None: a reset)
         self.failures = [0] * len(envs)
         self.versions: dict[tuple[int, int], np.ndarray] = {}
 
@@ -296,12 +324,9 @@ class EnvRing:
                 self._checker(i, g.envs[j]).check(results, where=_what(step))
             except ValueError as e:
                 raise EnvError(f"{self.where}: env #{i}: {e}") from e
-        g.last_step[j] = step
-        a = 0
-        for s, r in zip(slots, results):
+        for a, (s, r) in enumerate(zip(slots, results)):
             if r is None:
                 g.active[s] = False
-                a += 1
                 continue
             obs = g.obs
             if obs is None:
@@ -311,10 +336,14 @@ class EnvRing:
             try:
                 obs.write(s, r.obs)
                 rw = r.reward
-                if type(rw) is not np.ndarray or rw.shape != g.reward_shape or rw.dtype is not _F32:
-                    problem = reward_problem(rw, g.reward_shape[0])
-                    if problem is not None:
-                        raise _Misfit(f"reward: {problem}")
+                if rw is not g.fit_reward:  # an env's cached reward arrays repeat: checked once each
+                    if (type(rw) is not np.ndarray or rw.shape != g.reward_shape or rw.dtype is not _F32) and (
+                        type(rw) is not float or g.reward_shape != _ONE  # a python float is a (1,) reward
+                    ):
+                        problem = reward_problem(rw, g.reward_shape[0])
+                        if problem is not None:
+                            raise _Misfit(f"reward: {problem}")
+                    g.fit_reward = rw
                 g.reward[s] = rw  # type: ignore[index]
                 d = r.done
                 if (d is not FALSE and d is not TRUE) and (
@@ -335,15 +364,29 @@ class EnvRing:
             except _Misfit as e:
                 raise self._misfit(g, j, a, step, str(e)) from None
             except (AttributeError, TypeError, ValueError) as e:
-                if not isinstance(r, StepResult):
-                    problem = f"expected a StepResult or None, got {describe(r)}"
-                elif not isinstance(r.obs, NamedArray):
-                    problem = f"obs: expected a NamedArray of named inputs, got {describe(r.obs)}"
-                else:
-                    problem = f"does not fit the layout fixed by the first result ({type(e).__name__}: {e})"
-                raise self._misfit(g, j, a, step, problem) from e
+                raise self._misfit(g, j, a, step, self._diagnose(g, r, e)) from e
             g.active[s] = True
-            a += 1
+
+    def _diagnose(self, g: _Group, r: Any, error: Exception) -> str:
+        """What is wrong with a result whose write failed (the first field at fault, named)."""
+        if not isinstance(r, StepResult):
+            return f"expected a StepResult or None, got {describe(r)}"
+        if not isinstance(r.obs, NamedArray):
+            return f"obs: expected a NamedArray of named inputs, got {describe(r.obs)}"
+        assert g.obs is not None
+        flat = dict(r.obs.flat_items())
+        for path, _, shape, dtype in g.obs.spec:
+            problem = leaf_problem(flat.get(path), shape, dtype)
+            if problem is not None:
+                return f"obs field {path!r}: {problem}"
+        for name, problem in (
+            ("reward", reward_problem(r.reward, g.reward_shape[0])),
+            ("done", flag_problem(r.done)),
+            ("truncated", flag_problem(r.truncated)),
+        ):
+            if problem is not None:
+                return f"{name}: {problem}"
+        return f"does not fit the layout fixed by the first result ({type(error).__name__}: {error})"
 
     def _misfit(self, g: _Group, j: int, agent: int, step: int | None, problem: str) -> EnvError:
         """The error for a result that does not fit: names actor, env, step, agent and the field's problem."""
@@ -355,36 +398,39 @@ class EnvRing:
         if not isinstance(r, StepResult) or not isinstance(r.obs, NamedArray):
             got = describe(r.obs) if isinstance(r, StepResult) else describe(r)
             raise self._misfit(g, j, agent, step, f"obs: expected a StepResult whose obs is a NamedArray, got {got}")
-        try:
-            g.obs = _ObsBuffers(r.obs, g.num_slots)
-        except _Misfit as e:
-            raise self._misfit(g, j, agent, step, str(e)) from None
         problem = reward_problem(r.reward, None)
         if problem is not None:
             raise self._misfit(g, j, agent, step, f"reward: {problem}")
         width = 1 if np.ndim(r.reward) == 0 else int(np.shape(r.reward)[0])
+        try:
+            g.obs = _ObsBuffers(r.obs, g.num_slots, width)
+        except _Misfit as e:
+            raise self._misfit(g, j, agent, step, str(e)) from None
         g.reward_shape = (width,)
-        g.reward = np.zeros((g.num_slots, width), np.float32)
-        g.finite = [*g.obs.finite, ("reward", g.reward.reshape(-1), np.zeros(g.reward.size, np.float32))]
+        g.reward = g.obs.reward
+        g.finite = g.obs.finite
 
     def _nonfinite(self, g: _Group) -> EnvError:
         """The error for NaN/Inf in the group's float buffers: names env, step, agent and field."""
         assert g.obs is not None and g.reward is not None
-        for path, buf in [*((p, b) for p, b, _, _ in g.obs.spec), ("reward", g.reward)]:
+        fields: list[tuple[str, np.ndarray]] = [(p, b) for p, b, _, _ in g.obs.spec]
+        first: tuple[int, str, np.ndarray] | None = None  # the lowest slot with NaN/Inf, and where
+        for path, buf in [*fields, ("reward", g.reward)]:
             if buf.dtype.kind != "f":
                 continue
             rows = buf.reshape(g.num_slots, -1)
-            bad_rows = (~np.isfinite(rows)).any(axis=1).nonzero()[0]
-            if bad_rows.size:
-                s = int(bad_rows[0])
-                j, a = g.agent_of[s]
-                if path == "reward":
-                    problem = f"reward: expected a finite value, got {g.reward[s]!r}"
-                else:
-                    size = rows[s].size
-                    bad = int(size - np.isfinite(rows[s]).sum())
-                    problem = f"obs field {path!r}: expected finite values, got {bad} NaN/Inf element(s) of {size}"
-                return self._misfit(g, j, a, g.last_step[j], problem)
+            bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+            if bad_rows.size and (first is None or bad_rows[0] < first[0]):
+                first = (int(bad_rows[0]), path, rows[bad_rows[0]])
+        if first is not None:
+            s, path, row = first
+            j, a = g.agent_of[s]
+            if path == "reward":
+                problem = f"reward: expected a finite value, got {row!r}"
+            else:
+                bad = int(row.size - np.isfinite(row).sum())
+                problem = f"obs field {path!r}: expected finite values, got {bad} NaN/Inf element(s) of {row.size}"
+            return self._misfit(g, j, a, None if g.on_reset[s] else g.steps[j], problem)
         return EnvError(f"{self.where}: NaN/Inf in the staged results of env {self.env_name}")
 
     def _reset(self, g: _Group, j: int) -> None:
@@ -447,8 +493,8 @@ class EnvRing:
             raise EnvError(f"{self.where}: no agent can act in env group {group}: every StepResult is None")
         assert g.obs is not None and g.reward is not None
         if self._check_finite:
-            for _, flat, zeros in g.finite:
-                if not flat.dot(zeros) == 0:  # NaN * 0 and Inf * 0 are NaN: one BLAS call per float buffer
+            for block, zeros in g.finite:
+                if not block.dot(zeros) == 0:  # NaN * 0 and Inf * 0 are NaN: one BLAS call per float buffer
                     raise self._nonfinite(g)
         if acting.size == g.num_slots:
             obs, reward, done, trunc = g.obs.view(None), g.reward, g.done, g.trunc
@@ -504,11 +550,13 @@ class EnvRing:
             )
         leaves = leaves_of(req.obs, [])
         leaves_of(req.policy_state, leaves)
+        first = len(leaves)  # the policy's leaves: the others are the ring's own buffers, built to the layout
         leaves_of(act, leaves)
         leaves_of(result.analyzed_result, leaves)
+        policy_leaves = range(first, len(leaves))
         leaves += (reward, done, trunc, versions, req.on_reset)
         try:
-            g.traj.add_leaves(acting, leaves)
+            g.traj.add_leaves(acting, leaves, policy_leaves)
         except ValueError as e:
             raise PolicyResultError(
                 f"{self.where}: policy {self.policy_name}: its RolloutResult does not fit the layout fixed by its "
@@ -535,22 +583,36 @@ class EnvRing:
         cls, keys = type(act), act._keys  # type: ignore[attr-defined]
         flat = all(not isinstance(getattr(act, k), NamedArray) for k in keys)
         cols = [getattr(act, k) for k in keys] if flat else None
+        col = cols[0] if cols is not None and len(cols) == 1 else None  # one action field (``x``): no inner loop
         g.row_of[acting] = np.arange(n)
         rows = g.row_of.tolist()
         active = g.active.tolist()
         for j, slots in enumerate(g.slot_of):
-            if not any(active[s] for s in slots):
-                self._reset(g, j)
-                continue
-            actions: list[NamedArray | None] = []
-            for s in slots:
+            actions: list[NamedArray | None]
+            if len(slots) == 1:  # one agent per env (the common case)
+                s = slots[0]
                 if not active[s]:
-                    actions.append(None)
+                    self._reset(g, j)
+                    continue
+                if col is not None:
+                    actions = [cls._build(keys, [col[rows[s]]])]
                 elif cols is not None:
-                    r = rows[s]
-                    actions.append(cls._build(keys, [None if c is None else c[r] for c in cols]))
+                    actions = [cls._build(keys, [None if c is None else c[rows[s]] for c in cols])]
                 else:
-                    actions.append(act[rows[s]])
+                    actions = [act[rows[s]]]
+            else:
+                if not any(active[s] for s in slots):
+                    self._reset(g, j)
+                    continue
+                actions = []
+                for s in slots:
+                    if not active[s]:
+                        actions.append(None)
+                    elif cols is not None:
+                        r = rows[s]
+                        actions.append(cls._build(keys, [None if c is None else c[r] for c in cols]))
+                    else:
+                        actions.append(act[rows[s]])
             try:
                 results = g.envs[j].step(actions)
             except Exception as e:

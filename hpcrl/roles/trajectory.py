@@ -73,6 +73,7 @@ class TrajectoryBuffer:
         self._paths: list[str] = []  # leaf paths, for messages
         self._row_shapes: list[tuple[int, ...]] = []  # one full row of each leaf: (num_slots, ...)
         self._dtypes: list[np.dtype[Any]] = []
+        self._every = range(0)
         self._out: SampleBatch | None = None
         self._outs: list[np.ndarray] = []
         self._out_cols = 0
@@ -103,6 +104,7 @@ class TrajectoryBuffer:
         self._paths = [leaf.path for leaf in self._schema.leaves]
         self._row_shapes = [b.shape[1:] for b in self._bufs]
         self._dtypes = [b.dtype for b in self._bufs]
+        self._every = range(len(self._bufs))
         self._out = self._fresh()
         self._outs = leaves_of(self._out, [])
 
@@ -123,11 +125,17 @@ class TrajectoryBuffer:
             raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(self._bufs)}: {row!r}")
         self.add_leaves(slots, leaves)
 
-    def add_leaves(self, slots: np.ndarray, leaves: list[Any]) -> None:
+    def add_leaves(self, slots: np.ndarray, leaves: list[Any], checked: range | None = None) -> None:
         """Write one row for ``slots`` from leaves in the layout's ``flat_items`` order (the fast path).
 
-        Every leaf must have exactly the shape of its part of the row, ``(len(slots), ...)``, and a
+        Every checked leaf must have exactly the shape of its part of the row, ``(len(slots), ...)``, and a
         dtype that converts within its kind (a shape mismatch is refused, never broadcast).
+
+        Args:
+            slots: the slots that acted.
+            leaves: one array per leaf of the layout.
+            checked: the indices of the leaves to check (default: all). The env ring passes the leaves of
+                the policy's result only: the others are views of its own buffers, built to the layout.
 
         Raises:
             ValueError: a leaf does not fit its trajectory column (names the field, expected and actual).
@@ -137,14 +145,13 @@ class TrajectoryBuffer:
             raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(bufs)}")
         c = self._synced_row
         if c is not None and len(slots) == self.num_slots:
-            try:
-                for dst, src, shape, dtype in zip(bufs, leaves, self._row_shapes, self._dtypes):
-                    if src.shape != shape or src.dtype is not dtype:  # one tuple and one identity comparison
-                        src = self._fit(next(k for k, b in enumerate(bufs) if b is dst), src, shape)
-                    dst[c] = src
-            except AttributeError:  # a leaf without shape/dtype (a list, a number): convert or refuse each
-                for k, (dst, src, shape) in enumerate(zip(bufs, leaves, self._row_shapes)):
-                    dst[c] = self._fit(k, src, shape)
+            shapes, dtypes = self._row_shapes, self._dtypes
+            for k in self._every if checked is None else checked:
+                src = leaves[k]
+                if type(src) is not np.ndarray or src.shape != shapes[k] or src.dtype is not dtypes[k]:
+                    leaves[k] = self._fit(k, src, shapes[k])
+            for dst, src in zip(bufs, leaves):
+                dst[c] = src
             self._synced_row = c + 1
             if c + 1 == self.rows:
                 self._complete_all()
