@@ -231,7 +231,7 @@ class EnvRing:
             Whatever it says, the layout of every result (count, every obs field's type, shape and dtype,
             reward, done and truncated) is checked on every step; with ``first`` and ``always``, float
             observations and rewards are also checked for NaN/Inf on every step (one dot product per float
-            buffer per ring step).
+            dtype per ring step).
         env_failure: ``"fail"`` or ``"recreate"``.
         max_env_failures: consecutive failures of one env before giving up (with ``recreate``).
         evaluation: mark every request ``is_evaluation`` (deterministic actions).
