@@ -87,6 +87,7 @@ def evaluate(
         seeds=[common.env_seed(seed, i) for i in range(envs)],
         check="first",
         evaluation=not stochastic,
+        policy_name=cfg.policy.type_,
     )
     returns: list[float] = []
     lengths: list[int] = []

@@ -108,7 +108,9 @@ class Actor:
     ring_halves: bool = True
     """With remote inference, split the envs in two halves: one steps while the other waits for actions."""
     check_env: Literal["first", "always", "off"] = "first"
-    """Validate env results against the declared spaces: on the first steps, always, or never."""
+    """Full checks of env results against the declared spaces: the first 100 steps of each env, every step,
+    or never. Shapes and dtypes are checked on every step whatever this says; ``first`` and ``always`` also
+    check float observations and rewards for NaN/Inf on every step."""
     env_failure: Literal["fail", "recreate"] = "fail"
     """When an env raises in reset/step: stop the run, or recreate the env and drop its partial episode."""
     max_env_failures: int = 3

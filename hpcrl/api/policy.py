@@ -42,6 +42,9 @@ __all__ = [
     "ALL_POLICIES",
     "state_from_agent",
     "state_to_agent",
+    "publish_problem",
+    "PolicyContractError",
+    "result_rows_problem",
 ]
 
 
@@ -104,10 +107,16 @@ def state_from_agent(row_state: NamedArray | None) -> NamedArray | None:
 class Policy(abc.ABC):
     """A policy acts on batches of observations and analyses samples for its trainer.
 
-    Subclasses implement :meth:`rollout`, :meth:`analyze`, :meth:`get_checkpoint`,
-    :meth:`load_checkpoint`, :meth:`state_dict`/:meth:`load_state_dict` (the weights
-    published to inference ranks) and the :attr:`version` counter.
+    Subclasses implement :meth:`rollout`, :meth:`analyze`, :meth:`get_checkpoint` and
+    :meth:`load_checkpoint`. A policy whose weights change during training also implements
+    :meth:`state_dict`/:meth:`load_state_dict`: that is what the trainer leader publishes to
+    inference ranks and inline-inference actors (a policy with trainable :meth:`parameters`
+    that publishes nothing is refused at start-up under MPI). The version counter
+    (:attr:`version`, :meth:`inc_version`, :meth:`set_version`) is kept here; a subclass may
+    override all three, consistently.
     """
+
+    _version: int = 0  # class default: a subclass need not call ``super().__init__()``
 
     @property
     def default_policy_state(self) -> NamedArray | None:
@@ -115,13 +124,17 @@ class Policy(abc.ABC):
         return None
 
     @property
-    @abc.abstractmethod
     def version(self) -> int:
         """Number of trainer updates applied to these weights."""
+        return self._version
 
-    @abc.abstractmethod
     def inc_version(self) -> None:
         """Increment :attr:`version` (the trainer calls this after each update)."""
+        self._version = int(self._version) + 1
+
+    def set_version(self, version: int) -> None:
+        """Set :attr:`version` (inference ranks call this when weights arrive from the trainer)."""
+        self._version = int(version)
 
     @abc.abstractmethod
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
@@ -144,19 +157,65 @@ class Policy(abc.ABC):
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: B027 - optional hook
-        """Load weights from :meth:`state_dict`."""
+        """Load weights from :meth:`state_dict` (the base class has none to load)."""
 
     def parameters(self) -> Iterator[Any]:
         """Trainable parameters (torch tensors); empty if none."""
         return iter(())
 
-    def set_version(self, version: int) -> None:
-        """Set the version (used when weights arrive from the trainer)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support set_version")
+
+def result_rows_problem(result: Any, rows: int) -> str | None:
+    """What is wrong with a policy's answer to a request of ``rows`` rows; ``None`` if every leaf has ``rows`` rows.
+
+    Every leaf of ``action``, ``analyzed_result`` and ``policy_state`` must have ``rows`` rows on axis 0 (a
+    leaf with one row, or none, would otherwise be broadcast or sliced wrongly when the batch is split
+    between the actors that asked).
+    """
+    if not isinstance(result, RolloutResult) or not isinstance(result.action, NamedArray):
+        return f"rollout returned {type(result).__name__}, expected a RolloutResult with an action NamedArray"
+    for part in ("action", "analyzed_result", "policy_state"):
+        na = getattr(result, part)
+        if not isinstance(na, NamedArray):
+            continue
+        for path, x in na.flat_items():
+            shape = tuple(getattr(x, "shape", ()))
+            if not shape or shape[0] != rows:
+                return f"{part}.{path} has shape {shape}; expected {rows} rows (one per request row) on axis 0"
+    return None
+
+
+class PolicyContractError(TypeError):
+    """A policy does not implement what the run needs (the message names the policy and the methods)."""
+
+
+def publish_problem(policy: Policy) -> str | None:
+    """Why ``policy``'s weights would not reach inference ranks, or ``None`` if they would.
+
+    A policy with trainable parameters (``parameters()`` yields tensors with ``requires_grad``) must
+    publish them: :meth:`Policy.state_dict` must not be empty and :meth:`Policy.load_state_dict` must be
+    overridden. Without that, actors with inline inference and inference ranks act with the initial
+    weights for the whole run.
+    """
+    trainable = any(getattr(p, "requires_grad", False) for p in policy.parameters())
+    if not trainable:
+        return None
+    name = type(policy).__name__
+    missing = []
+    if not policy.state_dict():
+        missing.append("state_dict() returns nothing")
+    if type(policy).load_state_dict is Policy.load_state_dict:
+        missing.append("load_state_dict() is not overridden")
+    if not missing:
+        return None
+    return (
+        f"policy {name} has trainable parameters but {' and '.join(missing)}: inference ranks and actors would "
+        f"act with the initial weights for the whole run. Implement {name}.state_dict() (name -> tensor/array "
+        f"of the weights) and {name}.load_state_dict(state_dict), or derive it from SingleModelPytorchPolicy"
+    )
 
 
 class SingleModelPytorchPolicy(Policy):
-    """A policy around one ``torch.nn.Module``: device, version counter and tensor-only checkpoints.
+    """A policy around one ``torch.nn.Module``: device, published weights and tensor-only checkpoints.
 
     Subclasses implement :meth:`rollout` and :meth:`analyze` using :attr:`net`. The
     system moves the policy to a device with :meth:`to`; trainers synchronise gradients
@@ -188,19 +247,6 @@ class SingleModelPytorchPolicy(Policy):
         self._device = device
         return self
 
-    @property
-    def version(self) -> int:
-        """Number of trainer updates applied to these weights."""
-        return self._version
-
-    def inc_version(self) -> None:
-        """Increment :attr:`version`."""
-        self._version += 1
-
-    def set_version(self, version: int) -> None:
-        """Set :attr:`version` (weights received from the trainer)."""
-        self._version = int(version)
-
     def parameters(self) -> Iterator[Any]:
         """The model's parameters."""
         return iter(self._net.parameters())
@@ -220,7 +266,7 @@ class SingleModelPytorchPolicy(Policy):
         """``{"model": {name: tensor}, "version": int}`` (tensors on CPU)."""
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self._net.state_dict().items()},
-            "version": self._version,
+            "version": self.version,
         }
 
     def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -230,7 +276,7 @@ class SingleModelPytorchPolicy(Policy):
             KeyError: the checkpoint lacks ``model`` or ``version``.
         """
         self.load_state_dict(checkpoint["model"])
-        self._version = int(checkpoint["version"])
+        self.set_version(int(checkpoint["version"]))
 
 
 ALL_POLICIES: Registry[Policy] = Registry("policy")

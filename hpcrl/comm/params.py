@@ -51,7 +51,7 @@ from hpcrl.comm.wire import (
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy"]
+__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy", "published_copy"]
 
 _log = logging.getLogger(__name__)
 _PREFIX = "p:"  # field-name prefix on the wire: parameter names can never clash with NamedArray methods
@@ -67,6 +67,49 @@ def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):
         return value.detach().cpu().numpy()  # type: ignore[no-any-return]
     return np.asarray(value)
+
+
+def _record(state_dict: Mapping[str, Any]) -> tuple[NamedArray, Schema]:
+    """The wire record of a state dict and its schema (what :meth:`ParamPublisher.publish` packs)."""
+    if not isinstance(state_dict, Mapping):
+        raise ParamsError(f"publish needs a mapping of name -> array, got {type(state_dict).__name__}")
+    # a policy without parameters (e.g. ``random``) still publishes its version: one placeholder byte
+    arrays: dict[str, np.ndarray] = {} if state_dict else {_EMPTY: np.zeros(1, np.uint8)}
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            raise ParamsError(f"parameter names must be strings, got {name!r}")
+        arrays[_PREFIX + name] = to_numpy(value)
+    record = NamedArray(**arrays)
+    try:
+        schema = Schema.of(record, batch_ndim=0)
+    except SchemaError as e:
+        raise ParamsError(f"cannot publish parameters: {e}") from e
+    return record, schema
+
+
+def _received(record: NamedArray) -> dict[str, np.ndarray]:
+    """What a subscriber hands out for a received record: name -> read-only array, placeholder dropped."""
+    params = {}
+    for key, value in record.items():
+        if not key.startswith(_PREFIX):  # the placeholder of an empty state dict
+            continue
+        value.flags.writeable = False
+        params[key[len(_PREFIX) :]] = value
+    return params
+
+
+def published_copy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """What a :class:`ParamSubscriber` would pass on for ``state_dict``, without MPI (packed and unpacked).
+
+    Lets one process check the publish path end to end (``hpcrl.testing.test_pipeline``): the values
+    arrive as read-only numpy arrays in the wire dtypes, whatever ``state_dict`` held (tensors, arrays).
+
+    Raises:
+        ParamsError: ``state_dict`` cannot be published (not a mapping of str -> array, unsupported dtype).
+    """
+    record, schema = _record(state_dict)
+    buf = schema.pack(record)
+    return _received(schema.unpack(buf, (), copy=True))
 
 
 class _Subscriber:
@@ -166,19 +209,7 @@ class ParamPublisher:
         """
         if self._closed:
             raise ChannelError("ParamPublisher: publish after close()")
-        if not isinstance(state_dict, Mapping):
-            raise ParamsError(f"publish needs a mapping of name -> array, got {type(state_dict).__name__}")
-        # a policy without parameters (e.g. ``random``) still publishes its version: one placeholder byte
-        arrays: dict[str, np.ndarray] = {} if state_dict else {_EMPTY: np.zeros(1, np.uint8)}
-        for name, value in state_dict.items():
-            if not isinstance(name, str):
-                raise ParamsError(f"parameter names must be strings, got {name!r}")
-            arrays[_PREFIX + name] = to_numpy(value)
-        record = NamedArray(**arrays)
-        try:
-            schema = Schema.of(record, batch_ndim=0)
-        except SchemaError as e:
-            raise ParamsError(f"cannot publish parameters: {e}") from e
+        record, schema = _record(state_dict)
         if schema != self._schema:
             text = schema.to_json().encode("utf-8")
             if len(text) > MAX_SCHEMA_BYTES:
@@ -312,13 +343,7 @@ class ParamSubscriber:
         if newest is None:
             return None
         self.version = newest.version
-        params = {}
-        for key, value in newest.data.items():
-            if not key.startswith(_PREFIX):  # the placeholder of an empty state dict
-                continue
-            value.flags.writeable = False
-            params[key[len(_PREFIX) :]] = value
-        return newest.version, params
+        return newest.version, _received(newest.data)
 
     def wait(
         self, timeout: float | None = None, on_idle: OnIdle | None = None, backoff: Backoff | None = None

@@ -5,6 +5,12 @@ The actor runs :class:`EnvChecker` on the first steps of every env (config ``act
 runs it on every step. Every :class:`EnvCheckError` names the env, where it happened (``reset``
 or ``step N``), the agent index, the field, and what was expected vs what was found.
 
+Whatever ``check_env`` says, the actor's env ring applies the structural rules of
+:func:`leaf_problem`, :func:`reward_problem` and :func:`flag_problem` to every result of every step
+(against the layout fixed by the first result), so a wrong shape or dtype is never broadcast or cast
+into its buffers; with ``first`` and ``always`` it also checks float observations and rewards for
+NaN/Inf on every step (see :mod:`hpcrl.roles.env_ring`).
+
 What :meth:`EnvChecker.check` accepts is exactly what :func:`normalize_result` turns into the
 canonical form, so the two may run in either order:
 
@@ -33,7 +39,16 @@ from hpcrl.api.environment import StepResult
 from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray
 from hpcrl.envs.results import flag, reward_array
 
-__all__ = ["EnvChecker", "EnvCheckError", "normalize_result", "normalize_results"]
+__all__ = [
+    "EnvChecker",
+    "EnvCheckError",
+    "normalize_result",
+    "normalize_results",
+    "leaf_problem",
+    "reward_problem",
+    "flag_problem",
+    "describe",
+]
 
 _F32 = np.dtype(np.float32)
 _BOOL = np.dtype(np.bool_)
@@ -47,7 +62,7 @@ def _shape_str(x: Any) -> str:
     return str(tuple(np.shape(x)))
 
 
-def _describe(x: Any) -> str:
+def describe(x: Any) -> str:
     """Short description of a value: ``float64 array (3,)`` / ``int 5`` / ``list``."""
     if isinstance(x, np.ndarray):
         return f"{x.dtype} array {tuple(x.shape)}"
@@ -61,6 +76,57 @@ def _describe(x: Any) -> str:
 def _all_finite(a: np.ndarray) -> bool:
     """Whether every element of a float array is finite."""
     return bool(np.isfinite(a).all())
+
+
+# ---------------------------------------------------------------------- layout rules
+# The structural rules below (type, shape, dtype) are what the actor's env ring checks on every step
+# whatever ``actor.check_env`` says; :class:`EnvChecker` applies the same rules plus the costlier ones.
+
+
+def leaf_problem(x: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> str | None:
+    """What is wrong with one observation leaf for a field of ``shape`` and ``dtype``; ``None`` if nothing.
+
+    Examples:
+        >>> leaf_problem(np.zeros(1, np.float32), (4,), np.dtype(np.float32))
+        'expected shape (4,), got (1,)'
+    """
+    if not isinstance(x, np.ndarray):
+        return f"expected a numpy {dtype} array of shape {shape}, got {describe(x)}"
+    if x.shape != shape:
+        return f"expected shape {shape}, got {x.shape}"
+    if x.dtype != dtype:
+        return f"expected dtype {dtype}, got {x.dtype} (convert it in the env, e.g. .astype(np.{dtype}))"
+    return None
+
+
+def reward_problem(reward: Any, width: int | None) -> str | None:
+    """What is wrong with a reward for ``width`` components (``None``: not fixed yet); ``None`` if nothing.
+
+    A reward is a real scalar (python or numpy, not bool), or an int/float array of shape ``()`` or
+    ``(k,)``; a scalar or shape ``()`` counts as ``k = 1``.
+    """
+    if isinstance(reward, np.ndarray):
+        if reward.dtype.kind not in "fiu" or reward.ndim > 1:
+            return f"expected float32 array of shape (1,), got {describe(reward)}"
+        shape = (1,) if reward.ndim == 0 else reward.shape
+    elif isinstance(reward, (int, float, np.integer, np.floating)) and not isinstance(reward, (bool, np.bool_)):
+        shape = (1,)
+    else:
+        return f"expected a float32 array of shape (1,) (or a real number), got {describe(reward)}"
+    if width is not None and shape != (width,):
+        return f"expected shape {(width,)} (as before), got {shape}"
+    return None
+
+
+def flag_problem(value: Any) -> str | None:
+    """What is wrong with a ``done``/``truncated`` flag (a bool, or a bool array of shape ``(1,)``/``()``)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != _BOOL or value.shape not in ((1,), ()):
+            return f"expected bool array of shape (1,), got {describe(value)}"
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    return f"expected bool array of shape (1,), got {describe(value)}"
 
 
 class _Leaf:
@@ -207,7 +273,7 @@ class EnvChecker:
 
     def _check_obs(self, i: int, obs: Any, head: str) -> None:
         if not isinstance(obs, NamedArray):
-            raise EnvCheckError(f"{head}: agent {i}: obs: expected a NamedArray of named inputs, got {_describe(obs)}")
+            raise EnvCheckError(f"{head}: agent {i}: obs: expected a NamedArray of named inputs, got {describe(obs)}")
         leaves = self._leaves[i]
         if leaves is None:
             self._learn(i, obs, head)
@@ -225,20 +291,9 @@ class EnvChecker:
             x: Any = obs
             for part in leaf.parts:
                 x = getattr(x, part, None) if isinstance(x, NamedArray) else None
-            if type(x) is not np.ndarray and not isinstance(x, np.ndarray):
-                raise EnvCheckError(
-                    f"{head}: agent {i}: obs field {leaf.path!r}: expected a numpy {leaf.dtype} array of shape "
-                    f"{leaf.shape}, got {_describe(x)}"
-                )
-            if x.shape != leaf.shape:
-                raise EnvCheckError(
-                    f"{head}: agent {i}: obs field {leaf.path!r}: expected shape {leaf.shape}, got {x.shape}"
-                )
-            if x.dtype is not leaf.dtype and x.dtype != leaf.dtype:
-                raise EnvCheckError(
-                    f"{head}: agent {i}: obs field {leaf.path!r}: expected dtype {leaf.dtype}, got {x.dtype} "
-                    f"(convert it in the env, e.g. .astype(np.{leaf.dtype}))"
-                )
+            problem = leaf_problem(x, leaf.shape, leaf.dtype)
+            if problem is not None:
+                raise EnvCheckError(f"{head}: agent {i}: obs field {leaf.path!r}: {problem}")
             if leaf.is_float and not _all_finite(x):
                 bad = int(np.size(x) - np.isfinite(x).sum())
                 raise EnvCheckError(
@@ -251,9 +306,7 @@ class EnvChecker:
         leaves: list[_Leaf] = []
         for path, x in obs.flat_items():
             if not isinstance(x, np.ndarray):
-                raise EnvCheckError(
-                    f"{head}: agent {i}: obs field {path!r}: expected a numpy array, got {_describe(x)}"
-                )
+                raise EnvCheckError(f"{head}: agent {i}: obs field {path!r}: expected a numpy array, got {describe(x)}")
             if x.dtype.str not in WIRE_DTYPES:
                 raise EnvCheckError(
                     f"{head}: agent {i}: obs field {path!r}: expected a numeric/bool dtype, got {x.dtype}"
@@ -267,47 +320,36 @@ class EnvChecker:
         self._keys[i] = obs.keys()
 
     def _check_reward(self, i: int, reward: Any, head: str, is_reset: bool) -> None:
-        if isinstance(reward, np.ndarray):
-            if reward.dtype.kind not in "fiu" or reward.ndim > 1:
-                raise EnvCheckError(
-                    f"{head}: agent {i}: reward: expected float32 array of shape (1,), got {_describe(reward)}"
-                )
+        problem = reward_problem(reward, None)
+        if problem is None and isinstance(reward, np.ndarray):
             shape = (1,) if reward.ndim == 0 else reward.shape
             known = self._reward_shape[i]
             if known is None:
                 self._reward_shape[i] = shape
             elif shape != known:
-                raise EnvCheckError(f"{head}: agent {i}: reward: expected shape {known} (as before), got {shape}")
+                problem = f"expected shape {known} (as before), got {shape}"
+        if problem is not None:
+            raise EnvCheckError(f"{head}: agent {i}: reward: {problem}")
+        if isinstance(reward, np.ndarray):
             if reward.size == 1:  # the common case: no numpy reductions
                 v = reward.item()
                 ok, zero = math.isfinite(v), v == 0
             else:
                 ok = bool(np.isfinite(reward).all()) if reward.dtype.kind == "f" else True
                 zero = not reward.any()
-        elif isinstance(reward, (int, float, np.integer, np.floating)) and not isinstance(reward, (bool, np.bool_)):
+        else:
             ok = math.isfinite(reward)
             zero = reward == 0
-        else:
-            raise EnvCheckError(
-                f"{head}: agent {i}: reward: expected a float32 array of shape (1,) (or a real number), "
-                f"got {_describe(reward)}"
-            )
         if not ok:
             raise EnvCheckError(f"{head}: agent {i}: reward: expected a finite value, got {reward!r}")
         if is_reset and not zero:
             raise EnvCheckError(f"{head}: agent {i}: reward: expected 0 after reset, got {reward!r}")
 
     def _check_flag(self, i: int, name: str, value: Any, head: str, is_reset: bool) -> None:
-        if isinstance(value, np.ndarray):
-            if (value.dtype is not _BOOL and value.dtype != _BOOL) or value.shape not in ((1,), ()):
-                raise EnvCheckError(
-                    f"{head}: agent {i}: {name}: expected bool array of shape (1,), got {_describe(value)}"
-                )
-            truth = value.item()
-        elif isinstance(value, (bool, np.bool_)):
-            truth = bool(value)
-        else:
-            raise EnvCheckError(f"{head}: agent {i}: {name}: expected bool array of shape (1,), got {_describe(value)}")
+        problem = flag_problem(value)
+        if problem is not None:
+            raise EnvCheckError(f"{head}: agent {i}: {name}: {problem}")
+        truth = value.item() if isinstance(value, np.ndarray) else bool(value)
         if is_reset and truth:
             raise EnvCheckError(f"{head}: agent {i}: {name}: expected False after reset, got True")
 
@@ -333,7 +375,7 @@ class EnvChecker:
                 continue
             if not isinstance(a, NamedArray):
                 raise EnvCheckError(
-                    f"{head}: agent {i}: action: expected a NamedArray (Action(x=...)), got {_describe(a)}"
+                    f"{head}: agent {i}: action: expected a NamedArray (Action(x=...)), got {describe(a)}"
                 )
             try:
                 x = np.asarray(action_value(a))
@@ -346,14 +388,14 @@ class EnvChecker:
                 if x.dtype.kind not in "iu" or x.shape != exp_shape or np.any(x < lo) or np.any(x > hi):
                     raise EnvCheckError(
                         f"{head}: agent {i}: action field 'x': expected integer {exp_shape} in {sp}, "
-                        f"got {_describe(x)} {x.tolist()!r}"
+                        f"got {describe(x)} {x.tolist()!r}"
                     )
             elif isinstance(sp, spaces.Box) and (
                 x.dtype.kind != "f" or x.shape != tuple(sp.shape) or not _all_finite(x)
             ):
                 raise EnvCheckError(
                     f"{head}: agent {i}: action field 'x': expected finite float {tuple(sp.shape)} for {sp}, "
-                    f"got {_describe(x)}"
+                    f"got {describe(x)}"
                 )
 
 

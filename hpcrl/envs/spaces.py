@@ -23,6 +23,7 @@ clipped to its bounds unless ``clip_actions=False``. The declared hpcrl action s
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -209,20 +210,23 @@ class ActionAdapter:
             if start == 0:
                 self.convert = _discrete
             else:
-                self.convert = lambda a: int(action_value(a)) + start
+                self.convert = lambda a: _discrete(a) + start
         elif isinstance(space, spaces.MultiDiscrete):
             start_arr = space.start.astype(np.int64)
             has_start = bool(np.any(start_arr))
             self.space = spaces.MultiDiscrete(space.nvec.astype(np.int64))
 
             def multi(a: Any) -> np.ndarray:
-                x = np.asarray(action_value(a), np.int64)
+                x = np.asarray(action_value(a))
+                if x.dtype.kind not in "iu":
+                    raise TypeError(f"expected integer actions, got {x.dtype} (float actions would be truncated)")
+                x = x.astype(np.int64, copy=False)
                 return x + start_arr if has_start else x
 
             self.convert = multi
         elif isinstance(space, spaces.MultiBinary):
             self.space = space
-            self.convert = lambda a: np.asarray(action_value(a), np.int8)
+            self.convert = _binary
         elif isinstance(space, spaces.Box):
             self.space = spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
             self.convert = _box_converter(space, clip_actions)
@@ -231,10 +235,20 @@ class ActionAdapter:
 
 
 def _discrete(a: Any) -> int:
+    """The int of a Discrete action; a float (or float array) is refused, never truncated."""
     try:
-        return int(a.x)
+        x = a.x
     except AttributeError:
-        return int(action_value(a))
+        x = action_value(a)
+    return operator.index(x)
+
+
+def _binary(a: Any) -> np.ndarray:
+    """The int8 array of a MultiBinary action; float values are refused, never truncated."""
+    x = np.asarray(action_value(a))
+    if x.dtype.kind not in "iub":
+        raise TypeError(f"expected integer or bool actions, got {x.dtype} (float actions would be truncated)")
+    return x.astype(np.int8, copy=False)
 
 
 def _box_converter(space: Any, clip: bool) -> Callable[[Any], np.ndarray]:

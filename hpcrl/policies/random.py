@@ -66,23 +66,9 @@ class RandomPolicy(Policy):
         else:
             self._log_prob = -math.log(self._n)
         self._rng = np.random.default_rng(seed)
-        self._version = 0
         self._analysis: dict[int, list[np.ndarray]] = {}  # batch size -> read-only (log_prob, value)
         self._block: np.ndarray = np.empty(0)  # random actions drawn ahead (see _draw)
         self._pos = 0
-
-    @property
-    def version(self) -> int:
-        """Number of (null) trainer steps applied."""
-        return self._version
-
-    def inc_version(self) -> None:
-        """Increment the version."""
-        self._version += 1
-
-    def set_version(self, version: int) -> None:
-        """Set the version."""
-        self._version = int(version)
 
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
         """Random actions for every row of ``request``.
@@ -139,8 +125,8 @@ class RandomPolicy(Policy):
 
     def get_checkpoint(self) -> dict[str, Any]:
         """``{"version": int}``."""
-        return {"version": self._version}
+        return {"version": self.version}
 
     def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the version."""
-        self._version = int(checkpoint["version"])
+        self.set_version(int(checkpoint["version"]))

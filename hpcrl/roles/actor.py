@@ -75,6 +75,7 @@ class ActorRank:
             check=cfg.actor.check_env,
             env_failure=cfg.actor.env_failure,
             max_env_failures=cfg.actor.max_env_failures,
+            policy_name=cfg.policy.type_,
         )
         self.samples = SendChannel(
             ctx.comm,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ class Batcher:
 
     A fragment whose oldest decision row was produced by a policy more than
     ``max_staleness`` versions behind the current one is dropped and counted, both
-    when it arrives and when it would enter a batch.
+    when it arrives and when it would enter a batch. The first fragment fixes the layout
+    (fields, dtypes, ``T + 1`` and the per-row shapes); a fragment that differs is refused
+    with an error naming the field, so batches are never assembled from misfits.
 
     Args:
         batch_size: columns (trajectories) per batch.
@@ -46,12 +49,18 @@ class Batcher:
         self.dropped = 0
         self.dropped_columns = 0
         self.received = 0
+        self._layout: list[tuple[str, np.dtype[Any], int, tuple[int, ...]]] | None = None
 
     def _stale(self, fragment: SampleBatch, version: int) -> bool:
         return version - _oldest_version(fragment) > self.max_staleness
 
     def add(self, fragment: SampleBatch, version: int) -> bool:
-        """Queue ``fragment`` unless it is already stale at policy ``version``; returns whether it was kept."""
+        """Queue ``fragment`` unless it is already stale at policy ``version``; returns whether it was kept.
+
+        Raises:
+            ValueError: the fragment's layout differs from the first fragment's (names the field).
+        """
+        self._check_layout(fragment)
         self.received += 1
         if self._stale(fragment, version):
             self.dropped += 1
@@ -60,6 +69,28 @@ class Batcher:
         self._queue.append(fragment)
         self._columns += self._width(fragment)
         return True
+
+    def _check_layout(self, fragment: SampleBatch) -> None:
+        layout = [(p, x.dtype, x.shape[0], x.shape[2:]) for p, x in fragment.flat_items() if np.ndim(x) >= 2]
+        if self._layout is None:
+            self._layout = layout
+            return
+        if layout == self._layout:
+            return
+        mine = {p: (d, t, s) for p, d, t, s in self._layout}
+        theirs = {p: (d, t, s) for p, d, t, s in layout}
+        if mine.keys() != theirs.keys():
+            raise ValueError(
+                f"fragment fields {sorted(theirs)} differ from the first fragment's {sorted(mine)} "
+                f"(missing {sorted(set(mine) - set(theirs))}, unexpected {sorted(set(theirs) - set(mine))})"
+            )
+        for p, (d, t, shape) in mine.items():
+            d2, t2, shape2 = theirs[p]
+            if (d2, t2, shape2) != (d, t, shape):
+                raise ValueError(
+                    f"fragment field {p!r}: expected ({t}, columns, *{shape}) {d} like the first fragment, "
+                    f"got ({t2}, columns, *{shape2}) {d2}"
+                )
 
     @staticmethod
     def _width(fragment: SampleBatch) -> int:

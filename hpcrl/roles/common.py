@@ -34,6 +34,7 @@ __all__ = [
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
+    "check_publishes",
 ]
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,31 @@ def set_torch_threads(n: int) -> None:
         torch.set_num_interop_threads(n)
     except RuntimeError:  # already set, or parallel work has started
         pass
+
+
+def check_publishes(policy: Policy, layout: str | None) -> None:
+    """Refuse (MPI) or warn about (one process) a policy whose trained weights would never reach the acting ranks.
+
+    Args:
+        policy: the policy as built for the run.
+        layout: the MPI layout (a run with inference ranks or inline-inference actors), or ``None`` for a
+            one-process run, where only a warning is logged.
+
+    Raises:
+        PolicyContractError: ``layout`` is given and the policy has trainable parameters it does not publish.
+    """
+    from hpcrl.api.policy import PolicyContractError, publish_problem
+
+    problem = publish_problem(policy)
+    if problem is None:
+        return
+    if layout is not None:
+        raise PolicyContractError(f"{problem} (layout: {layout})")
+    log.warning(
+        "%s. This one-process run shares the policy object between trainer and actor, so it trains, but the same "
+        "policy fails at start-up under mpiexec",
+        problem,
+    )
 
 
 def default_state_row(policy: Policy) -> Any:

@@ -6,24 +6,33 @@ one half steps while the other waits for actions). For each group the actor asks
 a :class:`RolloutRequest` (:meth:`EnvRing.request`), gets a :class:`RolloutResult` back
 from whatever runs the policy, and hands it to :meth:`EnvRing.consume`, which records
 the rows, steps (or resets) the envs and stages the next observations.
+
+Nothing reaches a buffer that does not fit it: every env result is checked against the
+layout its group's first result fixed, on every step, and every policy result against the
+request and the trajectory layout (see :class:`EnvRing`). numpy never broadcasts or casts a
+misfit; the error names the actor, env, step, agent and field.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from hpcrl.api.environment import Environment, StepResult
-from hpcrl.api.namedarray import NamedArray, Schema, from_flat, stack
-from hpcrl.api.policy import RolloutRequest, RolloutResult
+from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray, Schema, from_flat, stack
+from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
+from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
+from hpcrl.envs.results import FALSE, TRUE
 from hpcrl.roles.trajectory import TrajectoryBuffer, leaves_of
 
-__all__ = ["EnvRing", "EnvError", "Episode"]
+__all__ = ["EnvRing", "EnvError", "PolicyResultError", "Episode"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,25 @@ def _what(step: int | None) -> str:
 CHECK_FIRST_STEPS = 100
 
 
+# The NaN/Inf check multiplies each float buffer by zeros (Inf * 0 = NaN): numpy's "invalid value" warning for
+# it would only precede the EnvError that names the field, so it is silenced for this module's dot products.
+warnings.filterwarnings("ignore", "invalid value encountered in dot", RuntimeWarning, __name__)
+
+_F32 = np.dtype(np.float32)
+_BOOL = np.dtype(np.bool_)
+_ONE = (1,)
+
+
 class EnvError(RuntimeError):
     """An environment raised, or returned something the actor cannot use (names env and actor)."""
+
+
+class PolicyResultError(EnvError):
+    """The policy's RolloutResult does not fit the request or the layout fixed by its first result (names it)."""
+
+
+class _Misfit(ValueError):
+    """One field of a step result does not fit the ring's buffers (the message starts with the field)."""
 
 
 @dataclasses.dataclass
@@ -55,11 +81,19 @@ class Episode:
 class _ObsBuffers:
     """Per-slot observation buffers (one array per leaf, ``(S, *shape)``), written as results arrive.
 
-    Built from the first observation; a request is then a view of the buffers (every slot acting)
-    or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+    Built from the first observation, which fixes every field's shape and dtype; every later write
+    checks its leaf against them (one shape and one dtype comparison each) and refuses a mismatch
+    instead of letting numpy broadcast or cast it. A request is a view of the buffers (every slot
+    acting) or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
+
+    Float leaves of one dtype share one allocation (with ``reward_width`` float32 columns for the group's
+    rewards at the end of the float32 one), so the NaN/Inf check is one dot product per float dtype.
+
+    Raises:
+        _Misfit: the first observation has a leaf that is not a numpy array of a wire dtype.
     """
 
-    def __init__(self, obs: NamedArray, num_slots: int) -> None:
+    def __init__(self, obs: NamedArray, num_slots: int, reward_width: int) -> None:
         self.flat = all(not isinstance(v, NamedArray) for v in obs.values())
         self.cls = type(obs)
         self.keys: list[str] = list(obs.keys())
@@ -70,18 +104,70 @@ class _ObsBuffers:
             self.paths = [leaf.path for leaf in schema.leaves]
             self.nodes = schema.nodes
         flat = dict(obs.flat_items())
-        self.bufs = [np.zeros((num_slots, *np.shape(flat[p])), np.asarray(flat[p]).dtype) for p in self.paths]
-        by_path = dict(zip(self.paths, self.bufs))
-        self.full_values = [by_path.get(k) for k in self.keys]  # (flat obs) field values of a full view
+        for p in self.paths:
+            x = flat[p]
+            if not isinstance(x, np.ndarray) or x.dtype.str not in WIRE_DTYPES:
+                raise _Misfit(f"obs field {p!r}: expected a numpy array of a numeric/bool dtype, got {describe(x)}")
+        shapes = {p: (num_slots, *flat[p].shape) for p in self.paths}
+        blocks: dict[np.dtype[Any], list[str]] = {}  # float dtype -> the leaves that share its block
+        for p in self.paths:
+            if flat[p].dtype.kind == "f":
+                blocks.setdefault(flat[p].dtype, []).append(p)
+        by_path: dict[str, np.ndarray] = {}
+        #: one (flat block, zeros) per float dtype: ``block.dot(zeros)`` is 0 unless the block holds NaN/Inf
+        self.finite: list[tuple[np.ndarray, np.ndarray]] = []
+        self.reward = np.zeros((num_slots, reward_width), np.float32)
+        blocks.setdefault(_F32, [])
+        for dtype, paths in blocks.items():
+            sizes = [math.prod(shapes[p]) for p in paths]
+            extra = self.reward.size if dtype == _F32 else 0
+            block = np.zeros(sum(sizes) + extra, dtype)
+            at = 0
+            for p, n in zip(paths, sizes):
+                by_path[p] = block[at : at + n].reshape(shapes[p])
+                at += n
+            if extra:
+                self.reward = block[at:].reshape(num_slots, reward_width)
+            self.finite.append((block, np.zeros(block.size, dtype)))
+        self.bufs = [by_path[p] if p in by_path else np.zeros(shapes[p], flat[p].dtype) for p in self.paths]
+        self.spec = [(p, b, b.shape[1:], b.dtype) for p, b in zip(self.paths, self.bufs)]
+        every = dict(zip(self.paths, self.bufs))
+        self.full_values = [every.get(k) for k in self.keys]  # (flat obs) field values of a full view
 
     def write(self, slot: int, obs: NamedArray) -> None:
+        """Copy one agent's observation into row ``slot``.
+
+        Raises:
+            _Misfit: a missing or extra field, or a leaf whose type, shape or dtype differs from the first one's.
+        """
         if self.flat:
-            for k, b in zip(self.paths, self.bufs):
-                b[slot] = getattr(obs, k)
-        else:
-            flat = dict(obs.flat_items())
-            for k, b in zip(self.paths, self.bufs):
-                b[slot] = flat[k]
+            if obs._keys != self.keys:  # type: ignore[attr-defined]
+                self._keys_misfit(obs.keys())
+            for k, b, shape, dtype in self.spec:
+                x = getattr(obs, k)
+                if x.shape != shape or x.dtype is not dtype:  # no shape/dtype: AttributeError, diagnosed
+                    problem = leaf_problem(x, shape, dtype)
+                    if problem is not None:
+                        raise _Misfit(f"obs field {k!r}: {problem}")
+                b[slot] = x
+            return
+        flat = dict(obs.flat_items())
+        if len(flat) != len(self.paths) or not all(p in flat for p in self.paths):
+            self._keys_misfit(list(flat))
+        for k, b, shape, dtype in self.spec:
+            x = flat[k]
+            problem = leaf_problem(x, shape, dtype)
+            if problem is not None:
+                raise _Misfit(f"obs field {k!r}: {problem}")
+            b[slot] = x
+
+    def _keys_misfit(self, keys: list[str]) -> None:
+        mine = self.keys if self.flat else self.paths
+        if set(keys) == set(mine):
+            return  # the same fields in another order: written by name
+        missing = [k for k in mine if k not in keys]
+        extra = [k for k in keys if k not in mine]
+        raise _Misfit(f"obs fields: expected {mine}, got {keys} (missing {missing}, unexpected {extra})")
 
     def view(self, idx: np.ndarray | None) -> NamedArray:
         if idx is None and self.flat:  # every slot acting: the buffers themselves, in field order
@@ -100,19 +186,24 @@ class _Group:
         self.env_ids = env_ids
         self.envs = envs
         self.slot_of: list[list[int]] = []
+        self.agent_of: list[tuple[int, int]] = []  # slot -> (env position j in the group, agent index)
         n = 0
-        for env in envs:
+        for j, env in enumerate(envs):
             k = int(env.agent_count)
             self.slot_of.append(list(range(n, n + k)))
+            self.agent_of.extend((j, a) for a in range(k))
             n += k
         self.num_slots = n
         self.active = np.zeros(n, np.bool_)  # slot has a staged result and will act
         self.on_reset = np.zeros(n, np.bool_)
         self.obs: _ObsBuffers | None = None
         self.reward: np.ndarray | None = None
+        self.reward_shape: tuple[int] = (1,)  # one agent's reward row, fixed by the first result
+        self.fit_reward: Any = None  # the last reward object found to fit (cached reward arrays repeat)
         self.done = np.zeros((n, 1), np.bool_)
         self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
+        self.finite: list[tuple[np.ndarray, np.ndarray]] = []  # (float block, zeros): see _ObsBuffers
         self.traj = TrajectoryBuffer(n, fragment_length)
         self.ep_return = np.zeros(n, np.float64)
         self.ep_length = np.zeros(n, np.int64)
@@ -135,10 +226,16 @@ class EnvRing:
         env_name: for messages (e.g. ``gym:CartPole-v1``).
         where: who runs this ring, for messages (e.g. ``actor rank 3``).
         seeds: seed for each env (``env.seed`` is called before the first reset).
-        check: ``"first"``, ``"always"`` or ``"off"``: validate results against declared spaces.
+        check: ``"first"``, ``"always"`` or ``"off"``: validate results against the declared spaces
+            (:class:`~hpcrl.envs.checks.EnvChecker`) on the first steps of each env, on every step, or never.
+            Whatever it says, the layout of every result (count, every obs field's type, shape and dtype,
+            reward, done and truncated) is checked on every step; with ``first`` and ``always``, float
+            observations and rewards are also checked for NaN/Inf on every step (one dot product per float
+            dtype per ring step).
         env_failure: ``"fail"`` or ``"recreate"``.
         max_env_failures: consecutive failures of one env before giving up (with ``recreate``).
         evaluation: mark every request ``is_evaluation`` (deterministic actions).
+        policy_name: names the policy in errors about its results.
     """
 
     def __init__(
@@ -155,6 +252,7 @@ class EnvRing:
         env_failure: str = "fail",
         max_env_failures: int = 3,
         evaluation: bool = False,
+        policy_name: str = "the policy",
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"{where}: envs_per_actor must be >= 1, got {num_envs}")
@@ -164,6 +262,10 @@ class EnvRing:
         self.where = where
         self.default_state = default_state
         self.check_mode = check
+        self._check_all = check == "always"
+        self._check_some = check == "first"
+        self._check_finite = check != "off"
+        self.policy_name = policy_name
         self.env_failure = env_failure
         self.max_env_failures = max_env_failures
         self.seeds = seeds or list(range(num_envs))
@@ -206,17 +308,18 @@ class EnvRing:
     def _accept(self, g: _Group, j: int, results: Any, step: int | None) -> None:
         """Validate what env ``j`` of group ``g`` returned and stage it in the group's buffers.
 
-        ``step`` is the step number (``None``: the results of ``reset()``), for messages.
+        ``step`` is the step number (``None``: the results of ``reset()``), for messages. The layout
+        checks here run on every step; the :class:`~hpcrl.envs.checks.EnvChecker` runs as ``check`` says.
         """
-        i = g.env_ids[j]
         slots = g.slot_of[j]
         if type(results) is not list or len(results) != len(slots):
             n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
             raise EnvError(
-                f"{self.where}: env {self.env_name} #{i} {_what(step)} returned {n} results, "
+                f"{self.where}: env {self.env_name} #{g.env_ids[j]} {_what(step)} returned {n} results, "
                 f"expected a list of agent_count={len(slots)} StepResult/None"
             )
-        if self.check_mode == "always" or (self.check_mode == "first" and g.steps[j] < CHECK_FIRST_STEPS):
+        if self._check_all or (self._check_some and g.steps[j] < CHECK_FIRST_STEPS):
+            i = g.env_ids[j]
             try:
                 self._checker(i, g.envs[j]).check(results, where=_what(step))
             except ValueError as e:
@@ -225,32 +328,110 @@ class EnvRing:
             if r is None:
                 g.active[s] = False
                 continue
-            if g.obs is None:
-                self._allocate(g, r)
-            assert g.obs is not None and g.reward is not None
-            field = "obs"
+            obs = g.obs
+            if obs is None:
+                self._allocate(g, j, a, r, step)
+                obs = g.obs
+                assert obs is not None
             try:
-                g.obs.write(s, r.obs)
-                field = "reward"
-                g.reward[s] = r.reward
-                field = "done"
-                g.done[s] = r.done
-                field = "truncated"
-                g.trunc[s] = r.truncated
-            except (ValueError, TypeError, AttributeError, KeyError) as e:
-                raise EnvError(
-                    f"{self.where}: env {self.env_name} #{i} {_what(step)}, agent {a}: {field} does not fit the layout "
-                    f"fixed by the first result ({e})"
-                ) from e
+                obs.write(s, r.obs)
+                rw = r.reward
+                if rw is not g.fit_reward:  # an env's cached reward arrays repeat: checked once each
+                    if (type(rw) is not np.ndarray or rw.shape != g.reward_shape or rw.dtype is not _F32) and (
+                        type(rw) is not float or g.reward_shape != _ONE  # a python float is a (1,) reward
+                    ):
+                        problem = reward_problem(rw, g.reward_shape[0])
+                        if problem is not None:
+                            raise _Misfit(f"reward: {problem}")
+                    g.fit_reward = rw
+                g.reward[s] = rw  # type: ignore[index]
+                d = r.done
+                if (d is not FALSE and d is not TRUE) and (
+                    type(d) is not np.ndarray or d.dtype is not _BOOL or d.shape != _ONE
+                ):
+                    problem = flag_problem(d)
+                    if problem is not None:
+                        raise _Misfit(f"done: {problem}")
+                g.done[s] = d
+                d = r.truncated
+                if (d is not FALSE and d is not TRUE) and (
+                    type(d) is not np.ndarray or d.dtype is not _BOOL or d.shape != _ONE
+                ):
+                    problem = flag_problem(d)
+                    if problem is not None:
+                        raise _Misfit(f"truncated: {problem}")
+                g.trunc[s] = d
+            except _Misfit as e:
+                raise self._misfit(g, j, a, step, str(e)) from None
+            except (AttributeError, TypeError, ValueError) as e:
+                raise self._misfit(g, j, a, step, self._diagnose(g, r, e)) from e
             g.active[s] = True
 
-    @staticmethod
-    def _allocate(g: _Group, r: StepResult) -> None:
+    def _diagnose(self, g: _Group, r: Any, error: Exception) -> str:
+        """What is wrong with a result whose write failed (the first field at fault, named)."""
+        if not isinstance(r, StepResult):
+            return f"expected a StepResult or None, got {describe(r)}"
         if not isinstance(r.obs, NamedArray):
-            raise EnvError(f"StepResult.obs must be a NamedArray of named inputs, got {type(r.obs).__name__}")
-        g.obs = _ObsBuffers(r.obs, g.num_slots)
-        width = int(np.asarray(r.reward).size) or 1
-        g.reward = np.zeros((g.num_slots, width), np.float32)
+            return f"obs: expected a NamedArray of named inputs, got {describe(r.obs)}"
+        assert g.obs is not None
+        flat = dict(r.obs.flat_items())
+        for path, _, shape, dtype in g.obs.spec:
+            problem = leaf_problem(flat.get(path), shape, dtype)
+            if problem is not None:
+                return f"obs field {path!r}: {problem}"
+        for name, problem in (
+            ("reward", reward_problem(r.reward, g.reward_shape[0])),
+            ("done", flag_problem(r.done)),
+            ("truncated", flag_problem(r.truncated)),
+        ):
+            if problem is not None:
+                return f"{name}: {problem}"
+        return f"does not fit the layout fixed by the first result ({type(error).__name__}: {error})"
+
+    def _misfit(self, g: _Group, j: int, agent: int, step: int | None, problem: str) -> EnvError:
+        """The error for a result that does not fit: names actor, env, step, agent and the field's problem."""
+        head = f"{self.where}: env #{g.env_ids[j]}: env {self.env_name!r} {_what(step)}: agent {agent}"
+        return EnvError(f"{head}: {problem}")
+
+    def _allocate(self, g: _Group, j: int, agent: int, r: Any, step: int | None) -> None:
+        """Allocate the group's obs and reward buffers from its first result."""
+        if not isinstance(r, StepResult) or not isinstance(r.obs, NamedArray):
+            got = describe(r.obs) if isinstance(r, StepResult) else describe(r)
+            raise self._misfit(g, j, agent, step, f"obs: expected a StepResult whose obs is a NamedArray, got {got}")
+        problem = reward_problem(r.reward, None)
+        if problem is not None:
+            raise self._misfit(g, j, agent, step, f"reward: {problem}")
+        width = 1 if np.ndim(r.reward) == 0 else int(np.shape(r.reward)[0])
+        try:
+            g.obs = _ObsBuffers(r.obs, g.num_slots, width)
+        except _Misfit as e:
+            raise self._misfit(g, j, agent, step, str(e)) from None
+        g.reward_shape = (width,)
+        g.reward = g.obs.reward
+        g.finite = g.obs.finite
+
+    def _nonfinite(self, g: _Group) -> EnvError:
+        """The error for NaN/Inf in the group's float buffers: names env, step, agent and field."""
+        assert g.obs is not None and g.reward is not None
+        fields: list[tuple[str, np.ndarray]] = [(p, b) for p, b, _, _ in g.obs.spec]
+        first: tuple[int, str, np.ndarray] | None = None  # the lowest slot with NaN/Inf, and where
+        for path, buf in [*fields, ("reward", g.reward)]:
+            if buf.dtype.kind != "f":
+                continue
+            rows = buf.reshape(g.num_slots, -1)
+            bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+            if bad_rows.size and (first is None or bad_rows[0] < first[0]):
+                first = (int(bad_rows[0]), path, rows[bad_rows[0]])
+        if first is not None:
+            s, path, row = first
+            j, a = g.agent_of[s]
+            if path == "reward":
+                problem = f"reward: expected a finite value, got {row!r}"
+            else:
+                bad = int(row.size - np.isfinite(row).sum())
+                problem = f"obs field {path!r}: expected finite values, got {bad} NaN/Inf element(s) of {row.size}"
+            return self._misfit(g, j, a, None if g.on_reset[s] else g.steps[j], problem)
+        return EnvError(f"{self.where}: NaN/Inf in the staged results of env {self.env_name}")
 
     def _reset(self, g: _Group, j: int) -> None:
         env = g.envs[j]
@@ -311,6 +492,10 @@ class EnvRing:
         if acting.size == 0:
             raise EnvError(f"{self.where}: no agent can act in env group {group}: every StepResult is None")
         assert g.obs is not None and g.reward is not None
+        if self._check_finite:
+            for block, zeros in g.finite:
+                if not block.dot(zeros) == 0:  # NaN * 0 and Inf * 0 are NaN: one BLAS call per float buffer
+                    raise self._nonfinite(g)
         if acting.size == g.num_slots:
             obs, reward, done, trunc = g.obs.view(None), g.reward, g.done, g.trunc
             state, on_reset = g.state, g.on_reset[:, None]
@@ -329,8 +514,9 @@ class EnvRing:
         """Record the rows of the pending request of ``group``, then step or reset its envs.
 
         Raises:
-            EnvError: the result does not fit the request (row count), or an env failed and
-                ``env_failure`` is ``fail``.
+            PolicyResultError: the result does not fit the request (rows) or the layout fixed by the first
+                result (shapes, dtypes), or it holds float actions for an integer action space.
+            EnvError: an env failed and ``env_failure`` is ``fail``.
         """
         g = self.groups[group]
         if g.pending is None:
@@ -339,14 +525,16 @@ class EnvRing:
         g.pending = None
         n = acting.size
         act = result.action
-        if len(act) != n:
-            raise EnvError(f"{self.where}: the policy returned {len(act)} actions for {n} requests")
+        if not isinstance(act, NamedArray) or len(act) != n:
+            got = f"{len(act)} actions" if isinstance(act, NamedArray) else f"action {describe(act)}"
+            raise PolicyResultError(f"{self.where}: policy {self.policy_name} returned {got} for {n} requests")
         versions = g.versions.get((n, version))
         if versions is None:
             if len(g.versions) > 64:
                 g.versions.clear()
             versions = g.versions[(n, version)] = np.full((n, 1), version, np.int64)
         if not g.traj.allocated:
+            self._check_first_result(result, n)
             g.traj.allocate(
                 SampleBatch(
                     obs=req.obs,
@@ -362,12 +550,20 @@ class EnvRing:
             )
         leaves = leaves_of(req.obs, [])
         leaves_of(req.policy_state, leaves)
+        first = len(leaves)  # the policy's leaves: the others are the ring's own buffers, built to the layout
         leaves_of(act, leaves)
         leaves_of(result.analyzed_result, leaves)
+        policy_leaves = range(first, len(leaves))
         leaves += (reward, done, trunc, versions, req.on_reset)
-        g.traj.add_leaves(acting, leaves)
-        if g.state is not None and result.policy_state is not None:
-            g.state[acting] = result.policy_state
+        try:
+            g.traj.add_leaves(acting, leaves, policy_leaves)
+        except ValueError as e:
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name}: its RolloutResult does not fit the layout fixed by its "
+                f"first result: {e}"
+            ) from e
+        if g.state is not None:
+            self._write_state(g, acting, result.policy_state)
         if n == g.num_slots:  # every slot acted (the common case): whole-array updates, no fancy indexing
             g.ep_return += reward[:, 0] if reward.shape[1] == 1 else reward.sum(axis=1)
             g.ep_length += 1
@@ -387,22 +583,36 @@ class EnvRing:
         cls, keys = type(act), act._keys  # type: ignore[attr-defined]
         flat = all(not isinstance(getattr(act, k), NamedArray) for k in keys)
         cols = [getattr(act, k) for k in keys] if flat else None
+        col = cols[0] if cols is not None and len(cols) == 1 else None  # one action field (``x``): no inner loop
         g.row_of[acting] = np.arange(n)
         rows = g.row_of.tolist()
         active = g.active.tolist()
         for j, slots in enumerate(g.slot_of):
-            if not any(active[s] for s in slots):
-                self._reset(g, j)
-                continue
-            actions: list[NamedArray | None] = []
-            for s in slots:
+            actions: list[NamedArray | None]
+            if len(slots) == 1:  # one agent per env (the common case)
+                s = slots[0]
                 if not active[s]:
-                    actions.append(None)
+                    self._reset(g, j)
+                    continue
+                if col is not None:
+                    actions = [cls._build(keys, [col[rows[s]]])]
                 elif cols is not None:
-                    r = rows[s]
-                    actions.append(cls._build(keys, [None if c is None else c[r] for c in cols]))
+                    actions = [cls._build(keys, [None if c is None else c[rows[s]] for c in cols])]
                 else:
-                    actions.append(act[rows[s]])
+                    actions = [act[rows[s]]]
+            else:
+                if not any(active[s] for s in slots):
+                    self._reset(g, j)
+                    continue
+                actions = []
+                for s in slots:
+                    if not active[s]:
+                        actions.append(None)
+                    elif cols is not None:
+                        r = rows[s]
+                        actions.append(cls._build(keys, [None if c is None else c[r] for c in cols]))
+                    else:
+                        actions.append(act[rows[s]])
             try:
                 results = g.envs[j].step(actions)
             except Exception as e:
@@ -412,6 +622,81 @@ class EnvRing:
             g.failures[j] = 0
             self.frames += 1
             self._accept(g, j, results, g.steps[j])
+
+    # ------------------------------------------------------------------ policy results
+    def _check_first_result(self, result: RolloutResult, n: int) -> None:
+        """Before the first result fixes the trajectory layout: one row per request, integer actions where due."""
+        problem = result_rows_problem(result, n)
+        if problem is not None:
+            raise PolicyResultError(f"{self.where}: policy {self.policy_name}: {problem}")
+        found = self._integer_action_space()
+        if found is None:
+            return
+        space, kinds = found
+        from hpcrl.envs.spaces import action_value
+
+        try:
+            x = action_value(result.action)
+        except ValueError:
+            return
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and getattr(dtype, "kind", "i") not in kinds:
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} returned {dtype} actions for env {self.env_name}, whose "
+                f"action space is {space}: expected an integer dtype (int64); float actions would be truncated"
+            )
+
+    def _integer_action_space(self) -> tuple[Any, str] | None:
+        """(a space, the dtype kinds its actions may have) if every agent of every env declares an integer space.
+
+        Integer spaces are Discrete and MultiDiscrete (int kinds) and MultiBinary (int or bool).
+        """
+        found, kinds = None, "iub"
+        for g in self.groups:
+            for env in g.envs:
+                declared = env.action_spaces
+                if not declared:
+                    return None
+                from gymnasium import spaces
+
+                for sp in declared:
+                    if isinstance(sp, (spaces.Discrete, spaces.MultiDiscrete)):
+                        kinds = "iu"
+                    elif not isinstance(sp, spaces.MultiBinary):
+                        return None
+                    found = found or sp
+        return None if found is None else (found, kinds)
+
+    def _write_state(self, g: _Group, acting: np.ndarray, state: NamedArray | None) -> None:
+        """Store the policy's next state for the acting slots; refuses a missing field or a wrong shape."""
+        assert g.state is not None
+        if not isinstance(state, NamedArray):
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} has a default_policy_state but returned policy_state "
+                f"{describe(state)}; expected the next state, rows like RolloutRequest.policy_state"
+            )
+        mine = list(g.state.flat_items())
+        theirs = dict(state.flat_items())
+        n = acting.size
+        for path, dst in mine:
+            src = theirs.get(path)
+            want = (n, *dst.shape[1:])
+            if src is None or tuple(getattr(src, "shape", ())) != want:
+                got = "nothing" if src is None else describe(np.asarray(src))
+                raise PolicyResultError(
+                    f"{self.where}: policy {self.policy_name} returned policy_state.{path} {got}; expected shape "
+                    f"{want} ({n} rows of default_policy_state)"
+                )
+            if n == g.num_slots:
+                dst[...] = src
+            else:
+                dst[acting] = src
+        if len(theirs) != len(mine):
+            extra = sorted(set(theirs) - {p for p, _ in mine})
+            raise PolicyResultError(
+                f"{self.where}: policy {self.policy_name} returned policy_state fields {extra} that "
+                f"default_policy_state does not have"
+            )
 
     def pop_fragments(self, group: int | None = None) -> list[SampleBatch]:
         """Completed ``(T + 1, slots)`` fragments of one group (or all groups)."""

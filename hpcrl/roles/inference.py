@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, concat
+from hpcrl.api.policy import PolicyContractError, result_rows_problem
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.tags import Tag
@@ -60,6 +61,14 @@ class InferenceRank:
         for ch in self.results.values():
             ch.send(first, version=-1)
 
+    def _concat(self, got: list[Any], parts: list[Any]) -> Any:
+        """One request from the requests of several actors (they must have the same layout)."""
+        try:
+            return concat(parts)
+        except (ValueError, TypeError) as e:
+            who = ", ".join(self.ctx.who(m.source) for _, m in got)
+            raise ValueError(f"inference rank {self.ctx.rank}: the requests of {who} do not fit together: {e}") from e
+
     def run(self) -> dict[str, Any]:
         """Serve requests until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
@@ -82,8 +91,11 @@ class InferenceRank:
             t1 = time.perf_counter()
             parts = [m.data for _, m in got]
             sizes = [len(p) for p in parts]
-            request = parts[0] if len(parts) == 1 else concat(parts)
+            request = parts[0] if len(parts) == 1 else self._concat(got, parts)
             result = self.policy.rollout(request)  # type: ignore[arg-type]
+            problem = result_rows_problem(result, sum(sizes))
+            if problem is not None:
+                raise PolicyContractError(f"inference rank {ctx.rank}: policy {ctx.cfg.policy.type_}: {problem}")
             t2 = time.perf_counter()
             start = 0
             for (_, msg), n in zip(got, sizes):

@@ -21,7 +21,7 @@ from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.progress import Progress, RunSummary
 from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvError, EnvRing
+from hpcrl.roles.env_ring import EnvRing, PolicyResultError
 from hpcrl.roles.learner import Learner
 from hpcrl.roles.session import Session, StopFlag
 
@@ -73,6 +73,7 @@ def _train(cfg: config.ExperimentConfig, session: Session, stop: StopFlag) -> Ru
     spec = cfg.policy
     device = common.resolve_device(cfg.training.device)
     policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+    common.check_publishes(policy, None)
     n_envs = cfg.actor.envs_per_actor
     ring = EnvRing(
         common.env_factory(cfg.environment),
@@ -86,6 +87,7 @@ def _train(cfg: config.ExperimentConfig, session: Session, stop: StopFlag) -> Ru
         check=cfg.actor.check_env,
         env_failure=cfg.actor.env_failure,
         max_env_failures=cfg.actor.max_env_failures,
+        policy_name=cfg.policy.type_,
     )
     try:
         return _loop(cfg, session, stop, policy, ring)
@@ -201,13 +203,19 @@ def test_pipeline(
     fragment_length: int = 16,
     max_frames: int = 20_000,
 ) -> dict[str, Any]:
-    """Run actor, inference and trainer in this process until ``episodes`` and ``trainer_steps`` are done.
+    """Run actor, inference and trainer in this process, then check that the trained policy deploys.
 
-    Passing this means the same env/policy/trainer will run under ``mpirun``.
+    Steps until ``episodes`` and ``trainer_steps`` are done, then replays what ``mpirun`` adds to a
+    one-process run on a second policy instance (see :mod:`hpcrl.roles.roundtrip`): the publish path
+    (``state_dict()`` -> wire -> ``load_state_dict()`` -> ``set_version()``) and the checkpoint path
+    (``get_checkpoint()`` of policy and trainer -> the HDF5 writer -> ``load_checkpoint()``). Each must
+    give a policy that acts like the trained one on deterministic (``is_evaluation``) rows and reports
+    its version. Passing this means the same env/policy/trainer will run under ``mpirun``.
 
     Args:
         env: an Environment, a ``config.Environment`` or a registered name.
-        policy: a Policy, a ``config.Policy`` or a registered name.
+        policy: a Policy, a ``config.Policy`` or a registered name. The second instance is built from the
+            spec, or deep-copied from the given instance before training.
         trainer: a Trainer, a ``config.Trainer`` or a registered name (built for ``policy``).
         episodes: finished episodes required.
         trainer_steps: trainer steps required.
@@ -218,9 +226,14 @@ def test_pipeline(
         ``{"frames", "episodes", "trainer_steps", "mean_return", "policy_version", "last_stats"}``.
 
     Raises:
-        PipelineError: the parts do not fit; the message names the part and what went wrong.
+        PipelineError: the parts do not fit; the message names the part (policy, trainer, env), the method at
+            fault and what went wrong.
     """
+    from hpcrl.api.policy import publish_problem
+    from hpcrl.roles import roundtrip
+
     make, label, n_envs = _as_env_factory(env)
+    policy_spec: config.Policy | None = None
     if not isinstance(policy, Policy):
         spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
         probe = make(0)
@@ -230,15 +243,32 @@ def test_pipeline(
             if not isinstance(env, Environment):
                 probe.close()
         policy = make_policy(spec)
+        policy_spec = spec
+    trainer_spec: config.Trainer | None = None
     if not isinstance(trainer, Trainer):
-        trainer = make_trainer(trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer), policy)
+        trainer_spec = trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer)
+        trainer = make_trainer(trainer_spec, policy)
     if trainer.policy is not policy:
         raise PipelineError("the trainer was built for a different policy object than the one given")
+    problem = publish_problem(policy)
+    if problem is not None:
+        raise PipelineError(problem)
     try:
         row_state = common.default_state_row(policy)
     except ValueError as e:
         raise PipelineError(f"policy {type(policy).__name__}: {e}") from e
-    ring = EnvRing(make, n_envs, 1, fragment_length, row_state, label, where="test_pipeline", check="always")
+    twins = roundtrip.Twins(policy, policy_spec)
+    ring = EnvRing(
+        make,
+        n_envs,
+        1,
+        fragment_length,
+        row_state,
+        label,
+        where="test_pipeline",
+        check="always",
+        policy_name=type(policy).__name__,
+    )
     cfg = config.ExperimentConfig(
         environment=config.Environment(type_="test"),
         policy=config.Policy(type_=type(policy).__name__),
@@ -258,10 +288,8 @@ def test_pipeline(
             result = _rollout(policy, request, f"policy {type(policy).__name__}")
             try:
                 ring.consume(0, result, policy.version)
-            except EnvError as e:
-                if "policy returned" in str(e):
-                    raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
-                raise
+            except PolicyResultError as e:
+                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             except ValueError as e:
                 raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
             done_eps.extend(e.ret for e in ring.pop_episodes())
@@ -276,8 +304,12 @@ def test_pipeline(
                     raise PipelineError(str(e)) from e
                 if step is not None and not step.skipped and policy.version == version:
                     raise PipelineError(f"trainer {type(trainer).__name__}.step did not increment the policy version")
+        probe_request = roundtrip.evaluation_request(ring.request(0))
     finally:
         ring.close()
+    expected = roundtrip.reference_outputs(policy, probe_request)
+    roundtrip.check_publish(policy, twins.make(), probe_request, expected)
+    roundtrip.check_checkpoint(policy, trainer, learner, twins.make(), trainer_spec, probe_request, expected)
     return {
         "frames": ring.frames,
         "episodes": len(done_eps),

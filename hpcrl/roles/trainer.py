@@ -49,6 +49,8 @@ class TrainerRank:
         spec = cfg.policy  # already resolved by run_rank
         device = common.resolve_device(cfg.training.device)
         self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        if ctx.is_leader and topo.param_subscribers:
+            common.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
@@ -111,6 +113,13 @@ class TrainerRank:
         if eps and self.progress is not None:
             self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
 
+    def _add(self, msg: Any) -> None:
+        """Queue a received fragment; a fragment that does not fit names its sender."""
+        try:
+            self.learner.add(msg.data)
+        except ValueError as e:
+            raise ValueError(f"samples of {self.ctx.who(msg.source)}: {e}") from e
+
     # ------------------------------------------------------------------ start-up
     def _restore(self) -> None:
         """Leader picks the checkpoint; every trainer loads the same file; weights are then broadcast."""
@@ -164,7 +173,7 @@ class TrainerRank:
             full = queue_cols > 0 and self.learner.batcher.queued_columns >= queue_cols
             got = [] if full else poll_any(self.samples, copy=True)
             for _, msg in got:
-                self.learner.add(msg.data)  # type: ignore[arg-type]
+                self._add(msg)
             if ctx.is_leader:
                 self.learner.frames = base_frames + sum(self.actor_frames.values())
                 budget = common.budget_reached(self.learner.frames, cfg)
@@ -220,7 +229,7 @@ class TrainerRank:
         def idle() -> None:
             self.ctx.service()
             for _, msg in poll_any(self.samples, copy=True):
-                self.learner.add(msg.data)  # type: ignore[arg-type]
+                self._add(msg)
 
         wait_for(
             lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle

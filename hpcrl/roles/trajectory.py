@@ -70,6 +70,10 @@ class TrajectoryBuffer:
         self._schema: Schema | None = None
         self._buf: SampleBatch | None = None
         self._bufs: list[np.ndarray] = []
+        self._paths: list[str] = []  # leaf paths, for messages
+        self._row_shapes: list[tuple[int, ...]] = []  # one full row of each leaf: (num_slots, ...)
+        self._dtypes: list[np.dtype[Any]] = []
+        self._every = range(0)
         self._out: SampleBatch | None = None
         self._outs: list[np.ndarray] = []
         self._out_cols = 0
@@ -97,6 +101,10 @@ class TrajectoryBuffer:
         for leaf, src in zip(leaves_of(self._buf, []), leaves_of(row, [])):
             leaf[...] = _sentinel_like(np.asarray(src), (self.rows, self.num_slots))
         self._bufs = leaves_of(self._buf, [])
+        self._paths = [leaf.path for leaf in self._schema.leaves]
+        self._row_shapes = [b.shape[1:] for b in self._bufs]
+        self._dtypes = [b.dtype for b in self._bufs]
+        self._every = range(len(self._bufs))
         self._out = self._fresh()
         self._outs = leaves_of(self._out, [])
 
@@ -117,36 +125,65 @@ class TrajectoryBuffer:
             raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(self._bufs)}: {row!r}")
         self.add_leaves(slots, leaves)
 
-    def add_leaves(self, slots: np.ndarray, leaves: list[Any]) -> None:
+    def add_leaves(self, slots: np.ndarray, leaves: list[Any], checked: range | None = None) -> None:
         """Write one row for ``slots`` from leaves in the layout's ``flat_items`` order (the fast path).
 
+        Every checked leaf must have exactly the shape of its part of the row, ``(len(slots), ...)``, and a
+        dtype that converts within its kind (a shape mismatch is refused, never broadcast).
+
+        Args:
+            slots: the slots that acted.
+            leaves: one array per leaf of the layout.
+            checked: the indices of the leaves to check (default: all). The env ring passes the leaves of
+                the policy's result only: the others are views of its own buffers, built to the layout.
+
         Raises:
-            ValueError: a leaf does not fit its trajectory column (shape or count).
+            ValueError: a leaf does not fit its trajectory column (names the field, expected and actual).
         """
         bufs = self._bufs
-        try:
-            c = self._synced_row
-            if c is not None and len(slots) == self.num_slots:
-                for dst, src in zip(bufs, leaves):
-                    dst[c] = src
-                self._synced_row = c + 1
-                if c + 1 == self.rows:
-                    self._complete_all()
-                return
-            if c is not None:  # the slots diverge from here on: the array takes over
-                self._cursor[:] = c
-                self._synced_row = None
-            cur = self._cursor[slots]
+        if len(leaves) != len(bufs):
+            raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(bufs)}")
+        c = self._synced_row
+        if c is not None and len(slots) == self.num_slots:
+            shapes, dtypes = self._row_shapes, self._dtypes
+            for k in self._every if checked is None else checked:
+                src = leaves[k]
+                if type(src) is not np.ndarray or src.shape != shapes[k] or src.dtype is not dtypes[k]:
+                    leaves[k] = self._fit(k, src, shapes[k])
             for dst, src in zip(bufs, leaves):
-                dst[cur, slots] = src
-        except (ValueError, IndexError, TypeError) as e:
-            raise ValueError(f"sample row does not match the trajectory layout: {e}") from e
+                dst[c] = src
+            self._synced_row = c + 1
+            if c + 1 == self.rows:
+                self._complete_all()
+            return
+        if c is not None:  # the slots diverge from here on: the array takes over
+            self._cursor[:] = c
+            self._synced_row = None
+        cur = self._cursor[slots]
+        n = len(slots)
+        for k, (dst, src, shape) in enumerate(zip(bufs, leaves, self._row_shapes)):
+            dst[cur, slots] = self._fit(k, src, (n, *shape[1:]))
         self._cursor[slots] += 1
         full = slots[self._cursor[slots] == self.rows]
         for s in full:
             self._complete(int(s))
         if bool((self._cursor == self._cursor[0]).all()):
             self._synced_row = int(self._cursor[0])
+
+    def _fit(self, k: int, src: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Leaf ``k`` as an array of exactly ``shape`` in a dtype castable to its column's (else ValueError)."""
+        if isinstance(src, np.ndarray):
+            arr = src
+        elif hasattr(src, "detach"):  # a torch tensor
+            arr = src.detach().cpu().numpy()
+        else:
+            arr = np.asarray(src)
+        if arr.shape != shape:
+            raise ValueError(f"field {self._paths[k]!r}: expected shape {shape}, got {arr.shape}")
+        dtype = self._dtypes[k]
+        if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "same_kind"):
+            raise ValueError(f"field {self._paths[k]!r}: expected dtype {dtype}, got {arr.dtype}")
+        return arr
 
     def _complete_all(self) -> None:
         if self._out_cols:  # columns from earlier, unsynchronised completions are waiting: keep order

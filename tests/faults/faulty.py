@@ -1,7 +1,9 @@
-"""Fault-injection components for tests/faults: an env, a PPO trainer and a policy that fail on purpose.
+"""Fault-injection components for tests/faults: an env, a PPO trainer and policies that fail on purpose.
 
 Loaded into every rank of a test job with ``experiment.imports=[faulty]`` (``tests/faults`` is on the
-subprocess's ``PYTHONPATH``); they register themselves as ``fault-env``, ``fault-ppo`` and ``fault-policy``.
+subprocess's ``PYTHONPATH``); they register themselves as ``fault-env``, ``fault-ppo``, ``fault-policy``,
+``stale-policy`` (trains torch weights it never publishes) and ``coin-policy`` (a numpy-only user policy
+that implements nothing but the abstract methods).
 Faults fire only on the ranks listed in ``ranks`` (``None``: every rank); a process finds its rank from the
 launcher's environment (``PMI_RANK`` for MPICH/Hydra, ``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``, ``SLURM_PROCID``),
 0 in a single-process run. Nothing here is imported by hpcrl itself.
@@ -18,10 +20,69 @@ import numpy as np
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.environment import register as register_env
 from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.policy import Policy
 from hpcrl.api.policy import register as register_policy
 from hpcrl.api.trainer import register as register_trainer
 
-__all__ = ["ENV_FAULTS", "FaultyEnv", "launcher_rank", "make_fault_policy", "make_fault_ppo"]
+__all__ = [
+    "ENV_FAULTS",
+    "BAD_DATA",
+    "GOOD_DATA",
+    "CoinPolicy",
+    "FaultyEnv",
+    "launcher_rank",
+    "make_fault_policy",
+    "make_fault_ppo",
+    "make_stale_policy",
+]
+
+
+def _obs(x: Any) -> Any:
+    return lambda r: setattr(r, "obs", NamedArray(obs=x))
+
+
+#: Defects of agent 0's StepResult (fault ``data:<name>``), each with what the error must name.
+BAD_DATA: dict[str, tuple[Any, str]] = {
+    "obs_shape_1": (_obs(np.full(1, 7.0, np.float32)), "obs field 'obs': expected shape (4,), got (1,)"),
+    "obs_0d": (_obs(np.array(7.0, np.float32)), "obs field 'obs': expected shape (4,), got ()"),
+    "obs_scalar": (_obs(np.float32(7.0)), "obs field 'obs': expected a numpy float32 array of shape (4,), got numpy"),
+    "obs_pyfloat": (_obs(7.0), "obs field 'obs': expected a numpy float32 array of shape (4,), got float 7.0"),
+    "obs_extra_dim": (_obs(np.zeros((1, 4), np.float32)), "obs field 'obs': expected shape (4,), got (1, 4)"),
+    "obs_long": (_obs(np.zeros(5, np.float32)), "obs field 'obs': expected shape (4,), got (5,)"),
+    "obs_float64": (_obs(np.zeros(4, np.float64)), "obs field 'obs': expected dtype float32, got float64"),
+    "obs_int64": (_obs(np.zeros(4, np.int64)), "obs field 'obs': expected dtype float32, got int64"),
+    "obs_list": (_obs([0.0, 0.0, 0.0, 0.0]), "obs field 'obs': expected a numpy float32 array of shape (4,), got list"),
+    "obs_dict": (lambda r: setattr(r, "obs", {"obs": np.zeros(4, np.float32)}), "obs: expected a NamedArray"),
+    "obs_missing": (lambda r: setattr(r, "obs", NamedArray(other=np.zeros(4, np.float32))), "obs field"),
+    "obs_extra": (
+        lambda r: setattr(r, "obs", NamedArray(obs=np.zeros(4, np.float32), more=np.zeros(1, np.float32))),
+        "obs fields: expected ['obs']",
+    ),
+    "obs_nan": (_obs(np.array([0, 0, np.nan, 0], np.float32)), "obs field 'obs': expected finite values"),
+    "obs_inf": (_obs(np.array([0, -np.inf, 0, 0], np.float32)), "obs field 'obs': expected finite values"),
+    "reward_shape_2": (lambda r: setattr(r, "reward", np.zeros(2, np.float32)), "reward: expected shape (1,)"),
+    "reward_2d": (lambda r: setattr(r, "reward", np.zeros((1, 1), np.float32)), "reward: expected float32 array"),
+    "reward_bool": (lambda r: setattr(r, "reward", np.array([True])), "reward: expected float32 array"),
+    "reward_str": (lambda r: setattr(r, "reward", "1"), "reward: expected a float32 array of shape (1,)"),
+    "reward_nan": (lambda r: setattr(r, "reward", np.array([np.nan], np.float32)), "reward: expected a finite value"),
+    "reward_inf": (lambda r: setattr(r, "reward", float("inf")), "reward: expected a finite value"),
+    "done_int": (lambda r: setattr(r, "done", np.array([1])), "done: expected bool array of shape (1,), got int64"),
+    "done_float": (lambda r: setattr(r, "done", np.array([0.0])), "done: expected bool array of shape (1,)"),
+    "done_pyint": (lambda r: setattr(r, "done", 0), "done: expected bool array of shape (1,), got int 0"),
+    "done_shape_2": (lambda r: setattr(r, "done", np.zeros(2, np.bool_)), "done: expected bool array of shape (1,)"),
+    "truncated_int": (lambda r: setattr(r, "truncated", np.array([0])), "truncated: expected bool array"),
+    "truncated_none": (lambda r: setattr(r, "truncated", None), "truncated: expected bool array of shape (1,)"),
+}
+
+#: Variations of agent 0's StepResult that the result contract accepts (fault ``data:<name>``).
+GOOD_DATA: dict[str, Any] = {
+    "reward_pyfloat": lambda r: setattr(r, "reward", 0.5),
+    "reward_float64": lambda r: setattr(r, "reward", np.array([0.5])),
+    "reward_0d": lambda r: setattr(r, "reward", np.array(0.5, np.float32)),
+    "reward_int": lambda r: setattr(r, "reward", np.array([2])),
+    "done_pybool": lambda r: setattr(r, "done", False),
+    "done_0d": lambda r: setattr(r, "done", np.array(False)),
+}
 
 ENV_FAULTS = (
     "none",
@@ -36,6 +97,8 @@ ENV_FAULTS = (
     "nan_reward",
     "inf_reward",
     "too_few",  # one StepResult fewer than agent_count
+    "too_many",  # one StepResult more than agent_count
+    *(f"data:{name}" for name in (*BAD_DATA, *GOOD_DATA)),  # agent 0's result at ``at_step``, see BAD_DATA
     "garbage_msg",  # send 256 random bytes to the trainer on the SAMPLE tag (a foreign sender)
     "forged_header",  # send a well-formed SAMPLE header claiming 2**40 rows and a matching payload size
 )
@@ -144,6 +207,12 @@ class FaultyEnv(Environment):
             r.reward = np.array([np.nan if f == "nan_reward" else np.inf], np.float32)
         elif f == "too_few":
             return results[:-1]
+        elif f == "too_many":
+            return [*results, results[0]]
+        elif f.startswith("data:"):
+            name = f[len("data:") :]
+            corrupt = BAD_DATA[name][0] if name in BAD_DATA else GOOD_DATA[name]
+            corrupt(r)
         return results
 
     # ------------------------------------------------------------------ API
@@ -335,3 +404,63 @@ def make_fault_policy(raise_at: int = 0, ranks: list[int] | None = None, **kwarg
 register_env("fault-env", FaultyEnv)
 register_trainer("fault-ppo", make_fault_ppo)
 register_policy("fault-policy", make_fault_policy)
+
+
+# ====================================================================== user policies
+class CoinPolicy(Policy):
+    """A numpy-only user policy that implements only the abstract methods (no torch, no version counter).
+
+    Random actions from ``Discrete(action_dim)``; ``is_evaluation`` rows take action 0. With the ``null``
+    trainer it exercises the whole publish path of a parameterless policy (empty ``state_dict``, the base
+    class's version counter).
+
+    Args:
+        action_dim: number of actions.
+        seed: seed of the action generator.
+    """
+
+    def __init__(self, action_dim: int = 2, seed: int = 0) -> None:
+        self.n = int(action_dim)
+        self.rng = np.random.default_rng(seed)
+
+    def rollout(self, request: Any, **kwargs: Any) -> Any:
+        from hpcrl.api.environment import Action
+        from hpcrl.api.policy import RolloutResult
+
+        b = len(request.obs)
+        x = self.rng.integers(0, self.n, b).astype(np.int64)
+        if request.is_evaluation is not None:
+            x[np.asarray(request.is_evaluation, bool).reshape(b)] = 0
+        log_prob = np.full((b, 1), -np.log(self.n), np.float32)
+        analysis = NamedArray(log_prob=log_prob, value=np.zeros((b, 1), np.float32))
+        return RolloutResult(action=Action(x=x), policy_state=request.policy_state, analyzed_result=analysis)
+
+    def analyze(self, sample: Any, target: str = "ppo", **kwargs: Any) -> Any:
+        shape = (*sample.reward.shape[:2], 1)
+        return NamedArray(log_prob=np.full(shape, -np.log(self.n), np.float32), value=np.zeros(shape, np.float32))
+
+    def get_checkpoint(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.set_version(int(checkpoint["version"]))
+
+
+def make_stale_policy(**kwargs: Any) -> Any:
+    """``stale-policy``: ``actor-critic-separate`` whose ``state_dict``/``load_state_dict`` are the base class's.
+
+    Its trainer trains real torch weights, but nothing is published: under MPI every actor would act with
+    the initial weights for the whole run (``obs_dim`` and ``action_dim`` must be given).
+    """
+    from hpcrl.api.policy import Policy as Base
+    from hpcrl.policies.actor_critic import ActorCriticPolicy
+
+    class StalePolicy(ActorCriticPolicy):
+        state_dict = Base.state_dict  # type: ignore[assignment]
+        load_state_dict = Base.load_state_dict  # type: ignore[assignment]
+
+    return StalePolicy(shared=False, **kwargs)
+
+
+register_policy("coin-policy", CoinPolicy)
+register_policy("stale-policy", make_stale_policy)

@@ -8,8 +8,9 @@ import pytest
 from hpcrl.api.environment import Action, Environment, StepResult
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import RolloutRequest, RolloutResult
+from hpcrl.api.trainer import SampleBatch
 from hpcrl.roles.batcher import Batcher
-from hpcrl.roles.env_ring import EnvError, EnvRing
+from hpcrl.roles.env_ring import EnvError, EnvRing, PolicyResultError
 
 
 class Counter(Environment):
@@ -232,3 +233,231 @@ def test_trajectory_buffer_full_and_partial_rows_interleaved():
             if seen[s]:
                 assert seen[s][-1] == col[0], "a column must start at the previous column's last row"
             seen[s].append(int(col[-1]))
+
+
+# ---------------------------------------------------------------------- nothing is broadcast
+class Late(Counter):
+    """Counter whose agent-0 result at call ``at`` is bent by ``bend`` (an in-place edit of the StepResult)."""
+
+    def __init__(self, at: int, bend, **kw):
+        super().__init__(length=1000, **kw)
+        self.at, self.bend = at, bend
+
+    def step(self, actions):
+        out = super().step(actions)
+        if self.calls == self.at:
+            self.bend(out[0])
+        return out
+
+
+def _obs(x):
+    def bend(r):
+        r.obs = NamedArray(obs=x)
+
+    return bend
+
+
+@pytest.mark.parametrize("check", ["first", "off"])
+@pytest.mark.parametrize(
+    "bend, expected",
+    [
+        (_obs(np.float32(7.0)), "obs field 'obs': expected a numpy float32 array of shape (1,), got numpy float32"),
+        (_obs(np.full(3, 7.0, np.float32)), "obs field 'obs': expected shape (1,), got (3,)"),
+        (_obs(np.zeros((1, 1), np.float32)), "obs field 'obs': expected shape (1,), got (1, 1)"),
+        (_obs(np.zeros(1, np.float64)), "obs field 'obs': expected dtype float32, got float64"),
+        (lambda r: setattr(r, "reward", np.ones(3, np.float32)), "reward: expected shape (1,) (as before), got (3,)"),
+        (lambda r: setattr(r, "done", np.array([1])), "done: expected bool array of shape (1,), got int64 array (1,)"),
+        (lambda r: setattr(r, "truncated", 0.0), "truncated: expected bool array of shape (1,), got float 0.0"),
+    ],
+)
+def test_a_misfit_after_the_checked_steps_is_refused_never_broadcast(bend, expected, check):
+    """Step 150 is past ``check_env: first``'s validated steps: the layout is still checked on every step."""
+    ring = EnvRing(lambda i: Late(150, bend), 2, 1, 4, None, "late", where="actor rank 3", check=check)
+    with pytest.raises(EnvError) as info:
+        run(ring, 200)
+    assert f"actor rank 3: env #0: env 'late' step 150: agent 0: {expected}" in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in dot:RuntimeWarning")  # Inf * 0 in the check
+@pytest.mark.parametrize("check", ["first", "always"])
+@pytest.mark.parametrize("field", ["obs", "reward"])
+def test_nan_after_the_checked_steps_is_an_error_with_first_and_always(field, check):
+    def bend(r):
+        if field == "obs":
+            r.obs = NamedArray(obs=np.array([np.nan], np.float32))
+        else:
+            r.reward = np.array([np.inf], np.float32)
+
+    ring = EnvRing(lambda i: Late(150, bend), 2, 1, 4, None, "late", where="actor rank 3", check=check)
+    with pytest.raises(EnvError) as info:
+        run(ring, 200)
+    what = (
+        "obs field 'obs': expected finite values, got 1 NaN/Inf element(s) of 1"
+        if field == "obs"
+        else ("reward: expected a finite value, got array([inf], dtype=float32)")
+    )
+    assert f"actor rank 3: env #0: env 'late' step 150: agent 0: {what}" in str(info.value)
+
+
+def test_check_env_off_leaves_nan_to_the_trainer():
+    ring = EnvRing(lambda i: Late(5, _obs(np.array([np.nan], np.float32))), 1, 1, 4, None, "late", check="off")
+    run(ring, 10)  # no error: the layout fits, and finiteness is not checked with "off"
+
+
+def test_the_same_fields_in_another_order_are_accepted():
+    def bend(r):
+        r.obs = NamedArray(b=np.zeros(1, np.float32), obs=np.ones(1, np.float32))
+
+    class Two(Counter):
+        def _res(self, reward, end):
+            out = super()._res(reward, end)
+            for r in out:
+                if r is not None:
+                    r.obs = NamedArray(obs=np.ones(1, np.float32), b=np.zeros(1, np.float32))
+            return out
+
+    class LateTwo(Two):
+        def step(self, actions):
+            out = super().step(actions)
+            if self.calls == 3:
+                bend(out[0])
+            return out
+
+    ring = EnvRing(lambda i: LateTwo(length=100), 1, 1, 4, None, "two", check="off")
+    frags = run(ring, 8)
+    assert (frags[0].obs.obs == 1).all() and (frags[0].obs.b == 0).all()
+
+
+class PolicyOf:
+    """A policy stand-in whose result is bent from call ``at`` on."""
+
+    def __init__(self, at: int, bend):
+        self.at, self.bend, self.calls = at, bend, 0
+
+    def __call__(self, req):
+        self.calls += 1
+        res = act(req)
+        if self.calls >= self.at:
+            self.bend(res, len(req.obs))
+        return res
+
+
+@pytest.mark.parametrize(
+    "bend, expected",
+    [
+        (
+            lambda res, n: setattr(res.analyzed_result, "value", np.zeros((1, 1), np.float32)),
+            r"policy test-policy: analyzed_result.value has shape \(1, 1\); expected 2 rows|"
+            r"field 'analyzed_result.value': expected shape \(2, 1\), got \(1, 1\)",
+        ),
+        (
+            lambda res, n: setattr(res.analyzed_result, "value", np.zeros(n, np.float32)),
+            r"field 'analyzed_result.value': expected shape \(2, 1\), got \(2,\)",
+        ),
+        (
+            lambda res, n: setattr(res.action, "x", np.zeros(n, np.float64)),
+            r"field 'action.x': expected dtype int64, got float64",
+        ),
+    ],
+)
+def test_a_policy_result_that_stops_fitting_is_refused(bend, expected):
+    ring = EnvRing(
+        lambda i: Counter(length=50), 2, 1, 4, None, "counter", where="actor rank 1", policy_name="test-policy"
+    )
+    policy = PolicyOf(5, bend)
+    with pytest.raises(PolicyResultError, match=rf"actor rank 1: policy test-policy.*({expected})"):
+        for _ in range(10):
+            req = ring.request(0)
+            ring.consume(0, policy(req), version=0)
+
+
+class Discrete2(Counter):
+    @property
+    def action_spaces(self):
+        from gymnasium import spaces
+
+        return [spaces.Discrete(2)] * self.agents
+
+
+def test_float_actions_for_a_discrete_space_are_refused_naming_policy_env_and_dtype():
+    ring = EnvRing(lambda i: Discrete2(), 2, 1, 4, None, "discrete", where="actor rank 1", policy_name="my-policy")
+    req = ring.request(0)
+    res = act(req)
+    res.action.x = np.full(len(req.obs), 0.7, np.float32)
+    with pytest.raises(
+        PolicyResultError,
+        match=r"actor rank 1: policy my-policy returned float32 actions for env discrete, whose action space is "
+        r"Discrete\(2\): expected an integer dtype \(int64\); float actions would be truncated",
+    ):
+        ring.consume(0, res, version=0)
+
+
+def test_the_gym_adapter_refuses_float_actions_for_discrete_spaces():
+    from hpcrl.envs.gym_env import GymEnvironment
+
+    env = GymEnvironment("CartPole-v1")
+    env.reset()
+    env.step([Action(x=np.int64(1))])
+    with pytest.raises(
+        ValueError,
+        match=r"env 'gym:CartPole-v1' step: agent 0: action: expected Action\(x=...\) for "
+        r"Discrete\(2\).*cannot be interpreted as an integer",
+    ):
+        env.step([Action(x=np.float32(1.0))])
+    env.close()
+
+
+def test_a_recurrent_state_of_the_wrong_shape_is_refused():
+    state = NamedArray(hx=np.zeros((1, 3), np.float32))  # row layout: (layers, hidden)
+    ring = EnvRing(lambda i: Counter(length=50), 2, 1, 4, state, "counter", where="actor rank 1", policy_name="gru")
+
+    def bad(req):
+        res = act(req)
+        res.policy_state = NamedArray(hx=np.zeros((1, 1, 3), np.float32))  # one row for two agents
+        return res
+
+    req = ring.request(0)
+    with pytest.raises(PolicyResultError, match=r"policy gru: policy_state.hx has shape \(1, 1, 3\); expected 2 rows"):
+        ring.consume(0, bad(req), version=0)
+
+
+def test_a_recurrent_policy_that_returns_no_state_is_refused():
+    state = NamedArray(hx=np.zeros((1, 3), np.float32))
+    ring = EnvRing(lambda i: Counter(length=50), 2, 1, 4, state, "counter", where="actor rank 1", policy_name="gru")
+    req = ring.request(0)
+    res = act(req)
+    res.policy_state = None
+    with pytest.raises(
+        PolicyResultError,
+        match=r"policy gru has a default_policy_state but returned policy_state "
+        r"NoneType",
+    ):
+        ring.consume(0, res, version=0)
+
+
+def test_trajectory_refuses_a_row_that_numpy_would_broadcast():
+    from hpcrl.roles.trajectory import TrajectoryBuffer
+
+    traj = TrajectoryBuffer(3, 4)
+    row = SampleBatch(obs=NamedArray(obs=np.zeros((3, 4), np.float32)), reward=np.zeros((3, 1), np.float32))
+    traj.add(np.arange(3), row)
+    bad = SampleBatch(obs=NamedArray(obs=np.full((1, 4), 7.0, np.float32)), reward=np.zeros((3, 1), np.float32))
+    with pytest.raises(ValueError, match=r"field 'obs.obs': expected shape \(3, 4\), got \(1, 4\)"):
+        traj.add(np.arange(3), bad)
+    with pytest.raises(ValueError, match=r"field 'obs.obs': expected shape \(2, 4\), got \(4,\)"):
+        traj.add(np.arange(2), SampleBatch(obs=NamedArray(obs=np.zeros(4, np.float32)), reward=np.zeros((2, 1))))
+
+
+def test_batcher_refuses_a_fragment_of_another_layout_naming_the_field():
+    ring = EnvRing(lambda i: Counter(length=3), 2, 1, 4, None, "counter", check="off")
+    b = Batcher(4, 10)
+    frag = run(ring, 5)[0]
+    b.add(frag, 3)
+    other = frag.apply(np.array)
+    other.obs = NamedArray(obs=np.zeros((5, 2, 3), np.float32))
+    with pytest.raises(
+        ValueError,
+        match=r"fragment field 'obs.obs': expected \(5, columns, \*\(1,\)\) float32 like "
+        r"the first fragment, got \(5, columns, \*\(3,\)\) float32",
+    ):
+        b.add(other, 0)
