@@ -125,8 +125,12 @@ class Policy(abc.ABC):
 
     @property
     def version(self) -> int:
-        """Number of trainer updates applied to these weights."""
+        """Number of trainer updates applied to these weights (assignable: ``self.version = 0`` works)."""
         return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = int(value)
 
     def inc_version(self) -> None:
         """Increment :attr:`version` (the trainer calls this after each update)."""

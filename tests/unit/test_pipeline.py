@@ -161,6 +161,9 @@ def test_policy_base_class_owns_the_version_counter():
     assert p.version == 7
     q = Coin()  # the counter is per instance
     assert q.version == 0
+    q.version = 4  # SRL-style policies assign it
+    q.version += 1
+    assert q.version == 5 and p.version == 7
 
 
 @pytest.mark.parametrize("as_spec", [True, False])
