@@ -47,10 +47,13 @@ def load_traces(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         start time, and one ``"file: reason"`` line per trace that could not be read (logged).
 
     Raises:
-        ReportError: no trace file, or none readable.
+        ReportError: the run directory does not exist, has no trace file, or none is readable.
     """
     from hpcrl.storage.trace import TraceError, read_trace
 
+    if not Path(run_dir).is_dir():
+        what = "not a directory" if Path(run_dir).exists() else "no such run directory"
+        raise ReportError(f"{what}: {run_dir}")
     tdir = Path(run_dir) / "traces"
     files = sorted(tdir.glob("rank-*.h5"))
     if not files:
