@@ -98,7 +98,7 @@ def evaluate(
 
 
 def _at_least_one(text: str) -> int:
-    """argparse type: an integer >= 1 (``--episodes 0`` would average nothing)."""
+    """The type of ``--episodes``/``--envs``: an integer >= 1 (``--episodes 0`` would average nothing)."""
     try:
         value = int(text)
     except ValueError:
