@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
@@ -134,6 +135,8 @@ class ActorRank:
             self._run_remote()
         else:
             assert self.weights is not None
+            me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
+            who = f"{ctx.cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
             self.weights.wait_first()
             while not ctx.stopping:
                 ctx.service()
@@ -141,7 +144,7 @@ class ActorRank:
                 for g in range(self.ring.num_groups):
                     t0 = time.perf_counter()
                     request = self.ring.request(g)
-                    result = self.policy.rollout(request)
+                    result = check_rollout_result(self.policy.rollout(request), len(request), who)
                     t1 = time.perf_counter()
                     self.ring.consume(g, result, self.policy.version)
                     if trace is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
 from hpcrl.api.environment import make as make_env
-from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
+from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult, check_rollout_result
 from hpcrl.api.policy import make as make_policy
 from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
@@ -106,6 +106,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         session.run_dir,
     )
     reason = "finished"
+    who = f"{cfg.policy.type_!r} ({type(policy).__name__})"
     try:
         while learner.frames < cfg.experiment.total_frames:
             if stop.is_set():
@@ -113,7 +114,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
                 break
             t0 = time.perf_counter()
             request = ring.request(0)
-            result = policy.rollout(request)
+            result = check_rollout_result(policy.rollout(request), len(request), who)
             t1 = time.perf_counter()
             ring.consume(0, result, policy.version)
             t2 = time.perf_counter()
