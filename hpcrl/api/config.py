@@ -137,7 +137,11 @@ class Experiment(_Section):
     seed: int = field(default=1, metadata=_bounds(ge=0, le=2**32 - 1))
     """Base random seed; each env, rank and role derives its own seed from it."""
     total_frames: int = field(default=100_000, metadata=_bounds(ge=1))
-    """Stop after this many environment steps, summed over all actors."""
+    """Stop after this many environment steps, summed over all actors (a resumed run counts those of its
+    checkpoint). Under MPI the trainer leader splits the steps left over the actor ranks at start, and each
+    actor stops at its share to within one step of its envs; a run steps at most ``envs_per_actor - 1`` frames
+    per actor rank more than this (a one-process run at most ``envs_per_actor - 1``), and its final checkpoint
+    counts every frame stepped. A stop for another reason (SIGTERM) saves the frames reported so far."""
     imports: list[str] = field(default_factory=list)
     """Python modules every rank imports first, so user envs/policies/trainers register themselves
     (e.g. ``[examples.quickstart.env]``)."""

@@ -97,6 +97,8 @@ class RankContext:
         self.stopping = False
         """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
         self.stop_reason = ""
+        self.frame_budget: int | None = None
+        """(Actors) env steps this rank may take in this run, from the leader's ``budget`` message."""
         self._stop_forwarded = False
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
@@ -139,6 +141,8 @@ class RankContext:
                 if not self.stopping:
                     self.stopping = True
                     self.stop_reason = str(msg.get("reason", "leader"))
+            elif kind == "budget" and not self.is_leader:
+                self.frame_budget = int(msg["frames"])
             elif kind == "stop_request" and self.is_leader:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
             elif kind in ("stats", "final") and self.on_stats is not None:
