@@ -129,7 +129,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
                 trace.add_time("env_step", t2 - t1)
                 wall = time.time()
                 for e in episodes:
-                    trace.episode(e.ret, e.length, learner.frames, wall, e.version)
+                    trace.episode(e.ret, e.length, ring.frames, wall, e.version)  # this process's frames, as actors
             while learner.ready():
                 learner.step()
                 if learner.checkpoint_due():
