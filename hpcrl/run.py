@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import traceback
@@ -75,24 +74,40 @@ def _setup_logging(rank: int, role: str, level: str) -> None:
 
 
 def _install_abort_hook(comm: Any, rank: int, role: str, run_dir: str | None = None) -> None:
-    """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job."""
-    host = socket.gethostname()
+    """On an uncaught exception: print one rank-prefixed traceback, then MPI_Abort the job.
+
+    Nothing in the hook may stop it from reaching ``MPI_Abort``: a rank whose launcher proxy died (its node's
+    proxy was lost) writes into a closed pipe, and its ``MPI_Abort`` fails; a hook that raised there left the
+    rank to finish Python and spin forever in ``MPI_Finalize`` with its peers gone. If ``MPI_Abort`` returns,
+    the rank exits at once with status 1.
+    """
+    from hpcrl.comm.mpi import node_name
+
+    host = node_name()
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        prefix = f"[rank {rank} {role} {host}]"
-        sys.stderr.write("".join(f"{prefix} {line}\n" for line in text.rstrip().splitlines()))
-        line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
+        try:
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            prefix = f"[rank {rank} {role} {host}]"
+            line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
+            if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
+                try:
+                    with open(os.path.join(run_dir, "errors.log"), "a") as f:
+                        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
+                except OSError:
+                    pass
             try:
-                with open(os.path.join(run_dir, "errors.log"), "a") as f:
-                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
-            except OSError:
+                sys.stderr.write("".join(f"{prefix} {t}\n" for t in text.rstrip().splitlines()))
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr is a closed pipe (the launcher's proxy is gone)
                 pass
-        time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
-        comm.Abort(1)
+            time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
+        finally:
+            try:
+                comm.Abort(1)
+            finally:  # MPI_Abort fails when the launcher's proxy is gone: never fall through to MPI_Finalize
+                os._exit(1)
 
     sys.excepthook = hook
 
