@@ -186,6 +186,9 @@ def _run_local(cfg: config.ExperimentConfig, stop: Any, summary_json: str | None
 
     try:
         summary = run_local(cfg, stop)
+    except config.ConfigError as e:  # what only building the env, policy, trainer or device can check
+        sys.stderr.write(f"hpcrl: config error: {e}\n")
+        return 2
     except StorageError as e:  # run dir not writable, no valid checkpoint among existing ones, ...
         sys.stderr.write(f"hpcrl: {e}\n")
         return 2

@@ -19,11 +19,13 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -46,6 +48,7 @@ __all__ = [
     "apply_overrides",
     "parse_yaml",
     "MAX_YAML_VALUES",
+    "building",
 ]
 
 
@@ -437,6 +440,16 @@ def _yaml_loader(source: str) -> Any:
     return BoundedLoader
 
 
+def _yaml_problem(e: Any) -> str:
+    """PyYAML's error as one line: ``found unexpected end of stream at line 2, column 1 (while scanning ...)``."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if not problem:
+        return " ".join(str(e).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(e, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def parse_yaml(text: str | bytes, source: str) -> Any:
     """Parse one YAML document safely (``yaml.SafeLoader``: plain data only), bounding what aliases expand to.
 
@@ -465,19 +478,21 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
                 f"{source}: not UTF-8 text: byte 0x{raw[e.start]:02x} at position {e.start} (line {line}) "
                 f"cannot be decoded ({e.reason}); save the file as UTF-8"
             ) from None
-    loader = _yaml_loader(source)(text)
+    loader = None
     try:
+        loader = _yaml_loader(source)(text)  # the reader refuses control characters here already
         return loader.get_single_data()
     except ConfigError:
         raise
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
     except (ValueError, TypeError, OverflowError) as e:  # a scalar of a YAML type that cannot be built: 2001-02-30
         raise ConfigError(f"{source}: not valid YAML: {type(e).__name__}: {e}") from None
     except RecursionError:
         raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -489,8 +504,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"override {item!r}: expected key.path=value (dot-separated, no empty part)")
         value = parse_yaml(raw, f"override {item!r}") if raw != "" else ""
         node = data
         parts = key.split(".")
@@ -526,6 +541,35 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConf
         return from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+@contextlib.contextmanager
+def building(key: str, what: str) -> Iterator[None]:
+    """Name the config key when building what it configures fails.
+
+    Checks that only the component can make (an env id the simulator does not know, a policy or trainer
+    argument it refuses, a device torch cannot use) happen when the run builds it; an exception from inside
+    the block becomes one :class:`ConfigError` line naming ``key``, what failed and where it was raised
+    (the original stays chained as ``__cause__``).
+
+    Args:
+        key: the config key path that configures it, e.g. ``policy`` or ``environment``.
+        what: what failed, for the message, e.g. ``cannot build policy 'actor-critic-separate' with args {...}``.
+
+    Raises:
+        ConfigError: the block raised (a ConfigError from inside passes through unchanged).
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:
+        import traceback
+
+        frames = traceback.extract_tb(e.__traceback__)
+        at = f" (raised at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        text = " ".join(str(e).split())
+        raise ConfigError(f"{key}: {what}: {type(e).__name__}: {text}{at}") from e
 
 
 def dump(cfg: ExperimentConfig) -> str:

@@ -77,7 +77,8 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
     hint = common.steps_hint(cfg.experiment.total_frames, batch_size, cfg.actor.fragment_length, agents)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training, hint)
+    with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
+        trainer = common.build_trainer(cfg.trainer, policy, cfg.training, hint)
     trace = session.trace
     learner = Learner(
         cfg,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.api import config
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import wait_for
@@ -53,7 +54,8 @@ class TrainerRank:
         hint = common.steps_hint(
             cfg.experiment.total_frames, columns, cfg.actor.fragment_length, agent_count, len(topo.trainers)
         )
-        self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training, hint)
+        with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
+            self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training, hint)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
