@@ -608,6 +608,9 @@ def reference_markdown() -> str:
         "Generated from `hpcrl/api/config.py` by `python -m hpcrl.api.config` (a test keeps it in sync).",
         "Every key can be set in the YAML file or overridden on the command line as `section.key=value`.",
         "Unknown keys, wrong types, out-of-range numbers and missing required keys are errors that name the key path.",
+        f"The file must be UTF-8 YAML; anchors and aliases work, up to {MAX_YAML_VALUES:,} values once expanded.",
+        "What only the run can check (an env id, a policy or trainer argument, a device) is reported the same way,",
+        "naming `environment`, `policy`, `trainer` or `training.device`, when the run builds it.",
         "",
     ]
     hints = typing.get_type_hints(ExperimentConfig)
