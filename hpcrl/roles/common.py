@@ -162,7 +162,8 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
         policy = make_policy(dataclasses.replace(spec, args=args))
     to = getattr(policy, "to", None)
     if callable(to) and device != "cpu":
-        to(device)
+        with config.building("training.device", f"cannot move policy {spec.type_!r} to device {device!r}"):
+            to(device)
     return policy
 
 
