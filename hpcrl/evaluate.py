@@ -67,7 +67,11 @@ def evaluate(
         UntrustedConfigError: (a ``CheckpointError``) the stored config names code not registered in this
             process (a policy or env ``type_``, a ``"module:attribute"`` argument, a module of
             ``experiment.imports`` not imported yet); nothing it names was imported or called.
+        ValueError: ``episodes`` or ``envs`` is below 1.
     """
+    for name, value in (("episodes", episodes), ("envs", envs)):
+        if value < 1:
+            raise ValueError(f"evaluate: {name} must be >= 1, got {value}")
     from hpcrl.api.policy import make as make_policy
     from hpcrl.roles import common
     from hpcrl.roles.env_ring import EnvRing
@@ -113,12 +117,23 @@ def evaluate(
     }
 
 
+def _at_least_one(text: str) -> int:
+    """The type of ``--episodes``/``--envs``: an integer >= 1 (``--episodes 0`` would average nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(prog="python -m hpcrl.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("path", help="run directory or checkpoint file")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--envs", type=int, default=4)
+    p.add_argument("--episodes", type=_at_least_one, default=10, help="episodes to finish (>= 1)")
+    p.add_argument("--envs", type=_at_least_one, default=4, help="environments stepped side by side (>= 1)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic action")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -4,10 +4,13 @@ Reads every ``RUN_DIR/traces/rank-*.h5`` (SWMR-safe: works while the run is stil
 writes PNG plots (return vs frames, return vs wall time, fps over time, trainer stats, a
 per-role time breakdown) and ``summary.md`` into ``--out`` (default ``RUN_DIR/report``).
 
-Frames: each trace's episode ``frames`` column counts the frames stepped by that rank; the
-run's frame count at an instant is the sum over ranks of each rank's latest value (segments
-of a restarted rank are chained). Trainer rows carry the frames consumed by the trainer;
-the larger of the two estimates is reported.
+Frames: each trace's episode ``frames`` column counts the frames stepped by that rank's process
+(from zero: a restarted or resumed rank writes a new trace file, and its segments are chained);
+the run's frame count at an instant is the sum over ranks of each rank's latest value. Trainer
+rows carry the run's frames as the trainer leader counted them (resumed runs included), and the
+newest checkpoint's ``frames`` attribute is the count of a finished run. Each is a lower bound of
+the frames stepped (the episode sum misses steps after each rank's last finished episode); the
+largest is reported.
 """
 
 from __future__ import annotations
@@ -51,10 +54,13 @@ def load_traces(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         start time, and one ``"file: reason"`` line per trace that could not be read (logged).
 
     Raises:
-        ReportError: no trace file, or none readable.
+        ReportError: the run directory does not exist, has no trace file, or none is readable.
     """
     from hpcrl.storage.trace import TraceError, read_trace
 
+    if not Path(run_dir).is_dir():
+        what = "not a directory" if Path(run_dir).exists() else "no such run directory"
+        raise ReportError(f"{what}: {run_dir}")
     tdir = Path(run_dir) / "traces"
     files = sorted(tdir.glob("rank-*.h5"))
     if not files:
@@ -70,6 +76,18 @@ def load_traces(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
         raise ReportError(f"none of the {len(files)} traces in {tdir} is readable: " + "; ".join(skipped))
     traces.sort(key=lambda t: (int(t["attrs"].get("rank", -1)), float(t["attrs"].get("start_time", 0.0))))
     return traces, skipped
+
+
+def _checkpoint_frames(run_dir: str | Path) -> int | None:
+    """The ``frames`` attribute of the newest readable checkpoint of the run, or None if there is none."""
+    from hpcrl.storage.checkpoint import CheckpointError, CheckpointManager, read_checkpoint_attrs
+
+    for path in CheckpointManager(run_dir).list():
+        try:
+            return int(read_checkpoint_attrs(path)["frames"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
+            log.warning("skipping checkpoint %s: %s", path, e)
+    return None
 
 
 def _rolling_mean(x: np.ndarray, window: int = _WINDOW) -> np.ndarray:
@@ -88,16 +106,13 @@ def _episode_series(traces: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         by_rank[int(t["attrs"].get("rank", -1))].append(t)
     parts = []
     for rank_id, segs in by_rank.items():
-        offset = last = last_raw = 0
+        offset = 0
         for seg in sorted(segs, key=lambda s: float(s["attrs"].get("start_time", 0.0))):
             ep = seg["episodes"]
-            raw = ep["frames"].astype(np.int64)
-            if len(raw) and raw[0] < last_raw:  # a restarted rank counting from zero again: chain it
-                offset = last
-            frames = raw + offset
-            if len(raw):
-                last, last_raw = int(frames.max()), int(raw.max())
-            parts.append((np.full(len(raw), rank_id), ep["wall_time"], ep["return"], ep["length"], frames))
+            frames = ep["frames"].astype(np.int64) + offset  # each segment is a process counting from zero
+            if len(frames):
+                offset = int(frames.max())
+            parts.append((np.full(len(frames), rank_id), ep["wall_time"], ep["return"], ep["length"], frames))
     if not parts:
         empty = np.zeros(0)
         return {"wall_time": empty, "return": empty, "length": empty, "frames": empty}
@@ -155,8 +170,8 @@ def build_series(run_dir: str | Path) -> dict[str, Any]:
     """Everything the plots and the summary need, as numpy arrays (no I/O besides reading traces).
 
     Returns:
-        ``{"t0", "traces", "skipped", "episodes", "trainer", "fps": (time, fps), "time_split"}``; times
-        are seconds since the earliest trace start.
+        ``{"t0", "traces", "skipped", "episodes", "trainer", "fps": (time, fps), "time_split",
+        "checkpoint_frames"}``; times are seconds since the earliest trace start.
 
     Raises:
         ReportError: no readable traces.
@@ -184,6 +199,7 @@ def build_series(run_dir: str | Path) -> dict[str, Any]:
             end = max(end, float(np.max(arr)))
     return {
         "run_dir": str(run_dir),
+        "checkpoint_frames": _checkpoint_frames(run_dir),
         "t0": t0,
         "end": end,
         "traces": traces,
@@ -206,7 +222,7 @@ def _summary_from(series: dict[str, Any]) -> dict[str, Any]:
     wall = max(series["end"] - series["t0"], 0.0)
     ep_frames = int(ep["frames"][-1]) if len(ep["frames"]) else 0
     tr_frames = int(np.max(tr["frames"])) if len(tr["frames"]) else 0
-    frames = max(ep_frames, tr_frames)
+    frames = max(ep_frames, tr_frames, series["checkpoint_frames"] or 0)
     rets = ep["return"]
     last_stats = {k: v for k, v in ((k, _last_finite(a)) for k, a in tr["stats"].items()) if v is not None}
     versions = [int(np.max(t["episodes"]["policy_version"])) for t in series["traces"] if len(t["episodes"]["return"])]

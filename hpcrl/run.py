@@ -13,7 +13,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import traceback
@@ -82,31 +81,46 @@ def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
     run dir (never into a run dir that another run holds; created 0600, never written through a symlink;
     when it cannot be written, stderr says so and the abort goes on), and the run dir lock is released
     before the abort.
+
+    Nothing in the hook may stop it from reaching ``MPI_Abort``: a rank whose launcher proxy died (its node's
+    proxy was lost) writes into a closed pipe, and its ``MPI_Abort`` fails; a hook that raised there left the
+    rank to finish Python and spin forever in ``MPI_Finalize`` with its peers gone. If ``MPI_Abort`` returns,
+    the rank exits at once with status 1.
     """
+    from hpcrl.comm.mpi import node_name
     from hpcrl.roles.session import active_run_dir
     from hpcrl.storage.files import append_private
     from hpcrl.storage.rundir import release_all
 
-    host = socket.gethostname()
+    host = node_name()
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        prefix = f"[rank {rank} {role} {host}]"
-        sys.stderr.write("".join(f"{prefix} {line}\n" for line in text.rstrip().splitlines()))
-        line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
-        sys.stderr.write(line)
-        sys.stderr.flush()
-        run_dir = active_run_dir()
-        if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
-            path = os.path.join(run_dir, "errors.log")
+        try:
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            prefix = f"[rank {rank} {role} {host}]"
+            line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
+            note = ""
+            run_dir = active_run_dir()
+            if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
+                path = os.path.join(run_dir, "errors.log")
+                try:
+                    append_private(path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
+                except OSError as e:
+                    why = "it is a symbolic link, not followed" if e.errno == errno.ELOOP else (e.strerror or str(e))
+                    note = f"{prefix} could not write {path} ({why}); aborting anyway\n"
             try:
-                append_private(path, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}{text}\n")
-            except OSError as e:
-                why = "it is a symbolic link, not followed" if e.errno == errno.ELOOP else (e.strerror or str(e))
-                sys.stderr.write(f"{prefix} could not write {path} ({why}); aborting anyway\n")
-        release_all()
-        time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
-        comm.Abort(1)
+                sys.stderr.write("".join(f"{prefix} {t}\n" for t in text.rstrip().splitlines()))
+                sys.stderr.write(line + note)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr is a closed pipe (the launcher's proxy is gone)
+                pass
+            release_all()
+            time.sleep(0.2)  # let stderr reach the launcher before MPI_Abort kills the job
+        finally:
+            try:
+                comm.Abort(1)
+            finally:  # MPI_Abort fails when the launcher's proxy is gone: never fall through to MPI_Finalize
+                os._exit(1)
 
     sys.excepthook = hook
 
@@ -194,6 +208,9 @@ def _run_local(cfg: config.ExperimentConfig, stop: Any, summary_json: str | None
 
     try:
         summary = run_local(cfg, stop)
+    except config.ConfigError as e:  # what only building the env, policy, trainer or device can check
+        sys.stderr.write(f"hpcrl: config error: {e}\n")
+        return 2
     except StorageError as e:  # run dir in use or not writable, no valid checkpoint among existing ones, ...
         sys.stderr.write(f"hpcrl: {e}\n")
         return 2

@@ -19,13 +19,16 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 __all__ = [
     "ConfigError",
@@ -43,11 +46,55 @@ __all__ = [
     "load",
     "dump",
     "apply_overrides",
+    "parse_yaml",
+    "MAX_YAML_VALUES",
+    "building",
 ]
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type (message names the key path)."""
+    """A configuration value is missing, unknown, of the wrong type or out of range (message names the key path)."""
+
+
+# ============================================================== numeric bounds
+def _bounds(ge: float | None = None, gt: float | None = None, le: float | None = None) -> dict[str, float | None]:
+    """Field metadata: the allowed range of a numeric field (``None`` values of optional fields are exempt)."""
+    return {"ge": ge, "gt": gt, "le": le}
+
+
+def _bound_text(meta: Any) -> str:
+    """``>= 1``, ``> 0``, ``>= 1 and <= 1024``: the range declared by :func:`_bounds` (messages, reference)."""
+    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    parts = []
+    if ge is not None:
+        parts.append(f">= {ge:g}" if isinstance(ge, float) else f">= {ge}")
+    if gt is not None:
+        parts.append(f"> {gt:g}" if isinstance(gt, float) else f"> {gt}")
+    if le is not None:
+        parts.append(f"<= {le:g}" if isinstance(le, float) else f"<= {le}")
+    return " and ".join(parts)
+
+
+def _check_bounds(value: Any, f: dataclasses.Field[Any], where: str) -> None:
+    """Raise :class:`ConfigError` naming ``where`` if ``value`` is outside the range declared on field ``f``."""
+    meta = f.metadata
+    if "ge" not in meta or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    ge, gt, le = meta["ge"], meta["gt"], meta["le"]
+    ok = not (isinstance(value, float) and math.isnan(value))
+    ok = ok and (ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+    if not ok:
+        raise ConfigError(f"{where}: must be {_bound_text(meta)}, got {value!r}")
+
+
+class _Section:
+    """Base of the config sections: checks every field's declared range when an instance is built."""
+
+    _path: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            _check_bounds(getattr(self, f.name), f, f"{self._path}.{f.name}" if self._path else f.name)
 
 
 # ============================================================== component specs
@@ -83,27 +130,35 @@ class Trainer:
 
 # ============================================================== system sections
 @dataclass(frozen=True)
-class Experiment:
+class Experiment(_Section):
     """What to run and for how long."""
+
+    _path: ClassVar[str] = "experiment"
 
     name: str = "hpcrl"
     """Experiment name; the default run directory is ``runs/<name>``."""
-    seed: int = 1
+    seed: int = field(default=1, metadata=_bounds(ge=0, le=2**32 - 1))
     """Base random seed; each env, rank and role derives its own seed from it."""
-    total_frames: int = 100_000
-    """Stop after this many environment steps, summed over all actors."""
+    total_frames: int = field(default=100_000, metadata=_bounds(ge=1))
+    """Stop after this many environment steps, summed over all actors (a resumed run counts those of its
+    checkpoint). Under MPI the trainer leader splits the steps left over the actor ranks at start, and each
+    actor stops at its share to within one step of its envs; a run steps at most ``envs_per_actor - 1`` frames
+    per actor rank more than this (a one-process run at most ``envs_per_actor - 1``), and its final checkpoint
+    counts every frame stepped. A stop for another reason (SIGTERM) saves the frames reported so far."""
     imports: list[str] = field(default_factory=list)
     """Python modules every rank imports first, so user envs/policies/trainers register themselves
     (e.g. ``[examples.quickstart.env]``)."""
 
 
 @dataclass(frozen=True)
-class Actor:
+class Actor(_Section):
     """How actor ranks step their environments."""
 
-    envs_per_actor: int = 8
+    _path: ClassVar[str] = "actor"
+
+    envs_per_actor: int = field(default=8, metadata=_bounds(ge=1))
     """Environments each actor rank steps."""
-    fragment_length: int = 128
+    fragment_length: int = field(default=128, metadata=_bounds(ge=1))
     """Steps per trajectory fragment sent to the trainer (T)."""
     ring_halves: bool = True
     """With remote inference, split the envs in two halves: one steps while the other waits for actions."""
@@ -113,32 +168,36 @@ class Actor:
     check float observations and rewards for NaN/Inf on every step."""
     env_failure: Literal["fail", "recreate"] = "fail"
     """When an env raises in reset/step: stop the run, or recreate the env and drop its partial episode."""
-    max_env_failures: int = 3
+    max_env_failures: int = field(default=3, metadata=_bounds(ge=0))
     """With ``recreate``: give up after this many consecutive failures of one env."""
 
 
 @dataclass(frozen=True)
-class Layout:
+class Layout(_Section):
     """How MPI ranks are split into roles (see :mod:`hpcrl.comm.topology`)."""
 
-    trainers: int = 1
+    _path: ClassVar[str] = "layout"
+
+    trainers: int = field(default=1, metadata=_bounds(ge=1))
     """Trainer ranks (rank 0 is the trainer leader)."""
-    inference: int = 0
+    inference: int = field(default=0, metadata=_bounds(ge=0))
     """Inference ranks; 0 means every actor runs the policy inline."""
-    actors: int | None = None
+    actors: int | None = field(default=None, metadata=_bounds(ge=1))
     """Actor ranks; ``None`` takes every remaining rank."""
 
 
 @dataclass(frozen=True)
-class Training:
+class Training(_Section):
     """How trainer ranks form batches and synchronise."""
 
-    batch_size: int | None = None
+    _path: ClassVar[str] = "training"
+
+    batch_size: int | None = field(default=None, metadata=_bounds(ge=1))
     """Trajectories (env-agent sequences of ``fragment_length`` steps) per trainer step and trainer rank;
     ``None`` = one fragment from every env slot of the actors feeding that trainer."""
-    max_staleness: int = 1
+    max_staleness: int = field(default=1, metadata=_bounds(ge=0))
     """Drop (and count) fragments produced by a policy more than this many versions old."""
-    queue_batches: int = 2
+    queue_batches: int = field(default=2, metadata=_bounds(ge=0))
     """Back-pressure: a trainer rank takes in fragments only while fewer than this many batches are queued,
     and actors send fragments in synchronous mode, so an actor whose fragment is not taken in waits instead
     of producing fragments that would go stale (its CPU goes to the trainer). 0 = always take in (no
@@ -150,31 +209,28 @@ class Training:
     nonfinite: Literal["skip", "stop"] = "skip"
     """A NaN/Inf loss or gradient: skip the step and count it, or stop the run."""
 
-    def __post_init__(self) -> None:
-        for name in ("max_staleness", "queue_batches"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training.{name}: must be >= 0, got {getattr(self, name)}")
-
 
 @dataclass(frozen=True)
-class Run:
+class Run(_Section):
     """Run directory, checkpoints, traces and progress output."""
+
+    _path: ClassVar[str] = "run"
 
     dir: str | None = None
     """Run directory (shared storage on clusters); default ``runs/<experiment.name>``."""
     fresh: bool = False
     """Ignore existing checkpoints in the run directory and start from scratch."""
-    stop_at_frames: int = 0
+    stop_at_frames: int = field(default=0, metadata=_bounds(ge=0))
     """Stop this invocation once the run (resumes included) has reached this many env frames, writing a
     checkpoint, so that the next start resumes from there; 0 = run to ``experiment.total_frames``. Unlike a
     smaller ``total_frames`` it does not change the run's length, so schedules (which follow
     ``frames / experiment.total_frames``) are the same as in one uninterrupted run. Use it to split a run
     into chunks (e.g. one per batch job)."""
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: int = field(default=0, metadata=_bounds(ge=0))
     """Write a checkpoint every N trainer steps (0 = off; one is always written at the end)."""
-    checkpoint_every_seconds: float = 600.0
+    checkpoint_every_seconds: float = field(default=600.0, metadata=_bounds(ge=0))
     """Write a checkpoint at least this often in wall time (0 = off)."""
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = field(default=3, metadata=_bounds(ge=1))
     """Keep the newest K checkpoints."""
     on_save_error: Literal["stop", "continue"] = "stop"
     """A checkpoint that cannot be written: stop the run (after logging), or log and continue."""
@@ -187,23 +243,19 @@ class Run:
     stop checkpoints are always written before the run ends."""
     trace: bool = True
     """Write per-rank HDF5 traces (episodes, trainer stats, timings)."""
-    trace_flush_seconds: float = 5.0
+    trace_flush_seconds: float = field(default=5.0, metadata=_bounds(gt=0))
     """Flush traces at least this often: a crash loses at most this interval."""
-    log_interval_seconds: float = 5.0
+    log_interval_seconds: float = field(default=5.0, metadata=_bounds(gt=0))
     """Seconds between progress log lines."""
     progress: Literal["auto", "bar", "log", "off"] = "auto"
     """Progress output on rank 0: a live bar on terminals (auto), log lines, or nothing."""
-    heartbeat_seconds: float = 120.0
+    heartbeat_seconds: float = field(default=120.0, metadata=_bounds(ge=0))
     """A rank silent this long is declared hung and the job is aborted naming it (0 = off)."""
-    startup_seconds: float = 600.0
+    startup_seconds: float = field(default=600.0, metadata=_bounds(gt=0))
     """A rank that has not reported at all this long after start (imports, model build, restore) is declared
     hung; silence is counted with ``heartbeat_seconds`` only from a rank's first report."""
-    torch_threads: int = 1
+    torch_threads: int = field(default=1, metadata=_bounds(ge=1, le=1024))
     """torch intra-op threads per rank."""
-
-    def __post_init__(self) -> None:
-        if self.stop_at_frames < 0:
-            raise ConfigError(f"run.stop_at_frames: must be >= 0 (0 = off), got {self.stop_at_frames}")
 
 
 @dataclass(frozen=True)
@@ -348,19 +400,121 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+#: A YAML document may expand (through aliases) to at most this many values (scalars, lists, mappings).
+MAX_YAML_VALUES = 100_000
+
+
+def _yaml_loader(source: str) -> Any:
+    """A ``yaml.SafeLoader`` subclass that bounds the size a document expands to through aliases."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        """Counts, while composing, how many values each node stands for once aliases are expanded.
+
+        A "billion laughs" document (anchors whose aliases nest ten times per level) is small as text and
+        as loaded Python objects (aliases share objects), but every consumer that walks it (the config dump,
+        a merge key ``<<``) expands it. The count is the expanded size of every node, memoised, so it costs
+        one pass over the text; an alias to a node still being composed (a recursive document) is refused.
+        """
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._sizes: dict[int, int] = {}
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            alias = self.peek_event() if self.check_event(yaml.AliasEvent) else None
+            node: Any = super().compose_node(parent, index)
+            if alias is not None:
+                if id(node) not in self._sizes:
+                    raise ConfigError(
+                        f"{source}: line {alias.start_mark.line + 1}: alias *{alias.anchor} refers to a value that "
+                        f"contains it (a recursive document)"
+                    )
+                return node
+            if isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes[id(v)] for v in node.value)
+            else:
+                size = 1
+            if size > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"{source}: line {node.start_mark.line + 1}: the document expands through aliases to more "
+                    f"than {MAX_YAML_VALUES:,} values (a 'billion laughs' document?); refused"
+                )
+            self._sizes[id(node)] = size
+            return node
+
+    return BoundedLoader
+
+
+def _yaml_problem(e: Any) -> str:
+    """PyYAML's error as one line: ``found unexpected end of stream at line 2, column 1 (while scanning ...)``."""
+    problem, mark = getattr(e, "problem", None), getattr(e, "problem_mark", None)
+    if not problem:
+        return " ".join(str(e).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(e, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse one YAML document safely (``yaml.SafeLoader``: plain data only), bounding what aliases expand to.
+
+    Used for config files, ``key=value`` overrides and configs stored in checkpoints.
+
+    Args:
+        text: the document; bytes must be UTF-8.
+        source: what the text is (a file name, ``override 'a=b'``), for messages.
+
+    Returns:
+        The plain data (``None`` for an empty document).
+
+    Raises:
+        ConfigError: not UTF-8 (names the byte position and line), not valid YAML, nested too deeply, or
+            expanding through aliases to more than :data:`MAX_YAML_VALUES` values (names the line).
+    """
+    import yaml
+
+    if isinstance(text, bytes):
+        raw = text
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ConfigError(
+                f"{source}: not UTF-8 text: byte 0x{raw[e.start]:02x} at position {e.start} (line {line}) "
+                f"cannot be decoded ({e.reason}); save the file as UTF-8"
+            ) from None
+    loader = None
+    try:
+        loader = _yaml_loader(source)(text)  # the reader refuses control characters here already
+        return loader.get_single_data()
+    except ConfigError:
+        raise
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a scalar of a YAML type that cannot be built: 2001-02-30
+        raise ConfigError(f"{source}: not valid YAML: {type(e).__name__}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML scalars/collections).
 
     Raises:
-        ConfigError: an override without ``=`` or one that descends into a non-mapping.
+        ConfigError: an override without ``=``, with a value that is not YAML, or one that descends into a
+            non-mapping.
     """
-    import yaml
-
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key.path=value")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"override {item!r}: expected key.path=value (dot-separated, no empty part)")
+        value = parse_yaml(raw, f"override {item!r}") if raw != "" else ""
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -375,22 +529,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML experiment file (``yaml.safe_load``) with optional overrides.
+    """Load a YAML experiment file (see :func:`parse_yaml`) with optional overrides.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or does not fit the schema.
+        ConfigError: the file is missing, is not UTF-8 YAML, or does not fit the schema.
     """
-    import yaml
-
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file ({e.strerror or e})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    data = parse_yaml(raw, str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -400,6 +549,35 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConf
         return from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+@contextlib.contextmanager
+def building(key: str, what: str) -> Iterator[None]:
+    """Name the config key when building what it configures fails.
+
+    Checks that only the component can make (an env id the simulator does not know, a policy or trainer
+    argument it refuses, a device torch cannot use) happen when the run builds it; an exception from inside
+    the block becomes one :class:`ConfigError` line naming ``key``, what failed and where it was raised
+    (the original stays chained as ``__cause__``).
+
+    Args:
+        key: the config key path that configures it, e.g. ``policy`` or ``environment``.
+        what: what failed, for the message, e.g. ``cannot build policy 'actor-critic-separate' with args {...}``.
+
+    Raises:
+        ConfigError: the block raised (a ConfigError from inside passes through unchanged).
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:
+        import traceback
+
+        frames = traceback.extract_tb(e.__traceback__)
+        at = f" (raised at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+        text = " ".join(str(e).split())
+        raise ConfigError(f"{key}: {what}: {type(e).__name__}: {text}{at}") from e
 
 
 def dump(cfg: ExperimentConfig) -> str:
@@ -437,7 +615,10 @@ def reference_markdown() -> str:
         "",
         "Generated from `hpcrl/api/config.py` by `python -m hpcrl.api.config` (a test keeps it in sync).",
         "Every key can be set in the YAML file or overridden on the command line as `section.key=value`.",
-        "Unknown keys, wrong types and missing required keys are errors that name the key path.",
+        "Unknown keys, wrong types, out-of-range numbers and missing required keys are errors that name the key path.",
+        f"The file must be UTF-8 YAML; anchors and aliases work, up to {MAX_YAML_VALUES:,} values once expanded.",
+        "What only the run can check (an env id, a policy or trainer argument, a device) is reported the same way,",
+        "naming `environment`, `policy`, `trainer` or `training.device`, when the run builds it.",
         "",
     ]
     hints = typing.get_type_hints(ExperimentConfig)
@@ -454,7 +635,10 @@ def reference_markdown() -> str:
                 default = repr(f.default_factory())
             else:
                 default = "required"
-            tname = _type_name(sub_hints[f.name]).replace("|", "\\|")
+            tname = _type_name(sub_hints[f.name])
+            if "ge" in f.metadata:
+                tname += f" ({_bound_text(f.metadata)})"
+            tname = tname.replace("|", "\\|")
             lines.append(f"| `{top.name}.{f.name}` | {tname} | `{default}` | {docs.get(f.name, '')} |")
         lines.append("")
     return "\n".join(lines)

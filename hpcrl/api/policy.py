@@ -45,6 +45,8 @@ __all__ = [
     "publish_problem",
     "PolicyContractError",
     "result_rows_problem",
+    "RolloutContractError",
+    "check_rollout_result",
 ]
 
 
@@ -76,6 +78,64 @@ class RolloutResult(NamedArray):
     action: NamedArray
     policy_state: NamedArray | None = None
     analyzed_result: NamedArray | None = None
+
+
+class RolloutContractError(ValueError):
+    """A policy's ``rollout`` returned something that does not answer the request (names policy and field)."""
+
+
+def _leaf_rows(leaf: Any) -> int | None:
+    shape = getattr(leaf, "shape", None)
+    if shape is None:
+        shape = np.shape(leaf)
+    return int(shape[0]) if len(shape) else None
+
+
+def check_rollout_result(result: Any, rows: int, policy: str) -> RolloutResult:
+    """Check that ``result`` answers a request of ``rows`` rows.
+
+    It must be a :class:`RolloutResult` whose ``action``, ``policy_state`` and ``analyzed_result`` leaves all
+    have ``rows`` rows.
+
+    Every runner of a policy (the one-process loop, inline actors, inference ranks) calls this before it uses
+    or replies with a result, so a policy that breaks the contract is named where it ran, not where the rows
+    are used later (an actor's env ring, a channel's schema check on another rank).
+
+    Args:
+        result: what ``policy.rollout(request)`` returned.
+        rows: the request's rows.
+        policy: the policy for messages, e.g. ``"'actor-critic-separate' (ActorCriticPolicy)"``.
+
+    Returns:
+        ``result``.
+
+    Raises:
+        RolloutContractError: not a RolloutResult, no action, or a field whose rows differ from the request's.
+    """
+    if not isinstance(result, RolloutResult):
+        raise RolloutContractError(
+            f"policy {policy}: rollout returned {type(result).__name__}, expected a RolloutResult"
+        )
+    if result.action is None:
+        raise RolloutContractError(f"policy {policy}: rollout returned a RolloutResult without an action")
+    for name in ("action", "policy_state", "analyzed_result"):
+        value = getattr(result, name)
+        if value is None:
+            continue
+        if not isinstance(value, NamedArray):
+            raise RolloutContractError(
+                f"policy {policy}: rollout returned {name} of type {type(value).__name__}, expected a NamedArray"
+            )
+        for path, leaf in value.flat_items():
+            got = _leaf_rows(leaf)
+            if got != rows:
+                shape = tuple(np.shape(leaf)) if getattr(leaf, "shape", None) is None else tuple(leaf.shape)
+                raise RolloutContractError(
+                    f"policy {policy}: rollout returned {name}.{path} with {got} rows (shape {shape}) "
+                    f"for a request of {rows} rows; every leaf of action, policy_state and analyzed_result "
+                    f"needs one row per request row"
+                )
+    return result
 
 
 def state_to_agent(state: NamedArray | None) -> NamedArray | None:

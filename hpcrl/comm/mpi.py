@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from mpi4py import MPI as _MPI
 
-__all__ = ["SIZE_VARS", "MPINotAvailableError", "load_mpi", "get_world", "world_size_from_env", "abort"]
+__all__ = [
+    "SIZE_VARS",
+    "MPINotAvailableError",
+    "load_mpi",
+    "get_world",
+    "world_size_from_env",
+    "node_name",
+    "abort",
+]
 
 _HINT = (
     "hpcrl needs an MPI library: pip install 'hpcrl[mpich]' (laptops/CI) or load your site MPI "
@@ -70,6 +78,18 @@ def world_size_from_env() -> int | None:
         if raw.isdigit() and int(raw) > 0:
             return int(raw)
     return None
+
+
+def node_name() -> str:
+    """This process's host as the launcher names it, else its host name.
+
+    MPICH's Hydra sets ``PMI_HOSTNAME`` to the node name it launched on (from ``-hosts``, a host file or the
+    batch system), which is the name its own error banner prints (``PID n RUNNING AT <node>``); hpcrl's
+    messages use the same name so the two can be matched.
+    """
+    import socket
+
+    return os.environ.get("PMI_HOSTNAME", "").strip() or socket.gethostname()
 
 
 def abort(comm: Any, message: str, code: int = 1) -> NoReturn:

@@ -12,7 +12,9 @@ import sys
 import time
 from typing import Any
 
+from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
+from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.roles import common
 from hpcrl.roles.env_ring import EnvRing
@@ -125,6 +127,31 @@ class ActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
+    def _wait_budget(self) -> int:
+        """Wait (servicing control messages) for this rank's share of the frames, sent by the leader at start."""
+        ctx = self.ctx
+        run = ctx.cfg.run
+        limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
+        wait_for(
+            lambda: True if ctx.frame_budget is not None or ctx.stopping else None,
+            "the frame budget from the trainer leader",
+            ctx.leader,
+            limit,
+            ctx.service,
+        )
+        return ctx.frame_budget if ctx.frame_budget is not None else 0
+
+    def _spent(self) -> None:
+        """This rank stepped its share: ship what is complete, report at once, and idle until the stop."""
+        ctx = self.ctx
+        self._ship()
+        self._report(force=True)  # the leader stops the run once every actor reported its share done
+        while not ctx.stopping:
+            ctx.service()
+            if self.weights is not None:
+                self.weights.discard()
+            ctx.backoff.idle()
+
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Act until the leader says stop; returns this rank's final stats."""
@@ -132,17 +159,25 @@ class ActorRank:
         trace = ctx.trace
         t_start = time.monotonic()
         if self.remote:
-            self._run_remote()
+            self._run_remote(self._wait_budget())
         else:
             assert self.weights is not None
+            me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
+            who = f"{ctx.cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
             self.weights.wait_first()
+            budget = self._wait_budget()
             while not ctx.stopping:
+                if self.ring.frames >= budget:
+                    self._spent()
+                    break
                 ctx.service()
                 self.weights.update()
                 for g in range(self.ring.num_groups):
+                    if self.ring.frames >= budget:
+                        break
                     t0 = time.perf_counter()
                     request = self.ring.request(g)
-                    result = self.policy.rollout(request)
+                    result = check_rollout_result(self.policy.rollout(request), len(request), who)
                     t1 = time.perf_counter()
                     self.ring.consume(g, result, self.policy.version)
                     if trace is not None:
@@ -173,7 +208,7 @@ class ActorRank:
         self.ring.close()
         return final
 
-    def _run_remote(self) -> None:
+    def _run_remote(self, budget: int) -> None:
         ctx = self.ctx
         trace = ctx.trace
         assert self.requests is not None and self.results is not None
@@ -183,6 +218,9 @@ class ActorRank:
             pending.append(g)
         backoff = ctx.backoff
         while not ctx.stopping:
+            if self.ring.frames >= budget:
+                self._spent()  # the replies to requests still pending are discarded by the drain
+                break
             t0 = time.perf_counter()
             msg = self.results.test()
             if msg is None:

@@ -31,6 +31,7 @@ __all__ = [
     "build_trainer",
     "frames_per_step",
     "budget_reached",
+    "frame_limit",
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
@@ -47,15 +48,13 @@ def import_user_modules(cfg: config.ExperimentConfig) -> None:
     """Import ``experiment.imports`` (user modules that register envs, policies, trainers).
 
     Raises:
-        ImportError: a module cannot be imported (names it and the config key).
+        ConfigError: a module cannot be imported, or raises while importing (names it and the config key).
     """
     import importlib
 
     for i, name in enumerate(cfg.experiment.imports):
-        try:
+        with config.building(f"experiment.imports[{i}]", f"cannot import module {name!r}"):
             importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"experiment.imports[{i}]: cannot import {name!r}: {e}") from e
 
 
 def env_label(spec: config.Environment) -> str:
@@ -85,10 +84,13 @@ def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentC
 
     See :func:`resolve_policy_spec`. The resolved config is what the run saves and checkpoints.
     """
-    env = make_env(cfg.environment)
-    try:
+    label = env_label(cfg.environment)
+    with config.building("environment", f"cannot build env {label} with args {cfg.environment.args}"):
+        env = make_env(cfg.environment)
         agents = int(env.agent_count)
-        spec = fill_policy_args(cfg.policy, env, env_label(cfg.environment))
+    try:
+        with config.building("policy.args", f"policy {cfg.policy.type_!r} does not fit env {label}"):
+            spec = fill_policy_args(cfg.policy, env, label)
     finally:
         env.close()
     return dataclasses.replace(cfg, policy=spec), agents
@@ -132,12 +134,27 @@ def fill_policy_args(spec: config.Policy, env: Environment, label: str) -> confi
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
-    if device != "auto":
-        return device
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; any other device must exist here.
+
+    Raises:
+        ConfigError: not a torch device, or a GPU torch does not see (names ``training.device``).
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise config.ConfigError(
+            f"training.device: {device!r} is not a torch device ({' '.join(str(e).split())}); "
+            f"expected auto, cpu or cuda[:N]"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise config.ConfigError(f"training.device: {device!r}, but torch sees {count} GPU(s) on this host")
+    return device
 
 
 def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = None) -> Policy:
@@ -145,10 +162,12 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
     args = dict(spec.args)
     if seed is not None and "seed" not in args and spec.type_ in _INFERABLE:
         args["seed"] = seed
-    policy = make_policy(dataclasses.replace(spec, args=args))
+    with config.building("policy", f"cannot build policy {spec.type_!r} with args {spec.args}"):
+        policy = make_policy(dataclasses.replace(spec, args=args))
     to = getattr(policy, "to", None)
     if callable(to) and device != "cpu":
-        to(device)
+        with config.building("training.device", f"cannot move policy {spec.type_!r} to device {device!r}"):
+            to(device)
     return policy
 
 
@@ -179,13 +198,18 @@ def frames_per_step(columns: int, fragment_length: int, agents: int) -> int:
     return max(1, columns * fragment_length // max(1, agents))
 
 
+def frame_limit(cfg: config.ExperimentConfig) -> tuple[int, str]:
+    """Where this invocation stops stepping and why: ``experiment.total_frames`` or an earlier ``stop_at_frames``."""
+    total = cfg.experiment.total_frames
+    if cfg.run.stop_at_frames and cfg.run.stop_at_frames < total:
+        return cfg.run.stop_at_frames, "run.stop_at_frames reached"
+    return total, "total_frames reached"
+
+
 def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
     """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
-    if frames >= cfg.experiment.total_frames:
-        return "total_frames reached"
-    if cfg.run.stop_at_frames and frames >= cfg.run.stop_at_frames:
-        return "run.stop_at_frames reached"
-    return None
+    limit, reason = frame_limit(cfg)
+    return reason if frames >= limit else None
 
 
 def seed_everything(seed: int) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from typing import Any
 
 import numpy as np
 
 from hpcrl.api import config
+from hpcrl.comm.mpi import node_name
 from hpcrl.comm.topology import Topology
 from hpcrl.roles.rank import RankContext
 from hpcrl.roles.session import Session, StopFlag, write_text_atomic
@@ -64,7 +64,7 @@ def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
 def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
     """Gather every rank's role, host and pid on rank 0 (fixed-size byte buffers, no pickle)."""
     size = 256
-    me = json.dumps({"rank": int(comm.Get_rank()), "role": role, "host": socket.gethostname(), "pid": os.getpid()})
+    me = json.dumps({"rank": int(comm.Get_rank()), "role": role, "host": node_name(), "pid": os.getpid()})
     raw = me.encode()[:size].ljust(size, b" ")
     send = np.frombuffer(raw, np.uint8).copy()
     recv = np.empty(size * comm.Get_size(), np.uint8) if comm.Get_rank() == 0 else None

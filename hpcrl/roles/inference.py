@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.namedarray import NamedArray, concat
-from hpcrl.api.policy import PolicyContractError, result_rows_problem
+from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.tags import Tag
@@ -77,6 +77,8 @@ class InferenceRank:
         self._send_default_state()
         backoff = ctx.backoff
         t_start = time.monotonic()
+        me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
+        who = f"{ctx.cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
         while not ctx.stopping:
             ctx.service()
             self.weights.update()
@@ -93,9 +95,7 @@ class InferenceRank:
             sizes = [len(p) for p in parts]
             request = parts[0] if len(parts) == 1 else self._concat(got, parts)
             result = self.policy.rollout(request)  # type: ignore[arg-type]
-            problem = result_rows_problem(result, sum(sizes))
-            if problem is not None:
-                raise PolicyContractError(f"inference rank {ctx.rank}: policy {ctx.cfg.policy.type_}: {problem}")
+            check_rollout_result(result, sum(sizes), who)  # before replying: a short reply would fail on an actor
             t2 = time.perf_counter()
             start = 0
             for (_, msg), n in zip(got, sizes):

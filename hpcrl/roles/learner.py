@@ -148,7 +148,8 @@ class Learner:
 
         Raises:
             NonFiniteError: a NaN/Inf loss with ``training.nonfinite: stop``.
-            RuntimeError: the trainer failed on the batch (message names the trainer).
+            RuntimeError: the trainer failed on the batch, or returned something other than a
+                :class:`TrainerStepResult` (message names the trainer and what it returned).
         """
         batch = self._next if self._next is not None else self.batcher.pop(self.policy.version)
         self._next = None
@@ -167,6 +168,12 @@ class Learner:
                 f"trainer {self.cfg.trainer.type_!r} failed on a batch from policy {self.cfg.policy.type_!r}: "
                 f"{type(e).__name__}: {e} (does the policy's analyze() return what the trainer needs?)"
             ) from e
+        if not isinstance(result, TrainerStepResult):
+            shown = repr(result) if len(repr(result)) <= 80 else repr(result)[:77] + "..."
+            raise RuntimeError(
+                f"trainer {self.cfg.trainer.type_!r} ({type(self.trainer).__name__}).step returned {shown} "
+                f"({type(result).__name__}); expected a TrainerStepResult"
+            )
         dt = time.perf_counter() - t0
         self.steps += 1
         if result.skipped:

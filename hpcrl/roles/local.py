@@ -15,7 +15,7 @@ from typing import Any
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
 from hpcrl.api.environment import make as make_env
-from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
+from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult, check_rollout_result
 from hpcrl.api.policy import make as make_policy
 from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
@@ -99,7 +99,8 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     n_envs = cfg.actor.envs_per_actor
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
+    with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
+        trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
     trace = session.trace
     learner = Learner(
         cfg,
@@ -138,6 +139,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         session.run_dir,
     )
     reason = "finished"
+    who = f"{cfg.policy.type_!r} ({type(policy).__name__})"
     try:
         while True:
             budget = common.budget_reached(learner.frames, cfg)
@@ -149,7 +151,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
                 break
             t0 = time.perf_counter()
             request = ring.request(0)
-            result = policy.rollout(request)
+            result = check_rollout_result(policy.rollout(request), len(request), who)
             t1 = time.perf_counter()
             ring.consume(0, result, policy.version)
             t2 = time.perf_counter()
@@ -164,7 +166,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
                 trace.add_time("env_step", t2 - t1)
                 wall = time.time()
                 for e in episodes:
-                    trace.episode(e.ret, e.length, learner.frames, wall, e.version)
+                    trace.episode(e.ret, e.length, ring.frames, wall, e.version)  # this process's frames, as actors
             while learner.ready():
                 learner.step()
                 if learner.checkpoint_due():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from hpcrl.api import config
 from hpcrl.comm import control
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
+from hpcrl.comm.mpi import node_name
 from hpcrl.comm.polling import Backoff, wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
@@ -93,10 +93,12 @@ class RankContext:
         self.stop = stop
         self.session = session
         self.trace = session.trace
-        self.host = socket.gethostname()
+        self.host = node_name()
         self.stopping = False
         """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
         self.stop_reason = ""
+        self.frame_budget: int | None = None
+        """(Actors) env steps this rank may take in this run, from the leader's ``budget`` message."""
         self._stop_forwarded = False
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
@@ -139,6 +141,8 @@ class RankContext:
                 if not self.stopping:
                     self.stopping = True
                     self.stop_reason = str(msg.get("reason", "leader"))
+            elif kind == "budget" and not self.is_leader:
+                self.frame_budget = int(msg["frames"])
             elif kind == "stop_request" and self.is_leader:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
             elif kind in ("stats", "final") and self.on_stats is not None:
@@ -165,6 +169,7 @@ class RankContext:
     def _check_silence(self, now: float) -> None:
         limit = self.cfg.run.heartbeat_seconds
         watch = self.last_seen.keys() if self.is_leader else [self.leader]
+        silent: dict[int, float] = {}
         for r in watch:
             seen = self.last_seen[r]
             if seen is None:  # not heard from yet: still starting (imports, model build, restore)
@@ -175,12 +180,38 @@ class RankContext:
                         f"it is hung or dead; aborting the job"
                     )
                 continue
-            silent = now - seen
-            if silent > limit:
-                raise RankFailure(
-                    f"{self.who(r)} has been silent for {silent:.0f} s (run.heartbeat_seconds={limit:g}): "
-                    f"it is hung or dead; aborting the job"
-                )
+            silent[r] = now - seen
+        if silent and max(silent.values()) > limit:
+            raise RankFailure(self._silence_message(silent, limit))
+
+    def _silence_message(self, silent: dict[int, float], limit: float) -> str:
+        """Name every rank that has gone silent, not only the first past the limit.
+
+        A lost node silences all its ranks at once; they cross the limit within one heartbeat interval
+        (``limit / 4``) of each other, while a live rank is never silent for more than about one interval.
+        So every rank silent for more than half the limit is named, with its node, and a node whose every
+        rank is among them is called out.
+        """
+        lost = sorted(r for r, s in silent.items() if s > limit / 2)
+        longest = max(silent[r] for r in lost)
+        if len(lost) == 1:
+            return (
+                f"{self.who(lost[0])} has been silent for {longest:.0f} s (run.heartbeat_seconds={limit:g}): "
+                f"it is hung or dead; aborting the job"
+            )
+        shortest = min(silent[r] for r in lost)
+        span = f"{longest:.0f}" if round(shortest) == round(longest) else f"{shortest:.0f}-{longest:.0f}"
+        names = ", ".join(self.who(r) for r in lost)
+        hint = ""
+        if self.hosts:
+            nodes = sorted({self.hosts[r] for r in lost if r in self.hosts})
+            whole = [h for h in nodes if all(r in lost for r, rh in self.hosts.items() if rh == h and r != self.rank)]
+            if whole:
+                hint = f"; every rank on {', '.join(whole)} is silent: is the node down or hung?"
+        return (
+            f"{len(lost)} ranks have been silent for {span} s (run.heartbeat_seconds={limit:g}): "
+            f"{names}; they are hung or dead{hint}; aborting the job"
+        )
 
     def flush_control(self, timeout: float = 10.0) -> None:
         """Wait until control messages sent so far have left."""

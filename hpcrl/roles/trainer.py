@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.api import config
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import wait_for
@@ -54,7 +55,8 @@ class TrainerRank:
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
-        self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training)
+        with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
+            self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
@@ -99,6 +101,9 @@ class TrainerRank:
             self.publisher = ParamPublisher(ctx.comm, list(topo.param_subscribers))
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
+        self.budgets: dict[int, int] = {}
+        self._base_frames = 0
+        self._told_trainers = False
         self.finals: dict[int, dict[str, Any]] = {}
         self.progress: Progress | None = None
         ctx.on_stats = self._on_stats
@@ -109,6 +114,9 @@ class TrainerRank:
             self.finals[src] = msg
         if "frames" in msg and self.ctx.topo.role_of(src) == "actor":
             self.actor_frames[src] = int(msg["frames"])
+            if msg.get("type") != "final":  # finals come after the last checkpoint: its count stays the run's
+                self.learner.frames = self._base_frames + sum(self.actor_frames.values())
+                self._check_budget()  # also while waiting in the step agreement
         eps = msg.get("episodes")
         if eps and self.progress is not None:
             self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
@@ -138,6 +146,40 @@ class TrainerRank:
                 self.learner.restore(Path(path))
             _bcast_params(self.tcomm, self.policy)
 
+    def _send_budgets(self, base_frames: int) -> None:
+        """(Leader) Split the frames left to run over the actor ranks and tell each its share.
+
+        An actor stops stepping at its share (to within one step of its env group), so the run steps
+        ``experiment.total_frames`` (or an earlier ``run.stop_at_frames``) plus at most ``envs_per_actor - 1``
+        frames per actor rank, however late
+        the actors' frame reports arrive; the leader stops once every actor has reported its share done.
+        """
+        actors = self.ctx.topo.actors
+        left = max(0, common.frame_limit(self.ctx.cfg)[0] - base_frames)
+        for k, a in enumerate(actors):
+            self.budgets[a] = left // len(actors) + (1 if k < left % len(actors) else 0)
+            self.ctx.post(a, {"type": "budget", "frames": self.budgets[a]})
+
+    def _check_budget(self) -> None:
+        """(Leader) Once every actor has reported stepping its share of the frames, stop the run."""
+        if not self.budgets or self.ctx.stop.is_set():
+            return
+        if all(self.actor_frames.get(a, 0) >= n for a, n in self.budgets.items()):
+            self.ctx.stop.set(common.frame_limit(self.ctx.cfg)[1])
+            self._tell_trainers()
+
+    def _tell_trainers(self) -> None:
+        """(Leader) Ask the other trainer ranks to join a stop agreement, batch or not (once).
+
+        Actors past their share send no more fragments, so a trainer rank may never complete another batch;
+        the leader may even be waiting for it in a step agreement already.
+        """
+        if self._told_trainers:
+            return
+        self._told_trainers = True
+        for r in self.ctx.topo.trainers[1:]:
+            self.ctx.post(r, {"type": "stop", "reason": str(self.ctx.stop.reason)})
+
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Train until the frame budget is spent or a stop is agreed; returns this rank's final stats."""
@@ -151,12 +193,13 @@ class TrainerRank:
         cfg = ctx.cfg
         trace = ctx.trace
         self._restore()
-        base_frames = self.learner.frames
+        base_frames = self._base_frames = self.learner.frames
         if ctx.is_leader:
             self.progress = Progress(
                 cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames
             )
             log.info("run dir %s", ctx.session.run_dir)
+            self._send_budgets(base_frames)  # before the first parameters, which actors wait for
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
@@ -175,11 +218,11 @@ class TrainerRank:
             for _, msg in got:
                 self._add(msg)
             if ctx.is_leader:
-                self.learner.frames = base_frames + sum(self.actor_frames.values())
-                budget = common.budget_reached(self.learner.frames, cfg)
-                if budget is not None and not ctx.stop.is_set():
-                    ctx.stop.set(budget)
-            want_stop = ctx.is_leader and ctx.stop.is_set()
+                self._check_budget()
+                if ctx.stop.is_set():
+                    self._tell_trainers()
+            # a trainer the leader told to stop joins the agreement without a batch (see _tell_trainers)
+            want_stop = ctx.stop.is_set() if ctx.is_leader else ctx.stopping
             if not (want_stop or (self.learner.ready() and self.learner.prepare())):
                 if not got:
                     backoff.idle()

@@ -303,6 +303,7 @@ def _fault_ppo_class() -> Any:
             ballast_until: int = 2**62,
             init_sleep: float = 0.0,
             step_sleep: float = 0.0,
+            return_none_at: int = 0,
             **kwargs: Any,
         ) -> None:
             super().__init__(policy, **kwargs)
@@ -317,6 +318,7 @@ def _fault_ppo_class() -> Any:
             self.ballast_until = int(ballast_until)
             self.calls = 0
             self.step_sleep = float(step_sleep)
+            self.return_none_at = int(return_none_at)
             self._poison = False
             if self.active and init_sleep > 0:  # a slow start: a big model, a large checkpoint to restore
                 time.sleep(init_sleep)
@@ -342,9 +344,12 @@ def _fault_ppo_class() -> Any:
             if self.active and self.step_sleep > 0:  # a slow trainer (a big model on a slow device)
                 time.sleep(self.step_sleep)
             try:
-                return super().step(samples)
+                result = super().step(samples)
             finally:
                 self._poison = False
+            if self.active and self.return_none_at and self.calls == self.return_none_at:
+                return None  # a trainer that forgot its return statement
+            return result
 
         def get_checkpoint(self) -> dict[str, Any]:
             ckpt = super().get_checkpoint()
@@ -373,21 +378,23 @@ def make_fault_ppo(policy: Any, **kwargs: Any) -> Any:
             ``ballast_mib``/``ballast_from``/``ballast_until`` (random bytes added to the checkpoints written
             while ``ballast_from <= calls < ballast_until``), and
             ``init_sleep`` (seconds the constructor sleeps: a slow start-up), ``step_sleep`` (seconds every
-            step sleeps: a slow trainer), and every PPO argument.
+            step sleeps: a slow trainer), ``return_none_at`` (call whose ``step`` returns None instead of its
+            TrainerStepResult), and every PPO argument.
     """
     return _fault_ppo_class()(policy, **kwargs)
 
 
 # ====================================================================== policy
-def make_fault_policy(raise_at: int = 0, ranks: list[int] | None = None, **kwargs: Any) -> Any:
-    """``fault-policy``: ``actor-critic-separate`` whose ``rollout`` raises at call ``raise_at`` on ``ranks``.
+def make_fault_policy(raise_at: int = 0, short_at: int = 0, ranks: list[int] | None = None, **kwargs: Any) -> Any:
+    """``fault-policy``: ``actor-critic-separate`` whose ``rollout`` misbehaves at one call on ``ranks``.
 
+    ``raise_at``: that call raises. ``short_at``: that call returns one action row fewer than the request has.
     ``obs_dim`` and ``action_dim`` must be given (only the built-in names are inferred from the env).
     """
     from hpcrl.policies.actor_critic import make_separate
 
     policy = make_separate(**kwargs)
-    if raise_at and (ranks is None or launcher_rank() in ranks):
+    if (raise_at or short_at) and (ranks is None or launcher_rank() in ranks):
         inner = policy.rollout
         calls = [0]
 
@@ -395,7 +402,10 @@ def make_fault_policy(raise_at: int = 0, ranks: list[int] | None = None, **kwarg
             calls[0] += 1
             if calls[0] == raise_at:
                 raise RuntimeError(f"injected policy failure at rollout call {calls[0]}")
-            return inner(request, **kw)
+            result = inner(request, **kw)
+            if calls[0] == short_at:
+                result.action = result.action[:-1]
+            return result
 
         policy.rollout = rollout  # type: ignore[method-assign]
     return policy

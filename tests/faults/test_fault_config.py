@@ -16,6 +16,7 @@ CASES = {
     "wrong_type": (["actor.envs_per_actor=many"], "actor.envs_per_actor: expected an integer, got 'many' (str)"),
     "bad_choice": (["training.nonfinite=ignore"], "training.nonfinite: expected one of 'skip' | 'stop', got 'ignore'"),
     "nested_unknown": (["run.checkpoint.every=3"], "run.checkpoint: unknown key"),
+    "out_of_range": (["actor.envs_per_actor=0"], "actor.envs_per_actor: must be >= 1, got 0"),
 }
 
 

@@ -117,7 +117,11 @@ def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     except ImportError:
         assert "tensorboard is not installed" in out
     assert main([str(tmp_path / "nope")]) == 2
-    assert "has no traces" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"hpcrl.report: error: no such run directory: {tmp_path / 'nope'}\n"
+    assert main([str(run / "traces" / "rank-0000.h5")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main([str(prepare_run_dir(tmp_path / "empty"))]) == 2  # an existing run dir without traces
+    assert "has no traces (looked for" in capsys.readouterr().err
 
 
 def test_cli_module_entry_point(tmp_path: Path, clean_env: dict[str, str]) -> None:
