@@ -91,11 +91,36 @@ def _leaf_rows(leaf: Any) -> int | None:
     return int(shape[0]) if len(shape) else None
 
 
-def check_rollout_result(result: Any, rows: int, policy: str) -> RolloutResult:
-    """Check that ``result`` answers a request of ``rows`` rows.
+def result_rows_problem(result: Any, rows: int) -> str | None:
+    """What is wrong with a policy's answer to a request of ``rows`` rows; ``None`` if it answers it.
 
-    It must be a :class:`RolloutResult` whose ``action``, ``policy_state`` and ``analyzed_result`` leaves all
-    have ``rows`` rows.
+    It must be a :class:`RolloutResult` with an ``action``, and every leaf of ``action``, ``policy_state``
+    and ``analyzed_result`` must have ``rows`` rows on axis 0 (a leaf with one row, or none, would
+    otherwise be broadcast, or sliced wrongly when the batch is split between the actors that asked).
+    """
+    if not isinstance(result, RolloutResult):
+        return f"rollout returned {type(result).__name__}, expected a RolloutResult"
+    if result.action is None:
+        return "rollout returned a RolloutResult without an action"
+    for name in ("action", "policy_state", "analyzed_result"):
+        value = getattr(result, name)
+        if value is None:
+            continue
+        if not isinstance(value, NamedArray):
+            return f"rollout returned {name} of type {type(value).__name__}, expected a NamedArray"
+        for path, leaf in value.flat_items():
+            got = _leaf_rows(leaf)
+            if got != rows:
+                shape = tuple(np.shape(leaf)) if getattr(leaf, "shape", None) is None else tuple(leaf.shape)
+                return (
+                    f"rollout returned {name}.{path} with {got} rows (shape {shape}) for a request of {rows} rows; "
+                    f"every leaf of action, policy_state and analyzed_result needs one row per request row"
+                )
+    return None
+
+
+def check_rollout_result(result: Any, rows: int, policy: str) -> RolloutResult:
+    """Check that ``result`` answers a request of ``rows`` rows (see :func:`result_rows_problem`).
 
     Every runner of a policy (the one-process loop, inline actors, inference ranks) calls this before it uses
     or replies with a result, so a policy that breaks the contract is named where it ran, not where the rows
@@ -112,29 +137,9 @@ def check_rollout_result(result: Any, rows: int, policy: str) -> RolloutResult:
     Raises:
         RolloutContractError: not a RolloutResult, no action, or a field whose rows differ from the request's.
     """
-    if not isinstance(result, RolloutResult):
-        raise RolloutContractError(
-            f"policy {policy}: rollout returned {type(result).__name__}, expected a RolloutResult"
-        )
-    if result.action is None:
-        raise RolloutContractError(f"policy {policy}: rollout returned a RolloutResult without an action")
-    for name in ("action", "policy_state", "analyzed_result"):
-        value = getattr(result, name)
-        if value is None:
-            continue
-        if not isinstance(value, NamedArray):
-            raise RolloutContractError(
-                f"policy {policy}: rollout returned {name} of type {type(value).__name__}, expected a NamedArray"
-            )
-        for path, leaf in value.flat_items():
-            got = _leaf_rows(leaf)
-            if got != rows:
-                shape = tuple(np.shape(leaf)) if getattr(leaf, "shape", None) is None else tuple(leaf.shape)
-                raise RolloutContractError(
-                    f"policy {policy}: rollout returned {name}.{path} with {got} rows (shape {shape}) "
-                    f"for a request of {rows} rows; every leaf of action, policy_state and analyzed_result "
-                    f"needs one row per request row"
-                )
+    problem = result_rows_problem(result, rows)
+    if problem is not None:
+        raise RolloutContractError(f"policy {policy}: {problem}")
     return result
 
 
@@ -226,26 +231,6 @@ class Policy(abc.ABC):
     def parameters(self) -> Iterator[Any]:
         """Trainable parameters (torch tensors); empty if none."""
         return iter(())
-
-
-def result_rows_problem(result: Any, rows: int) -> str | None:
-    """What is wrong with a policy's answer to a request of ``rows`` rows; ``None`` if every leaf has ``rows`` rows.
-
-    Every leaf of ``action``, ``analyzed_result`` and ``policy_state`` must have ``rows`` rows on axis 0 (a
-    leaf with one row, or none, would otherwise be broadcast or sliced wrongly when the batch is split
-    between the actors that asked).
-    """
-    if not isinstance(result, RolloutResult) or not isinstance(result.action, NamedArray):
-        return f"rollout returned {type(result).__name__}, expected a RolloutResult with an action NamedArray"
-    for part in ("action", "analyzed_result", "policy_state"):
-        na = getattr(result, part)
-        if not isinstance(na, NamedArray):
-            continue
-        for path, x in na.flat_items():
-            shape = tuple(getattr(x, "shape", ()))
-            if not shape or shape[0] != rows:
-                return f"{part}.{path} has shape {shape}; expected {rows} rows (one per request row) on axis 0"
-    return None
 
 
 class PolicyContractError(TypeError):

@@ -347,7 +347,8 @@ class PolicyOf:
     [
         (
             lambda res, n: setattr(res.analyzed_result, "value", np.zeros((1, 1), np.float32)),
-            r"policy test-policy: analyzed_result.value has shape \(1, 1\); expected 2 rows|"
+            r"policy test-policy: rollout returned analyzed_result.value with 1 rows \(shape \(1, 1\)\) "
+            r"for a request of 2 rows|"
             r"field 'analyzed_result.value': expected shape \(2, 1\), got \(1, 1\)",
         ),
         (
@@ -417,7 +418,10 @@ def test_a_recurrent_state_of_the_wrong_shape_is_refused():
         return res
 
     req = ring.request(0)
-    with pytest.raises(PolicyResultError, match=r"policy gru: policy_state.hx has shape \(1, 1, 3\); expected 2 rows"):
+    with pytest.raises(
+        PolicyResultError,
+        match=r"policy gru: rollout returned policy_state.hx with 1 rows \(shape \(1, 1, 3\)\) for a request of 2",
+    ):
         ring.consume(0, bad(req), version=0)
 
 
