@@ -421,8 +421,9 @@ class Learner:
 def spec_diff(stored: Any, current: str, stored_name: str = "checkpoint") -> str | None:
     """A unified diff of the ``environment`` and ``policy`` sections of two config YAML texts.
 
-    ``stored`` comes from a checkpoint's ``config`` attribute: it is parsed with ``yaml.safe_load`` and
-    only compared, never used to build anything.
+    ``stored`` comes from a checkpoint's ``config`` attribute: it is parsed with
+    :func:`hpcrl.api.config.parse_yaml` (plain data, bounded alias expansion) and only compared, never used
+    to build anything.
 
     Returns:
         The diff (``---``/``+++`` headers, ``stored_name`` vs ``this run``), or None when the sections are
@@ -435,9 +436,9 @@ def spec_diff(stored: Any, current: str, stored_name: str = "checkpoint") -> str
     if not isinstance(stored, str):
         return None
     try:
-        old, new = yaml.safe_load(stored), yaml.safe_load(current)
-    except yaml.YAMLError as e:
-        log.debug("cannot compare the stored config of %s: %s", stored_name, e)
+        old, new = config.parse_yaml(stored, stored_name), config.parse_yaml(current, "this run's config")
+    except config.ConfigError as e:
+        log.warning("cannot compare the stored config of %s with this run's: %s", stored_name, e)
         return None
     if not isinstance(old, dict) or not isinstance(new, dict):
         return None

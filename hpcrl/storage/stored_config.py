@@ -80,21 +80,20 @@ class UntrustedConfigError(CheckpointError):
 
 
 def read_stored_config(file: Path, attrs: Mapping[str, Any]) -> ExperimentConfig:
-    """Parse the ``config`` attribute of a checkpoint (``yaml.safe_load``, strict config schema).
+    """Parse the ``config`` attribute of a checkpoint (:func:`hpcrl.api.config.parse_yaml`, strict config schema).
 
     Raises:
-        CheckpointError: the attribute is missing or not a valid config (names the file).
+        CheckpointError: the attribute is missing or not a valid config (names the file); a document that
+            expands through aliases beyond the config parser's bound is refused the same way.
     """
-    import yaml
-
     from hpcrl.api import config as config_mod
 
     text = attrs.get("config")
     if not isinstance(text, str):
         raise CheckpointError(f"{file}: no 'config' attribute (a checkpoint not written by the hpcrl runtime?)")
     try:
-        return config_mod.from_dict(yaml.safe_load(text))
-    except (yaml.YAMLError, config_mod.ConfigError, TypeError) as e:
+        return config_mod.from_dict(config_mod.parse_yaml(text, f"{file}: stored config"))
+    except (config_mod.ConfigError, TypeError) as e:
         raise CheckpointError(f"{file}: the stored config is not valid: {e}") from e
 
 

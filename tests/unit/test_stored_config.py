@@ -34,3 +34,23 @@ def test_imports_count_only_for_the_environment_and_only_when_not_imported():
     assert unregistered_entries(cfg, environment=True) == ["experiment.imports[1] 'hpcrl_surely_not_imported_module'"]
     assert unregistered_entries(cfg, environment=False) == []
     assert unregistered_entries(_cfg({"id": "CartPole-v1"}), environment=True) == []
+
+
+def test_a_stored_config_that_expands_through_aliases_is_refused_not_expanded(tmp_path, caplog):
+    """A checkpoint's config attribute is text anyone who can write the file chooses: an alias bomb there
+    must be refused by loading and by the resume's spec comparison, never expanded."""
+    import pytest
+
+    from hpcrl.roles.learner import spec_diff
+    from hpcrl.storage.stored_config import read_stored_config
+    from hpcrl.storage.tree import CheckpointError
+    from tests.unit.test_config_input import BOMB
+
+    file = tmp_path / "ckpt-000000001.h5"
+    with pytest.raises(CheckpointError, match=r"stored config.*expands through aliases"):
+        read_stored_config(file, {"config": BOMB})
+    mine = config.dump(_cfg({"id": "CartPole-v1"}))
+    with caplog.at_level("WARNING"):
+        assert spec_diff(BOMB, mine, file.name) is None
+    assert "cannot compare the stored config of ckpt-000000001.h5" in caplog.text
+    assert "expands through aliases" in caplog.text
