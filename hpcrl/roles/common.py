@@ -208,6 +208,8 @@ def frame_limit(cfg: config.ExperimentConfig) -> tuple[int, str]:
 
 def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
     """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
+    if frames >= cfg.experiment.total_frames:
+        return "total_frames reached"
     limit, reason = frame_limit(cfg)
     return reason if frames >= limit else None
 

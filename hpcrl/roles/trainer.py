@@ -252,6 +252,8 @@ class TrainerRank:
                 trace.maybe_flush()
         if ctx.is_leader:
             reason = str(ctx.stop.reason)
+            # the newest count (a step may have used an older, agreed one): the checkpoint counts every frame
+            self.learner.frames = max(self.learner.frames, self._base_frames + sum(self.actor_frames.values()))
             self.learner.save("final" if reason == "total_frames reached" else "stop")
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)
@@ -277,8 +279,10 @@ class TrainerRank:
         wait_for(
             lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle
         )
-        self.learner.frames = int(recv[1])
-        return bool(recv[0] > 0)
+        stop = bool(recv[0] > 0)
+        if not stop:  # the step's progress, the same on every rank (the leader's count may have grown meanwhile)
+            self.learner.frames = int(recv[1])
+        return stop
 
     def _shutdown(self, reason: str) -> dict[str, Any]:
         ctx = self.ctx

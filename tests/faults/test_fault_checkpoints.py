@@ -232,7 +232,7 @@ def test_checkpoint_dir_that_is_a_file_fails_before_training(tmp_path: Path, cle
     res = run_job(fault_env(clean_env), run_dir)
     assert res.rc != 0, res.explain()
     err = log_lines(res.text, f"run dir {run_dir} is not writable")
-    assert err and "EEXIST" in err[-1], res.explain()
+    assert err and "ENOTDIR: exists and is not a directory" in err[-1], res.explain()
     assert not (run_dir / "traces" / "rank-0000.h5").exists()
 
 

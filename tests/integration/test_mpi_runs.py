@@ -84,10 +84,9 @@ def test_parameterless_random_policy_over_mpi(tmp_path, clean_env):
 
 
 def test_layout_error_is_named_before_any_communication(tmp_path, clean_env):
-    proc, _, dt = run_hpcrl(clean_env, tmp_path / "bad", "layout.trainers=1", "layout.actors=5", ranks=2)
+    proc, _, _ = run_hpcrl(clean_env, tmp_path / "bad", "layout.trainers=1", "layout.actors=5", ranks=2)
     assert proc.returncode != 0
     assert "layout asks for trainers=1 inference=0 actors=5 = 6 ranks but the world size is 2" in proc.stderr
-    assert dt < 60
 
 
 def test_config_error_names_the_key(tmp_path, clean_env):

@@ -173,11 +173,10 @@ def _not_started(proc: subprocess.CompletedProcess[str], run_dir: Path) -> None:
 def test_run_dir_under_a_file_is_named(tmp_path, clean_env):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    proc, _, dt = run_hpcrl(clean_env, blocker / "run")
+    proc, _, _ = run_hpcrl(clean_env, blocker / "run")
     assert proc.returncode != 0
     assert f"run dir {blocker}/run is not writable" in proc.stderr, explain(proc)
     _not_started(proc, blocker / "run")
-    assert dt < 60
 
 
 def test_read_only_run_dir_is_named(tmp_path, clean_env):
@@ -189,23 +188,22 @@ def test_read_only_run_dir_is_named(tmp_path, clean_env):
     assert proc.returncode != 0 and f"run dir {ro}/run is not writable" in proc.stderr, explain(proc)
 
 
-def test_run_dir_error_aborts_every_rank(tmp_path, clean_env):
+def test_run_dir_error_ends_every_rank_with_one_line(tmp_path, clean_env):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    proc, _, dt = run_hpcrl(clean_env, blocker / "run", "layout.inference=1", ranks=3)
-    assert proc.returncode != 0
-    assert f"run dir {blocker}/run is not writable" in proc.stderr and "rank 0" in proc.stderr, explain(proc)
+    proc, _, _ = run_hpcrl(clean_env, blocker / "run", "layout.inference=1", ranks=3)
+    assert proc.returncode == 2, explain(proc)
+    line = f"hpcrl: run dir {blocker}/run is not writable"
+    assert proc.stderr.count(line) == 1 and "Traceback" not in proc.stderr, explain(proc)  # printed by rank 0 only
     _not_started(proc, blocker / "run")
-    assert dt < 60
 
 
 def test_world_size_that_does_not_fit_the_layout(tmp_path, clean_env):
     run_dir = tmp_path / "layout"
-    proc, _, dt = run_hpcrl(clean_env, run_dir, "layout.trainers=2", "layout.inference=2", ranks=3)
+    proc, _, _ = run_hpcrl(clean_env, run_dir, "layout.trainers=2", "layout.inference=2", ranks=3)
     assert proc.returncode != 0
     assert "trainers=2 inference=2" in proc.stderr and "the world size is 3" in proc.stderr, explain(proc)
     assert not run_dir.exists()
-    assert dt < 60
 
 
 def test_slurm_procid_without_ntasks_is_one_process(tmp_path, clean_env):

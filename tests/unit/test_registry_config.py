@@ -66,7 +66,7 @@ def test_stop_at_frames_stops_an_invocation_not_the_run():
     ]
     off = config.from_dict(dict(BASE, experiment={"total_frames": 1000}))
     assert off.run.stop_at_frames == 0 and budget_reached(999, off) is None
-    with pytest.raises(config.ConfigError, match=r"run\.stop_at_frames: must be >= 0 \(0 = off\), got -1"):
+    with pytest.raises(config.ConfigError, match=r"run\.stop_at_frames: must be >= 0, got -1"):
         config.from_dict(dict(BASE, run={"stop_at_frames": -1}))
 
 
