@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hpcrl._version import __version__
+from hpcrl.api.data import AnalyzedResult, RolloutRequest, RolloutResult, SampleBatch
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.namedarray import NamedArray, namedarray
-from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
-from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult, TrainingProgress
-
-__version__ = "0.1.0"
+from hpcrl.api.policy import Policy
+from hpcrl.api.trainer import Trainer, TrainerStepResult, TrainingProgress
 
 __all__ = [
     "Environment",
@@ -25,6 +25,7 @@ __all__ = [
     "RolloutRequest",
     "RolloutResult",
     "SampleBatch",
+    "AnalyzedResult",
     "Trainer",
     "TrainerStepResult",
     "TrainingProgress",

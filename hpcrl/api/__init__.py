@@ -1,5 +1,7 @@
-"""The user-facing API: environment, policy, trainer, NamedArray and config (what users read).
+"""The user-facing API: environment, policy, trainer, the records between them, NamedArray and config.
 
 Import the modules directly, e.g. ``from hpcrl.api import config`` or
-``from hpcrl.api.environment import Environment, StepResult, register``.
+``from hpcrl.api.environment import Environment, StepResult, register``. The records
+(``RolloutRequest``, ``RolloutResult``, ``SampleBatch``, ``AnalyzedResult``) live in
+:mod:`hpcrl.api.data`.
 """

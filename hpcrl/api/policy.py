@@ -13,6 +13,9 @@ agents of different envs):
   for ``torch.nn.GRU`` and back before returning ``RolloutResult.policy_state`` in the
   same ``(B, layers, hidden)`` layout. The system resets an agent's state to
   ``default_policy_state`` before the first observation of every episode (``on_reset``).
+
+The records themselves are defined in :mod:`hpcrl.api.data`; :class:`RolloutRequest` and
+:class:`RolloutResult` are importable from here too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpcrl.api.data import RolloutRequest, RolloutResult, SampleBatch
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.registry import Registry
 
@@ -30,7 +34,6 @@ if TYPE_CHECKING:
     import torch
 
     from hpcrl.api import config
-    from hpcrl.api.trainer import SampleBatch
 
 __all__ = [
     "Policy",
@@ -40,7 +43,6 @@ __all__ = [
     "register",
     "make",
     "ALL_POLICIES",
-    "state_from_agent",
     "state_to_agent",
     "publish_problem",
     "PolicyContractError",
@@ -48,36 +50,6 @@ __all__ = [
     "RolloutContractError",
     "check_rollout_result",
 ]
-
-
-class RolloutRequest(NamedArray):
-    """A batch of observations to act on.
-
-    Attributes:
-        obs: NamedArray of named inputs, leaves ``(B, ...)``.
-        policy_state: per-row policy state, leaves ``(B, ...)`` (see the module docstring), or ``None``.
-        is_evaluation: bool ``(B, 1)``: act deterministically for these rows.
-        on_reset: bool ``(B, 1)``: ``obs`` is the first observation of an episode.
-    """
-
-    obs: NamedArray
-    policy_state: NamedArray | None = None
-    is_evaluation: np.ndarray | None = None
-    on_reset: np.ndarray | None = None
-
-
-class RolloutResult(NamedArray):
-    """The policy's answer to a :class:`RolloutRequest`, row for row.
-
-    Attributes:
-        action: NamedArray of actions, leaves ``(B, ...)`` (built-ins use ``Action(x=...)``).
-        policy_state: the next policy state, same layout as in the request, or ``None``.
-        analyzed_result: NamedArray kept with the sample for training, e.g. ``log_prob`` and ``value``.
-    """
-
-    action: NamedArray
-    policy_state: NamedArray | None = None
-    analyzed_result: NamedArray | None = None
 
 
 class RolloutContractError(ValueError):
@@ -162,13 +134,6 @@ def state_to_agent(state: NamedArray | None) -> NamedArray | None:
     return state.apply(lambda x: np.asarray(x)[:, 0])
 
 
-def state_from_agent(row_state: NamedArray | None) -> NamedArray | None:
-    """Inverse of :func:`state_to_agent`: re-insert the size-1 batch slot at axis 1."""
-    if row_state is None:
-        return None
-    return row_state.apply(lambda x: np.asarray(x)[:, None])
-
-
 class Policy(abc.ABC):
     """A policy acts on batches of observations and analyses samples for its trainer.
 
@@ -211,7 +176,11 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> Any:
-        """Recompute what the ``target`` trainer needs (log-probs, values, ...) on ``sample``."""
+        """Recompute what the ``target`` trainer needs (log-probs, values, ...) on ``sample``.
+
+        The built-in trainers call it with ``target="ppo"`` (also for ``vtrace``) and expect an
+        :class:`~hpcrl.api.data.AnalyzedResult`; a custom trainer defines what it expects.
+        """
 
     @abc.abstractmethod
     def get_checkpoint(self) -> dict[str, Any]:

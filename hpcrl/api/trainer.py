@@ -11,6 +11,9 @@ run's env frames so far, its ``experiment.total_frames`` and their ratio). Sched
 rate, entropy bonus, clip range, ...) should be functions of ``progress.fraction``: it is the
 same on every trainer rank at a step, is restored from checkpoints, and does not depend on the
 rank layout, whereas the number of trainer steps a run takes does.
+
+:class:`SampleBatch` is defined in :mod:`hpcrl.api.data` (with the other records) and is importable
+from here too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.data import SampleBatch
 from hpcrl.api.registry import Registry
 
 if TYPE_CHECKING:
@@ -40,35 +43,6 @@ __all__ = [
     "make",
     "ALL_TRAINERS",
 ]
-
-
-class SampleBatch(NamedArray, extra=True):
-    """Trajectories for training: every leaf is ``(T + 1, B, ...)`` (time, batch).
-
-    Row ``t`` of a column describes one decision point of one agent:
-
-    * ``obs``: the observation at ``t``; ``on_reset`` (bool ``(.., 1)``): it is the first of an episode;
-    * ``policy_state``: the policy state *before* acting on ``obs`` (already reset on ``on_reset``);
-    * ``action``, ``analyzed_result`` (e.g. ``log_prob``, ``value``): what the policy did on ``obs``;
-    * ``reward`` (float ``(.., 1)``): the reward received on arriving at ``obs``;
-    * ``done`` / ``truncated`` (bool ``(.., 1)``): ``obs`` is terminal / the last of a cut episode.
-      Such a row is not a decision (its action is never applied); its value bootstraps
-      a truncated episode and is ignored for a terminated one.
-    * ``policy_version`` (int64 ``(.., 1)``): the policy version that acted.
-
-    The last row (``t = T``) is only there to bootstrap: consecutive fragments of the
-    same agent overlap by that one row. Unknown extra fields are kept, never dropped.
-    """
-
-    obs: NamedArray
-    policy_state: NamedArray | None = None
-    action: NamedArray | None = None
-    analyzed_result: NamedArray | None = None
-    reward: np.ndarray | None = None
-    done: np.ndarray | None = None
-    truncated: np.ndarray | None = None
-    policy_version: np.ndarray | None = None
-    on_reset: np.ndarray | None = None
 
 
 @dataclasses.dataclass

@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hpcrl.api.data import AnalyzedResult, RolloutRequest, RolloutResult, SampleBatch
 from hpcrl.api.environment import Action
 from hpcrl.api.namedarray import NamedArray
-from hpcrl.api.policy import RolloutRequest, RolloutResult, SingleModelPytorchPolicy
+from hpcrl.api.policy import SingleModelPytorchPolicy
 
 if TYPE_CHECKING:
     import torch
-
-    from hpcrl.api.trainer import SampleBatch
-    from hpcrl.trainers.ppo import AnalyzedResult
 
 __all__ = [
     "ActorCriticPolicy",
@@ -234,8 +232,8 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
     ``rollout`` samples actions (the mode for ``is_evaluation`` rows) and returns
     ``Action(x=...)`` (int64 ``(B,)`` discrete, int64 ``(B, n)`` multi-discrete, float32
     ``(B, dim)`` continuous), the next policy state and a :class:`RolloutAnalysis`.
-    ``analyze`` re-evaluates a :class:`~hpcrl.api.trainer.SampleBatch` and returns the PPO
-    trainer's :class:`~hpcrl.trainers.ppo.AnalyzedResult` for all ``T + 1`` rows.
+    ``analyze`` re-evaluates a :class:`~hpcrl.api.data.SampleBatch` and returns an
+    :class:`~hpcrl.api.data.AnalyzedResult` for all ``T + 1`` rows.
 
     Args:
         shared: one torso with two heads (``actor-critic-shared``) instead of two networks.
@@ -490,15 +488,13 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             **kwargs: unused.
 
         Returns:
-            :class:`~hpcrl.trainers.ppo.AnalyzedResult` with ``log_prob`` ``(T', B)``,
+            :class:`~hpcrl.api.data.AnalyzedResult` with ``log_prob`` ``(T', B)``,
             ``entropy`` ``(T', B)``, ``value`` ``(T', B, value_dim)`` and ``aux_value``
             (same shape, or ``None`` without the auxiliary head), torch tensors on the model's device.
 
         Raises:
             ValueError: unknown ``target`` or missing fields (the message names them).
         """
-        from hpcrl.trainers.ppo import AnalyzedResult
-
         if target not in ("ppo", "vtrace"):
             raise ValueError(f"{type(self).__name__}.analyze: unknown target {target!r}; expected 'ppo' or 'vtrace'")
         if sample.action is None or "x" not in sample.action:

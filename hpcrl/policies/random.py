@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from hpcrl.api.data import RolloutRequest, RolloutResult, SampleBatch
 from hpcrl.api.environment import Action
-from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
+from hpcrl.api.policy import Policy
 from hpcrl.policies.actor_critic import RolloutAnalysis
-
-if TYPE_CHECKING:
-    from hpcrl.api.trainer import SampleBatch
 
 __all__ = ["RandomPolicy"]
 

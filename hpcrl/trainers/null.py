@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult
+from hpcrl.api.data import SampleBatch
+from hpcrl.api.trainer import Trainer, TrainerStepResult
 
 if TYPE_CHECKING:
     from hpcrl.api.policy import Policy

@@ -1,6 +1,6 @@
 """PPO (clipped surrogate, GAE) with an optional V-trace off-policy correction (APPO-style).
 
-One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.trainer.SampleBatch` of ``T + 1`` rows:
+One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.data.SampleBatch` of ``T + 1`` rows:
 
 1. Targets on the ``T`` decision rows (:mod:`hpcrl.trainers.returns`). GAE uses the
    behaviour values stored at rollout (``analyzed_result.value``). With ``vtrace=True`` the
@@ -41,7 +41,6 @@ rank layout or batch size continues its schedules exactly where they were.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import TYPE_CHECKING, Any
@@ -49,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult
+from hpcrl.api.data import AnalyzedResult, SampleBatch
+from hpcrl.api.trainer import NonFiniteError, Trainer, TrainerStepResult
 from hpcrl.trainers.adam import make_adam
 from hpcrl.trainers.returns import decision_mask, gae, vtrace
 from hpcrl.trainers.schedule import check_schedule, scheduled
@@ -60,25 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["AnalyzedResult", "PPOTrainer", "make_vtrace"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class AnalyzedResult:
-    """What ``policy.analyze(sample, target="ppo")`` returns to the PPO trainer (torch tensors, with grad).
-
-    For a sample whose leaves are ``(T', B, ...)``:
-
-    Attributes:
-        log_prob: ``(T', B)``: log-probability of ``sample.action`` under the current policy.
-        entropy: ``(T', B)``: entropy of the current action distribution.
-        value: ``(T', B, value_dim)``: current critic values.
-        aux_value: ``(T', B, value_dim)`` from an auxiliary value head, or ``None``.
-    """
-
-    log_prob: torch.Tensor
-    entropy: torch.Tensor
-    value: torch.Tensor
-    aux_value: torch.Tensor | None = None
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +76,7 @@ class PPOTrainer(Trainer):
     """Proximal policy optimisation with GAE, or with V-trace targets for stale samples.
 
     Args:
-        policy: a policy whose ``analyze`` returns :class:`AnalyzedResult` and whose
+        policy: a policy whose ``analyze`` returns :class:`~hpcrl.api.data.AnalyzedResult` and whose
             ``parameters()`` are torch parameters.
         lr: Adam learning rate (the start value with ``lr_schedule: linear``).
         gamma: discount.

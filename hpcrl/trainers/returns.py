@@ -1,6 +1,6 @@
 """Advantage and return targets on hpcrl's row convention: GAE(lambda) and V-trace.
 
-Inputs cover ``T + 1`` rows (see :class:`hpcrl.api.trainer.SampleBatch`): row ``t`` holds
+Inputs cover ``T + 1`` rows (see :class:`hpcrl.api.data.SampleBatch`): row ``t`` holds
 ``obs_t``, the value ``V_t`` of ``obs_t``, the reward ``r_t`` received on arriving at
 ``obs_t``, and ``done_t`` / ``truncated_t`` (``obs_t`` is terminal / the last of a cut
 episode). Rows ``0 .. T-1`` that are neither done nor truncated are *decisions*; the
