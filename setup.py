@@ -1,6 +1,21 @@
 """hpcrl: MPI-native reinforcement learning."""
 
+import re
+from pathlib import Path
+
 from setuptools import Extension, find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    """``__version__`` from hpcrl/_version.py, read as text (setup.py never imports the package)."""
+    text = (HERE / "hpcrl" / "_version.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError('hpcrl/_version.py has no line __version__ = "..."')
+    return match.group(1)
+
 
 # The channels' per-message hot path in C (hpcrl/comm/fastpath.py): plain CPython C API, no MPI headers.
 # optional=True: without a C compiler the build goes on and hpcrl uses the identical Python fast path.
@@ -8,14 +23,14 @@ fastpath = Extension("hpcrl.comm._fastpath", ["hpcrl/comm/_fastpath.c"], optiona
 
 setup(
     name="hpcrl",
-    version="0.1.0",
+    version=read_version(),
     description="MPI-native reinforcement learning: actor, inference and trainer ranks, from laptop to cluster",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["hpcrl", "hpcrl.*"]),
-    package_data={"hpcrl": ["py.typed", "configs/*.yaml"]},
+    package_data={"hpcrl": ["py.typed"]},
     ext_modules=[fastpath],
     install_requires=[
         "mpi4py>=4.0,<5",

@@ -291,7 +291,7 @@ class Learner:
 
     def _checkpoint_state(self, reason: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The checkpoint tree and root attributes of the current state."""
-        from hpcrl import __version__
+        from hpcrl._version import __version__
 
         tree = {
             "policy": self.policy.get_checkpoint(),

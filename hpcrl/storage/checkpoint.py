@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from hpcrl._version import __version__
 from hpcrl.storage.files import make_private_dir
 from hpcrl.storage.rundir import RunDirError, lock_held, pid_alive, prepare_run_dir
 from hpcrl.storage.tree import CheckpointError, StorageError, read_tree, text_value, write_tree
@@ -205,8 +206,6 @@ def save_checkpoint(path: str | Path, tree: Mapping[Any, Any], attrs: Mapping[st
             in the tree); the message names ``path`` and the cause. The temporary file is removed
             and an existing file at ``path`` is left untouched.
     """
-    from hpcrl import __version__
-
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     created = False

@@ -49,6 +49,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from hpcrl._version import __version__
 from hpcrl.storage.files import create_exclusive
 from hpcrl.storage.tree import StorageError, decode_key, encode_key, text_value
 
@@ -287,8 +288,6 @@ class TraceWriter:
         self._f = f
 
     def _populate(self, f: Any, stat_keys: list[str]) -> None:
-        from hpcrl import __version__
-
         for k, v in {
             "@format": np.bytes_(FORMAT),
             "rank": self.rank,
