@@ -58,10 +58,6 @@ class EnvCheckError(ValueError):
     """An environment returned something that does not match its declared spaces or the result contract."""
 
 
-def _shape_str(x: Any) -> str:
-    return str(tuple(np.shape(x)))
-
-
 def describe(x: Any) -> str:
     """Short description of a value: ``float64 array (3,)`` / ``int 5`` / ``list``."""
     if isinstance(x, np.ndarray):

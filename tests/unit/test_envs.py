@@ -201,10 +201,34 @@ def test_seeded_reproducibility() -> None:
     assert a.obs == b.obs and not a.obs == c.obs
 
 
-def test_set_curriculum_stage_gym_is_noop() -> None:
-    env = GymEnvironment("CartPole-v1")
-    env.set_curriculum_stage("hard")
-    env.reset()
+def test_set_curriculum_stage_gym_is_noop(caplog: pytest.LogCaptureFixture) -> None:
+    def rollout(stage_calls: bool) -> list[tuple[Any, ...]]:
+        """Two seeded CartPole episodes with fixed actions; optionally switching stages all along."""
+        env = GymEnvironment("CartPole-v1", seed=7)
+        if stage_calls:
+            env.set_curriculum_stage("hard")  # before the first reset
+        rows = []
+        for episode in range(2):
+            (r,) = env.reset()
+            t = 0
+            while r is not None and not (r.done[0] or r.truncated[0]):
+                rows.append((episode, t, r.obs.obs.copy(), float(r.reward[0])))
+                if stage_calls and t % 5 == 2:
+                    env.set_curriculum_stage("easy" if t % 2 else "hard")  # mid-episode
+                (r,) = env.step([act(t % 3 % 2)])
+                t += 1
+            assert r is not None
+            rows.append((episode, t, r.obs.obs.copy(), float(r.reward[0]), bool(r.done[0]), bool(r.truncated[0])))
+        env.close()
+        return rows
+
+    plain = rollout(stage_calls=False)
+    with caplog.at_level("DEBUG", logger="hpcrl.envs.gym_env"):
+        staged = rollout(stage_calls=True)
+    assert len(plain) == len(staged) > 20
+    for a, b in zip(plain, staged):
+        assert a[:2] == b[:2] and np.array_equal(a[2], b[2]) and a[3:] == b[3:], f"differs at episode/step {a[:2]}"
+    assert "gym:CartPole-v1: set_curriculum_stage('hard') ignored" in caplog.messages
 
 
 # ---------------------------------------------------------------- quick-start task
