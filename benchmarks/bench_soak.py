@@ -285,7 +285,6 @@ def soak(minutes: float, interval: float, warmup_min: float | None, ranks: int, 
     )
     verdict["flat"] = all(v["rss"].get("flat") for v in verdict["ranks"].values())
     verdict["bounded"] = all(v["requests"].get("bounded", False) for v in verdict["ranks"].values())
-    verdict["run_dir"] = str(run_dir)
     print(
         f"RSS flat within 5% after warm-up on every rank: {verdict['flat']}; "
         f"request counts bounded: {verdict['bounded']}"

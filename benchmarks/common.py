@@ -67,6 +67,8 @@ PYTHON = sys.executable
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 CARTPOLE_YAML = ROOT / "benchmarks" / "configs" / "cartpole_ppo.yaml"
 RESULT_FORMAT = 1
+_RUN_PATHS = ("checkpoint", "run_dir")
+"""Summary keys that name files of a temporary run dir: never kept in a result file."""
 _KIND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -664,7 +666,7 @@ def run_hpcrl_job(
     seconds = time.time() - t0
     if proc.returncode != 0 or not summary_path.exists():
         raise RuntimeError(f"hpcrl job failed (exit {proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    summary = json.loads(summary_path.read_text())
+    summary = {k: v for k, v in json.loads(summary_path.read_text()).items() if k not in _RUN_PATHS}
     return JobResult(summary, t0, seconds, _step_walls(run_dir), rows_per_step, out[-2000:])
 
 

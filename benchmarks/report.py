@@ -55,6 +55,10 @@ def _fmt(v: float | None, unit: str = "") -> str:
     return f"{v:.3g}"
 
 
+def _value(v: float | None, unit: str) -> str:
+    return f"{_fmt(v, unit)} {unit}" if unit else _fmt(v, unit)
+
+
 def _verdict(r: Row) -> str:
     if r.passed is None:
         return "-"
@@ -96,7 +100,7 @@ def render_markdown(results: list[BenchResult], quick: bool = False, charts: lis
     for res, r in rows:
         frac = r.fraction_of_limit
         out.append(
-            f"| {r.bench} | {_md(r.measure)} | {_fmt(r.hpcrl, r.unit)} {r.unit} | {_md(r.peer)} | "
+            f"| {r.bench} | {_md(r.measure)} | {_value(r.hpcrl, r.unit)} | {_md(r.peer)} | "
             f"{_fmt(r.peer_value, r.unit)} | {f'{r.ratio:.2f}x' if r.ratio else '-'} | {_md(r.target_text)} | "
             f"{_verdict(r)} | {f'{frac:.0%}' if frac else '-'} | {_measured(res, r)} | {_md(r.note)} |"
         )
@@ -106,9 +110,9 @@ def render_markdown(results: list[BenchResult], quick: bool = False, charts: lis
     if not missed:
         out.append("None.")
     for res, r in missed:
-        peer = f"{_fmt(r.peer_value, r.unit)} {r.unit} ({r.peer})" if r.peer_value is not None else r.peer
+        peer = f"{_value(r.peer_value, r.unit)} ({r.peer})" if r.peer_value is not None else r.peer
         out.append(
-            f"- **{r.bench} / {r.measure}** ({_measured(res)}): hpcrl {_fmt(r.hpcrl, r.unit)} {r.unit} vs {peer}"
+            f"- **{r.bench} / {r.measure}** ({_measured(res)}): hpcrl {_value(r.hpcrl, r.unit)} vs {peer}"
             + (f" = {r.ratio:.2f}x" if r.ratio else "")
             + f"; target {r.target_text}."
         )
