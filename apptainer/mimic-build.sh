@@ -6,7 +6,7 @@
 # commands resolve and install hpcrl with its MPI extra; `pip check` passes; the %test commands
 # (imports, a one-process run, an `mpiexec -n 3` run with the MPI from the image's extra) pass.
 # What it cannot: the base image (python:3.11-slim-bookworm), Apptainer itself, --nv, binding a host
-# MPI, srun inside the container. apptainer/README.md says what was tested where.
+# MPI, srun inside the container. apptainer/README.md says what is tested where.
 #
 # Build arguments come from the environment under their %arguments names (TORCH_SPEC, TORCH_INDEX,
 # MPI_EXTRA), defaulting to the recipe's values. On a machine that must not download a CUDA torch,

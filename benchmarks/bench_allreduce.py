@@ -1,41 +1,49 @@
-"""Gradient allreduce: MPI Allreduce of one flat float32 buffer vs torch.distributed gloo, ~10k / 1M / 10M floats.
+"""Gradient allreduce on CPU: hpcrl's MPI path vs torch.distributed gloo, 10k / 1M / 10M float32 gradients.
 
-Launch (2 and 4 ranks):
+    python -m benchmarks.bench_allreduce [--quick] [--ranks 2]      # starts the MPI job below, prints the rows
+    mpiexec -n 2 python -m mpi4py -m benchmarks.bench_allreduce --mpi-worker OUT.json [--quick]   # the job itself
 
-    mpiexec -n 2 python -m mpi4py benchmarks/bench_allreduce.py [--quick]
-    mpiexec -n 4 python -m mpi4py benchmarks/bench_allreduce.py [--quick]
+Two comparisons in the same job, on every rank:
 
-Two comparisons, both in the same run:
+* the full trainer path (the rows): ``MPIGradientSync.allreduce_gradients(params)`` (the CPU default,
+  ``training.grad_backend: auto`` or ``mpi``) vs ``TorchGradientSync`` on a gloo group bootstrapped from
+  MPI, on the same 10 parameters of equal size: copy the gradients into one flat buffer, reduce, scale,
+  copy back;
+* the bare collective (in the notes): ``comm.Allreduce(MPI.IN_PLACE, buf)`` on a float32 numpy buffer vs
+  ``dist.all_reduce(tensor)`` on the gloo group.
 
-* the raw collective: ``comm.Allreduce(MPI.IN_PLACE, buf)`` on a float32 numpy buffer vs
-  ``dist.all_reduce(tensor)`` on a gloo group bootstrapped from MPI (same size);
-* the full hpcrl path: ``MPIGradientSync.allreduce_gradients(params)`` vs ``TorchGradientSync`` (gloo) on
-  the same parameters (10 tensors of equal size): copy grads into the flat buffer, reduce, scale, copy back.
-
-Each number is the median over iterations (a barrier before each call). Prints ms per call and the ratio
-gloo / MPI (> 1: MPI is faster).
+Each number is the slowest rank's median over the iterations (a barrier before each call), in
+milliseconds; the ratio is gloo / MPI (> 1: hpcrl's MPI path is faster). Context rows (no target): they
+back the choice of MPI as the CPU default.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from mpi4py import MPI
 
-from hpcrl.comm.collectives import MPIGradientSync, TorchGradientSync
+from benchmarks.common import BenchResult, Context, Row, bench_main, run_mpi_module, write_json
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+__all__ = ["main", "run"]
+
+SIZES = ((10_240, 1000), (1 << 20, 100), (10 << 20, 20))
+"""(floats, iterations) per size."""
 
 
-def median_ms(comm: MPI.Comm, fn, iters: int) -> float:  # type: ignore[no-untyped-def]
-    fn()  # warm up
+def median_ms(comm: MPI.Comm, fn: Callable[[], Any], iters: int) -> float:
+    """The slowest rank's median milliseconds per call of ``fn`` (one warm-up call, a barrier before each)."""
+    from mpi4py import MPI
+
+    fn()
     times = []
     for _ in range(iters):
         comm.Barrier()
@@ -44,26 +52,29 @@ def median_ms(comm: MPI.Comm, fn, iters: int) -> float:  # type: ignore[no-untyp
         times.append(time.perf_counter() - t)
     local = np.array([np.median(times) * 1e3])
     worst = np.empty_like(local)
-    comm.Allreduce(local, worst, op=MPI.MAX)  # the slowest rank's median
+    comm.Allreduce(local, worst, op=MPI.MAX)
     return float(worst[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke test)")
-    args = parser.parse_args()
+def worker(out_path: Path, quick: bool) -> None:
+    """The MPI program (2 or more ranks); rank 0 writes the medians to ``out_path``."""
+    import torch
+    import torch.distributed as dist
+    from mpi4py import MPI
+
+    from hpcrl.comm.collectives import MPIGradientSync, TorchGradientSync
+
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
     if comm.size < 2:
-        print("run with 2 or more ranks: mpiexec -n 2 python -m mpi4py benchmarks/bench_allreduce.py")
-        return
+        raise SystemExit("bench_allreduce needs 2 or more ranks")
     t0 = time.perf_counter()
     gloo = TorchGradientSync(comm, "gloo")
     init_s = time.perf_counter() - t0
     mpi_sync = MPIGradientSync(comm)
     rows = []
-    for n, iters in ((10_240, 1000), (1 << 20, 100), (10 << 20, 20)):
-        iters = max(5, iters // (5 if args.quick else 1))
+    for n, iters in SIZES:
+        iters = max(5, iters // (5 if quick else 1))
         buf = np.ones(n, np.float32)
         ten = torch.ones(n, dtype=torch.float32)
         raw_mpi = median_ms(comm, lambda: comm.Allreduce(MPI.IN_PLACE, buf), iters)  # noqa: B023
@@ -73,18 +84,64 @@ def main() -> None:
             p.grad = torch.ones_like(p)
         path_mpi = median_ms(comm, lambda: mpi_sync.allreduce_gradients(params), iters)  # noqa: B023
         path_gloo = median_ms(comm, lambda: gloo.allreduce_gradients(params), iters)  # noqa: B023
-        rows.append((n, raw_mpi, raw_gloo, path_mpi, path_gloo))
+        rows.append(
+            {"floats": n, "raw_mpi_ms": raw_mpi, "raw_gloo_ms": raw_gloo, "mpi_ms": path_mpi, "gloo_ms": path_gloo}
+        )
     gloo.destroy()
-    if comm.rank != 0:
-        return
-    lib = MPI.Get_library_version().splitlines()[0].strip()
-    print(f"gradient allreduce, {comm.size} ranks, {lib}, torch {torch.__version__}; gloo init {init_s:.2f} s")
-    head = f"{'floats':>10} | {'MPI ms':>8} {'gloo ms':>8} {'gloo/MPI':>8} | {'sync MPI':>8} {'sync gloo':>9}"
-    print(f"{head} {'gloo/MPI':>8}")
-    for n, rm, rg, pm, pg in rows:
-        print(f"{n:>10} | {rm:8.3f} {rg:8.3f} {rg / rm:8.2f} | {pm:8.3f} {pg:9.3f} {pg / pm:8.2f}")
-    print("sync = hpcrl GradientSync.allreduce_gradients over 10 parameters (copy in, reduce, scale, copy out)")
+    if comm.rank == 0:
+        lib = MPI.Get_library_version().splitlines()[0].strip()
+        write_json(out_path, {"ranks": comm.size, "rows": rows, "gloo_init_seconds": init_s, "mpi_library": lib})
+
+
+def _floats(n: int) -> str:
+    return f"{n / 2**20:g}M" if n >= 1 << 20 else f"{n / 1024:g}k"
+
+
+def run(ctx: Context) -> BenchResult:
+    """Start the job; one row per size: hpcrl's MPI gradient sync vs gloo (milliseconds per call)."""
+    ranks = int(ctx.opt("ranks", 2))
+    data = run_mpi_module("benchmarks.bench_allreduce", ranks, ["--quick"] if ctx.quick else [])
+    res = BenchResult("allreduce", data=data)
+    for r in data["rows"]:
+        res.rows.append(
+            Row(
+                "allreduce",
+                f"gradient allreduce, {_floats(r['floats'])} float32 in 10 tensors, {data['ranks']} ranks",
+                r["mpi_ms"],
+                "torch.distributed gloo (TorchGradientSync)",
+                r["gloo_ms"],
+                "ms",
+                higher_is_better=False,
+                target_text="context",
+                note=(
+                    f"bare collective: MPI Allreduce {r['raw_mpi_ms']:.3f} ms, "
+                    f"gloo all_reduce {r['raw_gloo_ms']:.3f} ms"
+                ),
+            ).finish()
+        )
+    res.notes.append(f"gloo group set-up {data['gloo_init_seconds']:.2f} s; {data['mpi_library']}")
+    return res
+
+
+def _arguments(p: Any) -> None:
+    p.add_argument("--ranks", type=int, default=None, help="MPI ranks (default 2)")
+
+
+_main = bench_main("allreduce", run, __doc__, _arguments)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--mpi-worker OUT`` (under mpiexec): the MPI program; otherwise the benchmark's command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--mpi-worker" in argv:
+        p = argparse.ArgumentParser(prog="python -m mpi4py -m benchmarks.bench_allreduce")
+        p.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
+        p.add_argument("--quick", action="store_true")
+        args = p.parse_args(argv)
+        worker(Path(args.mpi_worker), args.quick)
+        return 0
+    return _main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

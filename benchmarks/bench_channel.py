@@ -1,8 +1,7 @@
 """hpcrl channel vs raw mpi4py Send/Recv: small-message latency and bandwidth, 1 KiB .. 16 MiB.
 
-Launch (exactly 2 ranks):
-
-    mpiexec -n 2 python -m mpi4py benchmarks/bench_channel.py [--quick]
+    python -m benchmarks.bench_channel [--quick]             # starts the 2-rank MPI job below, prints the rows
+    mpiexec -n 2 python -m mpi4py -m benchmarks.bench_channel --mpi-worker OUT.json [--quick]   # the job itself
 
 Latency: ping-pong, one-way time = round trip / 2 (rank 1 echoes). Raw: ``Send``/``Recv`` of a uint8
 buffer. hpcrl: ``SendChannel.send`` / ``RecvChannel.recv`` of a NamedArray with one float32 leaf of the
@@ -12,26 +11,34 @@ Two pairs, each like for like: the double-buffered channel (two wire-layout payl
 receive buffers: what the runtime uses) against raw ``Send``/``Recv`` alternating two buffers per side,
 and a single-buffered channel (one payload, ``nbuffers=1``) against raw ``Send``/``Recv`` of one buffer.
 The pairing matters at 1 MiB: four 1 MiB buffers no longer fit the cores' L2 caches, which slows raw
-MPI itself by ~30 % on the 2-core VM, so comparing a double-buffered channel with single-buffer raw
+MPI itself by about 30 % on a 2-core machine with 2 MiB of L2 cache per core, so comparing a double-buffered
+channel with single-buffer raw
 measures the cache, not the channel. Raw and hpcrl rounds alternate and each number is the best round
-(robust to a busy machine). Prints both and the ratio hpcrl/raw.
+(robust to a busy machine). Rank 0 also measures the CPU time per message of one process sending to
+itself (channel vs raw ``Isend``/``Irecv``/``Waitall``), which other load does not distort.
+Rows: bandwidth at 1, 4 and 16 MiB (target >= 90 % of raw) and one-way latency at 1 KiB (target <= 2x raw).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
 
-from hpcrl.api.namedarray import NamedArray, Schema
-from hpcrl.comm.channel import HEADER_NBYTES, RecvChannel, SendChannel
+from benchmarks.common import BenchResult, Context, Row, bench_main, run_mpi_module, write_json
 from hpcrl.comm.tags import Tag
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+    from hpcrl.api.namedarray import NamedArray
+    from hpcrl.comm.channel import RecvChannel, SendChannel
+
+__all__ = ["main", "run"]
 
 KIB = 1024
 ROW = 1 * KIB  # one row = 256 float32
@@ -42,6 +49,9 @@ def payload(nbytes: int, in_place: bool = True) -> NamedArray:
     """One float32 leaf of ``nbytes``; by default allocated in wire layout (``Schema.allocate_views``),
     as the actor allocates its trajectory fragments, so the channel sends it without packing.
     """
+    from hpcrl.api.namedarray import NamedArray, Schema
+    from hpcrl.comm.channel import HEADER_NBYTES
+
     rows = max(1, nbytes // ROW)
     data = NamedArray(x=np.random.default_rng(0).random((rows, ROW // 4), dtype=np.float32))
     if not in_place:
@@ -52,6 +62,9 @@ def payload(nbytes: int, in_place: bool = True) -> NamedArray:
 
 
 def request_like(nbytes: int) -> NamedArray:
+    """A nested 4-leaf NamedArray like an actor's request to a remote inference rank, about ``nbytes``."""
+    from hpcrl.api.namedarray import NamedArray
+
     rows = max(1, nbytes // ROW)
     per = ROW // 4 // 4 - 1  # 4 float32 leaves + bool/int fields fill ~1 KiB per row
     return NamedArray(
@@ -62,6 +75,9 @@ def request_like(nbytes: int) -> NamedArray:
 
 
 def raw_latency(comm: MPI.Comm, nbytes: int, iters: int) -> float:
+    """One-way seconds of a raw ``Send``/``Recv`` ping-pong of ``nbytes``."""
+    from mpi4py import MPI
+
     buf = np.full(nbytes, 7, np.uint8)  # written: np.zeros pages would all map the one shared zero page
     peer = 1 - comm.rank
     comm.Barrier()
@@ -77,6 +93,7 @@ def raw_latency(comm: MPI.Comm, nbytes: int, iters: int) -> float:
 
 
 def channel_latency(comm: MPI.Comm, data: NamedArray, iters: int, out: SendChannel, inp: RecvChannel) -> float:
+    """One-way seconds of a channel ping-pong of ``data``."""
     comm.Barrier()
     t = time.perf_counter()
     for _ in range(iters):
@@ -92,8 +109,10 @@ def channel_latency(comm: MPI.Comm, data: NamedArray, iters: int, out: SendChann
 def raw_bandwidth(comm: MPI.Comm, nbytes: int, window: int, iters: int, nbufs: int = 1) -> float:
     """Blocking ``Send``/``Recv`` stream; with ``nbufs=2`` both ranks alternate two buffers, as the
     double-buffered channel does (the same memory traffic: two 1 MiB buffers per side no longer stay
-    in a core's 2 MiB of L2 cache, which costs raw MPI itself ~30 % at 1 MiB on this VM).
+    in a core's 2 MiB of L2 cache, which costs raw MPI itself about 30 % at 1 MiB on such a core).
     """
+    from mpi4py import MPI
+
     bufs = [np.full(nbytes, 7, np.uint8) for _ in range(nbufs)]  # touched pages, like the channel's payloads
     ack = np.zeros(1, np.uint8)
     peer = 1 - comm.rank
@@ -122,6 +141,8 @@ def channel_bandwidth(
     """Stream ``window`` messages per acknowledgement; ``data`` may be a list sent round-robin (distinct
     zero-copy buffers can be in flight together; one buffer must finish before it is sent again).
     """
+    from mpi4py import MPI
+
     items = data if isinstance(data, list) else [data]
     data = items[0]
     ack = np.zeros(1, np.uint8)
@@ -148,6 +169,10 @@ def cpu_cost(nbytes: int, iters: int) -> tuple[float, float]:
 
     Independent of what other processes do to the wall clock: the floor that latency cannot beat.
     """
+    from mpi4py import MPI
+
+    from hpcrl.comm.channel import RecvChannel, SendChannel
+
     comm = MPI.COMM_SELF
     out = SendChannel(comm, 0, PING, "cpu-out")
     inp = RecvChannel(comm, 0, PING, "cpu-in", max_rows=max(1, nbytes // ROW))
@@ -177,16 +202,16 @@ def cpu_cost(nbytes: int, iters: int) -> tuple[float, float]:
     return best["raw"], best["channel"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    args = parser.parse_args()
+def worker(out_path: Path, quick: bool) -> None:
+    """The MPI program (exactly 2 ranks): measure every size; rank 0 writes the numbers to ``out_path``."""
+    from mpi4py import MPI
+
+    from hpcrl.comm.channel import RecvChannel, SendChannel
+
     comm = MPI.COMM_WORLD
     if comm.size != 2:
-        if comm.rank == 0:
-            print("run with exactly 2 ranks: mpiexec -n 2 python -m mpi4py benchmarks/bench_channel.py")
-        return
-    reps = 2 if args.quick else 9
+        raise SystemExit(f"bench_channel needs exactly 2 ranks, got {comm.size}")
+    reps = 2 if quick else 9
     sizes = [KIB << (2 * i) for i in range(8)]  # 1 KiB .. 16 MiB, x4
     max_rows = sizes[-1] // ROW
     peer = 1 - comm.rank
@@ -198,9 +223,9 @@ def main() -> None:
     out1 = SendChannel(comm, peer, ONE, "bench-out-1") if comm.rank == 0 else None
     rows = []
     for nbytes in sizes:
-        iters = max(10, min(4000, (16 << 20) // nbytes)) // (4 if args.quick else 1)
+        iters = max(10, min(4000, (16 << 20) // nbytes)) // (4 if quick else 1)
         window = 16
-        bw_iters = max(2, min(500, (64 << 20) // (nbytes * window))) // (2 if args.quick else 1)
+        bw_iters = max(2, min(500, (64 << 20) // (nbytes * window))) // (2 if quick else 1)
         data, data2 = payload(nbytes), payload(nbytes)
         channel_latency(comm, data, max(10, iters // 10), out, inp)  # warm up (handshake, page faults)
         lat_raw = lat_ch = float("inf")
@@ -217,7 +242,7 @@ def main() -> None:
         rows.append((nbytes, lat_raw, lat_ch, bw_raw, bw_ch, bw_packed, bw_raw1, bw_ch1))
     small = request_like(KIB)
     channel_latency(comm, small, 200, out, inp)
-    lat_req = min(channel_latency(comm, small, 4000 // (4 if args.quick else 1), out, inp) for _ in range(reps))
+    lat_req = min(channel_latency(comm, small, 4000 // (4 if quick else 1), out, inp) for _ in range(reps))
     out.flush(timeout=30)
     comm.Barrier()
     out.close()
@@ -228,48 +253,108 @@ def main() -> None:
     if comm.rank != 0:
         return
     cpu = [(n, *cpu_cost(n, 2000 if n < (1 << 20) else 50)) for n in (KIB, 64 * KIB, 1 << 20)]
-    print(f"hpcrl channel vs raw mpi4py Send/Recv, 2 ranks, {MPI.Get_library_version().splitlines()[0].strip()}")
-    print(
-        f"{'size':>8} | {'raw lat':>9} {'hpcrl lat':>10} {'ratio':>6} | {'raw GB/s':>9} {'hpcrl GB/s':>10} {'ratio':>6}"
-        f" | {'packed GB/s':>11} {'ratio':>6} | {'raw 1buf':>8} {'hpcrl 1buf':>10} {'ratio':>6}"
-    )
-    results = []
-    for nbytes, lr, lc, br, bc, bp, br1, bc1 in rows:
-        size = f"{nbytes // KIB} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
-        print(
-            f"{size:>8} | {lr * 1e6:8.2f}us {lc * 1e6:9.2f}us {lc / lr:6.2f} | "
-            f"{br / 1e9:9.2f} {bc / 1e9:10.2f} {bc / br:6.2f} | {bp / 1e9:11.2f} {bp / br:6.2f} | "
-            f"{br1 / 1e9:8.2f} {bc1 / 1e9:10.2f} {bc1 / br1:6.2f}"
-        )
-        results.append(
-            {
-                "bytes": nbytes,
-                "raw_latency_us": lr * 1e6,
-                "hpcrl_latency_us": lc * 1e6,
-                "raw_gbps": br / 1e9,
-                "hpcrl_gbps": bc / 1e9,
-                "hpcrl_packed_gbps": bp / 1e9,
-                "raw_1buf_gbps": br1 / 1e9,
-                "hpcrl_1buf_gbps": bc1 / 1e9,
-            }
-        )
-    print(f"1 KiB request-like NamedArray (4 leaves, nested): hpcrl one-way {lat_req * 1e6:.2f}us")
-    print("latency ratio = hpcrl/raw (lower is better, target <= 2); bandwidth ratio = hpcrl/raw (target >= 0.9)")
-    print("hpcrl GB/s: zero-copy send of a fragment allocated in wire layout (what actors send), two payloads")
-    print("alternated into a double-buffered receiver; raw GB/s: Send/Recv alternating two buffers per side (the same")
-    print("memory traffic). packed: a plain NamedArray that the channel must copy into its send buffer first.")
-    print("1buf: one payload into a single-buffered receiver (nbuffers=1) vs raw Send/Recv of one buffer per side")
-    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    os.makedirs(out_dir, exist_ok=True)
-    import json
+    results = [
+        {
+            "bytes": nbytes,
+            "raw_latency_us": lr * 1e6,
+            "hpcrl_latency_us": lc * 1e6,
+            "raw_gbps": br / 1e9,
+            "hpcrl_gbps": bc / 1e9,
+            "hpcrl_packed_gbps": bp / 1e9,
+            "raw_1buf_gbps": br1 / 1e9,
+            "hpcrl_1buf_gbps": bc1 / 1e9,
+        }
+        for nbytes, lr, lc, br, bc, bp, br1, bc1 in rows
+    ]
+    from hpcrl.comm.fastpath import ACCELERATED
 
-    with open(os.path.join(out_dir, "channel.json"), "w") as f:
-        json.dump({"rows": results, "request_like_latency_us": lat_req * 1e6}, f, indent=1)
-    print("CPU time per message, one process (send + receive to itself; unaffected by other load):")
-    for nbytes, raw_s, ch_s in cpu:
-        size = f"{nbytes // KIB} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
-        print(f"{size:>8} | raw {raw_s * 1e6:8.2f}us  hpcrl {ch_s * 1e6:8.2f}us  ratio {ch_s / raw_s:6.2f}")
+    write_json(
+        out_path,
+        {
+            "rows": results,
+            "request_like_latency_us": lat_req * 1e6,
+            "cpu_us_per_message": [{"bytes": n, "raw_us": r * 1e6, "hpcrl_us": c * 1e6} for n, r, c in cpu],
+            "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+            "fast_path": "C" if ACCELERATED else "Python",
+        },
+    )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 10} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
+
+
+def run(ctx: Context) -> BenchResult:
+    """Start the 2-rank job; rows: bandwidth at 1 / 4 / 16 MiB and latency at 1 KiB, hpcrl vs raw mpi4py."""
+    data = run_mpi_module("benchmarks.bench_channel", 2, ["--quick"] if ctx.quick else [])
+    res = BenchResult("channel", data=data)
+    by_size = {int(r["bytes"]): r for r in data["rows"]}
+    for mib in (1, 4, 16):
+        r = by_size.get(mib << 20)
+        if r is None:
+            continue
+        res.rows.append(
+            Row(
+                "channel",
+                f"channel bandwidth, {mib} MiB messages",
+                r["hpcrl_gbps"],
+                "raw mpi4py Send/Recv (2 buffers per side)",
+                r["raw_gbps"],
+                "GB/s",
+                target=0.9,
+                target_text=">= 90% of raw",
+                note=(
+                    f"double-buffered channel vs raw alternating 2 buffers; single-buffered pair: hpcrl "
+                    f"{r['hpcrl_1buf_gbps']:.2f} vs raw {r['raw_1buf_gbps']:.2f} GB/s; packed (not wire-layout) "
+                    f"NamedArray: {r['hpcrl_packed_gbps']:.2f} GB/s"
+                ),
+                limit=r["raw_gbps"],
+            ).finish()
+        )
+    small = by_size.get(KIB)
+    if small is not None:
+        cpu = {c["bytes"]: c for c in data.get("cpu_us_per_message", [])}.get(KIB)
+        res.rows.append(
+            Row(
+                "channel",
+                "channel latency, 1 KiB message (one-way)",
+                small["hpcrl_latency_us"],
+                "raw mpi4py Send/Recv",
+                small["raw_latency_us"],
+                "us",
+                higher_is_better=False,
+                target=0.5,
+                target_text="<= 2x raw",
+                note=(
+                    f"{data.get('fast_path', '?')} fast path; nested 4-leaf request-like NamedArray: "
+                    f"{data['request_like_latency_us']:.1f} us"
+                    + (
+                        f"; CPU per send + receive in one process: hpcrl {cpu['hpcrl_us']:.1f} us, raw "
+                        f"{cpu['raw_us']:.1f} us"
+                        if cpu
+                        else ""
+                    )
+                ),
+            ).finish()
+        )
+    return res
+
+
+_main = bench_main("channel", run, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--mpi-worker OUT`` (under mpiexec -n 2): the MPI program; otherwise the benchmark's command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--mpi-worker" in argv:
+        p = argparse.ArgumentParser(prog="python -m mpi4py -m benchmarks.bench_channel")
+        p.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
+        p.add_argument("--quick", action="store_true")
+        args = p.parse_args(argv)
+        worker(Path(args.mpi_worker), args.quick)
+        return 0
+    return _main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,32 +5,36 @@ about 3 x 40 MB of float32). Both writers run in the same process on the same di
 each repetition writes a fresh file. hpcrl's save includes its fsync + atomic rename; torch.save
 does no fsync, so "torch.save + fsync" is also shown for a like-for-like durability comparison.
 
-A training run writes its periodic checkpoints in the background (``run.checkpoint_async``, the
-default): the trainer copies the state and a writer thread does the rest. What that costs the trainer
-is measured directly: a fixed amount of trainer-like work (Adam steps on a small MLP, Python-heavy like
-PPO's minibatch loop, one torch thread) is timed with and without a background save started at its
-beginning; the difference is the trainer's loss (the copy, plus whatever the writer thread takes from
-it: the GIL, memory bandwidth), compared with torch.save's time (which a trainer calling it blocks on).
+A training run writes its periodic checkpoints in the background (``run.checkpoint_writer: process``, the
+default; ``thread`` is the alternative): the trainer copies the state into a shared buffer and a writer
+process does the rest. What that costs the trainer is measured directly, for both writers: a fixed
+amount of trainer-like work (Adam steps on a small MLP, Python-heavy like PPO's minibatch loop, one
+torch thread) is timed with and without a background save started at its beginning; the difference is
+the trainer's loss (the copy, plus whatever the writer takes from it: the GIL, memory bandwidth),
+compared with torch.save's time (which a trainer calling it blocks on).
 
-Run:
-    python benchmarks/bench_checkpoint.py [--reps 5] [--dir /tmp] [--hidden 2048]
+    python -m benchmarks.bench_checkpoint [--quick] [--reps 5] [--dir DIR] [--hidden 2048]
+
+Rows: the trainer time lost per periodic save with the default writer (target <= 2x torch.save), and the
+blocking save (``run.checkpoint_writer: inline``, and the final and stop checkpoints) vs torch.save.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from benchmarks.common import BenchResult, Context, Row, bench_main
 from hpcrl.storage.background import BackgroundSaver, ProcessSaver, ThreadSaver
 from hpcrl.storage.checkpoint import CheckpointManager, load_checkpoint, prepare_run_dir, save_checkpoint
+
+__all__ = ["main", "measure", "run"]
 
 
 def build(hidden: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -117,26 +121,18 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
-    ap.add_argument("--hidden", type=int, default=2048, help="hidden width (2048 -> ~9.5M parameters)")
-    ap.add_argument("--work-steps", type=int, default=1500, help="trainer work per background save (must outlast it)")
-    ap.add_argument("--json", default=None, help="also write the medians (seconds) to this JSON file")
-    args = ap.parse_args()
-
-    net, opt = build(args.hidden)
+def measure(reps: int, hidden: int, work_steps: int, where: str | None = None) -> dict[str, Any]:
+    """Medians (seconds) of the blocking save/load on both sides and of the background writers' costs."""
+    net, opt = build(hidden)
     n_params = sum(p.numel() for p in net.parameters())
     state = {"policy": {"model": net.state_dict(), "version": 1}, "trainer": {"optimizer": opt.state_dict()}}
     nbytes = sum(t.numel() * t.element_size() for t in net.state_dict().values()) * 3
     attrs = {"version": 1, "frames": 12345, "config": "policy: {type_: mlp}\n"}
-    print(f"MLP with {n_params / 1e6:.2f}M parameters + Adam state: ~{nbytes / 2**20:.0f} MiB of tensors")
-
-    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+    print(f"MLP with {n_params / 1e6:.2f}M parameters + Adam state: ~{nbytes / 2**20:.0f} MiB of tensors", flush=True)
+    with tempfile.TemporaryDirectory(dir=where) as d:
         root = Path(d)
         t_h5, t_pt, t_ptsync, t_load_h5, t_load_pt = [], [], [], [], []
-        for i in range(args.reps):
+        for i in range(reps):
             # alternate the order so neither writer always meets a warmer page cache
             for which in ("h5", "pt") if i % 2 == 0 else ("pt", "h5"):
                 if which == "h5":
@@ -159,42 +155,75 @@ def main() -> None:
                     torch.load(p, weights_only=True)
                     t_load_pt.append(time.perf_counter() - t0)
                     p.unlink()
-        bgs = background_cost(root, state, attrs, max(args.reps, 7), args.work_steps)
-
+        bgs = background_cost(root, state, attrs, max(reps, 7), work_steps)
     med = statistics.median
-    h5, pt, ptsync = med(t_h5), med(t_pt), med(t_ptsync)
-    print(f"median of {args.reps} repetitions (seconds):")
-    print(f"  hpcrl save_checkpoint (fletcher32, fsync, atomic rename): {h5:.3f}")
-    print(f"  torch.save                                              : {pt:.3f}")
-    print(f"  torch.save + fsync                                      : {ptsync:.3f}")
-    print(f"  hpcrl load_checkpoint (verifies checksums)              : {med(t_load_h5):.3f}")
-    print(f"  torch.load(weights_only=True)                           : {med(t_load_pt):.3f}")
-    print(f"ratio hpcrl/torch.save = {h5 / pt:.2f}x; hpcrl/(torch.save+fsync) = {h5 / ptsync:.2f}x")
-    for name, bg in bgs.items():
-        print(f"background save, run.checkpoint_writer={name} ({bg['work']:.2f}s of trainer work per save):")
-        print(f"  trainer pause to copy the state (submit)                : {bg['submit']:.3f}")
-        print(f"  written by the writer {name:7s} in                        : {bg['write']:.3f}")
-        print(f"  trainer time lost (pause + interference)                : {bg['lost']:.3f}")
-        print(f"  noise: |difference| of the two plain runs               : {bg['noise']:.3f}")
-        print(f"  ratio trainer time lost / torch.save = {bg['lost'] / pt:.2f}x")
-    lost = max(bgs["process"]["lost"], bgs["process"]["submit"])  # below the pause is noise
-    print(f"ratio for the default writer (process) = {lost / pt:.2f}x torch.save (target <= 2x)")
-    if args.json:
-        import json
+    return {
+        "params": n_params,
+        "mib": nbytes / 2**20,
+        "reps": reps,
+        "hpcrl_save": med(t_h5),
+        "torch_save": med(t_pt),
+        "torch_save_fsync": med(t_ptsync),
+        "hpcrl_load": med(t_load_h5),
+        "torch_load": med(t_load_pt),
+        **{f"{name}_{k}": v for name, bg in bgs.items() for k, v in bg.items()},
+    }
 
-        result = {
-            "params": n_params,
-            "mib": nbytes / 2**20,
-            "reps": args.reps,
-            "hpcrl_save": h5,
-            "torch_save": pt,
-            "torch_save_fsync": ptsync,
-            "hpcrl_load": med(t_load_h5),
-            "torch_load": med(t_load_pt),
-            **{f"{name}_{k}": v for name, bg in bgs.items() for k, v in bg.items()},
-        }
-        Path(args.json).write_text(json.dumps(result, indent=1))
 
+def run(ctx: Context) -> BenchResult:
+    """Measure; two rows: the trainer's loss with the default writer process, and the blocking save."""
+    reps = ctx.opt("reps", 1 if ctx.quick else 5)
+    hidden = ctx.opt("hidden", 1024 if ctx.quick else 2048)
+    d = measure(reps, hidden, ctx.opt("work_steps", 1500), ctx.opt("dir"))
+    res = BenchResult("checkpoint", data=d)
+    size = f"{d['params'] / 1e6:.1f}M-param MLP + Adam ({d['mib']:.0f} MiB)"
+    res.rows.append(
+        Row(
+            "checkpoint",
+            f"checkpoint save as the trainer sees it (default writer process: trainer time lost), {size}",
+            max(d["process_lost"], d["process_submit"]),  # below the pause is noise
+            "torch.save",
+            d["torch_save"],
+            "s",
+            higher_is_better=False,
+            target=0.5,
+            target_text="<= 2x torch.save",
+            note=(
+                f"trainer pause {d['process_submit']:.3f} s (copy into shared memory), then "
+                f"{d['process_work']:.2f} s of trainer work ran on while the writer process "
+                f"took {d['process_write']:.3f} s (measured loss {d['process_lost']:+.3f} s, run-to-run noise "
+                f"{d['process_noise']:.3f} s); writer thread instead: {d['thread_lost']:.3f} s lost "
+                "(h5py holds the GIL)"
+            ),
+        ).finish()
+    )
+    res.rows.append(
+        Row(
+            "checkpoint",
+            f"checkpoint save, blocking (run.checkpoint_writer=inline), {size}",
+            d["hpcrl_save"],
+            "torch.save",
+            d["torch_save"],
+            "s",
+            higher_is_better=False,
+            target_text="context",
+            note=(
+                f"hpcrl includes fletcher32 + fsync + atomic rename; torch.save + fsync {d['torch_save_fsync']:.3f} s; "
+                f"load: hpcrl {d['hpcrl_load']:.3f} s (verifies checksums), torch.load {d['torch_load']:.3f} s"
+            ),
+        ).finish()
+    )
+    return res
+
+
+def _arguments(p: Any) -> None:
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
+    p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden width (default 2048: ~9.5M parameters)")
+    p.add_argument("--work-steps", type=int, default=None, help="trainer work per background save (must outlast it)")
+
+
+main = bench_main("checkpoint", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Raw env stepping: hpcrl's env adapters vs the same gymnasium envs stepped directly.
 
-    python benchmarks/bench_env_step.py                 # CartPole, Pong (if ale-py), 8-env loops
-    python benchmarks/bench_env_step.py --steps 50000 --repeats 3
+    python -m benchmarks.bench_env_step [--quick]        # CartPole, Pong (if ale-py), MuJoCo (if mujoco), 8 envs
+    python -m benchmarks.bench_env_step --steps 50000 --repeats 3
 
 What is compared (single process, random actions drawn before the timed loop, reset on end):
 
@@ -17,12 +17,12 @@ What is compared (single process, random actions drawn before the timed loop, re
 Rates are env steps per second, best of ``--repeats`` interleaved runs. Sections 1 and 2 time
 the loops in process CPU time (``--clock cpu``, the default), so other jobs on a busy machine do
 not distort the ratio; ``--clock wall`` uses wall time. Section 3 always uses wall time, because
-EnvPool steps its envs in worker threads. The ratio is hpcrl / direct.
+EnvPool steps its envs in worker threads. The ratio is hpcrl / direct; the CartPole row (the adapter's
+cost on the cheapest env) has the target, the others are context.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import tempfile
 import time
@@ -32,8 +32,11 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from benchmarks.common import BenchResult, Context, Row, bench_main
 from hpcrl.api.environment import Action
 from hpcrl.envs.gym_env import GymEnvironment
+
+__all__ = ["main", "run"]
 
 
 def best_rate(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -86,15 +89,8 @@ def hpcrl_loop(make: Callable[[], Any], actions: np.ndarray) -> Callable[[], flo
     return run
 
 
-def report(title: str, rates: dict[str, float], pairs: list[tuple[str, str]]) -> None:
-    print(f"\n== {title}")
-    for name, rate in rates.items():
-        print(f"  {name:<44s} {rate:12,.0f} steps/s")
-    for ours, theirs in pairs:
-        print(f"  ratio {ours} / {theirs}: {rates[ours] / rates[theirs]:.3f}")
-
-
-def bench_cartpole(steps: int, repeats: int) -> None:
+def bench_cartpole(steps: int, repeats: int) -> dict[str, float]:
+    """CartPole-v1 steps/s: gym.make defaults, without the passive checker, and hpcrl's adapter."""
     actions = np.random.default_rng(0).integers(0, 2, steps)
     rates = best_rate(
         {
@@ -106,23 +102,16 @@ def bench_cartpole(steps: int, repeats: int) -> None:
         },
         repeats,
     )
-    report(
-        "CartPole-v1, one env",
-        rates,
-        [
-            ("hpcrl GymEnvironment", "gymnasium direct (gym.make defaults)"),
-            ("hpcrl GymEnvironment", "gymnasium direct (no passive checker)"),
-        ],
-    )
+    return rates
 
 
-def bench_pong(steps: int, repeats: int) -> None:
+def bench_pong(steps: int, repeats: int) -> dict[str, float] | str:
+    """ALE Pong agent steps/s, raw and preprocessed, direct and through hpcrl; or why it was skipped."""
     try:
         import ale_py
         import cv2  # noqa: F401
     except ImportError as e:
-        print(f"\n== ALE Pong: skipped ({e}; pip install 'hpcrl[atari]')")
-        return
+        return f"ALE Pong skipped: {e} (pip install 'hpcrl[atari]')"
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
     from hpcrl.envs.atari import AtariEnvironment
@@ -146,31 +135,19 @@ def bench_pong(steps: int, repeats: int) -> None:
         },
         repeats,
     )
-    report(
-        "ALE Pong, one env (agent steps; 4 emulator frames each)",
-        rates,
-        [
-            ("hpcrl GymEnvironment(ALE/Pong-v5)", "ALE/Pong-v5 direct"),
-            ("hpcrl AtariEnvironment", "preprocessed stack direct"),
-        ],
-    )
+    return rates
 
 
-def bench_mujoco(steps: int, repeats: int) -> None:
+def bench_mujoco(steps: int, repeats: int) -> dict[str, float] | str:
+    """MuJoCo HalfCheetah-v5 steps/s, direct and through hpcrl; or why it was skipped."""
     try:
         import imageio  # noqa: F401
         import mujoco  # noqa: F401
     except ImportError as e:
-        print(f"\n== MuJoCo HalfCheetah-v5: skipped ({e}; pip install mujoco imageio)")
-        return
+        return f"MuJoCo HalfCheetah-v5 skipped: {e} (pip install 'hpcrl[mujoco]')"
     actions = np.random.default_rng(0).uniform(-1.0, 1.0, (steps, 6)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # MuJoCo writes MUJOCO_LOG.TXT into the cwd
-        rates = _bench_mujoco(actions, repeats)
-    report(
-        "MuJoCo HalfCheetah-v5, one env (float64 obs cast to float32, actions clipped)",
-        rates,
-        [("hpcrl GymEnvironment (cast + clip)", "HalfCheetah-v5 direct (no passive checker)")],
-    )
+        return _bench_mujoco(actions, repeats)
 
 
 def _bench_mujoco(actions: np.ndarray, repeats: int) -> dict[str, float]:
@@ -185,7 +162,8 @@ def _bench_mujoco(actions: np.ndarray, repeats: int) -> dict[str, float]:
     )
 
 
-def bench_vector(steps: int, repeats: int, n: int = 8) -> None:
+def bench_vector(steps: int, repeats: int, n: int = 8) -> tuple[dict[str, float], str]:
+    """Env steps/s summed over ``n`` CartPole envs: hpcrl's loop, SyncVectorEnv, EnvPool (if installed)."""
     rounds = steps // n
     actions = np.random.default_rng(0).integers(0, 2, (rounds, n))
     records = [[Action(x=np.asarray(a, np.int64)) for a in row] for row in actions]
@@ -232,32 +210,116 @@ def bench_vector(steps: int, repeats: int, n: int = 8) -> None:
             return rounds * n / dt
 
         runs[f"EnvPool({n}), sync"] = pool
+        skipped = ""
     except ImportError:
-        print("\n(EnvPool not installed: its column is skipped)")
-    rates = best_rate(runs, repeats)
-    report(f"CartPole-v1, {n} envs (env steps/s summed over envs)", rates, [])
-    base = rates[f"gymnasium SyncVectorEnv({n})"]
-    for name, rate in rates.items():
-        print(f"  {name:<44s} {rate / base:6.2f}x SyncVectorEnv")
+        skipped = "EnvPool not installed"
+    return best_rate(runs, repeats), skipped
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100_000, help="CartPole steps per run")
-    parser.add_argument("--pong-steps", type=int, default=2_000, help="Pong agent steps per run")
-    parser.add_argument("--mujoco-steps", type=int, default=5_000, help="HalfCheetah steps per run")
-    parser.add_argument("--vec-steps", type=int, default=80_000, help="env steps per run, 8-env comparison")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved runs; the best is reported")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="timer of sections 1 and 2")
-    args = parser.parse_args()
+def run(ctx: Context) -> BenchResult:
+    """Rows: CartPole (target: hpcrl >= 90 % of direct), Pong and MuJoCo when installed, 8 envs (context)."""
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"numpy {np.__version__}, gymnasium {gymnasium.__version__}, clock: {args.clock} (sections 1-2), wall (3)")
-    bench_cartpole(args.steps, args.repeats)
-    bench_pong(args.pong_steps, max(1, args.repeats // 2))
-    bench_mujoco(args.mujoco_steps, args.repeats)
-    bench_vector(args.vec_steps, args.repeats)
+    CLOCK = time.process_time if ctx.opt("clock", "cpu") == "cpu" else time.perf_counter
+    quick = ctx.quick
+    steps = ctx.opt("steps", 20_000 if quick else 100_000)
+    repeats = ctx.opt("repeats", 2 if quick else 5)
+    clock = f"{ctx.opt('clock', 'cpu')} time"
+    res = BenchResult("env_step")
+    cart = bench_cartpole(steps, repeats)
+    direct = "gymnasium direct (no passive checker)"
+    res.rows.append(
+        Row(
+            "env_step",
+            "CartPole-v1 steps/s, one env, hpcrl GymEnvironment",
+            cart["hpcrl GymEnvironment"],
+            "gymnasium.make(disable_env_checker=True) stepped directly",
+            cart[direct],
+            "steps/s",
+            target=0.9,
+            target_text=">= 90% of direct",
+            note=(
+                f"gymnasium.make defaults (passive checker on): "
+                f"{cart['gymnasium direct (gym.make defaults)']:,.0f} steps/s; {clock}"
+            ),
+        ).finish()
+    )
+    pong = bench_pong(ctx.opt("pong_steps", 500 if quick else 2_000), max(1, repeats // 2))
+    if isinstance(pong, str):
+        res.notes.append(pong)
+    else:
+        for ours, theirs, what in (
+            ("hpcrl AtariEnvironment", "preprocessed stack direct", "AtariPreprocessing + 4-frame stack"),
+            ("hpcrl GymEnvironment(ALE/Pong-v5)", "ALE/Pong-v5 direct", "raw ALE/Pong-v5"),
+        ):
+            res.rows.append(
+                Row(
+                    "env_step",
+                    f"Pong agent steps/s, one env, {ours}",
+                    pong[ours],
+                    f"{what} stepped directly",
+                    pong[theirs],
+                    "steps/s",
+                    target_text="context",
+                    note=clock,
+                ).finish()
+            )
+    mujoco = bench_mujoco(ctx.opt("mujoco_steps", 1_000 if quick else 5_000), repeats)
+    if isinstance(mujoco, str):
+        res.notes.append(mujoco)
+    else:
+        res.rows.append(
+            Row(
+                "env_step",
+                "HalfCheetah-v5 steps/s, one env, hpcrl GymEnvironment (cast + clip)",
+                mujoco["hpcrl GymEnvironment (cast + clip)"],
+                "HalfCheetah-v5 stepped directly",
+                mujoco["HalfCheetah-v5 direct (no passive checker)"],
+                "steps/s",
+                target_text="context",
+                note=clock,
+            ).finish()
+        )
+    vec, skipped = bench_vector(ctx.opt("vec_steps", 16_000 if quick else 80_000), repeats)
+    ours = "hpcrl: plain loop over 8 GymEnvironment"
+    for name, rate in vec.items():
+        if name == ours:
+            continue
+        res.rows.append(
+            Row(
+                "env_step",
+                "CartPole-v1 steps/s summed over 8 envs, hpcrl's loop over 8 adapters (an actor rank)",
+                vec[ours],
+                name,
+                rate,
+                "steps/s",
+                target_text="context",
+                note="wall time",
+            ).finish()
+        )
+    if skipped:
+        res.notes.append(skipped)
+    res.data = {
+        "steps": steps,
+        "repeats": repeats,
+        "clock": clock,
+        "cartpole": cart,
+        "pong": pong,
+        "mujoco": mujoco,
+        "vector": vec,
+    }
+    return res
 
+
+def _arguments(p: Any) -> None:
+    p.add_argument("--steps", type=int, default=None, help="CartPole steps per run (default 100,000)")
+    p.add_argument("--pong-steps", type=int, default=None, help="Pong agent steps per run (default 2,000)")
+    p.add_argument("--mujoco-steps", type=int, default=None, help="HalfCheetah steps per run (default 5,000)")
+    p.add_argument("--vec-steps", type=int, default=None, help="env steps per run, 8-env comparison (default 80,000)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved runs; the best is reported (default 5)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default=None, help="timer of the one-env rows (default cpu)")
+
+
+main = bench_main("env_step", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,10 +1,10 @@
-"""Learning benchmarks (the issue-4 targets): does hpcrl's PPO learn what it should, and how fast?
+"""Learning benchmarks: does hpcrl's PPO learn what it should, and how fast?
 
-    cd /work/main && OMP_NUM_THREADS=1 python -m benchmarks.bench_learning          # full, ~4 min on 2 cores
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_learning --quick                    # smoke, < 2 min
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
+    python -m benchmarks.bench_learning                  # every target, about 4 min on 2 quiet cores
+    python -m benchmarks.bench_learning --quick          # smoke, < 2 min (verdicts not meaningful)
+    python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
 
-Targets (each prints a table and one PASS/FAIL line; results go to benchmarks/results/learning.json):
+Targets (each prints a table and one PASS/FAIL line, and becomes one row):
 
 1. ``cartpole``: CartPole-v1 (examples/cartpole/ppo.yaml, the README's main job, with a 200k-frame
    budget; the SB3-identical config benchmarks/configs/cartpole_ppo.yaml is raced against SB3 in
@@ -35,34 +35,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT, BenchResult, Context, Row, bench_main
+from benchmarks.training import HpcrlRun, first_crossing, run_hpcrl, to_threshold
+from hpcrl.api import config
 
-from hpcrl.api import config  # noqa: E402
+__all__ = ["TARGETS", "main", "run"]
 
-RESULTS = ROOT / "benchmarks" / "results"
-CONFIGS = ROOT / "benchmarks" / "configs"
 EXAMPLES = ROOT / "examples"
-
-CARTPOLE_YAML = CONFIGS / "cartpole_ppo.yaml"  # SB3-identical hyperparameters (the peer race)
 CARTPOLE_EXAMPLE = EXAMPLES / "cartpole" / "ppo.yaml"  # the README main job: the learning target
 MEMORY_GRU_YAML = EXAMPLES / "memory" / "gru.yaml"
 MEMORY_MLP_YAML = EXAMPLES / "memory" / "mlp.yaml"
@@ -70,96 +60,6 @@ PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
 QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
 
 TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart")
-
-
-# ====================================================================== running hpcrl
-@dataclass
-class HpcrlRun:
-    """One finished hpcrl run: its summary, timings and the per-episode trace."""
-
-    summary: dict[str, Any]
-    wall_seconds: float
-    cpu_seconds: float
-    returns: np.ndarray
-    frames: np.ndarray
-    seconds: np.ndarray
-    """Episode end times, seconds since just before ``run_local`` was called."""
-    stats: dict[str, np.ndarray] = field(default_factory=dict)
-    run_dir: str = ""
-    config_text: str = ""
-
-    def last_mean(self, n: int = 100) -> float:
-        """Mean return of the last ``n`` episodes (NaN without episodes)."""
-        return float(self.returns[-n:].mean()) if len(self.returns) else math.nan
-
-    def stat_mean(self, key: str, last: int = 10) -> float | None:
-        """Mean of a trainer stat over the last ``last`` trainer steps."""
-        v = self.stats.get(key)
-        return float(np.nanmean(v[-last:])) if v is not None and len(v) else None
-
-
-def run_hpcrl(yaml_path: Path, overrides: list[str], run_dir: Path) -> HpcrlRun:
-    """Train ``yaml_path`` (with ``key=value`` overrides) in this process and read back its trace.
-
-    Args:
-        yaml_path: experiment YAML.
-        overrides: ``key.path=value`` overrides applied after the file.
-        run_dir: fresh run directory (created by the run).
-
-    Returns:
-        The run's summary, wall and CPU seconds around ``run_local``, and the episode table.
-    """
-    from hpcrl.roles.local import run_local
-    from hpcrl.storage.trace import read_trace
-
-    cfg = config.load(yaml_path, [*overrides, f"run.dir={run_dir}", "run.fresh=true", "run.progress='off'"])
-    t0, c0 = time.time(), time.process_time()
-    summary = run_local(cfg)
-    wall, cpu = time.time() - t0, time.process_time() - c0
-    traces = sorted((run_dir / "traces").glob("rank-*.h5"))
-    if not traces:
-        raise RuntimeError(f"run {run_dir}: no trace file under traces/ (run.trace off?)")
-    tr = read_trace(traces[-1])
-    ep = tr["episodes"]
-    return HpcrlRun(
-        summary=dict(summary),
-        wall_seconds=wall,
-        cpu_seconds=cpu,
-        returns=np.asarray(ep["return"], np.float64),
-        frames=np.asarray(ep["frames"], np.int64),
-        seconds=np.asarray(ep["wall_time"], np.float64) - t0,
-        stats={k: np.asarray(v, np.float64) for k, v in tr["trainer"]["stats"].items()},
-        run_dir=str(run_dir),
-        config_text=config.dump(cfg),
-    )
-
-
-def first_crossing(returns: np.ndarray, threshold: float, window: int = 100) -> int | None:
-    """Index of the first episode at which the mean of the last ``window`` returns is >= ``threshold``.
-
-    Only full windows count (``window`` episodes finished). ``None`` if never.
-
-    Examples:
-        >>> first_crossing(np.array([0.0, 1.0, 1.0, 1.0]), 1.0, window=2)
-        2
-        >>> first_crossing(np.array([0.0, 1.0]), 1.0, window=2) is None
-        True
-    """
-    r = np.asarray(returns, np.float64)
-    if len(r) < window:
-        return None
-    c = np.concatenate([[0.0], np.cumsum(r)])
-    means = (c[window:] - c[:-window]) / window  # means[j] covers episodes j .. j+window-1
-    hit = np.nonzero(means >= threshold - 1e-9)[0]
-    return int(hit[0]) + window - 1 if len(hit) else None
-
-
-def to_threshold(run: HpcrlRun, threshold: float, window: int = 100) -> tuple[int | None, float | None]:
-    """``(frames, seconds)`` at which ``run``'s rolling mean return first reached ``threshold``."""
-    i = first_crossing(run.returns, threshold, window)
-    if i is None:
-        return None, None
-    return int(run.frames[i]), float(run.seconds[i])
 
 
 # ====================================================================== output helpers
@@ -193,44 +93,6 @@ def verdict(name: str, ok: bool, detail: str, quick: bool) -> dict[str, Any]:
     return {"target": name, "pass": bool(ok), "detail": detail, "quick": quick}
 
 
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on (CPU count, load, versions)."""
-    import torch
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "load_avg": [round(x, 2) for x in load] if load else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically; returns the path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
 def curve(run: HpcrlRun, points: int = 20) -> list[list[float]]:
     """``[frames, mean of the last 100 returns]`` at ``points`` evenly spaced episodes (for plots)."""
     n = len(run.returns)
@@ -244,7 +106,7 @@ def curve(run: HpcrlRun, points: int = 20) -> list[list[float]]:
 
 
 # ====================================================================== targets
-def bench_cartpole(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_cartpole(args: Any, work: Path) -> dict[str, Any]:
     """Target 1: CartPole-v1 last-100 mean >= 475 within the frame budget, for every seed."""
     budget = 30_000 if args.quick else 200_000
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -283,7 +145,7 @@ def bench_cartpole(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"budget_frames": budget, "runs": runs, "verdict": verdict("cartpole-475", ok, detail, args.quick)}
 
 
-def bench_cartpole_mpi3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_cartpole_mpi3(args: Any, work: Path) -> dict[str, Any]:
     """Target 1b: the same CartPole run under ``mpiexec -n 3`` (trainer, inference, actor rank) also solves it."""
     from benchmarks.common import run_hpcrl_job
     from hpcrl.storage.trace import read_trace
@@ -324,7 +186,7 @@ def bench_cartpole_mpi3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def bench_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_memory(args: Any, work: Path) -> dict[str, Any]:
     """Target 2: GRU >= 95% success on the memory task; MLP about chance."""
     budget = 15_000 if args.quick else 100_000
     out: dict[str, Any] = {"budget_frames": budget}
@@ -361,7 +223,7 @@ def bench_memory(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def bench_pendulum(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_pendulum(args: Any, work: Path) -> dict[str, Any]:
     """Target 3: Pendulum-v1 last-100 mean return >= -250."""
     budget = 15_000 if args.quick else int(config.load(PENDULUM_YAML).experiment.total_frames)
     run = run_hpcrl(
@@ -448,7 +310,7 @@ def coin_probe(run_dir: str, samples: int, seed: int) -> dict[str, float]:
     return {"value_coin1_minus_coin0": float(diff.mean()), "std": float(diff.std()), "samples": samples}
 
 
-def bench_quickstart(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_quickstart(args: Any, work: Path) -> dict[str, Any]:
     """Target 4: the centralized critic learns the hidden team-bonus rule; both critics beat random."""
     budget = 10_000 if args.quick else int(config.load(QUICKSTART_YAML).experiment.total_frames)
     arms = {
@@ -510,59 +372,94 @@ BENCHES = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description="hpcrl learning benchmarks (issue-4 targets)")
-    p.add_argument(
-        "--quick", action="store_true", help="smoke run with tiny budgets (< 2 min); verdicts not meaningful"
+#: target -> (measure, unit, higher is better)
+_ROWS: dict[str, tuple[str, str, bool]] = {
+    "cartpole": (
+        "CartPole-v1 (examples/cartpole/ppo.yaml), frames to last-100 mean >= 475, worst seed",
+        "frames",
+        False,
+    ),
+    "cartpole-mpi3": ("the same under mpiexec -n 3 (trainer, inference, actor rank), frames to 475", "frames", False),
+    "memory": ("memory task (examples/memory/gru.yaml), GRU success rate over the last 100 episodes", "", True),
+    "pendulum": ("Pendulum-v1 (examples/pendulum/ppo.yaml), last-100 mean return", "", True),
+    "quickstart": ("quick-start multi-agent: centralized critic's V(coin=1) - V(coin=0)", "", True),
+}
+
+
+def _row(name: str, out: dict[str, Any]) -> Row:
+    """The target's row: hpcrl's value against the target value, PASS/FAIL from the target's own verdict."""
+    measure, unit, higher = _ROWS[name]
+    v = out["verdict"]
+    if name == "cartpole":
+        hits = [r["frames_to_475"] for r in out["runs"]]
+        value = None if None in hits else float(max(hits))
+        goal, text = float(out["budget_frames"]), f"every seed within {out['budget_frames']:,} frames"
+    elif name == "cartpole-mpi3":
+        value = None if out["frames_to_475"] is None else float(out["frames_to_475"])
+        goal, text = float(out["budget_frames"]), f"within {out['budget_frames']:,} frames"
+    elif name == "memory":
+        value, goal, text = out["gru"]["success_last_100"], 0.95, ">= 0.95 (MLP at chance)"
+    elif name == "pendulum":
+        value, goal, text = out["final_mean_last_100"], -250.0, ">= -250"
+    else:
+        value, goal, text = out["centralized"]["coin_probe"]["value_coin1_minus_coin0"], 0.5, ">= 0.5"
+    return Row(
+        "learning",
+        measure,
+        value,
+        "target",
+        goal,
+        unit,
+        higher_is_better=higher,
+        target_text=text,
+        note=v["detail"],
+        passed=bool(v["pass"]),
     )
-    p.add_argument("--only", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
-    p.add_argument("--seeds", default="1,2,3", help="CartPole seeds (default 1,2,3)")
-    p.add_argument("--seed", type=int, default=1, help="seed for the other targets")
-    p.add_argument("--keep-runs", default=None, help="keep run directories under this folder")
-    p.add_argument("--out", default=None, help="result file name under benchmarks/results/ (default learning[-quick])")
-    args = p.parse_args(argv)
-    args.only = [t.strip() for t in args.only.split(",") if t.strip()]
-    unknown = [t for t in args.only if t not in BENCHES]
-    if unknown:
-        p.error(f"--only: unknown target(s) {unknown}; expected some of {list(BENCHES)}")
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the selected targets one after the other; print tables, verdicts, and write the JSON result."""
-    args = parse_args(argv)
+def run(ctx: Context) -> BenchResult:
+    """Run the selected targets one after the other; one row per target."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"quick": args.quick, "machine_start": machine_info(), "targets": {}}
-    t0 = time.time()
+    only = [t.strip() for t in str(ctx.opt("only", ",".join(TARGETS))).split(",") if t.strip()]
+    unknown = [t for t in only if t not in BENCHES]
+    if unknown:
+        raise ValueError(f"--only: unknown target(s) {unknown}; expected some of {list(BENCHES)}")
+    args = SimpleNamespace(
+        quick=ctx.quick,
+        seeds=[int(s) for s in str(ctx.opt("seeds", "1,2,3")).split(",") if s.strip()],
+        seed=int(ctx.opt("seed", 1)),
+    )
+    res = BenchResult("learning")
+    keep = ctx.opt("keep_runs")
     with contextlib.ExitStack() as stack:
-        if args.keep_runs:
-            work = Path(args.keep_runs).resolve()
+        if keep:
+            work = Path(keep).resolve()
             if work.exists():
                 shutil.rmtree(work)
             work.mkdir(parents=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hpcrl-bench-learning-")))
-        for name in args.only:
+        for name in only:
             print(f"\n=== {name}", flush=True)
             t = time.time()
-            res = BENCHES[name](args, work)
-            res["bench_seconds"] = round(time.time() - t, 1)
-            results["targets"][name] = res
-    results["total_seconds"] = round(time.time() - t0, 1)
-    results["machine_end"] = machine_info()
-    print("\nSummary")
-    for name, res in results["targets"].items():
-        v = res["verdict"]
-        print(f"  {'PASS' if v['pass'] else 'FAIL'}  {name:<11} {v['detail']}")
-    path = write_result(args.out or ("learning-quick" if args.quick else "learning"), results)
-    print(f"\nresults: {path.relative_to(ROOT)}  ({results['total_seconds']:.0f} s)")
-    return 0
+            out = BENCHES[name](args, work)  # type: ignore[operator]
+            out["bench_seconds"] = round(time.time() - t, 1)
+            res.data[name] = out
+            res.rows.append(_row(name, out))
+    return res
 
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(TARGETS)}")
+    p.add_argument("--seeds", default=None, help="CartPole seeds (default 1,2,3)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the other targets (default 1)")
+    p.add_argument("--keep-runs", default=None, help="keep run directories under this folder")
+
+
+main = bench_main("learning", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

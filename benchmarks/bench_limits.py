@@ -1,6 +1,6 @@
 """Machine limits for the CartPole PPO benchmark: raw env stepping, plain-torch inference and SGD, in one process.
 
-    cd /work/main && python -m benchmarks.bench_limits [--quick]
+    python -m benchmarks.bench_limits [--quick]
 
 What an RL library cannot beat on this machine, whatever its design (all in process CPU time, best of
 ``repeats`` runs, one torch thread):
@@ -14,27 +14,20 @@ What an RL library cannot beat on this machine, whatever its design (all in proc
 
 From these, :func:`fps_limit` gives the frames-per-second ceiling of a layout: one process does all three
 serially; with MPI, the single trainer rank can do at most one update per ``sgd_us`` and the machine's
-cores bound the total work. Raw MPI Send/Recv bandwidth and latency are measured by
-``benchmarks/bench_channel.py`` (same suite run) and reported with the channel row.
+cores bound the total work. The suite's ``single`` and ``mpi`` rows report hpcrl's rate as a fraction of
+these ceilings ("of limit"). Raw MPI Send/Recv bandwidth and latency are measured by the ``channel``
+benchmark and reported with its rows.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from benchmarks.common import BenchResult, Context, bench_main
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-__all__ = ["ROWS_PER_UPDATE", "fps_limit", "measure_limits"]
+__all__ = ["ROWS_PER_UPDATE", "fps_limit", "main", "measure_limits", "run"]
 
 ROWS_PER_UPDATE = 1024  # 8 envs x 128 steps
 
@@ -134,14 +127,20 @@ def fps_limit(per_frame_us: dict[str, float], ranks: int, cores: int) -> float:
     return min(1e6 / sgd, actors * 1e6 / (env + infer), cores * 1e6 / (env + infer + sgd))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the limits as JSON."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args(argv)
-    print(json.dumps(measure_limits(args.quick), indent=1))
-    return 0
+def run(ctx: Context) -> BenchResult:
+    """Measure the limits (no rows: the data feeds the *Limits* section and other rows' "of limit")."""
+    lim = measure_limits(ctx.quick)
+    ctx.limits = lim
+    res = BenchResult("limits", data=lim)
+    res.notes.append(
+        f"CartPole-v1 plain gymnasium loop {lim['env_us']:.2f} us/step ({lim['env_only_fps']:,.0f} steps/s); "
+        f"plain-torch inference for 8 envs {lim['infer_us_per_call_b8']:.0f} us; "
+        f"plain-torch PPO update on 1024 rows {lim['sgd_us_per_update_1024'] / 1000:.1f} ms"
+    )
+    return res
 
+
+main = bench_main("limits", run, __doc__)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Memory per role of a 64-rank CartPole job: resident set size of every rank, sampled from /proc.
 
-    cd /work/main && python -m benchmarks.bench_memory [--quick] [--ranks 64] [--frames 70000]
+    python -m benchmarks.bench_memory [--quick] [--ranks 64] [--frames 70000]
 
 Layout: ``mpiexec -n 64``: rank 0 trains (PPO, torch), rank 1 runs inference (torch) for 62 actor ranks
 of 8 CartPole envs each; actors get actions from the inference rank, so they never import torch
@@ -10,45 +10,25 @@ While the job runs, every process whose environment carries this run's marker va
 0.5 s: ``VmRSS`` and ``VmHWM`` (peak RSS) from ``/proc/<pid>/status``, and every 2 s the proportional set
 size (``Pss`` from ``/proc/<pid>/smaps_rollup``, shared library pages split between the processes that
 map them). Its rank comes from ``PMI_RANK`` and its role from hpcrl's topology. Target: every actor
-rank's peak RSS <= 150 MB; and the 64-rank job must finish on this 24 GiB machine.
+rank's peak RSS <= 150 MB; and the 64-rank job must finish (it fits a 2-core machine with 24 GiB).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import CARTPOLE_YAML, BenchResult, Context, Row, bench_main, proc_status_kb, run_hpcrl_job
 
-from benchmarks.common import CARTPOLE_YAML, BenchResult, Row, load_avg, run_hpcrl_job  # noqa: E402
-
-__all__ = ["RssSampler", "run"]
+__all__ = ["RssSampler", "main", "run"]
 
 TARGET_ACTOR_MB = 150.0
 MARKER = "HPCRL_BENCH_MEMORY"
-
-
-def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in keys:
-                    out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def _pss_kb(pid: int) -> int | None:
@@ -117,7 +97,7 @@ class RssSampler(threading.Thread):
                 self._discover()
             total_rss = total_pss = 0
             for rank, pid in list(self.pids.items()):
-                st = _status_kb(pid, ("VmRSS", "VmHWM"))
+                st = proc_status_kb(pid, ("VmRSS", "VmHWM"))
                 if not st:
                     continue
                 rec = self.ranks.setdefault(rank, {"pid": pid, "rss_kb": 0, "hwm_kb": 0, "pss_kb": 0})
@@ -140,13 +120,13 @@ class RssSampler(threading.Thread):
         self.join(timeout=10)
 
 
-def run(quick: bool, ranks: int | None = None, frames: int | None = None) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """Run the job, sample memory, build the rows (actor peak RSS vs 150 MB; the job completes)."""
     from hpcrl.api import config
     from hpcrl.comm.topology import Topology
 
-    ranks = ranks or (16 if quick else 64)
-    frames = frames or (20_000 if quick else 70_000)
+    ranks = ctx.opt("ranks", 16 if ctx.quick else 64)
+    frames = ctx.opt("frames", 20_000 if ctx.quick else 70_000)
     overrides = [
         f"experiment.total_frames={frames}",
         "layout.inference=1",
@@ -156,8 +136,7 @@ def run(quick: bool, ranks: int | None = None, frames: int | None = None) -> Ben
     ]
     cfg = config.load(CARTPOLE_YAML, overrides)
     topo = Topology.build(cfg.layout, ranks)
-    res = BenchResult("memory", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    res = BenchResult("memory")
     token = uuid.uuid4().hex
     sampler = RssSampler(token)
     sampler.start()
@@ -218,7 +197,6 @@ def run(quick: bool, ranks: int | None = None, frames: int | None = None) -> Ben
                 if actor
                 else (error or "no actor sampled").splitlines()[0][:300]
             ),
-            load=f"{res.load_start[0]:.2f}",
         ).finish()
     )
     done = job is not None and error is None
@@ -242,29 +220,17 @@ def run(quick: bool, ranks: int | None = None, frames: int | None = None) -> Ben
                 if error
                 else ""
             ),
-            load=f"{res.load_start[0]:.2f}",
         )
     )
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run and print per-role memory."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--ranks", type=int, default=None)
-    p.add_argument("--frames", type=int, default=None)
-    args = p.parse_args(argv)
-    res = run(args.quick, args.ranks, args.frames)
-    for role, s in res.data["per_role"].items():
-        print(role, s)
-    for r in res.rows:
-        print(r.as_dict())
-    return 0
+def _arguments(p: Any) -> None:
+    p.add_argument("--ranks", type=int, default=None, help="MPI ranks (default 64; quick 16)")
+    p.add_argument("--frames", type=int, default=None, help="frames (default 70,000; quick 20,000)")
 
+
+main = bench_main("memory", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """CartPole PPO throughput under ``mpiexec -n 2 / 4 / 8``: hpcrl vs SB3, Sample Factory 2 (async) and RLlib.
 
-    cd /work/main && python -m benchmarks.bench_mpi [--quick] [--ranks 2,4,8] [--frames 100000]
+    python -m benchmarks.bench_mpi [--quick] [--ranks 2,4,8] [--frames 100000] [--repeats 2]
 
 The same PPO config everywhere (benchmarks/configs/cartpole_ppo.yaml): 1024 rows per update (8 envs x
 128 steps), 4 epochs x 4 minibatches of 256, separate 2 x 64 tanh actor and critic, one torch thread
@@ -24,33 +24,27 @@ shown in the note). Runs alternate hpcrl / peers and each side's best of ``--rep
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import peers  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+from benchmarks import peers
+from benchmarks.common import (
     CARTPOLE_YAML,
     BenchResult,
+    Context,
     JobResult,
     Row,
+    bench_main,
+    best,
+    first_error,
     load_avg,
     run_hpcrl_job,
     sb3_cartpole_params,
 )
 
-__all__ = ["hpcrl_mpi", "peer_run", "run"]
+__all__ = ["hpcrl_mpi", "main", "peer_run", "run"]
 
 TARGET_SB3 = 2.0
 TARGET_SF = 5.0
@@ -93,24 +87,14 @@ def peer_run(peer: str, frames: int, workers: int, work: Path, seed: int = 1) ->
         return {"error": f"peer run failed: {str(e)[-600:]}", "installable": True}
 
 
-def _best(runs: list[dict[str, Any]], key: str) -> float | None:
-    vals = [float(r[key]) for r in runs if r.get(key) is not None and "error" not in r]
-    return max(vals) if vals else None
-
-
-def run(
-    quick: bool,
-    limits: dict[str, Any] | None = None,
-    ranks: list[int] | None = None,
-    frames: int | None = None,
-    repeats: int | None = None,
-) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """Run the rows for every rank count; returns the suite result."""
-    ranks = ranks or ([2] if quick else [2, 4, 8])
-    frames = frames or (20_000 if quick else 100_000)
-    repeats = repeats or (1 if quick else 2)
-    res = BenchResult("mpi", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    quick = ctx.quick
+    ranks = [int(x) for x in str(ctx.opt("ranks", "2" if quick else "2,4,8")).split(",") if x.strip()]
+    frames = ctx.opt("frames", 20_000 if quick else 100_000)
+    repeats = ctx.opt("repeats", 1 if quick else 2)
+    limits = ctx.get_limits()
+    res = BenchResult("mpi")
     data: dict[str, Any] = {"frames": frames, "repeats": repeats, "ranks": {}, "sb3": []}
     peer_names = ["sample_factory"] if quick else ["sample_factory", "rllib"]
     with tempfile.TemporaryDirectory(prefix="hpcrl-bench-mpi-") as tmp:
@@ -137,13 +121,13 @@ def run(
                     r = peer_run(peer, frames, n - 1, work)
                     entry[peer].append(r)
                     print(f"  {peer} ({n - 1} workers): {r.get('fps', r.get('error'))} fps", flush=True)
-    sb3_best = _best(data["sb3"], "fps")
+    sb3_best = best(data["sb3"], "fps")
     for n in ranks:
         entry = data["ranks"][str(n)]
-        h_env, h_trained = _best(entry["hpcrl"], "fps"), _best(entry["hpcrl"], "trained_fps")
-        lim = float(limits["fps_limit"][str(min(n, 8))]) if limits else None
+        h_env, h_trained = best(entry["hpcrl"], "fps"), best(entry["hpcrl"], "trained_fps")
+        lim = limits["fps_limit"].get(str(n))
         dropped = [r["summary"].get("dropped_fragments") for r in entry["hpcrl"] if "summary" in r]
-        note = f"env fps {h_env:,.0f} (dropped fragments {dropped})" if h_env else _err(entry["hpcrl"])
+        note = f"env fps {h_env:,.0f} (dropped fragments {dropped})" if h_env else first_error(entry["hpcrl"])
         res.rows.append(
             Row(
                 "mpi",
@@ -160,7 +144,7 @@ def run(
             ).finish()
         )
         for peer in peer_names:
-            p_best = _best(entry[peer], "fps")
+            p_best = best(entry[peer], "fps")
             label = {"sample_factory": "Sample Factory 2 async", "rllib": "RLlib PPO"}[peer]
             res.rows.append(
                 Row(
@@ -172,21 +156,14 @@ def run(
                     "fps",
                     target=TARGET_SF if (n == 2 and peer == "sample_factory") else None,
                     target_text=f">= {TARGET_SF}x SF" if (n == 2 and peer == "sample_factory") else "context",
-                    note=_err(entry[peer]) if p_best is None else "",
+                    note=first_error(entry[peer]) if p_best is None else "",
                     limit=lim,
                     load=_load_text(entry["hpcrl"]),
                 ).finish()
             )
     data["sb3_best_fps"] = sb3_best
     res.data = data
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
-
-
-def _err(runs: list[dict[str, Any]]) -> str:
-    errs = [str(r["error"]) for r in runs if "error" in r]
-    return errs[0].splitlines()[0][:300] if errs else ""
 
 
 def _load_text(runs: list[dict[str, Any]]) -> str:
@@ -194,20 +171,13 @@ def _load_text(runs: list[dict[str, Any]]) -> str:
     return f"{min(loads):.2f}-{max(loads):.2f}" if loads else ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run and print the rows."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
+def _arguments(p: Any) -> None:
     p.add_argument("--ranks", default=None, help="comma-separated rank counts (default 2,4,8; quick: 2)")
-    p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    args = p.parse_args(argv)
-    ranks = [int(x) for x in args.ranks.split(",")] if args.ranks else None
-    res = run(args.quick, None, ranks, args.frames, args.repeats)
-    for r in res.rows:
-        print(r.as_dict())
-    return 0
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default 100,000; quick 20,000)")
+    p.add_argument("--repeats", type=int, default=None, help="alternating hpcrl / peer rounds (default 2)")
 
+
+main = bench_main("mpi", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

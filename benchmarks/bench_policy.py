@@ -1,8 +1,8 @@
 """Policy and PPO-update micro-benchmark: hpcrl vs the same model written in plain torch (what SB3/CleanRL do).
 
-    cd /work/main && OMP_NUM_THREADS=1 python -m benchmarks.bench_policy             # ~1 min on 2 cores
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_policy --quick                        # smoke, ~15 s
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_policy --compare benchmarks/results/policy-before.json
+    python -m benchmarks.bench_policy                   # about 1 min on 2 cores
+    python -m benchmarks.bench_policy --quick           # smoke, about 15 s
+    python -m benchmarks.bench_policy --compare benchmarks/results/policy/DATE-KIND.json   # vs an earlier result
 
 The model is the CartPole benchmark's (benchmarks/configs/cartpole_ppo.yaml): separate actor and
 critic MLPs of 2 x 64 tanh, 4 observations, 2 actions, one torch thread. Measured, in process CPU
@@ -19,38 +19,30 @@ distorts the numbers less):
    included) divided by 16. Plain torch: CleanRL's update loop (numpy GAE, 16 minibatches, per-minibatch
    ``.item()`` statistics like SB3), divided by 16.
 
-The ratio column is plain / hpcrl (> 1: hpcrl is faster). ``--compare FILE`` adds the numbers of an
-earlier result file (e.g. one saved with ``--save policy-before`` before a change) as a "before"
-column. Results: benchmarks/results/<--save>.json (default ``policy``).
+The ratio is plain / hpcrl (> 1: hpcrl is faster); context rows (no target). ``--compare FILE`` prints
+hpcrl's numbers next to those of an earlier result file of this benchmark (e.g. one saved before a change).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import BenchResult, Context, Row, bench_main
+from hpcrl.api.namedarray import NamedArray, stack
+from hpcrl.api.policy import RolloutRequest, make
+from hpcrl.api.trainer import SampleBatch
+from hpcrl.trainers.ppo import PPOTrainer
 
-from benchmarks.bench_learning import machine_info, print_table, write_result  # noqa: E402
-from hpcrl.api.namedarray import NamedArray, stack  # noqa: E402
-from hpcrl.api.policy import RolloutRequest, make  # noqa: E402
-from hpcrl.api.trainer import SampleBatch  # noqa: E402
-from hpcrl.trainers.ppo import PPOTrainer  # noqa: E402
+__all__ = ["B", "OBS_DIM", "T", "PlainActorCritic", "main", "plain_update", "run"]
 
 OBS_DIM, N_ACTIONS, HIDDEN = 4, 2, 64
 T, B, EPOCHS, MINIBATCHES = 128, 8, 4, 4
@@ -232,52 +224,48 @@ def build_cases(quick: bool) -> dict[str, tuple[Callable[[], float], Callable[[]
     return cases
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    p = argparse.ArgumentParser(description="hpcrl policy rollout / PPO update vs plain torch (CPU us)")
-    p.add_argument("--quick", action="store_true", help="fewer calls and repeats (smoke run)")
-    p.add_argument("--repeats", type=int, default=7, help="interleaved runs per case (median reported)")
-    p.add_argument("--save", default="policy", help="result name: benchmarks/results/<save>.json")
-    p.add_argument("--compare", default=None, help="an earlier result file: adds its hpcrl numbers as 'before'")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the cases, print the table, write the JSON result."""
-    args = parse_args(argv)
+def run(ctx: Context) -> BenchResult:
+    """One row per case: hpcrl's CPU microseconds vs the plain-torch version's (median of interleaved runs)."""
     torch.set_num_threads(1)
-    repeats = 3 if args.quick else args.repeats
-    cases = build_cases(args.quick)
+    repeats = ctx.opt("repeats", 3 if ctx.quick else 7)
+    cases = build_cases(ctx.quick)
     hp = measure({k: v[0] for k, v in cases.items()}, repeats)
     pl = measure({k: v[1] for k, v in cases.items()}, repeats)
-    before: dict[str, float] = {}
-    if args.compare:
-        prev = json.loads(Path(args.compare).read_text())
-        before = {k: float(v["hpcrl_us"]) for k, v in prev["cases"].items()}
-    header = ["case", "hpcrl us", "plain torch us", "plain/hpcrl"]
-    if before:
-        header += ["hpcrl before us", "before/after"]
-    rows = []
+    res = BenchResult("policy")
     for k in cases:
-        row: list[Any] = [k, hp[k], pl[k], pl[k] / hp[k]]
-        if before:
-            row += [before.get(k), before[k] / hp[k] if k in before else None]
-        rows.append(row)
-    print_table(
-        f"CPU us (median of {repeats}), 2x64 tanh actor + critic, {OBS_DIM} obs, {N_ACTIONS} actions, 1 torch thread",
-        header,
-        rows,
-    )
-    result = {
-        "quick": args.quick,
-        "repeats": repeats,
-        "machine": machine_info(),
-        "cases": {k: {"hpcrl_us": hp[k], "plain_us": pl[k], "ratio_plain_over_hpcrl": pl[k] / hp[k]} for k in cases},
-    }
-    path = write_result(args.save, result)
-    print(f"\nresults: {path.relative_to(ROOT)}")
-    return 0
+        what, unit = k.split(" (")
+        res.rows.append(
+            Row(
+                "policy",
+                f"{what}: CPU {unit.rstrip(')')}, 2 x 64 tanh actor + critic",
+                hp[k],
+                "the same model and update in plain torch (SB3 / CleanRL style)",
+                pl[k],
+                "us",
+                higher_is_better=False,
+                target_text="context",
+                note=f"median of {repeats} interleaved runs, process CPU time, one torch thread",
+            ).finish()
+        )
+    res.data = {"repeats": repeats, "cases": {k: {"hpcrl_us": hp[k], "plain_us": pl[k]} for k in cases}}
+    before = ctx.opt("compare")
+    if before:
+        prev = json.loads(Path(before).read_text())["data"]["cases"]
+        for k in cases:
+            if k in prev:
+                print(
+                    f"  {k}: hpcrl {hp[k]:.1f} us, before {prev[k]['hpcrl_us']:.1f} us "
+                    f"({prev[k]['hpcrl_us'] / hp[k]:.2f}x)"
+                )
+    return res
 
+
+def _arguments(p: Any) -> None:
+    p.add_argument("--repeats", type=int, default=None, help="interleaved runs per case, median reported (default 7)")
+    p.add_argument("--compare", default=None, help="an earlier result file of this benchmark: print hpcrl before/after")
+
+
+main = bench_main("policy", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Atari Pong PPO throughput: hpcrl (one process, mpiexec -n 2) vs Stable-Baselines3, plus the machine's limits.
 
-    cd /work/main && python -m benchmarks.bench_pong [--quick] [--frames 4096]
+    python -m benchmarks.bench_pong [--quick] [--frames 6144] [--repeats 1]
 
 Standard Atari PPO settings on both sides (examples/pong/pong.yaml; rl-zoo's Atari PPO): ``ALE/Pong-v5``
 with sticky actions 0.25, 4-frame skip with max-pooling, no-op starts, episodic life, reward clipping,
@@ -20,25 +20,17 @@ plain-torch Nature CNN inference for 8 envs, one plain-torch PPO update on 1024 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from benchmarks import peers
+from benchmarks.common import ROOT, BenchResult, Context, Row, bench_main, best, first_error, load_avg, run_hpcrl_job
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import peers  # noqa: E402
-from benchmarks.common import BenchResult, Row, load_avg, run_hpcrl_job  # noqa: E402
-
-__all__ = ["PONG_YAML", "measure_pong_limits", "run"]
+__all__ = ["PONG_YAML", "main", "measure_pong_limits", "run"]
 
 PONG_YAML = ROOT / "examples" / "pong" / "pong.yaml"
 TARGET = 1.5
@@ -206,12 +198,12 @@ def sb3_pong(frames: int) -> dict[str, Any]:
         return {"error": str(e)[-1500:]}
 
 
-def run(quick: bool, frames: int | None = None, repeats: int | None = None) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """Limits, then alternating hpcrl (1 process, -n 2) / SB3 runs; best of ``repeats`` each."""
-    frames = frames or (3072 if quick else 6144)
-    repeats = repeats or 1
-    res = BenchResult("pong", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    quick = ctx.quick
+    frames = ctx.opt("frames", 3072 if quick else 6144)
+    repeats = ctx.opt("repeats", 1)
+    res = BenchResult("pong")
     limits = measure_pong_limits(quick)
     print(f"  pong limits: {json.dumps({k: v for k, v in limits.items() if k != 'per_frame_us'})}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {"hpcrl-1": [], "hpcrl-2": [], "sb3": []}
@@ -226,16 +218,10 @@ def run(quick: bool, frames: int | None = None, repeats: int | None = None) -> B
             runs["sb3"].append(s)
             print(f"  sb3 pong: {s.get('fps', s.get('error'))} fps", flush=True)
 
-    def best(key: str, field: str = "fps") -> float | None:
-        vals = [float(r[field]) for r in runs[key] if field in r]
-        return max(vals) if vals else None
-
-    sb3 = best("sb3")
-    sb3_err = next((r["error"] for r in runs["sb3"] if "error" in r), "")
-    best_layout = max(layouts, key=lambda n: best(f"hpcrl-{n}", "trained_fps") or 0.0)
+    sb3 = best(runs["sb3"], "fps")
+    best_layout = max(layouts, key=lambda n: best(runs[f"hpcrl-{n}"], "trained_fps") or 0.0)
     for n in layouts:
-        h = best(f"hpcrl-{n}", "trained_fps")
-        err = next((r["error"] for r in runs[f"hpcrl-{n}"] if "error" in r), "")
+        h = best(runs[f"hpcrl-{n}"], "trained_fps")
         judged = n == best_layout
         res.rows.append(
             Row(
@@ -247,36 +233,20 @@ def run(quick: bool, frames: int | None = None, repeats: int | None = None) -> B
                 "fps",
                 target=TARGET if judged else None,
                 target_text=f">= {TARGET}x SB3" + ("" if judged else " (judged on the best layout)"),
-                note=_first_line(err or sb3_err),
+                note=first_error(runs[f"hpcrl-{n}"]) or first_error(runs["sb3"]),
                 limit=limits.get(f"fps_limit_{n}"),
-                load=f"{res.load_start[0]:.2f}",
             ).finish()
         )
     res.data = {"frames": frames, "limits": limits, "runs": runs}
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
 
 
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if "Error" in line or "error" in line:
-            return line.strip()[:300]
-    return text.strip().splitlines()[0][:300] if text.strip() else ""
+def _arguments(p: Any) -> None:
+    p.add_argument("--frames", type=int, default=None, help="agent steps per run (default 6144; quick 3072)")
+    p.add_argument("--repeats", type=int, default=None, help="alternating hpcrl / SB3 rounds (default 1)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run and print the rows."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--frames", type=int, default=None, help="agent steps per run (default 4096; quick 1024)")
-    p.add_argument("--repeats", type=int, default=None)
-    args = p.parse_args(argv)
-    res = run(args.quick, args.frames, args.repeats)
-    for r in res.rows:
-        print(r.as_dict())
-    return 0
-
+main = bench_main("pong", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

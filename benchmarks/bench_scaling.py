@@ -1,6 +1,6 @@
 """Actor scaling with a slow env: 1 -> 16 -> 64 actor ranks, each stepping an env whose step sleeps 1 ms.
 
-    cd /work/main && python -m benchmarks.bench_scaling [--quick] [--actors 1,16,64] [--seconds 10]
+    python -m benchmarks.bench_scaling [--quick] [--actors 1,16,64] [--seconds 12]
 
 Layout: ``mpiexec -n A+1``: rank 0 runs the ``null`` trainer (counts frames, bumps the version), A actor
 ranks step one ``sleep`` env each (``SleepEnvironment(step_seconds=0.001)``) with a random policy inline
@@ -17,25 +17,18 @@ hpcrl's actor loop needs more than how it scales (it is reported, not judged).
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from benchmarks.common import BenchResult, Context, Row, bench_main, load_avg, run_hpcrl_job
+from hpcrl.api.policy import register as register_policy
+from hpcrl.policies.random import RandomPolicy
 
-from benchmarks.common import BenchResult, Row, load_avg, run_hpcrl_job  # noqa: E402
-from hpcrl.api.policy import register as register_policy  # noqa: E402
-from hpcrl.policies.random import RandomPolicy  # noqa: E402
-
-__all__ = ["SLEEP_YAML", "BenchRandomPolicy", "run", "steady_fps"]
+__all__ = ["SLEEP_YAML", "BenchRandomPolicy", "main", "run", "steady_fps"]
 
 TARGET = 0.85
 STEP_SECONDS = 0.001
@@ -119,12 +112,11 @@ def one(actors: int, seconds: float, work: Path) -> dict[str, Any]:
     }
 
 
-def run(quick: bool, actors: list[int] | None = None, seconds: float | None = None) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """Measure every actor count; one row per count > 1 (efficiency vs the 1-actor rate)."""
-    actors = actors or ([1, 16] if quick else [1, 16, 64])
-    seconds = seconds or (4.0 if quick else 12.0)
-    res = BenchResult("scaling", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    actors = [int(x) for x in str(ctx.opt("actors", "1,16" if ctx.quick else "1,16,64")).split(",") if x.strip()]
+    seconds = ctx.opt("seconds", 4.0 if ctx.quick else 12.0)
+    res = BenchResult("scaling")
     points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hpcrl-bench-scaling-") as tmp:
         for a in actors:
@@ -157,27 +149,15 @@ def run(quick: bool, actors: list[int] | None = None, seconds: float | None = No
             ).finish()
         )
     res.data = {"points": points, "step_seconds": STEP_SECONDS, "seconds": seconds}
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run and print the points."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--actors", default=None, help="comma-separated actor rank counts (default 1,16,64)")
-    p.add_argument("--seconds", type=float, default=None, help="ideal run length per point")
-    args = p.parse_args(argv)
-    actors = [int(x) for x in args.actors.split(",")] if args.actors else None
-    res = run(args.quick, actors, args.seconds)
-    for pt in res.data["points"]:
-        print(pt)
-    for r in res.rows:
-        print(r.as_dict())
-    return 0
+def _arguments(p: Any) -> None:
+    p.add_argument("--actors", default=None, help="comma-separated actor rank counts (default 1,16,64; quick 1,16)")
+    p.add_argument("--seconds", type=float, default=None, help="ideal run length per point (default 12)")
 
+
+main = bench_main("scaling", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

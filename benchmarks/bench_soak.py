@@ -1,8 +1,8 @@
 """Soak test: a 4-rank CartPole PPO job for a long time; is every rank's memory flat, are MPI requests bounded?
 
-Run (defaults: 20 minutes, 4 ranks = trainer + inference + 2 actors, a sample every 5 s):
+Run (defaults: 20 minutes, 4 ranks = trainer + inference + 2 actors, a sample every 5 s; ``--quick``: 3 minutes):
 
-    python benchmarks/bench_soak.py [--minutes 20] [--interval 5] [--warmup 2] [--ranks 4] [--out soak.json]
+    python -m benchmarks.bench_soak [--quick] [--minutes 20] [--interval 5] [--warmup 2] [--ranks 4] [KEY=VALUE ...]
 
 The driver launches ``mpiexec -n N python -m mpi4py -m hpcrl.run examples/cartpole/ppo.yaml`` with a frame
 budget it never reaches, samples each rank's ``VmRSS`` from ``/proc/<pid>/status`` every ``--interval``
@@ -18,6 +18,7 @@ Python objects the garbage collector tracks, one JSON line per sample in ``RUN_D
 Verdict: after the warm-up, RSS is "flat" when every per-minute median stays within 5% of the first
 post-warm-up minute's median (the slope of a least-squares line is printed too); request counts are "bounded"
 when their maximum in the second half of the run exceeds the first half's by at most 2 (a leak keeps growing).
+Rows: the worst rank's RSS drift (target <= 5 %), request counts bounded, and a clean exit on SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
+import tempfile
 import time
 import weakref
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import MPIEXEC, PYTHON, ROOT, BenchResult, Context, Row, bench_main, hpcrl_env, proc_status_kb
+
+__all__ = ["analyse_requests", "analyse_rss", "main", "run"]
+
 PROBE_ENV = "HPCRL_SOAK_PROBE_SECONDS"
 
 
@@ -121,18 +125,6 @@ def rank_pids(run_dir: Path) -> dict[int, int]:
     return out
 
 
-def vm_rss_kib(pid: int) -> int | None:
-    """``VmRSS`` of a process in KiB (None if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def slope_per_hour(ts: list[float], ys: list[float]) -> float:
     """Least-squares slope of ``ys`` over ``ts`` (seconds), per hour."""
     if len(ts) < 2:
@@ -185,32 +177,22 @@ def analyse_requests(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=20.0, help="how long the job runs (default 20)")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
-    p.add_argument("--warmup", type=float, default=None, help="warm-up minutes excluded (default min(2, 20%%))")
-    p.add_argument("--ranks", type=int, default=4, help="MPI ranks (default 4: trainer, inference, 2 actors)")
-    p.add_argument("--run-dir", default=None, help="run directory (default: a fresh one under /tmp)")
-    p.add_argument("--out", default=None, help="write samples and verdict as JSON here")
-    p.add_argument("overrides", nargs="*", help="extra key.path=value overrides for the job")
-    args = p.parse_args()
-    warmup_s = 60.0 * (args.warmup if args.warmup is not None else min(2.0, 0.2 * args.minutes))
-    run_dir = Path(args.run_dir or f"/tmp/hpcrl-soak-{os.getpid()}").resolve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "OMPI_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    env[PROBE_ENV] = str(args.interval)
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+def soak(minutes: float, interval: float, warmup_min: float | None, ranks: int, overrides: list[str]) -> dict[str, Any]:
+    """Run the job for ``minutes``, sampling every ``interval`` s; returns the verdict per rank (also printed)."""
+    warmup_s = 60.0 * (warmup_min if warmup_min is not None else min(2.0, 0.2 * minutes))
+    run_dir = Path(tempfile.mkdtemp(prefix="hpcrl-soak-")) / "run"
+    env = hpcrl_env()
+    env[PROBE_ENV] = str(interval)
     cmd = [
-        mpiexec,
+        MPIEXEC,
         "-n",
-        str(args.ranks),
-        sys.executable,
+        str(ranks),
+        PYTHON,
         "-m",
         "mpi4py",
         "-m",
         "hpcrl.run",
-        str(REPO / "examples/cartpole/ppo.yaml"),
+        str(ROOT / "examples/cartpole/ppo.yaml"),
         f"run.dir={run_dir}",
         "layout.inference=1",
         "experiment.total_frames=1000000000000",
@@ -221,34 +203,34 @@ def main() -> int:
         "run.fresh=true",
         "--summary-json",
         str(run_dir.parent / f"{run_dir.name}-summary.json"),
-        *args.overrides,
+        *overrides,
     ]
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")  # noqa: SIM115
     print(
-        f"soak: {args.ranks} ranks for {args.minutes:g} min, sample every {args.interval:g} s, "
+        f"soak: {ranks} ranks for {minutes:g} min, sample every {interval:g} s, "
         f"warm-up {warmup_s / 60:g} min; run dir {run_dir}; log {log.name}",
         flush=True,
     )
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     rss: dict[int, list[tuple[float, int]]] = {}
     pids: dict[int, int] = {}
-    end = t0 + 60.0 * args.minutes
+    end = t0 + 60.0 * minutes
     next_report = t0 + 60.0
     try:
         while time.monotonic() < end and proc.poll() is None:
-            if len(pids) < args.ranks:
+            if len(pids) < ranks:
                 pids = rank_pids(run_dir)
             now = time.monotonic() - t0
             for rank, pid in pids.items():
-                kib = vm_rss_kib(pid)
+                kib = proc_status_kb(pid, ("VmRSS",)).get("VmRSS")
                 if kib is not None:
                     rss.setdefault(rank, []).append((now, kib))
             if time.monotonic() >= next_report:
                 next_report += 60.0
                 cur = "  ".join(f"r{r}={s[-1][1] / 1024:.0f}MiB" for r, s in sorted(rss.items()) if s)
                 print(f"  {now / 60:5.1f} min  RSS {cur}", flush=True)
-            time.sleep(args.interval)
+            time.sleep(interval)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # preemption: checkpoint, exit 0
             rc = proc.wait(timeout=120)
@@ -301,15 +283,80 @@ def main() -> int:
         "(requests: the max over the post-warm-up samples of sends in flight, posted receives, parameter "
         "sends in flight and control-outbox sends, as held by hpcrl; MPICH's internal queues are not visible)"
     )
-    if args.out:
-        Path(args.out).write_text(
-            json.dumps({"verdict": verdict, "rss": {str(k): v for k, v in rss.items()}}, indent=1, default=str)
-        )
-    flat = all(v["rss"].get("flat") for v in verdict["ranks"].values())
-    bounded = all(v["requests"].get("bounded", False) for v in verdict["ranks"].values())
-    print(f"RSS flat within 5% after warm-up on every rank: {flat}; request counts bounded: {bounded}")
-    return 0 if rc == 0 and flat and bounded else 1
+    verdict["flat"] = all(v["rss"].get("flat") for v in verdict["ranks"].values())
+    verdict["bounded"] = all(v["requests"].get("bounded", False) for v in verdict["ranks"].values())
+    print(
+        f"RSS flat within 5% after warm-up on every rank: {verdict['flat']}; "
+        f"request counts bounded: {verdict['bounded']}"
+    )
+    return {"verdict": verdict, "rss": {str(k): v for k, v in rss.items()}}
 
+
+def run(ctx: Context) -> BenchResult:
+    """Soak; rows: the worst rank's RSS drift vs 5 %, hpcrl's request counts bounded, exit 0 on SIGTERM."""
+    minutes = ctx.opt("minutes", 3.0 if ctx.quick else 20.0)
+    out = soak(minutes, ctx.opt("interval", 5.0), ctx.opt("warmup"), ctx.opt("ranks", 4), ctx.opt("overrides", []))
+    v = out["verdict"]
+    drifts = {r: x["rss"].get("worst_minute_drift_pct") for r, x in v["ranks"].items()}
+    worst = max((d for d in drifts.values() if d is not None), default=None)
+    roles = ", ".join(
+        f"rank {r} ({x['role']}) {x['rss'].get('worst_minute_drift_pct')} %" for r, x in v["ranks"].items()
+    )
+    res = BenchResult("soak", data=out)
+    label = f"{len(v['ranks'])} ranks, {v['minutes']:g} min"
+    res.rows.append(
+        Row(
+            "soak",
+            f"RSS drift after warm-up, worst rank ({label})",
+            worst,
+            "target",
+            5.0,
+            "%",
+            higher_is_better=False,
+            target_text="<= 5% (flat)",
+            passed=bool(v["flat"]),
+            note=roles,
+        )
+    )
+    res.rows.append(
+        Row(
+            "soak",
+            f"MPI requests held by hpcrl bounded ({label})",
+            None,
+            "",
+            None,
+            "",
+            target_text="bounded",
+            passed=bool(v["bounded"]),
+            note="sends in flight, posted receives, parameter sends and control-outbox sends per rank: "
+            "second half's maximum at most 2 above the first half's",
+        )
+    )
+    res.rows.append(
+        Row(
+            "soak",
+            f"job stopped by SIGTERM exits 0 ({label})",
+            None,
+            "",
+            None,
+            "",
+            target_text="exit 0",
+            passed=v["exit_code"] == 0,
+            note=f"exit code {v['exit_code']}; {v.get('frames')} frames, {v.get('fps')} fps",
+        )
+    )
+    return res
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, default=None, help="how long the job runs (default 20; quick 3)")
+    p.add_argument("--interval", type=float, default=None, help="seconds between samples (default 5)")
+    p.add_argument("--warmup", type=float, default=None, help="warm-up minutes excluded (default min(2, 20%%))")
+    p.add_argument("--ranks", type=int, default=None, help="MPI ranks (default 4: trainer, inference, 2 actors)")
+    p.add_argument("overrides", nargs="*", help="extra key.path=value overrides for the job")
+
+
+main = bench_main("soak", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Start-up time to the first trained batch: hpcrl under ``mpiexec -n 4`` vs the peers' start-up (CartPole PPO).
 
-    cd /work/main && python -m benchmarks.bench_startup [--quick] [--repeats 3]
+    python -m benchmarks.bench_startup [--quick] [--repeats 3]
 
 Each measurement starts a fresh process tree and is the wall time from just before the launch (as seen by
 this driver) to the end of the first PPO update (1024 rows, 4 epochs x 4 minibatches):
@@ -18,25 +18,27 @@ Lower is better; the ratio column is peer / hpcrl. No target: context for the ot
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from benchmarks import peers
+from benchmarks.common import (
+    CARTPOLE_YAML,
+    BenchResult,
+    Context,
+    Row,
+    bench_main,
+    best,
+    first_error,
+    load_avg,
+    run_hpcrl_job,
+    sb3_cartpole_params,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import peers  # noqa: E402
-from benchmarks.common import CARTPOLE_YAML, BenchResult, Row, load_avg, run_hpcrl_job, sb3_cartpole_params  # noqa: E402
-
-__all__ = ["hpcrl_startup", "peer_startup", "run"]
+__all__ = ["hpcrl_startup", "main", "peer_startup", "run"]
 
 RANKS = 4
 
@@ -80,12 +82,12 @@ def peer_startup(peer: str, work: Path) -> dict[str, Any]:
     return {"seconds": first - t0 if first else None, "job_seconds": time.time() - t0, "load": load_avg()}
 
 
-def run(quick: bool, repeats: int | None = None) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """hpcrl -n 4 (and one process) vs every peer, alternating; best of ``repeats``."""
-    repeats = repeats or (1 if quick else 3)
+    quick = ctx.quick
+    repeats = ctx.opt("repeats", 1 if quick else 3)
     names = ["sb3"] if quick else ["sb3", "cleanrl", "sample_factory", "rllib"]
-    res = BenchResult("startup", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    res = BenchResult("startup")
     runs: dict[str, list[dict[str, Any]]] = {"hpcrl-n4": [], "hpcrl-1": [], **{n: [] for n in names}}
     with tempfile.TemporaryDirectory(prefix="hpcrl-bench-startup-") as tmp:
         work = Path(tmp)
@@ -102,12 +104,8 @@ def run(quick: bool, repeats: int | None = None) -> BenchResult:
                 runs[name].append(r)
                 print(f"  {name}: {r.get('seconds', r.get('error'))} s", flush=True)
 
-    def best(key: str) -> float | None:
-        vals = [float(r["seconds"]) for r in runs[key] if r.get("seconds") is not None]
-        return min(vals) if vals else None
-
-    h = best("hpcrl-n4")
-    h1 = best("hpcrl-1")
+    h = best(runs["hpcrl-n4"], "seconds", lowest=True)
+    h1 = best(runs["hpcrl-1"], "seconds", lowest=True)
     labels = {
         "sb3": "SB3 (1 process)",
         "cleanrl": "CleanRL-style (1 process)",
@@ -115,9 +113,7 @@ def run(quick: bool, repeats: int | None = None) -> BenchResult:
         "rllib": "RLlib (3 env runners)",
     }
     for name in names:
-        err = next((r["error"] for r in runs[name] if "error" in r), "")
-        herr = next((r["error"] for r in runs["hpcrl-n4"] if "error" in r), "")
-        note = (herr or err).strip().splitlines()[0][:300] if (herr or err) else ""
+        note = first_error(runs["hpcrl-n4"]) or first_error(runs[name])
         if not note and h1 is not None:
             note = f"hpcrl in one process: {h1:.2f} s"
         res.rows.append(
@@ -126,31 +122,22 @@ def run(quick: bool, repeats: int | None = None) -> BenchResult:
                 f"start-up to first trained batch, mpiexec -n {RANKS}",
                 h,
                 labels[name],
-                best(name),
+                best(runs[name], "seconds", lowest=True),
                 "s",
                 higher_is_better=False,
                 target_text="context",
                 note=note,
-                load=f"{res.load_start[0]:.2f}",
             ).finish()
         )
     res.data = {"runs": runs, "ranks": RANKS}
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run and print the rows."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None)
-    args = p.parse_args(argv)
-    res = run(args.quick, args.repeats)
-    for r in res.rows:
-        print(r.as_dict())
-    return 0
+def _arguments(p: Any) -> None:
+    p.add_argument("--repeats", type=int, default=None, help="alternating rounds (default 3; quick 1)")
 
+
+main = bench_main("startup", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

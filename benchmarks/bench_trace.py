@@ -4,34 +4,27 @@ The same run (``benchmarks/configs/cartpole_ppo.yaml``) alternates ``run.trace=t
 ``run.trace=false`` in fresh processes, so slow drifts of the machine hit both sides alike; the row
 compares the median fps of each side. Run it alone or through the suite::
 
-    python -m benchmarks.bench_trace [--quick]
+    python -m benchmarks.bench_trace [--quick] [--frames 100000] [--repeats 5]
     python -m benchmarks.run --only trace
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import CARTPOLE_YAML, BenchResult, Context, Row, bench_main, run_hpcrl_job
 
-from benchmarks.common import CARTPOLE_YAML, BenchResult, Row, load_avg, run_hpcrl_job  # noqa: E402
-
-__all__ = ["run"]
+__all__ = ["main", "run"]
 
 
-def run(quick: bool) -> BenchResult:
+def run(ctx: Context) -> BenchResult:
     """Alternate traced and untraced runs; one row: traced fps vs untraced fps (target ratio >= 0.98)."""
-    frames = 20_000 if quick else 100_000
-    repeats = 2 if quick else 5
-    res = BenchResult("trace", quick=quick, load_start=load_avg())
-    t0 = time.time()
+    frames = ctx.opt("frames", 20_000 if ctx.quick else 100_000)
+    repeats = ctx.opt("repeats", 2 if ctx.quick else 5)
+    res = BenchResult("trace")
     fps: dict[str, list[float]] = {"on": [], "off": []}
     with tempfile.TemporaryDirectory(prefix="hpcrl-bench-trace-") as tmp:
         for i in range(repeats):
@@ -51,26 +44,22 @@ def run(quick: bool) -> BenchResult:
             "fps",
             target=0.98,
             target_text="<= 2% fps cost",
-            note=f"median of {repeats} alternating runs of {frames:,} frames each; on {fps['on']}, off {fps['off']}",
-            load=f"{res.load_start[0]:.2f}",
+            note=(
+                f"median of {repeats} alternating runs of {frames:,} frames each; fps on "
+                f"{[round(x) for x in fps['on']]}, off {[round(x) for x in fps['off']]}"
+            ),
         ).finish()
     )
     res.data = {"frames": frames, "repeats": repeats, "fps": fps}
-    res.load_end = load_avg()
-    res.seconds = round(time.time() - t0, 1)
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: run and print the row."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 x 20k frames per side instead of 5 x 100k")
-    args = p.parse_args(argv)
-    res = run(args.quick)
-    for r in res.rows:
-        print(f"{r.measure}: {r.hpcrl:,.0f} vs {r.peer_value:,.0f} fps -> ratio {r.ratio:.3f} (target {r.target_text})")
-    return 0
+def _arguments(p: Any) -> None:
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default 100,000; quick 20,000)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per side (default 5; quick 2)")
 
+
+main = bench_main("trace", run, __doc__, _arguments)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

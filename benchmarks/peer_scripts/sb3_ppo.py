@@ -2,7 +2,7 @@
 
     benchmarks/.peers/sb3/bin/python benchmarks/peer_scripts/sb3_ppo.py --params '{"env_id": "CartPole-v1", ...}'
 
-Launched by benchmarks/bench_sb3.py through benchmarks.peers.run_peer; it imports nothing from hpcrl.
+Launched by the single, solve and mpi benchmarks through benchmarks.peers.run_peer; it imports nothing from hpcrl.
 ``--params`` is a JSON object:
 
     env_id, n_envs, n_steps, batch_size, n_epochs, learning_rate, lr_schedule ("constant"|"linear"),

@@ -4,7 +4,7 @@ Batching convention (all messages are batched on dim 0; rows may come from diffe
 agents of different envs):
 
 * ``RolloutRequest.obs`` leaves have shape ``(B, *obs_shape)``.
-* ``default_policy_state`` describes **one agent** and follows the seed convention:
+* ``default_policy_state`` describes **one agent**, in the layout ``torch.nn.GRU`` uses for one sequence:
   every leaf has a batch slot of size 1 at axis 1, e.g. ``hx: (layers, 1, hidden)``.
   In requests, results and sample batches that slot is moved to the front and the
   rows are stacked there: ``hx`` arrives as ``(B, layers, hidden)`` in

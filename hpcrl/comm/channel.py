@@ -1,6 +1,6 @@
 """The data plane: point-to-point channels carrying NamedArrays as one contiguous buffer per message.
 
-Wire protocol (DESIGN.md §3; header layout in :mod:`hpcrl.comm.wire`). A channel is (source rank,
+Wire protocol (docs/architecture.md, *Wire format*; header layout in :mod:`hpcrl.comm.wire`). A channel is (source rank,
 destination rank, data tag ``T``):
 
 1. Before the first message, and whenever the structure of the sent NamedArrays changes, the sender

@@ -4,8 +4,8 @@
 communicator:
 
 * ``"mpi"``: every gradient is copied into one preallocated flat host buffer, reduced with one
-  ``Allreduce(IN_PLACE)``, divided by the world size and copied back. On CPU this is several times
-  faster than gloo (see ``benchmarks/bench_allreduce.py``).
+  ``Allreduce(IN_PLACE)``, divided by the world size and copied back. On CPU this is faster than gloo,
+  by the most for small gradients (``python -m benchmarks.bench_allreduce``; docs/performance.md).
 * ``"gloo"`` / ``"nccl"``: the same flat buffer (on the gradients' device for nccl), reduced with one
   ``torch.distributed.all_reduce`` on a process group bootstrapped over MPI (no free-port race: rank 0
   binds port 0 and broadcasts the address as JSON in a fixed-size byte buffer; no pickle). The

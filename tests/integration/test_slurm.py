@@ -7,15 +7,16 @@ that does not fit, a run dir that cannot be written): each must fail with a clea
 thing before any training starts.
 
 With SLURM (marker ``slurm``): a real single-node cluster, brought up by ``local-slurm.sh start``
-(``HPCRL_LOCAL_SLURM`` or /work/shared/scripts/local-slurm.sh; needs root, installs slurm-wlm + munge
-with apt if they are missing), runs the templates with sbatch/srun: a complete job (``sbatch --wait``),
-``scancel --signal=TERM`` mid-run then a resubmission that resumes, the time-limit signal (USR1 to the
-batch shell) that stops, requeues and resumes, the GPU template's rank wrapper, the Apptainer template
-(through a stand-in ``apptainer`` that runs the recipe's %runscript), and launch errors under srun.
+(``HPCRL_LOCAL_SLURM``, else ``../shared/scripts/local-slurm.sh`` beside the checkout; needs root, installs
+slurm-wlm + munge with apt if they are missing), runs the templates with sbatch/srun: a complete job
+(``sbatch --wait``), ``scancel --signal=TERM`` mid-run then a resubmission that resumes, the time-limit
+signal (USR1 to the batch shell) that stops, requeues and resumes, the GPU template's rank wrapper, the
+Apptainer template (through a stand-in ``apptainer`` that runs the recipe's %runscript), and launch errors
+under srun.
 Skipped when sbatch is absent or the cluster cannot be started. Run only these::
 
-    bash /work/shared/scripts/local-slurm.sh start      # optional: the fixture starts it too
-    /work/devenv/bin/python -m pytest tests/integration/test_slurm.py -m slurm -v
+    bash ../shared/scripts/local-slurm.sh start      # optional: the fixture starts it too
+    .venv/bin/python -m pytest tests/integration/test_slurm.py -m slurm -v
 """
 
 from __future__ import annotations
@@ -40,9 +41,7 @@ LIBRARY = SLURM_DIR / "hpcrl-slurm.sh"
 GPU_RANK = SLURM_DIR / "gpu-rank.sh"
 DEF = REPO / "apptainer" / "hpcrl.def"
 _SHARED = Path(__file__).resolve().parents[3] / "shared" / "scripts" / "local-slurm.sh"  # ../shared next to the repo
-LOCAL_SLURM = Path(
-    os.environ.get("HPCRL_LOCAL_SLURM", str(_SHARED if _SHARED.exists() else "/work/shared/scripts/local-slurm.sh"))
-)
+LOCAL_SLURM = Path(os.environ.get("HPCRL_LOCAL_SLURM", str(_SHARED)))
 TINY_JOB = ["actor.envs_per_actor=2", "actor.fragment_length=32", "run.progress=log", "run.log_interval_seconds=1"]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
 
