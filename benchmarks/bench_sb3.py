@@ -331,17 +331,17 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 #: hpcrl phases timed in thread CPU time by --profile: (module, class, method, label). Nested labels
 #: (with a dot) are parts of their parent; the rollout/analyze network and log_prob rows cover both uses.
 _HPCRL_PHASES = [
-    ("hpcrl.roles.env_ring", "EnvRing", "request", "1 EnvRing.request (stack obs into a RolloutRequest)"),
+    ("hpcrl.acting.env_ring", "EnvRing", "request", "1 EnvRing.request (stack obs into a RolloutRequest)"),
     ("hpcrl.policies.actor_critic", "ActorCriticPolicy", "rollout", "2 policy.rollout"),
     ("hpcrl.policies.networks", "ActorCriticNet", "forward", "2.1 ActorCriticNet.forward (rollout+analyze)"),
     ("hpcrl.policies.networks", "Torso", "forward", "2.1.1 Torso.forward x2 (rollout+analyze)"),
     ("hpcrl.policies.distributions", "CategoricalDistribution", "sample", "2.2 CategoricalDistribution.sample"),
     ("hpcrl.policies.distributions", "CategoricalDistribution", "log_prob", "2.3 .log_prob (rollout+analyze)"),
-    ("hpcrl.roles.env_ring", "EnvRing", "consume", "3 EnvRing.consume (record row, step envs)"),
+    ("hpcrl.acting.env_ring", "EnvRing", "consume", "3 EnvRing.consume (record row, step envs)"),
     ("hpcrl.envs.gym_env", "GymEnvironment", "step", "3.1 GymEnvironment.step x8"),
-    ("hpcrl.roles.trajectory", "TrajectoryBuffer", "add", "3.2 TrajectoryBuffer.add"),
-    ("hpcrl.roles.env_ring", "EnvRing", "_accept", "3.3 EnvRing._accept x8"),
-    ("hpcrl.roles.learner", "Learner", "step", "4 Learner.step (PPO update)"),
+    ("hpcrl.acting.trajectory", "TrajectoryBuffer", "add", "3.2 TrajectoryBuffer.add"),
+    ("hpcrl.acting.env_ring", "EnvRing", "_accept", "3.3 EnvRing._accept x8"),
+    ("hpcrl.learning.learner", "Learner", "step", "4 Learner.step (PPO update)"),
     ("hpcrl.trainers.ppo", "PPOTrainer", "_targets", "4.1 PPOTrainer._targets (GAE)"),
     ("hpcrl.trainers.ppo", "PPOTrainer", "_update", "4.2 PPOTrainer._update x16"),
     ("hpcrl.policies.actor_critic", "ActorCriticPolicy", "analyze", "4.2.1 policy.analyze"),

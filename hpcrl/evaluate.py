@@ -72,23 +72,24 @@ def evaluate(
     for name, value in (("episodes", episodes), ("envs", envs)):
         if value < 1:
             raise ValueError(f"evaluate: {name} must be >= 1, got {value}")
+    from hpcrl.acting import rings
+    from hpcrl.acting.env_ring import EnvRing
     from hpcrl.api.policy import make as make_policy
-    from hpcrl.roles import common
-    from hpcrl.roles.env_ring import EnvRing
+    from hpcrl.runtime import components
 
     cfg, tree, file = _load(Path(path), config, trust_config)
-    common.set_torch_threads(cfg.run.torch_threads)
+    components.set_torch_threads(cfg.run.torch_threads)
     policy = make_policy(cfg.policy)
     policy.load_checkpoint(tree["policy"])
     ring = EnvRing(
-        common.env_factory(cfg.environment),
+        rings.env_factory(cfg.environment),
         envs,
         1,
         16,
-        common.default_state_row(policy),
-        common.env_label(cfg.environment),
+        rings.default_state_row(policy),
+        rings.env_label(cfg.environment),
         where="evaluate",
-        seeds=[common.env_seed(seed, i) for i in range(envs)],
+        seeds=[rings.env_seed(seed, i) for i in range(envs)],
         check="first",
         evaluation=not stochastic,
         policy_name=cfg.policy.type_,

@@ -12,13 +12,14 @@ import sys
 import time
 from typing import Any
 
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower
+from hpcrl.runtime import components
+from hpcrl.runtime.rank import STATS_INTERVAL, RankContext, WeightsFollower
 
 __all__ = ["ActorRank"]
 
@@ -59,21 +60,21 @@ class ActorRank:
             first = self.results.recv(timeout=limit, copy=True, on_idle=ctx.service, backoff=ctx.backoff)
             default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
-            common.set_torch_threads(cfg.run.torch_threads)
+            components.set_torch_threads(cfg.run.torch_threads)
             spec = cfg.policy  # already resolved by run_rank
-            self.policy = common.build_policy(spec, "cpu", seed=cfg.experiment.seed)
-            default_state = common.default_state_row(self.policy)
+            self.policy = components.build_policy(spec, "cpu", seed=cfg.experiment.seed)
+            default_state = rings.default_state_row(self.policy)
             self.weights = WeightsFollower(ctx, self.policy)
         self.remote = remote
         self.ring = EnvRing(
-            common.env_factory(cfg.environment),
+            rings.env_factory(cfg.environment),
             n,
             groups,
             cfg.actor.fragment_length,
             default_state,
-            common.env_label(cfg.environment),
+            rings.env_label(cfg.environment),
             where=f"actor rank {ctx.rank}",
-            seeds=[common.env_seed(cfg.experiment.seed, self.index * n + i) for i in range(n)],
+            seeds=[rings.env_seed(cfg.experiment.seed, self.index * n + i) for i in range(n)],
             check=cfg.actor.check_env,
             env_failure=cfg.actor.env_failure,
             max_env_failures=cfg.actor.max_env_failures,

@@ -20,10 +20,10 @@ from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
+from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
-from hpcrl.roles import common
-from hpcrl.roles.learner import Learner
-from hpcrl.roles.rank import RankContext
+from hpcrl.runtime import budget, components
+from hpcrl.runtime.rank import RankContext
 
 __all__ = ["TrainerRank"]
 
@@ -46,17 +46,17 @@ class TrainerRank:
         self.tcomm = tcomm
         cfg = ctx.cfg
         topo = ctx.topo
-        common.set_torch_threads(cfg.run.torch_threads)
+        components.set_torch_threads(cfg.run.torch_threads)
         spec = cfg.policy  # already resolved by run_rank
-        device = common.resolve_device(cfg.training.device)
-        self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        device = components.resolve_device(cfg.training.device)
+        self.policy = components.build_policy(spec, device, seed=cfg.experiment.seed)
         if ctx.is_leader and topo.param_subscribers:
-            common.check_publishes(self.policy, topo.describe())
+            components.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
         with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
-            self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training)
+            self.trainer = components.build_trainer(cfg.trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
@@ -85,7 +85,7 @@ class TrainerRank:
                 "world_size": topo.world_size,
                 "layout": topo.describe(),
                 "trainer_ranks": len(topo.trainers),
-                "frames_per_step": common.frames_per_step(
+                "frames_per_step": budget.frames_per_step(
                     cfg.training.batch_size * len(topo.trainers)
                     if cfg.training.batch_size
                     else per_actor * len(topo.actors),
@@ -155,7 +155,7 @@ class TrainerRank:
         the actors' frame reports arrive; the leader stops once every actor has reported its share done.
         """
         actors = self.ctx.topo.actors
-        left = max(0, common.frame_limit(self.ctx.cfg)[0] - base_frames)
+        left = max(0, budget.frame_limit(self.ctx.cfg)[0] - base_frames)
         for k, a in enumerate(actors):
             self.budgets[a] = left // len(actors) + (1 if k < left % len(actors) else 0)
             self.ctx.post(a, {"type": "budget", "frames": self.budgets[a]})
@@ -165,7 +165,7 @@ class TrainerRank:
         if not self.budgets or self.ctx.stop.is_set():
             return
         if all(self.actor_frames.get(a, 0) >= n for a, n in self.budgets.items()):
-            self.ctx.stop.set(common.frame_limit(self.ctx.cfg)[1])
+            self.ctx.stop.set(budget.frame_limit(self.ctx.cfg)[1])
             self._tell_trainers()
 
     def _tell_trainers(self) -> None:

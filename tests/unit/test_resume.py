@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.learner import Learner
+from hpcrl.learning.learner import Learner
+from hpcrl.runtime import components
 
 K = 3
 
@@ -32,15 +33,15 @@ def _cfg(tmp_path):
 
 
 def _learner(cfg, run_dir=None):
-    common.seed_everything(11)
-    policy = common.build_policy(cfg.policy)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
+    components.seed_everything(11)
+    policy = components.build_policy(cfg.policy)
+    trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
     return Learner(cfg, policy, trainer, batch_size=4, leader=True, run_dir=run_dir, config_text=config.dump(cfg))
 
 
 def _batches(cfg, n):
     learner = _learner(cfg)
-    ring = EnvRing(common.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
+    ring = EnvRing(rings.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
     out = []
     while len(out) < n:
         ring.consume(0, learner.policy.rollout(ring.request(0)), 0)

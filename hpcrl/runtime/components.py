@@ -1,4 +1,4 @@
-"""Building blocks every role shares: component construction from config, seeds, env naming."""
+"""Building a run's components from its config: user imports, the resolved policy spec, policy, trainer, device."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
+from hpcrl.acting.rings import env_label
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
 from hpcrl.api.environment import make as make_env
@@ -21,17 +20,11 @@ from hpcrl.api.trainer import make as make_trainer
 
 __all__ = [
     "import_user_modules",
-    "env_label",
-    "env_factory",
-    "env_seed",
     "resolve_experiment",
     "resolve_policy_spec",
     "fill_policy_args",
     "build_policy",
     "build_trainer",
-    "frames_per_step",
-    "budget_reached",
-    "frame_limit",
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
@@ -55,28 +48,6 @@ def import_user_modules(cfg: config.ExperimentConfig) -> None:
     for i, name in enumerate(cfg.experiment.imports):
         with config.building(f"experiment.imports[{i}]", f"cannot import module {name!r}"):
             importlib.import_module(name)
-
-
-def env_label(spec: config.Environment) -> str:
-    """A short name for messages: ``gym:CartPole-v1``, ``quickstart-multiagent``, ..."""
-    for key in ("id", "game", "env"):
-        if key in spec.args:
-            return f"{spec.type_}:{spec.args[key]}"
-    return spec.type_
-
-
-def env_seed(base_seed: int, global_env_index: int) -> int:
-    """Seed of env number ``global_env_index`` (over all actors) for a run seeded with ``base_seed``."""
-    return int(np.random.SeedSequence([base_seed, global_env_index]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def env_factory(spec: config.Environment) -> Callable[[int], Environment]:
-    """A function building one env from ``spec`` (the index is for messages only)."""
-
-    def build(index: int) -> Environment:
-        return make_env(spec)
-
-    return build
 
 
 def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, int]:
@@ -187,33 +158,6 @@ def build_trainer(spec: config.Trainer, policy: Policy, training: config.Trainin
     return trainer
 
 
-def frames_per_step(columns: int, fragment_length: int, agents: int) -> int:
-    """Env frames one trainer step consumes (for messages and checkpoint attributes, never for schedules).
-
-    Args:
-        columns: trajectories in one step's batches, summed over all trainer ranks.
-        fragment_length: T; each trajectory holds T decision rows.
-        agents: agents per env (one env step gives one row per agent).
-    """
-    return max(1, columns * fragment_length // max(1, agents))
-
-
-def frame_limit(cfg: config.ExperimentConfig) -> tuple[int, str]:
-    """Where this invocation stops stepping and why: ``experiment.total_frames`` or an earlier ``stop_at_frames``."""
-    total = cfg.experiment.total_frames
-    if cfg.run.stop_at_frames and cfg.run.stop_at_frames < total:
-        return cfg.run.stop_at_frames, "run.stop_at_frames reached"
-    return total, "total_frames reached"
-
-
-def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
-    """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
-    if frames >= cfg.experiment.total_frames:
-        return "total_frames reached"
-    limit, reason = frame_limit(cfg)
-    return reason if frames >= limit else None
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and (if already imported) torch."""
     random.seed(seed)
@@ -265,10 +209,3 @@ def check_publishes(policy: Policy, layout: str | None) -> None:
         "policy fails at start-up under mpiexec",
         problem,
     )
-
-
-def default_state_row(policy: Policy) -> Any:
-    """The policy's default state in row layout (size-1 slot removed), or None."""
-    from hpcrl.api.policy import state_to_agent
-
-    return state_to_agent(policy.default_policy_state)

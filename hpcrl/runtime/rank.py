@@ -15,7 +15,7 @@ from hpcrl.comm.mpi import node_name
 from hpcrl.comm.polling import Backoff, wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
-from hpcrl.roles.session import Session, StopFlag
+from hpcrl.runtime.session import Session, StopFlag
 
 __all__ = ["RankContext", "RankFailure", "WeightsFollower"]
 

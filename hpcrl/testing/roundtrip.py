@@ -27,7 +27,7 @@ from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
 from hpcrl.api.policy import make as make_policy
 from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
-from hpcrl.roles.local import PipelineError
+from hpcrl.testing.pipeline import PipelineError
 
 __all__ = ["Twins", "scramble", "evaluation_request", "reference_outputs", "check_publish", "check_checkpoint"]
 
@@ -248,7 +248,7 @@ def check_checkpoint(
     Args:
         policy: the trained policy.
         trainer: its trainer.
-        learner: the :class:`~hpcrl.roles.learner.Learner` that ran them (builds the tree as a run does).
+        learner: the :class:`~hpcrl.learning.learner.Learner` that ran them (builds the tree as a run does).
         twin: a second, scrambled policy instance.
         trainer_spec: the trainer's spec (a fresh trainer for ``twin`` loads the trainer state), or ``None``
             (the given trainer loads it back).

@@ -12,8 +12,8 @@ import numpy as np
 from hpcrl.api import config
 from hpcrl.comm.mpi import node_name
 from hpcrl.comm.topology import Topology
-from hpcrl.roles.rank import RankContext
-from hpcrl.roles.session import Session, StopFlag, write_text_atomic
+from hpcrl.runtime.rank import RankContext
+from hpcrl.runtime.session import Session, StopFlag, write_text_atomic
 
 __all__ = ["RunDirUnavailable", "run_rank"]
 
@@ -82,7 +82,7 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     before touching it. Then every rank opens its own trace file. The leader holds the run dir lock
     until this returns or raises.
     """
-    from hpcrl.roles.common import import_user_modules, resolve_experiment
+    from hpcrl.runtime.components import import_user_modules, resolve_experiment
 
     import_user_modules(cfg)
     cfg, agents = resolve_experiment(cfg)

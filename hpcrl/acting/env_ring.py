@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.acting.trajectory import TrajectoryBuffer, leaves_of
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray, Schema, from_flat, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
 from hpcrl.envs.results import FALSE, TRUE
-from hpcrl.roles.trajectory import TrajectoryBuffer, leaves_of
 
 __all__ = ["EnvRing", "EnvError", "PolicyResultError", "Episode"]
 

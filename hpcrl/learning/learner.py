@@ -13,7 +13,7 @@ import numpy as np
 from hpcrl.api import config
 from hpcrl.api.policy import Policy
 from hpcrl.api.trainer import NonFiniteError, SampleBatch, Trainer, TrainerStepResult, TrainingProgress
-from hpcrl.roles.batcher import Batcher
+from hpcrl.learning.batcher import Batcher
 
 if TYPE_CHECKING:
     from hpcrl.storage.background import BackgroundSaver

@@ -1,0 +1,175 @@
+"""``test_pipeline``: actor, inference and trainer in one process, then the round trips an MPI run adds.
+
+It runs the same :class:`~hpcrl.acting.env_ring.EnvRing` and :class:`~hpcrl.learning.learner.Learner` as
+a run, without storage, and then replays the publish and checkpoint paths on a second policy instance
+(see :mod:`hpcrl.testing.roundtrip`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing, PolicyResultError
+from hpcrl.api import config
+from hpcrl.api.environment import Environment
+from hpcrl.api.environment import make as make_env
+from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
+from hpcrl.api.policy import make as make_policy
+from hpcrl.api.trainer import Trainer
+from hpcrl.api.trainer import make as make_trainer
+from hpcrl.learning.learner import Learner
+from hpcrl.runtime import components
+
+__all__ = ["PipelineError", "test_pipeline"]
+
+
+class PipelineError(RuntimeError):
+    """The environment, policy and trainer do not fit together (the message says where)."""
+
+
+def _rollout(policy: Policy, request: RolloutRequest, who: str) -> RolloutResult:
+    try:
+        result = policy.rollout(request)
+    except Exception as e:
+        raise PipelineError(f"{who}: policy.rollout failed on {request!r}: {type(e).__name__}: {e}") from e
+    if not isinstance(result, RolloutResult):
+        raise PipelineError(f"{who}: policy.rollout returned {type(result).__name__}, expected RolloutResult")
+    return result
+
+
+def _as_env_factory(env: Any) -> tuple[Callable[[int], Environment], str, int]:
+    if isinstance(env, Environment):
+        return (lambda i: env), type(env).__name__, 1
+    spec = config.Environment(type_=env) if isinstance(env, str) else env
+    return (lambda i: make_env(spec)), rings.env_label(spec), 2
+
+
+def test_pipeline(
+    env: Any,
+    policy: Any,
+    trainer: Any,
+    episodes: int = 2,
+    trainer_steps: int = 2,
+    fragment_length: int = 16,
+    max_frames: int = 20_000,
+) -> dict[str, Any]:
+    """Run actor, inference and trainer in this process, then check that the trained policy deploys.
+
+    Steps until ``episodes`` and ``trainer_steps`` are done, then replays what ``mpirun`` adds to a
+    one-process run on a second policy instance (see :mod:`hpcrl.testing.roundtrip`): the publish path
+    (``state_dict()`` -> wire -> ``load_state_dict()`` -> ``set_version()``) and the checkpoint path
+    (``get_checkpoint()`` of policy and trainer -> the HDF5 writer -> ``load_checkpoint()``). Each must
+    give a policy that acts like the trained one on deterministic (``is_evaluation``) rows and reports
+    its version. Passing this means the same env/policy/trainer will run under ``mpirun``.
+
+    Args:
+        env: an Environment, a ``config.Environment`` or a registered name.
+        policy: a Policy, a ``config.Policy`` or a registered name. The second instance is built from the
+            spec, or deep-copied from the given instance before training.
+        trainer: a Trainer, a ``config.Trainer`` or a registered name (built for ``policy``).
+        episodes: finished episodes required.
+        trainer_steps: trainer steps required.
+        fragment_length: ``T`` of the fragments.
+        max_frames: give up (with an error) after this many env steps.
+
+    Returns:
+        ``{"frames", "episodes", "trainer_steps", "mean_return", "policy_version", "last_stats"}``.
+
+    Raises:
+        PipelineError: the parts do not fit; the message names the part (policy, trainer, env), the method at
+            fault and what went wrong.
+    """
+    from hpcrl.api.policy import publish_problem
+    from hpcrl.testing import roundtrip
+
+    make, label, n_envs = _as_env_factory(env)
+    policy_spec: config.Policy | None = None
+    if not isinstance(policy, Policy):
+        spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
+        probe = make(0)
+        try:
+            spec = components.fill_policy_args(spec, probe, label)
+        finally:
+            if not isinstance(env, Environment):
+                probe.close()
+        policy = make_policy(spec)
+        policy_spec = spec
+    trainer_spec: config.Trainer | None = None
+    if not isinstance(trainer, Trainer):
+        trainer_spec = trainer if not isinstance(trainer, str) else config.Trainer(type_=trainer)
+        trainer = make_trainer(trainer_spec, policy)
+    if trainer.policy is not policy:
+        raise PipelineError("the trainer was built for a different policy object than the one given")
+    problem = publish_problem(policy)
+    if problem is not None:
+        raise PipelineError(problem)
+    try:
+        row_state = rings.default_state_row(policy)
+    except ValueError as e:
+        raise PipelineError(f"policy {type(policy).__name__}: {e}") from e
+    twins = roundtrip.Twins(policy, policy_spec)
+    ring = EnvRing(
+        make,
+        n_envs,
+        1,
+        fragment_length,
+        row_state,
+        label,
+        where="test_pipeline",
+        check="always",
+        policy_name=type(policy).__name__,
+    )
+    cfg = config.ExperimentConfig(
+        environment=config.Environment(type_="test"),
+        policy=config.Policy(type_=type(policy).__name__),
+        trainer=config.Trainer(type_=type(trainer).__name__),
+        experiment=config.Experiment(total_frames=max_frames),  # trainer.progress counts toward max_frames
+    )
+    learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0), leader=False)
+    done_eps: list[float] = []
+    try:
+        while len(done_eps) < episodes or learner.steps < trainer_steps:
+            if ring.frames >= max_frames:
+                raise PipelineError(
+                    f"after {ring.frames} frames: {len(done_eps)}/{episodes} episodes and "
+                    f"{learner.steps}/{trainer_steps} trainer steps (do episodes ever end?)"
+                )
+            request = ring.request(0)
+            result = _rollout(policy, request, f"policy {type(policy).__name__}")
+            try:
+                ring.consume(0, result, policy.version)
+            except PolicyResultError as e:
+                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
+            except ValueError as e:
+                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
+            done_eps.extend(e.ret for e in ring.pop_episodes())
+            learner.frames = ring.frames
+            for fragment in ring.pop_fragments():
+                learner.add(fragment)
+            while learner.ready():
+                version = policy.version
+                try:
+                    step = learner.step()
+                except RuntimeError as e:
+                    raise PipelineError(str(e)) from e
+                if step is not None and not step.skipped and policy.version == version:
+                    raise PipelineError(f"trainer {type(trainer).__name__}.step did not increment the policy version")
+        probe_request = roundtrip.evaluation_request(ring.request(0))
+    finally:
+        ring.close()
+    expected = roundtrip.reference_outputs(policy, probe_request)
+    roundtrip.check_publish(policy, twins.make(), probe_request, expected)
+    roundtrip.check_checkpoint(policy, trainer, learner, twins.make(), trainer_spec, probe_request, expected)
+    return {
+        "frames": ring.frames,
+        "episodes": len(done_eps),
+        "trainer_steps": learner.steps,
+        "mean_return": sum(done_eps) / len(done_eps) if done_eps else float("nan"),
+        "policy_version": policy.version,
+        "last_stats": learner.last_stats,
+    }
+
+
+test_pipeline.__test__ = False  # type: ignore[attr-defined]
