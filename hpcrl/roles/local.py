@@ -14,6 +14,7 @@ from hpcrl.acting import rings
 from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
 from hpcrl.api.policy import Policy, check_rollout_result
+from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress, RunSummary
 from hpcrl.runtime import budget, components
@@ -82,28 +83,26 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
         trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
     trace = session.trace
-    learner = Learner(
+    learner = Learner(cfg, policy, trainer, batch_size, trace=trace)
+    checkpoints = Checkpointer(
         cfg,
-        policy,
-        trainer,
-        batch_size,
-        leader=True,
-        run_dir=session.run_dir,
-        config_text=session.config_text,
-        trace=trace,
+        learner,
+        session.run_dir,
+        session.config_text,
         extra_attrs={
             "world_size": 1,
             "layout": "local",
             "trainer_ranks": 1,
             "frames_per_step": budget.frames_per_step(batch_size, cfg.actor.fragment_length, agents),
         },
+        trace=trace,
     )
     try:
         if not cfg.run.fresh:
-            learner.restore()
+            checkpoints.restore()
         session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
     except BaseException:
-        learner.close()
+        checkpoints.close()
         raise
     base_frames = learner.frames
     progress = Progress(cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames)
@@ -149,21 +148,20 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
                     trace.episode(e.ret, e.length, ring.frames, wall, e.version)  # this process's frames, as actors
             while learner.ready():
                 learner.step()
-                if learner.checkpoint_due():
-                    learner.save("periodic")
+                checkpoints.after_step()
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()
         progress.update(learner.frames, learner.steps, learner.last_stats)  # also when no step was taken
-        learner.save("final" if reason == "finished" else "stop")
+        checkpoints.save("final" if reason == "finished" else "stop")
     finally:
-        learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
+        checkpoints.close()  # an exception left a background save in flight: finish it (nothing is lost)
         progress.close()
     return progress.summary(
         reason=reason,
         policy_version=policy.version,
         dropped_fragments=learner.batcher.dropped,
         env_failures=ring.env_failures,
-        checkpoint=str(learner.last_checkpoint) if learner.last_checkpoint else None,
+        checkpoint=str(checkpoints.last_checkpoint) if checkpoints.last_checkpoint else None,
         run_dir=str(session.run_dir),
     )

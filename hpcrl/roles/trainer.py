@@ -20,6 +20,7 @@ from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
+from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
 from hpcrl.runtime import budget, components
@@ -72,15 +73,12 @@ class TrainerRank:
             for a in self.actors
         ]
         batch_size = columns
-        self.learner = Learner(
+        self.learner = Learner(cfg, self.policy, self.trainer, batch_size, trace=ctx.trace)
+        self.checkpoints = Checkpointer(
             cfg,
-            self.policy,
-            self.trainer,
-            batch_size,
-            leader=ctx.is_leader,
-            run_dir=ctx.session.run_dir,
-            config_text=ctx.session.config_text,
-            trace=ctx.trace,
+            self.learner,
+            ctx.session.run_dir if ctx.is_leader else None,
+            ctx.session.config_text,
             extra_attrs={
                 "world_size": topo.world_size,
                 "layout": topo.describe(),
@@ -93,6 +91,7 @@ class TrainerRank:
                     agent_count,
                 ),
             },
+            trace=ctx.trace,
         )
         self.publisher: Any = None
         if ctx.is_leader:
@@ -134,7 +133,7 @@ class TrainerRank:
         ctx = self.ctx
         path = None
         if not ctx.cfg.run.fresh and ctx.is_leader:
-            used = self.learner.restore()
+            used = self.checkpoints.restore()
             path = str(used) if used is not None else ""
         if ctx.is_leader:
             ctx.session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
@@ -143,7 +142,7 @@ class TrainerRank:
             if not ctx.is_leader and path:
                 from pathlib import Path
 
-                self.learner.restore(Path(path))
+                self.checkpoints.restore(Path(path))
             _bcast_params(self.tcomm, self.policy)
 
     def _send_budgets(self, base_frames: int) -> None:
@@ -186,7 +185,7 @@ class TrainerRank:
         try:
             return self._train()
         finally:
-            self.learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
+            self.checkpoints.close()  # an exception left a background save in flight: finish it (nothing is lost)
 
     def _train(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -244,8 +243,7 @@ class TrainerRank:
                 self.publisher.publish(self.policy.state_dict(), self.policy.version)
                 if trace is not None:
                     trace.add_time("publish_params", time.perf_counter() - t1)
-                if self.learner.checkpoint_due():
-                    self.learner.save("periodic")
+                self.checkpoints.after_step()
                 assert self.progress is not None
                 self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
             if trace is not None:
@@ -254,7 +252,7 @@ class TrainerRank:
             reason = str(ctx.stop.reason)
             # the newest count (a step may have used an older, agreed one): the checkpoint counts every frame
             self.learner.frames = max(self.learner.frames, self._base_frames + sum(self.actor_frames.values()))
-            self.learner.save("final" if reason == "total_frames reached" else "stop")
+            self.checkpoints.save("final" if reason == "total_frames reached" else "stop")
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)
 
@@ -312,7 +310,7 @@ class TrainerRank:
             reason=reason,
             policy_version=self.policy.version,
             dropped_fragments=self.learner.batcher.dropped,
-            checkpoint=str(self.learner.last_checkpoint) if self.learner.last_checkpoint else None,
+            checkpoint=str(self.checkpoints.last_checkpoint) if self.checkpoints.last_checkpoint else None,
             run_dir=str(ctx.session.run_dir),
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),

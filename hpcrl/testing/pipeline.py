@@ -127,7 +127,7 @@ def test_pipeline(
         trainer=config.Trainer(type_=type(trainer).__name__),
         experiment=config.Experiment(total_frames=max_frames),  # trainer.progress counts toward max_frames
     )
-    learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0), leader=False)
+    learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0))
     done_eps: list[float] = []
     try:
         while len(done_eps) < episodes or learner.steps < trainer_steps:

@@ -311,7 +311,7 @@ def test_full_disk_at_save_fails_loudly_keeps_the_previous_and_removes_the_temp_
     assert res.rc != 0
     print(f"first run {res.seconds:.1f}s rc={res.rc}")
     errors = log_lines(
-        res.text, "ERROR hpcrl.learning.learner: checkpoint save failed (periodic): cannot save checkpoint"
+        res.text, "ERROR hpcrl.learning.checkpointing: checkpoint save failed (periodic): cannot save checkpoint"
     )
     assert errors and f"{run_dir}/checkpoints/ckpt-000000010.h5" in errors[0], res.explain()
     assert [p for p in (run_dir / "checkpoints").iterdir() if ".tmp." in p.name] == []

@@ -14,6 +14,7 @@ import torch
 from hpcrl.acting import rings
 from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
+from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.runtime import components
 
@@ -36,11 +37,12 @@ def _learner(cfg, run_dir=None):
     components.seed_everything(11)
     policy = components.build_policy(cfg.policy)
     trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
-    return Learner(cfg, policy, trainer, batch_size=4, leader=True, run_dir=run_dir, config_text=config.dump(cfg))
+    learner = Learner(cfg, policy, trainer, batch_size=4)
+    return learner, Checkpointer(cfg, learner, run_dir, config_text=config.dump(cfg))
 
 
 def _batches(cfg, n):
-    learner = _learner(cfg)
+    learner, _ = _learner(cfg)
     ring = EnvRing(rings.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
     out = []
     while len(out) < n:
@@ -59,23 +61,23 @@ def test_resume_is_bitwise_exact(tmp_path):
     cfg = _cfg(tmp_path)
     batches = _batches(cfg, 2 * K)
 
-    straight = _learner(cfg)
+    straight, _ = _learner(cfg)
     for b in batches:
         straight.add(b)
         straight.step()
 
-    first = _learner(cfg, run_dir=tmp_path / "run")
+    first, first_ckpt = _learner(cfg, run_dir=tmp_path / "run")
     for b in batches[:K]:
         first.add(b)
         first.step()
     first.frames = 1234
-    path = first.save("test")
+    path = first_ckpt.save("test")
     # scramble the global RNGs: restore must bring them back
     torch.manual_seed(999)
     np.random.seed(999)
 
-    resumed = _learner(cfg, run_dir=tmp_path / "run")
-    assert resumed.restore() == path
+    resumed, resumed_ckpt = _learner(cfg, run_dir=tmp_path / "run")
+    assert resumed_ckpt.restore() == path
     assert resumed.steps == K and resumed.frames == 1234 and resumed.policy.version == K
     for b in batches[K:]:
         resumed.add(b)

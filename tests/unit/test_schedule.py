@@ -16,6 +16,7 @@ from hpcrl.acting import rings
 from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
 from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult, TrainingProgress
+from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.runtime import components
 from hpcrl.trainers.schedule import SCHEDULES, check_schedule, scheduled
@@ -118,33 +119,31 @@ def test_learner_hands_its_frames_to_the_trainer_and_the_trace_before_every_step
 def test_resume_with_another_layout_says_what_changes(tmp_path, caplog) -> None:
     cfg = _cfg(tmp_path)
     policy = components.build_policy(cfg.policy)
-    first = Learner(
+    first = Learner(cfg, policy, components.build_trainer(cfg.trainer, policy, cfg.training), batch_size=2)
+    first_ckpt = Checkpointer(
         cfg,
-        policy,
-        components.build_trainer(cfg.trainer, policy, cfg.training),
-        batch_size=2,
-        run_dir=tmp_path / "run",
+        first,
+        tmp_path / "run",
         extra_attrs={"world_size": 1, "layout": "local", "trainer_ranks": 1, "frames_per_step": 64},
     )
     first.frames = 300
     first.add(_fragments(cfg, policy, 1)[0])
     first.step()
-    first.save("test")
-    first.close()
+    first_ckpt.save("test")
+    first_ckpt.close()
 
     longer = config.from_dict({**config.to_dict(cfg), "experiment": {"total_frames": 2000}})
     policy2 = components.build_policy(cfg.policy)
-    resumed = Learner(
+    resumed = Learner(longer, policy2, components.build_trainer(cfg.trainer, policy2, cfg.training), batch_size=4)
+    resumed_ckpt = Checkpointer(
         longer,
-        policy2,
-        components.build_trainer(cfg.trainer, policy2, cfg.training),
-        batch_size=4,
-        run_dir=tmp_path / "run",
+        resumed,
+        tmp_path / "run",
         extra_attrs={"world_size": 5, "layout": "5 ranks: ...", "trainer_ranks": 2, "frames_per_step": 384},
     )
     with caplog.at_level(logging.INFO, logger="hpcrl"):
-        resumed.restore()
-    resumed.close()
+        resumed_ckpt.restore()
+    resumed_ckpt.close()
     assert resumed.frames == 300 and resumed.steps == 1 and policy2.version == 1
     text = caplog.text
     assert (
