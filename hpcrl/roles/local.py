@@ -1,8 +1,9 @@
 """Single-process mode: actor, inference and trainer inline in one process (world size 1).
 
-This is the embedded default (``python -m hpcrl.run exp.yaml``) and the engine of
-:func:`hpcrl.testing.test_pipeline`. It uses the same :class:`EnvRing`, :class:`Learner`
-and checkpoint code as the MPI roles.
+This is the embedded default (``python -m hpcrl.run exp.yaml``). Its loop is
+:class:`~hpcrl.acting.inline.InlineLoop` (as in an inline-inference actor, ``test_pipeline`` and
+``evaluate``) with the same :class:`~hpcrl.learning.learner.Learner` and
+:class:`~hpcrl.learning.checkpointing.Checkpointer` as the trainer ranks.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import logging
 import time
 
 from hpcrl.acting import rings
-from hpcrl.acting.env_ring import EnvRing
+from hpcrl.acting.env_ring import EnvRing, Episode
+from hpcrl.acting.inline import InlineLoop
 from hpcrl.api import config
-from hpcrl.api.policy import Policy, check_rollout_result
+from hpcrl.api.policy import Policy
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress, RunSummary
@@ -51,25 +53,10 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 def _train(cfg: config.ExperimentConfig, session: Session, stop: StopFlag) -> RunSummary:
     components.set_torch_threads(cfg.run.torch_threads)
     components.seed_everything(cfg.experiment.seed)
-    spec = cfg.policy
     device = components.resolve_device(cfg.training.device)
-    policy = components.build_policy(spec, device, seed=cfg.experiment.seed)
+    policy = components.build_policy(cfg.policy, device, seed=cfg.experiment.seed)
     components.check_publishes(policy, None)
-    n_envs = cfg.actor.envs_per_actor
-    ring = EnvRing(
-        rings.env_factory(cfg.environment),
-        n_envs,
-        1,
-        cfg.actor.fragment_length,
-        rings.default_state_row(policy),
-        rings.env_label(cfg.environment),
-        where="local actor",
-        seeds=[rings.env_seed(cfg.experiment.seed, i) for i in range(n_envs)],
-        check=cfg.actor.check_env,
-        env_failure=cfg.actor.env_failure,
-        max_env_failures=cfg.actor.max_env_failures,
-        policy_name=cfg.policy.type_,
-    )
+    ring = rings.make_ring(cfg, rings.default_state_row(policy), "local actor")
     try:
         return _loop(cfg, session, stop, policy, ring)
     finally:
@@ -117,8 +104,25 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         batch_size,
         session.run_dir,
     )
+
+    def episodes(done: list[Episode]) -> None:
+        progress.add_episodes([e.ret for e in done], [e.length for e in done])
+        if trace is not None:
+            wall = time.time()
+            for e in done:
+                trace.episode(e.ret, e.length, ring.frames, wall, e.version)  # this process's frames, as actors
+
+    loop = InlineLoop(
+        ring,
+        policy,
+        f"{cfg.policy.type_!r} ({type(policy).__name__})",
+        learner=learner,
+        base_frames=base_frames,
+        episodes=episodes,
+        after_train_step=checkpoints.after_step,
+        trace=trace,
+    )
     reason = "finished"
-    who = f"{cfg.policy.type_!r} ({type(policy).__name__})"
     try:
         while True:
             reached = budget.budget_reached(learner.frames, cfg)
@@ -128,27 +132,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
             if stop.is_set():
                 reason = f"stopped by {stop.reason}"
                 break
-            t0 = time.perf_counter()
-            request = ring.request(0)
-            result = check_rollout_result(policy.rollout(request), len(request), who)
-            t1 = time.perf_counter()
-            ring.consume(0, result, policy.version)
-            t2 = time.perf_counter()
-            learner.frames = base_frames + ring.frames  # the progress the next trainer steps see
-            for fragment in ring.pop_fragments():
-                learner.add(fragment)
-            episodes = ring.pop_episodes()
-            if episodes:
-                progress.add_episodes([e.ret for e in episodes], [e.length for e in episodes])
-            if trace is not None:
-                trace.add_time("inference", t1 - t0)
-                trace.add_time("env_step", t2 - t1)
-                wall = time.time()
-                for e in episodes:
-                    trace.episode(e.ret, e.length, ring.frames, wall, e.version)  # this process's frames, as actors
-            while learner.ready():
-                learner.step()
-                checkpoints.after_step()
+            loop.step()
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()

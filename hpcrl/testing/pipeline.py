@@ -1,8 +1,9 @@
 """``test_pipeline``: actor, inference and trainer in one process, then the round trips an MPI run adds.
 
-It runs the same :class:`~hpcrl.acting.env_ring.EnvRing` and :class:`~hpcrl.learning.learner.Learner` as
-a run, without storage, and then replays the publish and checkpoint paths on a second policy instance
-(see :mod:`hpcrl.testing.roundtrip`).
+It runs the loop of a one-process run (:class:`~hpcrl.acting.inline.InlineLoop`, an env ring built by
+:func:`~hpcrl.acting.rings.make_ring`, a :class:`~hpcrl.learning.learner.Learner`) without storage, every
+misfit raised as a :class:`PipelineError` naming the part, and then replays the publish and checkpoint
+paths on a second policy instance (see :mod:`hpcrl.testing.roundtrip`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcrl.acting import rings
-from hpcrl.acting.env_ring import EnvRing, PolicyResultError
+from hpcrl.acting.env_ring import PolicyResultError
+from hpcrl.acting.inline import InlineLoop
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
 from hpcrl.api.policy import make as make_policy
-from hpcrl.api.trainer import Trainer
+from hpcrl.api.trainer import Trainer, TrainerStepResult
 from hpcrl.api.trainer import make as make_trainer
 from hpcrl.learning.learner import Learner
 from hpcrl.runtime import components
@@ -29,21 +31,43 @@ class PipelineError(RuntimeError):
     """The environment, policy and trainer do not fit together (the message says where)."""
 
 
-def _rollout(policy: Policy, request: RolloutRequest, who: str) -> RolloutResult:
-    try:
-        result = policy.rollout(request)
-    except Exception as e:
-        raise PipelineError(f"{who}: policy.rollout failed on {request!r}: {type(e).__name__}: {e}") from e
-    if not isinstance(result, RolloutResult):
-        raise PipelineError(f"{who}: policy.rollout returned {type(result).__name__}, expected RolloutResult")
-    return result
+class _Pipeline(InlineLoop):
+    """The inline loop, with every misfit of the parts raised as a :class:`PipelineError` naming the part."""
+
+    def rollout(self, request: RolloutRequest) -> RolloutResult:
+        try:
+            result = self.policy.rollout(request)
+        except Exception as e:
+            raise PipelineError(f"{self.who}: policy.rollout failed on {request!r}: {type(e).__name__}: {e}") from e
+        if not isinstance(result, RolloutResult):
+            raise PipelineError(f"{self.who}: policy.rollout returned {type(result).__name__}, expected RolloutResult")
+        return result  # its rows are checked by the ring (the same rule: result_rows_problem)
+
+    def consume(self, group: int, result: RolloutResult) -> None:
+        try:
+            super().consume(group, result)
+        except (PolicyResultError, ValueError) as e:
+            raise PipelineError(f"{self.who}: its RolloutResult does not fit: {e}") from e
+
+    def train_step(self) -> TrainerStepResult | None:
+        version = self.policy.version
+        try:
+            step = super().train_step()
+        except RuntimeError as e:
+            raise PipelineError(str(e)) from e
+        if step is not None and not step.skipped and self.policy.version == version:
+            assert self.learner is not None
+            name = type(self.learner.trainer).__name__
+            raise PipelineError(f"trainer {name}.step did not increment the policy version")
+        return step
 
 
-def _as_env_factory(env: Any) -> tuple[Callable[[int], Environment], str, int]:
+def _as_env_factory(env: Any) -> tuple[Callable[[int], Environment], config.Environment, int]:
+    """(builds env ``i``, the env's spec for names and messages, how many envs to step)."""
     if isinstance(env, Environment):
-        return (lambda i: env), type(env).__name__, 1
+        return (lambda i: env), config.Environment(type_=type(env).__name__), 1
     spec = config.Environment(type_=env) if isinstance(env, str) else env
-    return (lambda i: make_env(spec)), rings.env_label(spec), 2
+    return (lambda i: make_env(spec)), spec, 2
 
 
 def test_pipeline(
@@ -84,7 +108,8 @@ def test_pipeline(
     from hpcrl.api.policy import publish_problem
     from hpcrl.testing import roundtrip
 
-    make, label, n_envs = _as_env_factory(env)
+    make, env_spec, n_envs = _as_env_factory(env)
+    label = rings.env_label(env_spec)
     policy_spec: config.Policy | None = None
     if not isinstance(policy, Policy):
         spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
@@ -110,25 +135,20 @@ def test_pipeline(
     except ValueError as e:
         raise PipelineError(f"policy {type(policy).__name__}: {e}") from e
     twins = roundtrip.Twins(policy, policy_spec)
-    ring = EnvRing(
-        make,
-        n_envs,
-        1,
-        fragment_length,
-        row_state,
-        label,
-        where="test_pipeline",
-        check="always",
-        policy_name=type(policy).__name__,
-    )
+    name = type(policy).__name__
     cfg = config.ExperimentConfig(
-        environment=config.Environment(type_="test"),
-        policy=config.Policy(type_=type(policy).__name__),
+        environment=env_spec,
+        policy=config.Policy(type_=name),
         trainer=config.Trainer(type_=type(trainer).__name__),
         experiment=config.Experiment(total_frames=max_frames),  # trainer.progress counts toward max_frames
+        actor=config.Actor(envs_per_actor=n_envs, fragment_length=fragment_length, check_env="always"),
     )
+    ring = rings.make_ring(cfg, row_state, "test_pipeline", build_env=make)
     learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0))
     done_eps: list[float] = []
+    loop = _Pipeline(
+        ring, policy, f"policy {name}", learner=learner, episodes=lambda eps: done_eps.extend(e.ret for e in eps)
+    )
     try:
         while len(done_eps) < episodes or learner.steps < trainer_steps:
             if ring.frames >= max_frames:
@@ -136,26 +156,7 @@ def test_pipeline(
                     f"after {ring.frames} frames: {len(done_eps)}/{episodes} episodes and "
                     f"{learner.steps}/{trainer_steps} trainer steps (do episodes ever end?)"
                 )
-            request = ring.request(0)
-            result = _rollout(policy, request, f"policy {type(policy).__name__}")
-            try:
-                ring.consume(0, result, policy.version)
-            except PolicyResultError as e:
-                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
-            except ValueError as e:
-                raise PipelineError(f"policy {type(policy).__name__}: its RolloutResult does not fit: {e}") from e
-            done_eps.extend(e.ret for e in ring.pop_episodes())
-            learner.frames = ring.frames
-            for fragment in ring.pop_fragments():
-                learner.add(fragment)
-            while learner.ready():
-                version = policy.version
-                try:
-                    step = learner.step()
-                except RuntimeError as e:
-                    raise PipelineError(str(e)) from e
-                if step is not None and not step.skipped and policy.version == version:
-                    raise PipelineError(f"trainer {type(trainer).__name__}.step did not increment the policy version")
+            loop.step()
         probe_request = roundtrip.evaluation_request(ring.request(0))
     finally:
         ring.close()
