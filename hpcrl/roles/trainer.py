@@ -13,12 +13,11 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from hpcrl.api import config
+from hpcrl.comm.agreement import Iallreduce_step
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
-from hpcrl.comm.polling import wait_for
+from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import Tag
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
@@ -138,12 +137,12 @@ class TrainerRank:
         if ctx.is_leader:
             ctx.session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
         if self.tcomm.Get_size() > 1:
-            path = _bcast_text(self.tcomm, path or "")
+            path = Bcast_text(self.tcomm, path or "")
             if not ctx.is_leader and path:
                 from pathlib import Path
 
                 self.checkpoints.restore(Path(path))
-            _bcast_params(self.tcomm, self.policy)
+            Bcast_state_dict(self.tcomm, self.policy.state_dict())
 
     def _send_budgets(self, base_frames: int) -> None:
         """(Leader) Split the frames left to run over the actor ranks and tell each its share.
@@ -263,23 +262,15 @@ class TrainerRank:
         (frames only grow, and no other rank's count is ahead of the leader's), which becomes this step's
         ``learner.frames`` everywhere: schedules see the same progress on every trainer rank.
         """
-        from mpi4py import MPI
-
-        send = np.array([1.0 if want_stop else 0.0, float(self.learner.frames)])
-        recv = np.zeros(2)
-        req = self.tcomm.Iallreduce(send, recv, op=MPI.MAX)
 
         def idle() -> None:
             self.ctx.service()
             for _, msg in poll_any(self.samples, copy=True):
                 self._add(msg)
 
-        wait_for(
-            lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle
-        )
-        stop = bool(recv[0] > 0)
+        stop, frames = Iallreduce_step(self.tcomm, want_stop, self.learner.frames, idle)
         if not stop:  # the step's progress, the same on every rank (the leader's count may have grown meanwhile)
-            self.learner.frames = int(recv[1])
+            self.learner.frames = frames
         return stop
 
     def _shutdown(self, reason: str) -> dict[str, Any]:
@@ -326,25 +317,3 @@ def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:
         role = f.pop("role", "?")
         fields = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items())
         log.info("rank %d %s: %s", rank, role, fields)
-
-
-def _bcast_text(comm: Any, text: str) -> str:
-    """Broadcast a string from rank 0 of ``comm`` as bytes (no pickle)."""
-    data = np.frombuffer(text.encode(), np.uint8) if comm.Get_rank() == 0 else np.zeros(0, np.uint8)
-    n = np.array([data.size], np.int64)
-    comm.Bcast(n, root=0)
-    buf = data.copy() if comm.Get_rank() == 0 else np.empty(int(n[0]), np.uint8)
-    comm.Bcast(buf, root=0)
-    return buf.tobytes().decode()
-
-
-def _bcast_params(comm: Any, policy: Any) -> None:
-    """Make every trainer rank's weights equal to rank 0's (one Bcast per tensor at start-up)."""
-    for tensor in policy.state_dict().values():
-        arr = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-        buf = np.ascontiguousarray(arr)
-        comm.Bcast(buf, root=0)
-        if comm.Get_rank() != 0 and hasattr(tensor, "copy_"):
-            import torch
-
-            tensor.copy_(torch.from_numpy(buf))
