@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import random
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ __all__ = [
     "resolve_experiment",
     "resolve_policy_spec",
     "fill_policy_args",
+    "policy_class",
     "build_policy",
     "build_trainer",
     "seed_everything",
@@ -32,9 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: built-in policies whose obs_dim/action_dim can be inferred from the env's spaces.
-_INFERABLE = {"actor-critic-separate", "actor-critic-shared"}
 
 
 def import_user_modules(cfg: config.ExperimentConfig) -> None:
@@ -53,7 +52,7 @@ def import_user_modules(cfg: config.ExperimentConfig) -> None:
 def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, int]:
     """Probe the env once: the config with its policy spec resolved, and the env's ``agent_count``.
 
-    See :func:`resolve_policy_spec`. The resolved config is what the run saves and checkpoints.
+    See :func:`fill_policy_args`. The resolved config is what the run saves and checkpoints.
     """
     label = env_label(cfg.environment)
     with config.building("environment", f"cannot build env {label} with args {cfg.environment.args}"):
@@ -61,47 +60,75 @@ def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentC
         agents = int(env.agent_count)
     try:
         with config.building("policy.args", f"policy {cfg.policy.type_!r} does not fit env {label}"):
-            spec = fill_policy_args(cfg.policy, env, label)
+            spec = fill_policy_args(cfg.policy, env)
     finally:
         env.close()
     return dataclasses.replace(cfg, policy=spec), agents
 
 
 def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:
-    """The policy spec with ``obs_dim``/``action_dim`` filled from the env's spaces when omitted.
+    """The policy spec completed and checked by its class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces`.
 
-    For the built-in actor-critic policies the env's declared spaces also check the
-    given dims: a mismatch raises ``ValueError`` naming the input and both shapes.
+    The env is built (and closed) only when the policy class implements the hook.
     """
-    if cfg.policy.type_ not in _INFERABLE:
+    cls = policy_class(cfg.policy.type_)
+    if cls is None or not _has_args_hook(cls):
         return cfg.policy
     env = make_env(cfg.environment)
     try:
-        return fill_policy_args(cfg.policy, env, env_label(cfg.environment))
+        return fill_policy_args(cfg.policy, env)
     finally:
         env.close()
 
 
-def fill_policy_args(spec: config.Policy, env: Environment, label: str) -> config.Policy:
-    """Fill and check a built-in actor-critic spec's input/action dims from ``env``'s declared spaces."""
-    if spec.type_ not in _INFERABLE:
+def policy_class(name: str) -> type[Policy] | None:
+    """The :class:`Policy` class the registered policy ``name`` builds, or None when that is not known.
+
+    A registered class is its own; for a factory function it is the class its return annotation names
+    (``def make_mine(**kw) -> MyPolicy``). An unknown name gives None (building the policy reports it).
+    """
+    import typing
+
+    from hpcrl.api.policy import ALL_POLICIES
+    from hpcrl.api.registry import RegistryError
+
+    try:
+        factory: Any = ALL_POLICIES.get(name)
+    except RegistryError:
+        return None
+    if not isinstance(factory, type):
+        try:
+            factory = typing.get_type_hints(factory).get("return")
+        except Exception:  # unresolvable annotations: no hook, the args are used as given
+            return None
+    return factory if isinstance(factory, type) and issubclass(factory, Policy) else None
+
+
+def _has_args_hook(cls: type[Policy]) -> bool:
+    return getattr(cls.args_from_spaces, "__func__", None) is not Policy.args_from_spaces.__func__  # type: ignore[attr-defined]
+
+
+def fill_policy_args(spec: config.Policy, env: Environment) -> config.Policy:
+    """``spec`` with its args completed and checked against ``env``'s first agent's declared spaces.
+
+    Calls the policy class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces` (with ``None`` spaces when
+    the env declares none); a policy without the hook keeps its args.
+
+    Raises:
+        ValueError: the hook refused the args (its message), or returned something other than a dict.
+    """
+    cls = policy_class(spec.type_)
+    if cls is None or not _has_args_hook(cls):
         return spec
     obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
-    if not obs_spaces or not act_spaces:
-        if "obs_dim" not in spec.args or "action_dim" not in spec.args:
-            raise ValueError(
-                f"policy {spec.type_!r}: env {label} declares no observation/action spaces, "
-                f"so policy.args.obs_dim and policy.args.action_dim must be given"
-            )
-        return spec
-    from hpcrl.policies.actor_critic import check_policy_against_spaces, policy_args_from_spaces
-
-    inferred = policy_args_from_spaces(obs_spaces[0], act_spaces[0])
-    args = dict(spec.args)
-    for key, value in inferred.items():
-        args.setdefault(key, value)
-    check_policy_against_spaces(args, obs_spaces[0], act_spaces[0])
-    return dataclasses.replace(spec, args=args)
+    observation_space = obs_spaces[0] if obs_spaces else None
+    action_space = act_spaces[0] if act_spaces else None
+    args = cls.args_from_spaces(dict(spec.args), observation_space, action_space)
+    if not isinstance(args, dict):
+        raise ValueError(
+            f"{cls.__name__}.args_from_spaces returned {type(args).__name__}; expected a dict of constructor arguments"
+        )
+    return spec if args == spec.args else dataclasses.replace(spec, args=args)
 
 
 def resolve_device(device: str) -> str:
@@ -129,10 +156,19 @@ def resolve_device(device: str) -> str:
 
 
 def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = None) -> Policy:
-    """Build the policy and move it to ``device`` (if it supports ``to``)."""
+    """Build the policy and move it to ``device`` (if it supports ``to``).
+
+    Args:
+        spec: the (resolved) policy spec.
+        device: where the policy's model goes.
+        seed: ``experiment.seed``, passed as ``seed`` to a policy whose class takes one
+            (:attr:`~hpcrl.api.policy.Policy.takes_seed`) unless ``spec.args`` gives it.
+    """
     args = dict(spec.args)
-    if seed is not None and "seed" not in args and spec.type_ in _INFERABLE:
-        args["seed"] = seed
+    if seed is not None and "seed" not in args:
+        cls = policy_class(spec.type_)
+        if cls is not None and cls.takes_seed:
+            args["seed"] = seed
     with config.building("policy", f"cannot build policy {spec.type_!r} with args {spec.args}"):
         policy = make_policy(dataclasses.replace(spec, args=args))
     to = getattr(policy, "to", None)

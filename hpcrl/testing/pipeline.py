@@ -115,7 +115,8 @@ def test_pipeline(
         spec = policy if not isinstance(policy, str) else config.Policy(type_=policy)
         probe = make(0)
         try:
-            spec = components.fill_policy_args(spec, probe, label)
+            with config.building("policy.args", f"policy {spec.type_!r} does not fit env {label}"):
+                spec = components.fill_policy_args(spec, probe)
         finally:
             if not isinstance(env, Environment):
                 probe.close()

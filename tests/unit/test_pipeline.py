@@ -182,7 +182,7 @@ def test_builtin_policies_pass_the_publish_and_checkpoint_round_trips(policy_spe
 
         env = make_env(CARTPOLE)
         try:
-            policy_spec = components.fill_policy_args(policy_spec, env, "gym:CartPole-v1")
+            policy_spec = components.fill_policy_args(policy_spec, env)
         finally:
             env.close()
     policy = policy_spec if as_spec else make_policy(policy_spec)
