@@ -213,10 +213,6 @@ class RankContext:
             f"{names}; they are hung or dead{hint}; aborting the job"
         )
 
-    def flush_control(self, timeout: float = 10.0) -> None:
-        """Wait until control messages sent so far have left."""
-        control.flush_obj(timeout)
-
     # ------------------------------------------------------------------ stats
     def send_stats(self, msg: dict[str, Any]) -> None:
         """Report statistics to the leader (JSON)."""
