@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 #: config sections whose change is reported when a run resumes.
 _SPEC_SECTIONS = ("environment", "policy")
+#: save reasons written by the background writer (if any); the run goes on after them.
+_BACKGROUND = ("periodic", "request")
 
 
 def checkpoint_contents(
@@ -84,6 +86,8 @@ class Checkpointer:
         self.trace = trace
         self.last_checkpoint: Path | None = None
         self.saves_failed = 0
+        self.state_time = 0.0
+        """``time.time()`` when the newest checkpoint's state was taken (0: none yet in this process)."""
         self._last_time = time.monotonic()
         self._last_step = 0
         self._manager: CheckpointManager | None = None
@@ -126,10 +130,10 @@ class Checkpointer:
     def save(self, reason: str = "periodic") -> Path | None:
         """Write a checkpoint. A failed save is logged; with ``on_save_error: stop`` it raises.
 
-        With a background ``run.checkpoint_writer`` a periodic save only copies the state here and is
-        written by the writer (returns ``None``; :attr:`last_checkpoint` is set once it is on disk, and a
-        failure is handled at the next :meth:`collect`). Every other save waits for a background
-        save in flight, then writes in place and returns the file.
+        With a background ``run.checkpoint_writer`` a periodic or requested save only copies the state here
+        and is written by the writer (returns ``None``; :attr:`last_checkpoint` is set once it is on disk, and
+        a failure is handled at the next :meth:`collect`). Every other save (``final``, ``stop``) waits for a
+        background save in flight, then writes in place and returns the file.
 
         Raises:
             CheckpointError: the save failed and ``run.on_save_error`` is ``stop``.
@@ -138,10 +142,11 @@ class Checkpointer:
             return None
         from hpcrl.storage.checkpoint import CheckpointError
 
-        saver = self._saver if reason == "periodic" else None
+        saver = self._saver if reason in _BACKGROUND else None
         t0 = time.perf_counter()
         if self._saver is not None:
             self.collect(wait=True)  # files land in version order; at most one extra copy in memory
+        self.state_time = time.time()
         tree, attrs = checkpoint_contents(self.learner, reason, self.config_text, self.extra_attrs)
         try:
             if saver is not None:
@@ -165,6 +170,25 @@ class Checkpointer:
         self.last_checkpoint = path
         log.info("checkpoint %s (version %d, %d frames, %.2fs)", path.name, version, self.learner.frames, dt)
         return path
+
+    def serve(self, request: tuple[str, float] | None) -> bool:
+        """Save now if ``request`` (who asked, when) came after the newest checkpoint's state was taken.
+
+        A checkpoint request (SIGUSR2, a ``checkpoint`` control message) is served by any checkpoint whose
+        state is taken after it was made, so the copies of one request that several ranks forward, or a
+        request that a periodic save overtook, cost one checkpoint. The run goes on.
+
+        Returns:
+            Whether a checkpoint was started (written now, or handed to the background writer).
+
+        Raises:
+            CheckpointError: the save failed and ``run.on_save_error`` is ``stop``.
+        """
+        if request is None or self._manager is None or request[1] <= self.state_time:
+            return False
+        log.info("checkpoint requested by %s", request[0])
+        self.save("request")
+        return True
 
     def collect(self, wait: bool = False) -> None:
         """Handle a finished background save: log it, or apply ``on_save_error`` to its failure.

@@ -32,7 +32,8 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 
     Resumes automatically from the newest valid checkpoint in the run directory unless
     ``run.fresh`` is set. Stops at ``experiment.total_frames``, at ``run.stop_at_frames`` or when
-    ``stop`` is set (SIGTERM/SIGUSR1), writing a final checkpoint either way. Every completed batch
+    ``stop`` is set (SIGTERM/SIGUSR1), writing a final checkpoint either way; a checkpoint request on
+    ``stop`` (SIGUSR2) writes one at the next step boundary and the run goes on. Every completed batch
     is trained on before a frame limit stops the run, so a run split at step boundaries takes the
     same steps, at the same frames, as an uninterrupted one. The run directory is locked from
     before anything in it is touched until this returns or raises.
@@ -133,6 +134,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
                 reason = f"stopped by {stop.reason}"
                 break
             loop.step()
+            checkpoints.serve(stop.checkpoint_request)  # SIGUSR2: a checkpoint now, and the run goes on
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()

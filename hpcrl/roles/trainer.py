@@ -206,6 +206,8 @@ class TrainerRank:
         last_progress = 0.0
         while True:
             ctx.service()
+            if ctx.is_leader:  # SIGUSR2 on any rank: a checkpoint at this step boundary, and the run goes on
+                self.checkpoints.serve(ctx.stop.checkpoint_request)
             if self.publisher is not None and time.monotonic() - last_progress > 0.005:
                 last_progress = time.monotonic()
                 self.publisher.progress()  # a subscriber that was busy gets the newest version

@@ -378,3 +378,39 @@ def test_writer_process_survives_job_signals_mid_save(tmp_path: Path) -> None:
     assert np.array_equal(load_checkpoint(outcome.path)[0]["x"][:5], np.ones(5, np.uint8))
     assert saver.writer.pid == pid
     saver.close()
+
+
+def test_a_checkpoint_request_is_served_by_the_first_checkpoint_taken_after_it(tmp_path: Path) -> None:
+    """SIGUSR2 / a ``checkpoint`` control message: one checkpoint per request, copies and overtaken ones cost none."""
+    import time
+
+    from hpcrl.runtime.session import StopFlag
+
+    cfg = _cfg(tmp_path, checkpoint_writer="inline")
+    learner, ckpt = _learner(cfg, tmp_path / "run")
+    batches = _batches(cfg, 2)
+    stop = StopFlag()
+    assert not ckpt.serve(stop.checkpoint_request)  # nothing asked
+    stop.request_checkpoint("SIGUSR2")
+    asked = stop.checkpoint_request
+    assert asked is not None
+    stop.request_checkpoint("SIGUSR2 on rank 2 (actor)", at=asked[1] - 1.0)  # an older copy: the newest stays
+    assert stop.checkpoint_request == asked
+    learner.add(batches[0])
+    learner.step()
+    assert ckpt.serve(stop.checkpoint_request)
+    assert ckpt.last_checkpoint is not None and load_checkpoint(ckpt.last_checkpoint)[1]["reason"] == "request"
+    assert not ckpt.serve(stop.checkpoint_request)  # served
+    assert not ckpt.serve(("SIGUSR2 on rank 3 (actor)", asked[1]))  # a copy of the same request
+    learner.add(batches[1])
+    learner.step()
+    ckpt.save("periodic")
+    assert not ckpt.serve(("SIGUSR2 on rank 1 (inference)", ckpt.state_time - 0.5))  # the periodic save took it
+    time.sleep(0.01)
+    stop.request_checkpoint("SIGUSR2")
+    assert ckpt.serve(stop.checkpoint_request)  # a new request: a new checkpoint
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.h5"))
+    assert names == ["ckpt-000000001.h5", "ckpt-000000002.h5"]
+    assert load_checkpoint(ckpt.last_checkpoint)[1]["reason"] == "request"
+    ckpt.close()
+    assert not Checkpointer(cfg, learner, None).serve(stop.checkpoint_request)  # a rank without a run dir
