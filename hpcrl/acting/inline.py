@@ -45,7 +45,9 @@ class InlineLoop:
             ring for the caller's :meth:`EnvRing.pop_fragments`).
         episodes: where finished episodes go, a list at a time (default: they stay in the ring for the caller's
             :meth:`EnvRing.pop_episodes`).
-        after_train_step: called after every trainer step (e.g. the checkpoint cadence).
+        after_train_step: called with the result of every trainer step (e.g. the checkpoint cadence).
+        rollout: runs the policy on a request instead of ``policy.rollout`` and the row check
+            (``test_pipeline``, which names the part at fault in its own errors).
         trace: this process's trace writer: the time of each rollout (``inference``) and env step (``env_step``).
     """
 
@@ -59,7 +61,8 @@ class InlineLoop:
         base_frames: int = 0,
         fragments: Callable[[SampleBatch], Any] | None = None,
         episodes: Callable[[list[Episode]], Any] | None = None,
-        after_train_step: Callable[[], Any] | None = None,
+        after_train_step: Callable[[TrainerStepResult | None], Any] | None = None,
+        rollout: Callable[[RolloutRequest], RolloutResult] | None = None,
         trace: Any = None,
     ) -> None:
         self.ring = ring
@@ -70,6 +73,7 @@ class InlineLoop:
         self.fragments = fragments if fragments is not None else (learner.add if learner is not None else None)
         self.episodes = episodes
         self.after_train_step = after_train_step
+        self.rollout = rollout
         self.trace = trace
 
     def step(self, group: int = 0) -> None:
@@ -80,12 +84,15 @@ class InlineLoop:
             PolicyResultError: it does not fit the layout its first result fixed (names the policy and field).
             EnvError: an env failed (names it).
         """
-        ring = self.ring
+        ring, policy = self.ring, self.policy
         t0 = time.perf_counter()
         request = ring.request(group)
-        result = self.rollout(request)
+        if self.rollout is None:
+            result = check_rollout_result(policy.rollout(request), len(request), self.who)
+        else:
+            result = self.rollout(request)
         t1 = time.perf_counter()
-        self.consume(group, result)
+        ring.consume(group, result, policy.version)
         trace = self.trace
         if trace is not None:
             trace.add_time("inference", t1 - t0)
@@ -101,19 +108,6 @@ class InlineLoop:
             self.episodes(ring.pop_episodes())
         if learner is not None:
             while learner.ready():
-                self.train_step()
+                done = learner.step()
                 if self.after_train_step is not None:
-                    self.after_train_step()
-
-    def rollout(self, request: RolloutRequest) -> RolloutResult:
-        """The policy's answer to ``request``, checked to have one row per request row."""
-        return check_rollout_result(self.policy.rollout(request), len(request), self.who)
-
-    def consume(self, group: int, result: RolloutResult) -> None:
-        """Hand ``result`` to the ring: it records the rows and steps (or resets) the group's envs."""
-        self.ring.consume(group, result, self.policy.version)
-
-    def train_step(self) -> TrainerStepResult | None:
-        """One trainer step on the learner's next batch."""
-        assert self.learner is not None
-        return self.learner.step()
+                    self.after_train_step(done)

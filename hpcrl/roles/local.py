@@ -120,7 +120,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         learner=learner,
         base_frames=base_frames,
         episodes=episodes,
-        after_train_step=checkpoints.after_step,
+        after_train_step=lambda _: checkpoints.after_step(),
         trace=trace,
     )
     reason = "finished"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcrl.acting import rings
-from hpcrl.acting.env_ring import PolicyResultError
+from hpcrl.acting.env_ring import EnvError, PolicyResultError
 from hpcrl.acting.inline import InlineLoop
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
@@ -29,37 +29,6 @@ __all__ = ["PipelineError", "test_pipeline"]
 
 class PipelineError(RuntimeError):
     """The environment, policy and trainer do not fit together (the message says where)."""
-
-
-class _Pipeline(InlineLoop):
-    """The inline loop, with every misfit of the parts raised as a :class:`PipelineError` naming the part."""
-
-    def rollout(self, request: RolloutRequest) -> RolloutResult:
-        try:
-            result = self.policy.rollout(request)
-        except Exception as e:
-            raise PipelineError(f"{self.who}: policy.rollout failed on {request!r}: {type(e).__name__}: {e}") from e
-        if not isinstance(result, RolloutResult):
-            raise PipelineError(f"{self.who}: policy.rollout returned {type(result).__name__}, expected RolloutResult")
-        return result  # its rows are checked by the ring (the same rule: result_rows_problem)
-
-    def consume(self, group: int, result: RolloutResult) -> None:
-        try:
-            super().consume(group, result)
-        except (PolicyResultError, ValueError) as e:
-            raise PipelineError(f"{self.who}: its RolloutResult does not fit: {e}") from e
-
-    def train_step(self) -> TrainerStepResult | None:
-        version = self.policy.version
-        try:
-            step = super().train_step()
-        except RuntimeError as e:
-            raise PipelineError(str(e)) from e
-        if step is not None and not step.skipped and self.policy.version == version:
-            assert self.learner is not None
-            name = type(self.learner.trainer).__name__
-            raise PipelineError(f"trainer {name}.step did not increment the policy version")
-        return step
 
 
 def _as_env_factory(env: Any) -> tuple[Callable[[int], Environment], config.Environment, int]:
@@ -147,8 +116,32 @@ def test_pipeline(
     ring = rings.make_ring(cfg, row_state, "test_pipeline", build_env=make)
     learner = Learner(cfg, policy, trainer, batch_size=ring.num_slots(0))
     done_eps: list[float] = []
-    loop = _Pipeline(
-        ring, policy, f"policy {name}", learner=learner, episodes=lambda eps: done_eps.extend(e.ret for e in eps)
+    who = f"policy {name}"
+
+    def rollout(request: RolloutRequest) -> RolloutResult:
+        try:
+            result = policy.rollout(request)
+        except Exception as e:
+            raise PipelineError(f"{who}: policy.rollout failed on {request!r}: {type(e).__name__}: {e}") from e
+        if not isinstance(result, RolloutResult):
+            raise PipelineError(f"{who}: policy.rollout returned {type(result).__name__}, expected RolloutResult")
+        return result  # its rows are checked by the ring (the same rule, result_rows_problem)
+
+    version = [policy.version]
+
+    def trained(step: TrainerStepResult | None) -> None:
+        if step is not None and not step.skipped and policy.version == version[0]:
+            raise PipelineError(f"trainer {type(trainer).__name__}.step did not increment the policy version")
+        version[0] = policy.version
+
+    loop = InlineLoop(
+        ring,
+        policy,
+        who,
+        learner=learner,
+        episodes=lambda eps: done_eps.extend(e.ret for e in eps),
+        after_train_step=trained,
+        rollout=rollout,
     )
     try:
         while len(done_eps) < episodes or learner.steps < trainer_steps:
@@ -157,7 +150,16 @@ def test_pipeline(
                     f"after {ring.frames} frames: {len(done_eps)}/{episodes} episodes and "
                     f"{learner.steps}/{trainer_steps} trainer steps (do episodes ever end?)"
                 )
-            loop.step()
+            try:
+                loop.step()
+            except PipelineError:
+                raise
+            except PolicyResultError as e:  # the result does not fit the request or the trajectory layout
+                raise PipelineError(f"{who}: its RolloutResult does not fit: {e}") from e
+            except EnvError:
+                raise
+            except RuntimeError as e:  # the trainer failed on a batch, or returned no TrainerStepResult
+                raise PipelineError(str(e)) from e
         probe_request = roundtrip.evaluation_request(ring.request(0))
     finally:
         ring.close()
