@@ -134,7 +134,8 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
                 reason = f"stopped by {stop.reason}"
                 break
             loop.step()
-            checkpoints.serve(stop.checkpoint_request)  # SIGUSR2: a checkpoint now, and the run goes on
+            if stop.checkpoint_request is not None:  # SIGUSR2: a checkpoint now, and the run goes on
+                checkpoints.serve(stop.checkpoint_request)
             progress.update(learner.frames, learner.steps, learner.last_stats)
             if trace is not None:
                 trace.maybe_flush()

@@ -206,8 +206,8 @@ class TrainerRank:
         last_progress = 0.0
         while True:
             ctx.service()
-            if ctx.is_leader:  # SIGUSR2 on any rank: a checkpoint at this step boundary, and the run goes on
-                self.checkpoints.serve(ctx.stop.checkpoint_request)
+            if ctx.stop.checkpoint_request is not None and ctx.is_leader:  # SIGUSR2 on any rank: a checkpoint
+                self.checkpoints.serve(ctx.stop.checkpoint_request)  # at this step boundary; the run goes on
             if self.publisher is not None and time.monotonic() - last_progress > 0.005:
                 last_progress = time.monotonic()
                 self.publisher.progress()  # a subscriber that was busy gets the newest version
