@@ -60,9 +60,7 @@ class ActorRank:
             first = self.results.recv(timeout=limit, copy=True, on_idle=ctx.service, backoff=ctx.backoff)
             default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
-            components.set_torch_threads(cfg.run.torch_threads)
-            spec = cfg.policy  # already resolved by run_rank
-            self.policy = components.build_policy(spec, "cpu", seed=cfg.experiment.seed)
+            self.policy, _ = components.build_role_policy(cfg, "actor")
             default_state = rings.default_state_row(self.policy)
             self.weights = WeightsFollower(ctx, self.policy)
         self.remote = remote

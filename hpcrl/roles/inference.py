@@ -37,10 +37,7 @@ class InferenceRank:
     def __init__(self, ctx: RankContext, agent_count: int) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
-        components.set_torch_threads(cfg.run.torch_threads)
-        spec = cfg.policy  # already resolved by run_rank
-        device = components.resolve_device(cfg.training.device) if cfg.training.device != "auto" else "cpu"
-        self.policy = components.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.policy, _ = components.build_role_policy(cfg, "inference")
         self.actors = ctx.topo.actors_of_inference(ctx.rank)
         rows = cfg.actor.envs_per_actor * agent_count
         self.requests = [

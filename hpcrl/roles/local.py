@@ -52,10 +52,7 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 
 
 def _train(cfg: config.ExperimentConfig, session: Session, stop: StopFlag) -> RunSummary:
-    components.set_torch_threads(cfg.run.torch_threads)
-    components.seed_everything(cfg.experiment.seed)
-    device = components.resolve_device(cfg.training.device)
-    policy = components.build_policy(cfg.policy, device, seed=cfg.experiment.seed)
+    policy, _ = components.build_role_policy(cfg, "local", seed_globals=True)
     components.check_publishes(policy, None)
     ring = rings.make_ring(cfg, rings.default_state_row(policy), "local actor")
     try:
@@ -68,8 +65,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     n_envs = cfg.actor.envs_per_actor
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
-    with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
-        trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
+    trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
     trace = session.trace
     learner = Learner(cfg, policy, trainer, batch_size, trace=trace)
     checkpoints = Checkpointer(

@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Any
 
-from hpcrl.api import config
 from hpcrl.comm.agreement import Iallreduce_step
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
@@ -46,17 +45,13 @@ class TrainerRank:
         self.tcomm = tcomm
         cfg = ctx.cfg
         topo = ctx.topo
-        components.set_torch_threads(cfg.run.torch_threads)
-        spec = cfg.policy  # already resolved by run_rank
-        device = components.resolve_device(cfg.training.device)
-        self.policy = components.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.policy, device = components.build_role_policy(cfg, "trainer")
         if ctx.is_leader and topo.param_subscribers:
             components.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
-        with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
-            self.trainer = components.build_trainer(cfg.trainer, self.policy, cfg.training)
+        self.trainer = components.build_trainer(cfg.trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [

@@ -26,6 +26,7 @@ __all__ = [
     "fill_policy_args",
     "policy_class",
     "build_policy",
+    "build_role_policy",
     "build_trainer",
     "seed_everything",
     "set_torch_threads",
@@ -178,6 +179,32 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
     return policy
 
 
+def build_role_policy(cfg: config.ExperimentConfig, role: str, seed_globals: bool = False) -> tuple[Policy, str]:
+    """The policy a process of ``role`` runs, and its device: torch threads limited, built seeded on the device.
+
+    The trainer (and a one-process run) train on ``training.device``; an inference rank serves on it too,
+    except that ``auto`` means cpu there; an actor with inline inference acts on cpu.
+
+    Args:
+        cfg: the resolved experiment (``policy``, ``training.device``, ``run.torch_threads``, ``experiment.seed``).
+        role: ``local``, ``trainer``, ``inference`` or ``actor``.
+        seed_globals: also seed python's, numpy's and torch's global RNGs with ``experiment.seed`` (after
+            torch is imported with its thread limit, before the policy is built).
+
+    Raises:
+        ConfigError: the policy cannot be built or moved, or the device does not exist (names the key).
+    """
+    set_torch_threads(cfg.run.torch_threads)
+    if seed_globals:
+        seed_everything(cfg.experiment.seed)
+    wanted = cfg.training.device
+    if role == "actor" or (role == "inference" and wanted == "auto"):
+        device = "cpu"
+    else:
+        device = resolve_device(wanted)
+    return build_policy(cfg.policy, device, seed=cfg.experiment.seed), device
+
+
 def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:
     """Build the trainer for ``policy`` and apply the system's non-finite policy.
 
@@ -188,8 +215,12 @@ def build_trainer(spec: config.Trainer, policy: Policy, training: config.Trainin
         spec: the trainer spec.
         policy: the policy to optimise.
         training: the trainer-role settings.
+
+    Raises:
+        ConfigError: the trainer cannot be built (names ``trainer``, its type and args).
     """
-    trainer = make_trainer(spec, policy)
+    with config.building("trainer", f"cannot build trainer {spec.type_!r} with args {spec.args}"):
+        trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
     return trainer
 
