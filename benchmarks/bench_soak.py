@@ -53,7 +53,7 @@ def _install_probe() -> None:
     from hpcrl.comm import control
     from hpcrl.comm.channel import RecvChannel, SendChannel
     from hpcrl.comm.params import ParamPublisher
-    from hpcrl.roles.rank import RankContext
+    from hpcrl.runtime.rank import RankContext
 
     sends: weakref.WeakSet[Any] = weakref.WeakSet()
     recvs: weakref.WeakSet[Any] = weakref.WeakSet()

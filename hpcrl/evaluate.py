@@ -72,37 +72,40 @@ def evaluate(
     for name, value in (("episodes", episodes), ("envs", envs)):
         if value < 1:
             raise ValueError(f"evaluate: {name} must be >= 1, got {value}")
+    import dataclasses
+
+    from hpcrl.acting import rings
+    from hpcrl.acting.inline import InlineLoop, drop
     from hpcrl.api.policy import make as make_policy
-    from hpcrl.roles import common
-    from hpcrl.roles.env_ring import EnvRing
+    from hpcrl.runtime import components
 
     cfg, tree, file = _load(Path(path), config, trust_config)
-    common.set_torch_threads(cfg.run.torch_threads)
+    components.set_torch_threads(cfg.run.torch_threads)
     policy = make_policy(cfg.policy)
     policy.load_checkpoint(tree["policy"])
-    ring = EnvRing(
-        common.env_factory(cfg.environment),
-        envs,
-        1,
-        16,
-        common.default_state_row(policy),
-        common.env_label(cfg.environment),
-        where="evaluate",
-        seeds=[common.env_seed(seed, i) for i in range(envs)],
-        check="first",
+    # the evaluation's own envs: ``envs`` of them, seeded from ``seed``, checked on their first steps, never recreated
+    actor = dataclasses.replace(
+        cfg.actor, envs_per_actor=envs, fragment_length=16, check_env="first", env_failure="fail"
+    )
+    ring = rings.make_ring(
+        dataclasses.replace(cfg, actor=actor, experiment=dataclasses.replace(cfg.experiment, seed=seed)),
+        rings.default_state_row(policy),
+        "evaluate",
         evaluation=not stochastic,
-        policy_name=cfg.policy.type_,
     )
     returns: list[float] = []
     lengths: list[int] = []
+
+    def finished(done: list[Any]) -> None:
+        returns.extend(e.ret for e in done)
+        lengths.extend(e.length for e in done)
+
+    loop = InlineLoop(
+        ring, policy, f"{cfg.policy.type_!r} ({type(policy).__name__})", fragments=drop, episodes=finished
+    )
     try:
         while len(returns) < episodes:
-            request = ring.request(0)
-            ring.consume(0, policy.rollout(request), policy.version)
-            ring.pop_fragments()
-            for e in ring.pop_episodes():
-                returns.append(e.ret)
-                lengths.append(e.length)
+            loop.step()
     finally:
         ring.close()
     returns, lengths = returns[:episodes], lengths[:episodes]

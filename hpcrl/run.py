@@ -88,7 +88,7 @@ def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
     the rank exits at once with status 1.
     """
     from hpcrl.comm.mpi import node_name
-    from hpcrl.roles.session import active_run_dir
+    from hpcrl.runtime.session import active_run_dir
     from hpcrl.storage.files import append_private
     from hpcrl.storage.rundir import release_all
 
@@ -141,7 +141,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment; returns the process exit code."""
     args = _parse(argv)
-    from hpcrl.roles.session import StopFlag, install_signal_handlers
+    from hpcrl.runtime.session import StopFlag, install_signal_handlers
 
     try:
         cfg = config.load(args.config, args.overrides)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     role = topo.role_of(comm.rank)
     _setup_logging(comm.rank, role, args.log_level)
     _install_abort_hook(comm, comm.rank, role)
-    from hpcrl.roles.distributed import RunDirUnavailable, run_rank
+    from hpcrl.runtime.distributed import RunDirUnavailable, run_rank
 
     try:
         summary = run_rank(cfg, comm, topo, stop)

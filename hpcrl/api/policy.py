@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -147,6 +147,30 @@ class Policy(abc.ABC):
     """
 
     _version: int = 0  # class default: a subclass need not call ``super().__init__()``
+
+    takes_seed: ClassVar[bool] = False
+    """The constructor takes ``seed``: a run passes ``experiment.seed`` unless ``policy.args`` gives one."""
+
+    @classmethod
+    def args_from_spaces(cls, args: dict[str, Any], observation_space: Any, action_space: Any) -> dict[str, Any]:
+        """The constructor arguments ``args`` (``policy.args``) completed and checked against one agent's spaces.
+
+        A run calls this once at start-up, on every rank, before any policy is built; what it returns is
+        the policy spec the run builds, saves in ``config.yaml`` and checkpoints. Fill in what the spaces
+        determine (input and action sizes) where ``args`` leaves it out, and raise ``ValueError`` naming
+        the argument when a given one does not fit. The default returns ``args`` unchanged. For a policy
+        registered as a factory function, the hook of the class its return annotation names is used.
+
+        Args:
+            args: the configured constructor arguments (a copy: it may be changed and returned).
+            observation_space: the env's first agent's observation space (gymnasium), or None when the env
+                declares none.
+            action_space: its action space, or None.
+
+        Returns:
+            The arguments to build the policy with.
+        """
+        return args
 
     @property
     def default_policy_state(self) -> NamedArray | None:

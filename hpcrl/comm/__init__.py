@@ -17,4 +17,6 @@ Modules (import the one you need; nothing here is imported eagerly, and only
 * :mod:`hpcrl.comm.control`: small JSON control messages (``post_obj`` / ``poll_obj``), never pickle.
 * :mod:`hpcrl.comm.params`: newest-wins parameter publication from the trainer leader.
 * :mod:`hpcrl.comm.collectives`: trainer gradient synchronisation (MPI Allreduce, gloo or nccl).
+* :mod:`hpcrl.comm.startup`: start-up collectives (``Bcast_text``, ``Gather_rank_table``, ``Bcast_state_dict``).
+* :mod:`hpcrl.comm.agreement`: the trainer ranks' per-step agreement (``Iallreduce_step``).
 """

@@ -1,4 +1,4 @@
-"""Control plane: small JSON "obj" messages (stop, checkpoint-now, stats, heartbeat); never pickle.
+"""Control plane: small JSON "obj" messages (stop, checkpoint requests, stats, heartbeat); never pickle.
 
 The ``_obj`` suffix marks the cost: these calls encode a dict as UTF-8 JSON (a few microseconds),
 unlike the buffer-only data plane. Messages are capped at :data:`MAX_OBJ_BYTES` on both ends; the

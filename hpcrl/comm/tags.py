@@ -36,7 +36,7 @@ class Tag(IntEnum):
 
     # ------------------------------------------------------------ control plane (JSON objects, <= 64 KiB)
     CONTROL = 1
-    """Run control: stop, checkpoint-now, ... (JSON dicts, any rank to any rank)."""
+    """Run control: stop, stop requests, frame budgets, checkpoint requests (JSON dicts, any rank to any rank)."""
     STATS = 2
     """Statistics reports from actor/inference ranks to the trainer leader (JSON dicts)."""
     HEARTBEAT = 3

@@ -9,7 +9,7 @@ Whatever ``check_env`` says, the actor's env ring applies the structural rules o
 :func:`leaf_problem`, :func:`reward_problem` and :func:`flag_problem` to every result of every step
 (against the layout fixed by the first result), so a wrong shape or dtype is never broadcast or cast
 into its buffers; with ``first`` and ``always`` it also checks float observations and rewards for
-NaN/Inf on every step (see :mod:`hpcrl.roles.env_ring`).
+NaN/Inf on every step (see :mod:`hpcrl.acting.env_ring`).
 
 What :meth:`EnvChecker.check` accepts is exactly what :func:`normalize_result` turns into the
 canonical form, so the two may run in either order:

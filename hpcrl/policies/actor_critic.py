@@ -264,6 +264,32 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         ValueError / TypeError: bad arguments (the message names the argument).
     """
 
+    takes_seed = True
+
+    @classmethod
+    def args_from_spaces(cls, args: dict[str, Any], observation_space: Any, action_space: Any) -> dict[str, Any]:
+        """``obs_dim``/``state_dim``/``action_dim``/``continuous_action`` from the spaces where ``args`` omits them.
+
+        See :func:`policy_args_from_spaces`; given arguments are kept and checked with
+        :func:`check_policy_against_spaces`.
+
+        Raises:
+            ValueError: the env declares no spaces and ``obs_dim`` or ``action_dim`` is missing, or a given
+                argument does not fit the spaces (names the input and both shapes).
+        """
+        if observation_space is None or action_space is None:
+            if "obs_dim" not in args or "action_dim" not in args:
+                raise ValueError(
+                    "the env declares no observation/action spaces, so policy.args.obs_dim and "
+                    "policy.args.action_dim must be given"
+                )
+            return args
+        filled = dict(args)
+        for key, value in policy_args_from_spaces(observation_space, action_space).items():
+            filled.setdefault(key, value)
+        check_policy_against_spaces(filled, observation_space, action_space)
+        return filled
+
     def __init__(
         self,
         *,

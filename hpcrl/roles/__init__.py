@@ -1,1 +1,1 @@
-"""System roles: actor, inference and trainer ranks, and the single-process runner."""
+"""The rank loops: actor, inference and trainer ranks, and every role in one process (``local``)."""

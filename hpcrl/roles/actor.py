@@ -12,13 +12,14 @@ import sys
 import time
 from typing import Any
 
-from hpcrl.api.policy import check_rollout_result
+from hpcrl.acting import rings
+from hpcrl.acting.inline import InlineLoop
+from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower
+from hpcrl.runtime import components
+from hpcrl.runtime.rank import STATS_INTERVAL, RankContext, WeightsFollower
 
 __all__ = ["ActorRank"]
 
@@ -59,26 +60,18 @@ class ActorRank:
             first = self.results.recv(timeout=limit, copy=True, on_idle=ctx.service, backoff=ctx.backoff)
             default_state = first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None
         else:
-            common.set_torch_threads(cfg.run.torch_threads)
-            spec = cfg.policy  # already resolved by run_rank
-            self.policy = common.build_policy(spec, "cpu", seed=cfg.experiment.seed)
-            default_state = common.default_state_row(self.policy)
+            self.policy, _ = components.build_role_policy(cfg, "actor")
+            default_state = rings.default_state_row(self.policy)
             self.weights = WeightsFollower(ctx, self.policy)
         self.remote = remote
-        self.ring = EnvRing(
-            common.env_factory(cfg.environment),
-            n,
-            groups,
-            cfg.actor.fragment_length,
-            default_state,
-            common.env_label(cfg.environment),
-            where=f"actor rank {ctx.rank}",
-            seeds=[common.env_seed(cfg.experiment.seed, self.index * n + i) for i in range(n)],
-            check=cfg.actor.check_env,
-            env_failure=cfg.actor.env_failure,
-            max_env_failures=cfg.actor.max_env_failures,
-            policy_name=cfg.policy.type_,
+        self.ring = rings.make_ring(
+            cfg, default_state, f"actor rank {ctx.rank}", actor_index=self.index, num_groups=groups
         )
+        self.loop: InlineLoop | None = None
+        if self.policy is not None:
+            me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
+            who = f"{cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
+            self.loop = InlineLoop(self.ring, self.policy, who, fragments=self._send, trace=ctx.trace)
         self.samples = SendChannel(
             ctx.comm,
             self.trainer_rank,
@@ -95,18 +88,21 @@ class ActorRank:
 
     # ------------------------------------------------------------------ helpers
     def _ship(self) -> None:
-        trace = self.ctx.trace
         for frag in self.ring.pop_fragments():
-            t0 = time.perf_counter()
-            version = int(frag.policy_version.max()) if frag.policy_version is not None else 0
-            if self.samples.synchronous:  # back-pressure: at most one fragment not yet taken in by the trainer
-                self.samples.flush(on_idle=self.ctx.service)
-            self.samples.send(frag, version=version)
-            self.sent_fragments += 1
-            dt = time.perf_counter() - t0
-            self.send_wait_seconds += dt
-            if trace is not None:
-                trace.add_time("send_samples", dt)
+            self._send(frag)
+
+    def _send(self, frag: SampleBatch) -> None:
+        t0 = time.perf_counter()
+        version = int(frag.policy_version.max()) if frag.policy_version is not None else 0
+        if self.samples.synchronous:  # back-pressure: at most one fragment not yet taken in by the trainer
+            self.samples.flush(on_idle=self.ctx.service)
+        self.samples.send(frag, version=version)
+        self.sent_fragments += 1
+        dt = time.perf_counter() - t0
+        self.send_wait_seconds += dt
+        trace = self.ctx.trace
+        if trace is not None:
+            trace.add_time("send_samples", dt)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -156,14 +152,11 @@ class ActorRank:
     def run(self) -> dict[str, Any]:
         """Act until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
-        trace = ctx.trace
         t_start = time.monotonic()
         if self.remote:
             self._run_remote(self._wait_budget())
         else:
-            assert self.weights is not None
-            me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
-            who = f"{ctx.cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
+            assert self.weights is not None and self.loop is not None
             self.weights.wait_first()
             budget = self._wait_budget()
             while not ctx.stopping:
@@ -172,18 +165,7 @@ class ActorRank:
                     break
                 ctx.service()
                 self.weights.update()
-                for g in range(self.ring.num_groups):
-                    if self.ring.frames >= budget:
-                        break
-                    t0 = time.perf_counter()
-                    request = self.ring.request(g)
-                    result = check_rollout_result(self.policy.rollout(request), len(request), who)
-                    t1 = time.perf_counter()
-                    self.ring.consume(g, result, self.policy.version)
-                    if trace is not None:
-                        trace.add_time("inference", t1 - t0)
-                        trace.add_time("env_step", time.perf_counter() - t1)
-                self._ship()
+                self.loop.step()  # completed fragments go out through _send
                 self._report()
         self._report(force=True)
         elapsed = time.monotonic() - t_start

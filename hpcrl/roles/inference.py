@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.acting import rings
 from hpcrl.api.namedarray import NamedArray, concat
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.tags import Tag
-from hpcrl.roles import common
-from hpcrl.roles.rank import STATS_INTERVAL, RankContext, WeightsFollower
+from hpcrl.runtime import components
+from hpcrl.runtime.rank import STATS_INTERVAL, RankContext, WeightsFollower
 
 __all__ = ["InferenceRank"]
 
@@ -36,10 +37,7 @@ class InferenceRank:
     def __init__(self, ctx: RankContext, agent_count: int) -> None:
         self.ctx = ctx
         cfg = ctx.cfg
-        common.set_torch_threads(cfg.run.torch_threads)
-        spec = cfg.policy  # already resolved by run_rank
-        device = common.resolve_device(cfg.training.device) if cfg.training.device != "auto" else "cpu"
-        self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.policy, _ = components.build_role_policy(cfg, "inference")
         self.actors = ctx.topo.actors_of_inference(ctx.rank)
         rows = cfg.actor.envs_per_actor * agent_count
         self.requests = [
@@ -53,7 +51,7 @@ class InferenceRank:
         self._last_stats = 0.0
 
     def _send_default_state(self) -> None:
-        row = common.default_state_row(self.policy)
+        row = rings.default_state_row(self.policy)
         if row is None:
             first = NamedArray(has_state=np.zeros((1, 1), np.bool_), state=None)
         else:

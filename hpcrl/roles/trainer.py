@@ -13,17 +13,16 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
-from hpcrl.api import config
+from hpcrl.comm.agreement import Iallreduce_step
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
-from hpcrl.comm.polling import wait_for
+from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import Tag
+from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
-from hpcrl.roles import common
-from hpcrl.roles.learner import Learner
-from hpcrl.roles.rank import RankContext
+from hpcrl.runtime import budget, components
+from hpcrl.runtime.rank import RankContext
 
 __all__ = ["TrainerRank"]
 
@@ -46,17 +45,13 @@ class TrainerRank:
         self.tcomm = tcomm
         cfg = ctx.cfg
         topo = ctx.topo
-        common.set_torch_threads(cfg.run.torch_threads)
-        spec = cfg.policy  # already resolved by run_rank
-        device = common.resolve_device(cfg.training.device)
-        self.policy = common.build_policy(spec, device, seed=cfg.experiment.seed)
+        self.policy, device = components.build_role_policy(cfg, "trainer")
         if ctx.is_leader and topo.param_subscribers:
-            common.check_publishes(self.policy, topo.describe())
+            components.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
-        with config.building("trainer", f"cannot build trainer {cfg.trainer.type_!r} with args {cfg.trainer.args}"):
-            self.trainer = common.build_trainer(cfg.trainer, self.policy, cfg.training)
+        self.trainer = components.build_trainer(cfg.trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [
@@ -72,20 +67,17 @@ class TrainerRank:
             for a in self.actors
         ]
         batch_size = columns
-        self.learner = Learner(
+        self.learner = Learner(cfg, self.policy, self.trainer, batch_size, trace=ctx.trace)
+        self.checkpoints = Checkpointer(
             cfg,
-            self.policy,
-            self.trainer,
-            batch_size,
-            leader=ctx.is_leader,
-            run_dir=ctx.session.run_dir,
-            config_text=ctx.session.config_text,
-            trace=ctx.trace,
+            self.learner,
+            ctx.session.run_dir if ctx.is_leader else None,
+            ctx.session.config_text,
             extra_attrs={
                 "world_size": topo.world_size,
                 "layout": topo.describe(),
                 "trainer_ranks": len(topo.trainers),
-                "frames_per_step": common.frames_per_step(
+                "frames_per_step": budget.frames_per_step(
                     cfg.training.batch_size * len(topo.trainers)
                     if cfg.training.batch_size
                     else per_actor * len(topo.actors),
@@ -93,6 +85,7 @@ class TrainerRank:
                     agent_count,
                 ),
             },
+            trace=ctx.trace,
         )
         self.publisher: Any = None
         if ctx.is_leader:
@@ -134,17 +127,17 @@ class TrainerRank:
         ctx = self.ctx
         path = None
         if not ctx.cfg.run.fresh and ctx.is_leader:
-            used = self.learner.restore()
+            used = self.checkpoints.restore()
             path = str(used) if used is not None else ""
         if ctx.is_leader:
             ctx.session.write_config()  # only now: a failed resume leaves the previous config.yaml as it was
         if self.tcomm.Get_size() > 1:
-            path = _bcast_text(self.tcomm, path or "")
+            path = Bcast_text(self.tcomm, path or "")
             if not ctx.is_leader and path:
                 from pathlib import Path
 
-                self.learner.restore(Path(path))
-            _bcast_params(self.tcomm, self.policy)
+                self.checkpoints.restore(Path(path))
+            Bcast_state_dict(self.tcomm, self.policy.state_dict())
 
     def _send_budgets(self, base_frames: int) -> None:
         """(Leader) Split the frames left to run over the actor ranks and tell each its share.
@@ -155,7 +148,7 @@ class TrainerRank:
         the actors' frame reports arrive; the leader stops once every actor has reported its share done.
         """
         actors = self.ctx.topo.actors
-        left = max(0, common.frame_limit(self.ctx.cfg)[0] - base_frames)
+        left = max(0, budget.frame_limit(self.ctx.cfg)[0] - base_frames)
         for k, a in enumerate(actors):
             self.budgets[a] = left // len(actors) + (1 if k < left % len(actors) else 0)
             self.ctx.post(a, {"type": "budget", "frames": self.budgets[a]})
@@ -165,7 +158,7 @@ class TrainerRank:
         if not self.budgets or self.ctx.stop.is_set():
             return
         if all(self.actor_frames.get(a, 0) >= n for a, n in self.budgets.items()):
-            self.ctx.stop.set(common.frame_limit(self.ctx.cfg)[1])
+            self.ctx.stop.set(budget.frame_limit(self.ctx.cfg)[1])
             self._tell_trainers()
 
     def _tell_trainers(self) -> None:
@@ -186,7 +179,7 @@ class TrainerRank:
         try:
             return self._train()
         finally:
-            self.learner.close()  # an exception left a background save in flight: finish it (nothing is lost)
+            self.checkpoints.close()  # an exception left a background save in flight: finish it (nothing is lost)
 
     def _train(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -208,6 +201,8 @@ class TrainerRank:
         last_progress = 0.0
         while True:
             ctx.service()
+            if ctx.stop.checkpoint_request is not None and ctx.is_leader:  # SIGUSR2 on any rank: a checkpoint
+                self.checkpoints.serve(ctx.stop.checkpoint_request)  # at this step boundary; the run goes on
             if self.publisher is not None and time.monotonic() - last_progress > 0.005:
                 last_progress = time.monotonic()
                 self.publisher.progress()  # a subscriber that was busy gets the newest version
@@ -244,8 +239,7 @@ class TrainerRank:
                 self.publisher.publish(self.policy.state_dict(), self.policy.version)
                 if trace is not None:
                     trace.add_time("publish_params", time.perf_counter() - t1)
-                if self.learner.checkpoint_due():
-                    self.learner.save("periodic")
+                self.checkpoints.after_step()
                 assert self.progress is not None
                 self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
             if trace is not None:
@@ -254,7 +248,7 @@ class TrainerRank:
             reason = str(ctx.stop.reason)
             # the newest count (a step may have used an older, agreed one): the checkpoint counts every frame
             self.learner.frames = max(self.learner.frames, self._base_frames + sum(self.actor_frames.values()))
-            self.learner.save("final" if reason == "total_frames reached" else "stop")
+            self.checkpoints.save("final" if reason == "total_frames reached" else "stop")
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)
 
@@ -265,23 +259,15 @@ class TrainerRank:
         (frames only grow, and no other rank's count is ahead of the leader's), which becomes this step's
         ``learner.frames`` everywhere: schedules see the same progress on every trainer rank.
         """
-        from mpi4py import MPI
-
-        send = np.array([1.0 if want_stop else 0.0, float(self.learner.frames)])
-        recv = np.zeros(2)
-        req = self.tcomm.Iallreduce(send, recv, op=MPI.MAX)
 
         def idle() -> None:
             self.ctx.service()
             for _, msg in poll_any(self.samples, copy=True):
                 self._add(msg)
 
-        wait_for(
-            lambda: True if req.Test() else None, "the other trainer ranks to reach a step boundary", None, None, idle
-        )
-        stop = bool(recv[0] > 0)
+        stop, frames = Iallreduce_step(self.tcomm, want_stop, self.learner.frames, idle)
         if not stop:  # the step's progress, the same on every rank (the leader's count may have grown meanwhile)
-            self.learner.frames = int(recv[1])
+            self.learner.frames = frames
         return stop
 
     def _shutdown(self, reason: str) -> dict[str, Any]:
@@ -312,7 +298,7 @@ class TrainerRank:
             reason=reason,
             policy_version=self.policy.version,
             dropped_fragments=self.learner.batcher.dropped,
-            checkpoint=str(self.learner.last_checkpoint) if self.learner.last_checkpoint else None,
+            checkpoint=str(self.checkpoints.last_checkpoint) if self.checkpoints.last_checkpoint else None,
             run_dir=str(ctx.session.run_dir),
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),
@@ -328,25 +314,3 @@ def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:
         role = f.pop("role", "?")
         fields = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in f.items())
         log.info("rank %d %s: %s", rank, role, fields)
-
-
-def _bcast_text(comm: Any, text: str) -> str:
-    """Broadcast a string from rank 0 of ``comm`` as bytes (no pickle)."""
-    data = np.frombuffer(text.encode(), np.uint8) if comm.Get_rank() == 0 else np.zeros(0, np.uint8)
-    n = np.array([data.size], np.int64)
-    comm.Bcast(n, root=0)
-    buf = data.copy() if comm.Get_rank() == 0 else np.empty(int(n[0]), np.uint8)
-    comm.Bcast(buf, root=0)
-    return buf.tobytes().decode()
-
-
-def _bcast_params(comm: Any, policy: Any) -> None:
-    """Make every trainer rank's weights equal to rank 0's (one Bcast per tensor at start-up)."""
-    for tensor in policy.state_dict().values():
-        arr = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
-        buf = np.ascontiguousarray(arr)
-        comm.Bcast(buf, root=0)
-        if comm.Get_rank() != 0 and hasattr(tensor, "copy_"):
-            import torch
-
-            tensor.copy_(torch.from_numpy(buf))

@@ -171,16 +171,16 @@ def loading_config(
     import dataclasses
 
     from hpcrl.api import config as config_mod
-    from hpcrl.roles import common
+    from hpcrl.runtime import components
 
     if config is not None:
         cfg = config if isinstance(config, config_mod.ExperimentConfig) else config_mod.load(config)
-        common.import_user_modules(cfg)
-        return dataclasses.replace(cfg, policy=common.resolve_policy_spec(cfg))
+        components.import_user_modules(cfg)
+        return dataclasses.replace(cfg, policy=components.resolve_policy_spec(cfg))
     stored = read_stored_config(file, attrs)
     if trust_config:
         log.info("%s: using the stored config as trusted (imports: %s)", file, stored.experiment.imports or "none")
-        common.import_user_modules(stored)
+        components.import_user_modules(stored)
         return stored
     entries = unregistered_entries(stored, environment=environment)
     if entries:

@@ -99,7 +99,7 @@ class Result:
 def shutdown_killed(res: Result) -> bool:
     """Exit 9 from mpiexec *after* the leader wrote its summary: Hydra SIGKILLed ranks still in MPI_Finalize.
 
-    Cause (docs/reliability.md, an unmatched message at MPI_Finalize): SAMPLE fragments still queued on rank 0 at exit sometimes make its
+    Cause: SAMPLE fragments still queued on rank 0 at exit sometimes make its
     MPI_Finalize fail ("being freed has 1 unmatched message(s)"); mpi4py ignores that, the rank exits without PMI
     finalize and Hydra kills the others. The run itself had finished; tolerated only where a test checks
     something else.

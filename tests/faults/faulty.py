@@ -2,8 +2,9 @@
 
 Loaded into every rank of a test job with ``experiment.imports=[faulty]`` (``tests/faults`` is on the
 subprocess's ``PYTHONPATH``); they register themselves as ``fault-env``, ``fault-ppo``, ``fault-policy``,
-``stale-policy`` (trains torch weights it never publishes) and ``coin-policy`` (a numpy-only user policy
-that implements nothing but the abstract methods).
+``stale-policy`` (trains torch weights it never publishes), ``coin-policy`` (a numpy-only user policy
+that implements nothing but the abstract methods) and ``sized-coin-policy`` / ``sized-coin-factory`` (the same,
+with sizes it takes from the env's spaces through ``Policy.args_from_spaces``, and ``experiment.seed``).
 Faults fire only on the ranks listed in ``ranks`` (``None``: every rank); a process finds its rank from the
 launcher's environment (``PMI_RANK`` for MPICH/Hydra, ``OMPI_COMM_WORLD_RANK``, ``PMIX_RANK``, ``SLURM_PROCID``),
 0 in a single-process run. Nothing here is imported by hpcrl itself.
@@ -30,9 +31,11 @@ __all__ = [
     "GOOD_DATA",
     "CoinPolicy",
     "FaultyEnv",
+    "SizedCoinPolicy",
     "launcher_rank",
     "make_fault_policy",
     "make_fault_ppo",
+    "make_sized_coin",
     "make_stale_policy",
 ]
 
@@ -474,3 +477,49 @@ def make_stale_policy(**kwargs: Any) -> Any:
 
 register_policy("coin-policy", CoinPolicy)
 register_policy("stale-policy", make_stale_policy)
+
+
+class SizedCoinPolicy(CoinPolicy):
+    """``coin-policy`` that needs its sizes (``obs_dim``, ``action_dim``) and takes them from the env's spaces.
+
+    Its ``args_from_spaces`` fills ``obs_dim`` (a 1-D ``Box`` under ``obs``) and ``action_dim`` (``Discrete``)
+    where ``policy.args`` omits them and refuses given ones that differ; ``takes_seed`` asks for
+    ``experiment.seed``. ``rollout`` refuses observations of another size, so the dims are really used.
+
+    Args:
+        obs_dim: features of ``obs``.
+        action_dim: number of actions.
+        seed: seed of the action generator.
+    """
+
+    takes_seed = True
+
+    @classmethod
+    def args_from_spaces(cls, args: dict[str, Any], observation_space: Any, action_space: Any) -> dict[str, Any]:
+        if observation_space is None or action_space is None:
+            return args
+        sizes = {"obs_dim": int(observation_space["obs"].shape[0]), "action_dim": int(action_space.n)}
+        for key, value in sizes.items():
+            if args.setdefault(key, value) != value:
+                raise ValueError(f"{key}={args[key]} does not fit the env's spaces ({key}={value})")
+        return args
+
+    def __init__(self, obs_dim: int, action_dim: int, seed: int = 0) -> None:
+        super().__init__(action_dim, seed)
+        self.obs_dim = int(obs_dim)
+        self.seed = seed
+
+    def rollout(self, request: Any, **kwargs: Any) -> Any:
+        got = request.obs.obs.shape[1:]
+        if got != (self.obs_dim,):
+            raise ValueError(f"obs of shape {got}, expected ({self.obs_dim},)")
+        return super().rollout(request, **kwargs)
+
+
+def make_sized_coin(**kwargs: Any) -> SizedCoinPolicy:
+    """``sized-coin-factory``: a factory function; its return annotation gives hpcrl the class's hooks."""
+    return SizedCoinPolicy(**kwargs)
+
+
+register_policy("sized-coin-policy", SizedCoinPolicy)
+register_policy("sized-coin-factory", make_sized_coin)

@@ -310,7 +310,9 @@ def test_full_disk_at_save_fails_loudly_keeps_the_previous_and_removes_the_temp_
     res = run_job(fault_env(clean_env), run_dir, *BALLAST, "run.on_save_error=stop", preexec_fn=preexec)  # type: ignore[arg-type]
     assert res.rc != 0
     print(f"first run {res.seconds:.1f}s rc={res.rc}")
-    errors = log_lines(res.text, "ERROR hpcrl.roles.learner: checkpoint save failed (periodic): cannot save checkpoint")
+    errors = log_lines(
+        res.text, "ERROR hpcrl.learning.checkpointing: checkpoint save failed (periodic): cannot save checkpoint"
+    )
     assert errors and f"{run_dir}/checkpoints/ckpt-000000010.h5" in errors[0], res.explain()
     assert [p for p in (run_dir / "checkpoints").iterdir() if ".tmp." in p.name] == []
     assert [p.name for p in checkpoints(run_dir)] == ["ckpt-000000005.h5"]

@@ -18,8 +18,8 @@ from faulty import BAD_DATA, GOOD_DATA, FaultyEnv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hpcrl.acting.env_ring import CHECK_FIRST_STEPS, EnvError, EnvRing
 from hpcrl.policies.random import RandomPolicy
-from hpcrl.roles.env_ring import CHECK_FIRST_STEPS, EnvError, EnvRing
 
 NONFINITE = {"obs_nan", "obs_inf", "reward_nan", "reward_inf"}
 COUNT = {"too_few": "results, expected a list of agent_count", "too_many": "results, expected a list of agent_count"}

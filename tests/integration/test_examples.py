@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpcrl.api import config
-from hpcrl.roles import common
 from hpcrl.roles.local import run_local
+from hpcrl.runtime import components
 from hpcrl.storage.trace import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def test_yaml_loads_and_resolves(rel: str) -> None:
     """The file loads strictly as written and its policy fits the env's spaces."""
     _needs(rel)
     cfg = config.load(ROOT / rel)
-    spec = common.resolve_policy_spec(cfg)
+    spec = components.resolve_policy_spec(cfg)
     assert "obs_dim" in spec.args and "action_dim" in spec.args
     assert cfg.experiment.total_frames > 0
 

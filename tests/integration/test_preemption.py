@@ -2,7 +2,8 @@
 
 Every rank must agree to stop at the next step boundary, the leader must write a complete checkpoint
 with ``reason="stop"``, every process must exit 0 well within SLURM's default KillWait (30 s), and a
-rerun with the same run dir must resume from that checkpoint.
+rerun with the same run dir must resume from that checkpoint. SIGUSR2 to any rank asks for a checkpoint
+now: the leader writes one (``reason="request"``) and the run goes on.
 """
 
 from __future__ import annotations
@@ -220,3 +221,48 @@ def test_sigterm_to_the_leader_alone_stops_the_job(tmp_path, clean_env):
     os.kill(rank_pid(job, 0), signal.SIGTERM)
     rc, waited = job.wait(timeout=EXIT_WITHIN + 30)
     assert_stopped_with_checkpoint(job, rc, waited, "SIGTERM")
+
+
+# ---------------------------------------------------------------------- SIGUSR2: a checkpoint now
+def wait_for_requested_checkpoint(job: Job, timeout: float = 60.0) -> tuple[Path, dict[str, Any]]:
+    """The first checkpoint written on request (``reason="request"``), once it is on disk."""
+    from hpcrl.storage.checkpoint import read_checkpoint_attrs
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted((job.run_dir / "checkpoints").glob("ckpt-*.h5")):
+            attrs = read_checkpoint_attrs(path)
+            if attrs["reason"] == "request":
+                return path, attrs
+        if job.proc.poll() is not None:
+            pytest.fail(f"the run ended without a requested checkpoint:\n{job.explain()}")
+        time.sleep(0.1)
+    job.kill()
+    pytest.fail(f"no requested checkpoint within {timeout:.0f} s:\n{job.explain()}")
+
+
+def assert_checkpoint_now_and_run_goes_on(job: Job, asked_by: str) -> None:
+    """A requested checkpoint appears, training goes on past it, and a later stop ends the run cleanly."""
+    path, attrs = wait_for_requested_checkpoint(job)
+    assert job.proc.poll() is None, job.explain()  # the request did not stop the run
+    assert f"checkpoint requested by {asked_by}" in job.text(), job.explain()
+    job.wait_for_training(min_steps=int(attrs["trainer_steps"]) + 2)  # it trains on after the checkpoint
+    job.proc.send_signal(signal.SIGTERM)
+    rc, waited = job.wait(timeout=EXIT_WITHIN + 30)
+    summary = assert_stopped_with_checkpoint(job, rc, waited, "")
+    assert path.exists() and summary["checkpoint"] != str(path)
+    assert summary["frames"] > attrs["frames"] and summary["policy_version"] > attrs["version"]
+
+
+def test_sigusr2_to_an_actor_rank_writes_a_checkpoint_and_the_run_goes_on(tmp_path, clean_env):
+    job = Job(clean_env, tmp_path / "usr2", LONG, "layout.inference=1", ranks=3)
+    job.wait_for_training()
+    os.kill(rank_pid(job, 2), signal.SIGUSR2)
+    assert_checkpoint_now_and_run_goes_on(job, "SIGUSR2 on rank 2 (actor")
+
+
+def test_sigusr2_to_a_single_process_run_writes_a_checkpoint_and_the_run_goes_on(tmp_path, clean_env):
+    job = Job(clean_env, tmp_path / "usr2-local", LONG)
+    job.wait_for_training()
+    job.proc.send_signal(signal.SIGUSR2)
+    assert_checkpoint_now_and_run_goes_on(job, "SIGUSR2")

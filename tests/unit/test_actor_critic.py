@@ -461,3 +461,22 @@ def test_rollout_names_rows_with_non_finite_action_probabilities() -> None:
     obs[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"non-finite action probabilities in rows \[3\] of 5"):
         policy.rollout(RolloutRequest(obs=NamedArray(obs=obs)))
+
+
+def test_args_from_spaces_fills_what_is_missing_keeps_what_is_given_and_needs_dims_without_spaces() -> None:
+    from hpcrl.policies.actor_critic import ActorCriticPolicy
+
+    obs_space = gym.spaces.Dict({"obs": gym.spaces.Box(-1, 1, (4,), np.float32)})
+    act = gym.spaces.Discrete(2)
+    args = ActorCriticPolicy.args_from_spaces({"hidden_dim": 16}, obs_space, act)
+    assert args == {"hidden_dim": 16, "obs_dim": {"obs": 4}, "action_dim": 2, "continuous_action": False}
+    assert next(iter(args)) == "hidden_dim"  # given args first, as configured
+    with pytest.raises(ValueError, match=r"action_dim=3.*action_dim=2"):
+        ActorCriticPolicy.args_from_spaces({"action_dim": 3}, obs_space, act)
+    with pytest.raises(ValueError, match="declares no observation/action spaces, so policy.args.obs_dim and"):
+        ActorCriticPolicy.args_from_spaces({"obs_dim": 4}, None, None)
+    assert ActorCriticPolicy.args_from_spaces({"obs_dim": 4, "action_dim": 2}, None, None) == {
+        "obs_dim": 4,
+        "action_dim": 2,
+    }
+    assert ActorCriticPolicy.takes_seed

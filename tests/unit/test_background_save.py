@@ -1,4 +1,4 @@
-"""Background checkpoint saves (hpcrl.storage.background / .writer, and Learner with run.checkpoint_writer).
+"""Background checkpoint saves (hpcrl.storage.background / .writer, and Checkpointer with run.checkpoint_writer).
 
 What must hold, for the writer thread and the writer process alike: the file holds the state at the
 moment of the save even though training goes on changing it while the writer runs; files land in
@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 import torch
 
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.learner import Learner
+from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.learner import Learner
+from hpcrl.runtime import components
 from hpcrl.storage.background import BackgroundSaver, ProcessSaver, ThreadSaver, make_saver, snapshot
 from hpcrl.storage.checkpoint import CheckpointManager, load_checkpoint, prepare_run_dir
 from hpcrl.storage.tree import CheckpointError
@@ -205,7 +207,7 @@ def test_make_saver(tmp_path: Path) -> None:
     assert isinstance(make_saver(mgr, "process"), ProcessSaver if available() else ThreadSaver)
 
 
-# ---------------------------------------------------------------------------------------------- Learner
+# ---------------------------------------------------------------------------------------------- Checkpointer
 def _cfg(tmp_path: Path, **run: object) -> config.ExperimentConfig:
     return config.from_dict(
         {
@@ -218,16 +220,17 @@ def _cfg(tmp_path: Path, **run: object) -> config.ExperimentConfig:
     )
 
 
-def _learner(cfg: config.ExperimentConfig, run_dir: Path | None) -> Learner:
-    common.seed_everything(11)
-    policy = common.build_policy(cfg.policy)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
-    return Learner(cfg, policy, trainer, batch_size=4, leader=True, run_dir=run_dir, config_text=config.dump(cfg))
+def _learner(cfg: config.ExperimentConfig, run_dir: Path | None) -> tuple[Learner, Checkpointer]:
+    components.seed_everything(11)
+    policy = components.build_policy(cfg.policy)
+    trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
+    learner = Learner(cfg, policy, trainer, batch_size=4)
+    return learner, Checkpointer(cfg, learner, run_dir, config_text=config.dump(cfg))
 
 
 def _batches(cfg: config.ExperimentConfig, n: int) -> list:
-    learner = _learner(cfg, None)
-    ring = EnvRing(common.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
+    learner, _ = _learner(cfg, None)
+    ring = EnvRing(rings.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
     out: list = []
     while len(out) < n:
         ring.consume(0, learner.policy.rollout(ring.request(0)), 0)
@@ -248,7 +251,7 @@ def test_learner_background_save_is_the_state_at_the_save(
     cfg = _cfg(tmp_path, checkpoint_writer=writer)
     batches = _batches(cfg, 6)
     run_dir = tmp_path / "run"
-    learner = _learner(cfg, run_dir)
+    learner, ckpt = _learner(cfg, run_dir)
     for b in batches[:3]:
         learner.add(b)
         learner.step()
@@ -258,17 +261,18 @@ def test_learner_background_save_is_the_state_at_the_save(
         for k, s in learner.trainer.get_checkpoint()["optimizer"]["state"].items()
     }
     caplog.set_level(logging.INFO, logger="hpcrl")
-    assert learner.save("periodic") is None  # handed to the writer thread
+    assert ckpt.save("periodic") is None  # handed to the writer thread
     for b in batches[3:]:  # these steps change weights and Adam state in place while the writer runs
         learner.add(b)
         learner.step()
-    learner.close()
-    assert learner.last_checkpoint is not None and learner.last_checkpoint.name == "ckpt-000000003.h5"
+        ckpt.after_step()
+    ckpt.close()
+    assert ckpt.last_checkpoint is not None and ckpt.last_checkpoint.name == "ckpt-000000003.h5"
     assert "written in" in caplog.text and "in the background" in caplog.text
-    assert learner.saves_failed == 0
+    assert ckpt.saves_failed == 0
 
-    resumed = _learner(cfg, run_dir)
-    assert resumed.restore() == learner.last_checkpoint
+    resumed, resumed_ckpt = _learner(cfg, run_dir)
+    assert resumed_ckpt.restore() == ckpt.last_checkpoint
     assert resumed.steps == 3 and resumed.policy.version == 3
     for k, v in _weights(resumed).items():
         assert torch.equal(v, at_save[k]), k
@@ -281,55 +285,56 @@ def test_learner_background_save_is_the_state_at_the_save(
 def test_learner_final_save_waits_and_lands_after_the_periodic_one(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     run_dir = tmp_path / "run"
-    learner = _learner(cfg, run_dir)
+    learner, ckpt = _learner(cfg, run_dir)
     batches = _batches(cfg, 2)
     learner.add(batches[0])
     learner.step()
-    learner.save("periodic")
+    ckpt.save("periodic")
     learner.add(batches[1])
     learner.step()
-    final = learner.save("final")  # waits for the periodic one, then writes in place
-    assert final is not None and final.name == "ckpt-000000002.h5" and learner.last_checkpoint == final
+    final = ckpt.save("final")  # waits for the periodic one, then writes in place
+    assert final is not None and final.name == "ckpt-000000002.h5" and ckpt.last_checkpoint == final
     names = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.h5"))
     assert names == ["ckpt-000000001.h5", "ckpt-000000002.h5"]
     assert load_checkpoint(final)[1]["reason"] == "final"
-    learner.close()
+    ckpt.close()
 
 
 @pytest.mark.parametrize("mode", ["stop", "continue"])
-def test_learner_background_failure_is_applied_at_the_next_step(
+def test_background_failure_is_applied_after_the_next_step(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     cfg = _cfg(tmp_path, on_save_error=mode, checkpoint_writer="thread")
     run_dir = tmp_path / "run"
-    learner = _learner(cfg, run_dir)
+    learner, ckpt = _learner(cfg, run_dir)
     err = CheckpointError("cannot save checkpoint ckpt-000000001.h5: [Errno 28] No space left on device")
     gated = _GatedManager(run_dir, fail=err)
     gated.gate.set()
-    learner._saver = ThreadSaver(gated)  # the writer thread's manager fails; the learner is unchanged
+    ckpt._saver = ThreadSaver(gated)  # the writer thread's manager fails; the checkpointer is unchanged
     batches = _batches(cfg, 2)
     learner.add(batches[0])
     learner.step()
     caplog.set_level(logging.INFO, logger="hpcrl")
-    learner.save("periodic")
-    learner._saver._thread.join()  # type: ignore[union-attr]
+    ckpt.save("periodic")
+    ckpt._saver._thread.join()  # type: ignore[union-attr]
     learner.add(batches[1])
+    assert learner.step() is not None
     if mode == "stop":
         with pytest.raises(CheckpointError, match="No space left"):
-            learner.step()
+            ckpt.after_step()
     else:
-        assert learner.step() is not None  # training goes on
-    assert learner.saves_failed == 1
+        ckpt.after_step()  # training goes on
+    assert ckpt.saves_failed == 1
     assert "checkpoint save failed (periodic): cannot save checkpoint ckpt-000000001.h5" in caplog.text
 
 
-def test_learner_sync_mode_returns_the_file(tmp_path: Path) -> None:
+def test_sync_mode_returns_the_file(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, checkpoint_writer="inline")
-    learner = _learner(cfg, tmp_path / "run")
+    learner, ckpt = _learner(cfg, tmp_path / "run")
     learner.add(_batches(cfg, 1)[0])
     learner.step()
-    path = learner.save("periodic")
-    assert path is not None and path.exists() and learner.last_checkpoint == path
+    path = ckpt.save("periodic")
+    assert path is not None and path.exists() and ckpt.last_checkpoint == path
 
 
 @pytest.mark.skipif(not available(), reason="needs Linux")
@@ -373,3 +378,39 @@ def test_writer_process_survives_job_signals_mid_save(tmp_path: Path) -> None:
     assert np.array_equal(load_checkpoint(outcome.path)[0]["x"][:5], np.ones(5, np.uint8))
     assert saver.writer.pid == pid
     saver.close()
+
+
+def test_a_checkpoint_request_is_served_by_the_first_checkpoint_taken_after_it(tmp_path: Path) -> None:
+    """SIGUSR2 / a ``checkpoint`` control message: one checkpoint per request, copies and overtaken ones cost none."""
+    import time
+
+    from hpcrl.runtime.session import StopFlag
+
+    cfg = _cfg(tmp_path, checkpoint_writer="inline")
+    learner, ckpt = _learner(cfg, tmp_path / "run")
+    batches = _batches(cfg, 2)
+    stop = StopFlag()
+    assert not ckpt.serve(stop.checkpoint_request)  # nothing asked
+    stop.request_checkpoint("SIGUSR2")
+    asked = stop.checkpoint_request
+    assert asked is not None
+    stop.request_checkpoint("SIGUSR2 on rank 2 (actor)", at=asked[1] - 1.0)  # an older copy: the newest stays
+    assert stop.checkpoint_request == asked
+    learner.add(batches[0])
+    learner.step()
+    assert ckpt.serve(stop.checkpoint_request)
+    assert ckpt.last_checkpoint is not None and load_checkpoint(ckpt.last_checkpoint)[1]["reason"] == "request"
+    assert not ckpt.serve(stop.checkpoint_request)  # served
+    assert not ckpt.serve(("SIGUSR2 on rank 3 (actor)", asked[1]))  # a copy of the same request
+    learner.add(batches[1])
+    learner.step()
+    ckpt.save("periodic")
+    assert not ckpt.serve(("SIGUSR2 on rank 1 (inference)", ckpt.state_time - 0.5))  # the periodic save took it
+    time.sleep(0.01)
+    stop.request_checkpoint("SIGUSR2")
+    assert ckpt.serve(stop.checkpoint_request)  # a new request: a new checkpoint
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.h5"))
+    assert names == ["ckpt-000000001.h5", "ckpt-000000002.h5"]
+    assert load_checkpoint(ckpt.last_checkpoint)[1]["reason"] == "request"
+    ckpt.close()
+    assert not Checkpointer(cfg, learner, None).serve(stop.checkpoint_request)  # a rank without a run dir

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hpcrl.acting.env_ring import EnvError, EnvRing, PolicyResultError
 from hpcrl.api.environment import Action, Environment, StepResult
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import RolloutRequest, RolloutResult
 from hpcrl.api.trainer import SampleBatch
-from hpcrl.roles.batcher import Batcher
-from hpcrl.roles.env_ring import EnvError, EnvRing, PolicyResultError
+from hpcrl.learning.batcher import Batcher
 
 
 class Counter(Environment):
@@ -201,7 +201,7 @@ def test_trajectory_buffer_full_and_partial_rows_interleaved():
     """Every slot's rows come out in order, each fragment column T + 1 consecutive rows of one slot
     (the first repeating the previous column's last), whether the slots write together (the fast path
     that tracks one shared row) or apart (per-slot cursors), and across switches between the two."""
-    from hpcrl.roles.trajectory import TrajectoryBuffer
+    from hpcrl.acting.trajectory import TrajectoryBuffer
 
     slots, t = 3, 4
     buf = TrajectoryBuffer(slots, t)
@@ -440,7 +440,7 @@ def test_a_recurrent_policy_that_returns_no_state_is_refused():
 
 
 def test_trajectory_refuses_a_row_that_numpy_would_broadcast():
-    from hpcrl.roles.trajectory import TrajectoryBuffer
+    from hpcrl.acting.trajectory import TrajectoryBuffer
 
     traj = TrajectoryBuffer(3, 4)
     row = SampleBatch(obs=NamedArray(obs=np.zeros((3, 4), np.float32)), reward=np.zeros((3, 1), np.float32))

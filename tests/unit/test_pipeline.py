@@ -178,11 +178,11 @@ def test_policy_base_class_owns_the_version_counter():
 )
 def test_builtin_policies_pass_the_publish_and_checkpoint_round_trips(policy_spec, trainer, as_spec):
     if not as_spec:
-        from hpcrl.roles import common
+        from hpcrl.runtime import components
 
         env = make_env(CARTPOLE)
         try:
-            policy_spec = common.fill_policy_args(policy_spec, env, "gym:CartPole-v1")
+            policy_spec = components.fill_policy_args(policy_spec, env)
         finally:
             env.close()
     policy = policy_spec if as_spec else make_policy(policy_spec)

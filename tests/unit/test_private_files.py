@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpcrl.report import write_report
-from hpcrl.roles.session import write_text_atomic
+from hpcrl.runtime.session import write_text_atomic
 from hpcrl.storage.checkpoint import prepare_run_dir
 from hpcrl.storage.files import append_private, make_private_dir, write_file_atomic
 from hpcrl.storage.trace import TraceWriter

@@ -55,7 +55,7 @@ def test_config_defaults_and_types():
 
 
 def test_stop_at_frames_stops_an_invocation_not_the_run():
-    from hpcrl.roles.common import budget_reached
+    from hpcrl.runtime.budget import budget_reached
 
     cfg = config.from_dict(dict(BASE, experiment={"total_frames": 1000}, run={"stop_at_frames": 300}))
     assert [budget_reached(f, cfg) for f in (299, 300, 999, 1000)] == [

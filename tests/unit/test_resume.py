@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.learner import Learner
+from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.learner import Learner
+from hpcrl.runtime import components
 
 K = 3
 
@@ -32,15 +34,16 @@ def _cfg(tmp_path):
 
 
 def _learner(cfg, run_dir=None):
-    common.seed_everything(11)
-    policy = common.build_policy(cfg.policy)
-    trainer = common.build_trainer(cfg.trainer, policy, cfg.training)
-    return Learner(cfg, policy, trainer, batch_size=4, leader=True, run_dir=run_dir, config_text=config.dump(cfg))
+    components.seed_everything(11)
+    policy = components.build_policy(cfg.policy)
+    trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
+    learner = Learner(cfg, policy, trainer, batch_size=4)
+    return learner, Checkpointer(cfg, learner, run_dir, config_text=config.dump(cfg))
 
 
 def _batches(cfg, n):
-    learner = _learner(cfg)
-    ring = EnvRing(common.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
+    learner, _ = _learner(cfg)
+    ring = EnvRing(rings.env_factory(cfg.environment), 4, 1, 16, None, "cartpole", seeds=[1, 2, 3, 4])
     out = []
     while len(out) < n:
         ring.consume(0, learner.policy.rollout(ring.request(0)), 0)
@@ -58,23 +61,23 @@ def test_resume_is_bitwise_exact(tmp_path):
     cfg = _cfg(tmp_path)
     batches = _batches(cfg, 2 * K)
 
-    straight = _learner(cfg)
+    straight, _ = _learner(cfg)
     for b in batches:
         straight.add(b)
         straight.step()
 
-    first = _learner(cfg, run_dir=tmp_path / "run")
+    first, first_ckpt = _learner(cfg, run_dir=tmp_path / "run")
     for b in batches[:K]:
         first.add(b)
         first.step()
     first.frames = 1234
-    path = first.save("test")
+    path = first_ckpt.save("test")
     # scramble the global RNGs: restore must bring them back
     torch.manual_seed(999)
     np.random.seed(999)
 
-    resumed = _learner(cfg, run_dir=tmp_path / "run")
-    assert resumed.restore() == path
+    resumed, resumed_ckpt = _learner(cfg, run_dir=tmp_path / "run")
+    assert resumed_ckpt.restore() == path
     assert resumed.steps == K and resumed.frames == 1234 and resumed.policy.version == K
     for b in batches[K:]:
         resumed.add(b)

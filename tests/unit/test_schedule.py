@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpcrl.acting import rings
+from hpcrl.acting.env_ring import EnvRing
 from hpcrl.api import config
 from hpcrl.api.trainer import SampleBatch, Trainer, TrainerStepResult, TrainingProgress
-from hpcrl.roles import common
-from hpcrl.roles.env_ring import EnvRing
-from hpcrl.roles.learner import Learner
+from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.learner import Learner
+from hpcrl.runtime import components
 from hpcrl.trainers.schedule import SCHEDULES, check_schedule, scheduled
 
 fractions = st.floats(min_value=-1.0, max_value=2.0, allow_nan=False)
@@ -87,7 +89,7 @@ def _cfg(tmp_path, total_frames: int = 1000) -> config.ExperimentConfig:
 
 
 def _fragments(cfg: config.ExperimentConfig, policy, n: int) -> list[SampleBatch]:
-    ring = EnvRing(common.env_factory(cfg.environment), 2, 1, 8, None, "cartpole", seeds=[1, 2])
+    ring = EnvRing(rings.env_factory(cfg.environment), 2, 1, 8, None, "cartpole", seeds=[1, 2])
     out: list[SampleBatch] = []
     while len(out) < n:
         ring.consume(0, policy.rollout(ring.request(0)), 0)
@@ -99,7 +101,7 @@ def test_learner_hands_its_frames_to_the_trainer_and_the_trace_before_every_step
     from hpcrl.storage.trace import TraceWriter, read_trace
 
     cfg = _cfg(tmp_path, total_frames=1000)
-    policy = common.build_policy(cfg.policy)
+    policy = components.build_policy(cfg.policy)
     trainer = RecordingTrainer(policy)
     with TraceWriter(tmp_path, rank=0, role="trainer") as trace:
         learner = Learner(cfg, policy, trainer, batch_size=2, trace=trace)
@@ -116,34 +118,32 @@ def test_learner_hands_its_frames_to_the_trainer_and_the_trace_before_every_step
 
 def test_resume_with_another_layout_says_what_changes(tmp_path, caplog) -> None:
     cfg = _cfg(tmp_path)
-    policy = common.build_policy(cfg.policy)
-    first = Learner(
+    policy = components.build_policy(cfg.policy)
+    first = Learner(cfg, policy, components.build_trainer(cfg.trainer, policy, cfg.training), batch_size=2)
+    first_ckpt = Checkpointer(
         cfg,
-        policy,
-        common.build_trainer(cfg.trainer, policy, cfg.training),
-        batch_size=2,
-        run_dir=tmp_path / "run",
+        first,
+        tmp_path / "run",
         extra_attrs={"world_size": 1, "layout": "local", "trainer_ranks": 1, "frames_per_step": 64},
     )
     first.frames = 300
     first.add(_fragments(cfg, policy, 1)[0])
     first.step()
-    first.save("test")
-    first.close()
+    first_ckpt.save("test")
+    first_ckpt.close()
 
     longer = config.from_dict({**config.to_dict(cfg), "experiment": {"total_frames": 2000}})
-    policy2 = common.build_policy(cfg.policy)
-    resumed = Learner(
+    policy2 = components.build_policy(cfg.policy)
+    resumed = Learner(longer, policy2, components.build_trainer(cfg.trainer, policy2, cfg.training), batch_size=4)
+    resumed_ckpt = Checkpointer(
         longer,
-        policy2,
-        common.build_trainer(cfg.trainer, policy2, cfg.training),
-        batch_size=4,
-        run_dir=tmp_path / "run",
+        resumed,
+        tmp_path / "run",
         extra_attrs={"world_size": 5, "layout": "5 ranks: ...", "trainer_ranks": 2, "frames_per_step": 384},
     )
     with caplog.at_level(logging.INFO, logger="hpcrl"):
-        resumed.restore()
-    resumed.close()
+        resumed_ckpt.restore()
+    resumed_ckpt.close()
     assert resumed.frames == 300 and resumed.steps == 1 and policy2.version == 1
     text = caplog.text
     assert (

@@ -41,7 +41,7 @@ def test_a_stored_config_that_expands_through_aliases_is_refused_not_expanded(tm
     must be refused by loading and by the resume's spec comparison, never expanded."""
     import pytest
 
-    from hpcrl.roles.learner import spec_diff
+    from hpcrl.learning.checkpointing import spec_diff
     from hpcrl.storage.stored_config import read_stored_config
     from hpcrl.storage.tree import CheckpointError
     from tests.unit.test_config_input import BOMB

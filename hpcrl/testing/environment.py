@@ -1,8 +1,4 @@
-"""Check user components before deploying them: ``test_environment`` and ``test_pipeline``.
-
-Both functions start with ``test_`` for discoverability in user code; they carry
-``__test__ = False`` so pytest does not collect them when imported into a test module.
-"""
+"""``test_environment``: build an environment and check what it returns against its declared spaces."""
 
 from __future__ import annotations
 
@@ -16,9 +12,8 @@ from hpcrl.api.environment import Action, Environment, StepResult
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.envs.checks import EnvChecker, EnvCheckError, normalize_results
-from hpcrl.roles.local import PipelineError
 
-__all__ = ["test_environment", "test_pipeline", "PipelineError"]
+__all__ = ["test_environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +21,6 @@ logger = logging.getLogger(__name__)
 _MAX_IDLE_STEPS = 100
 
 
-# ====================================================================== test_environment
 def _build_env(spec: Any, env_args: dict[str, Any]) -> tuple[Environment, str, bool]:
     """(env, name for messages, whether we built it and must close it)."""
     if isinstance(spec, Environment):
@@ -186,20 +180,3 @@ def _finished(r: StepResult) -> bool:
 def _checked(results: Any, checker: EnvChecker, where: str) -> list[StepResult | None]:
     checker.check(results, where)
     return normalize_results(results)
-
-
-# ====================================================================== test_pipeline
-def test_pipeline(env: Any, policy: Any, trainer: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run actor, inference and trainer in one process; see :func:`hpcrl.roles.local.test_pipeline`.
-
-    Passing it means the same env, policy and trainer deploy unchanged under ``mpirun``.
-
-    Raises:
-        PipelineError: the parts do not fit (the message names the part and what went wrong).
-    """
-    from hpcrl.roles.local import test_pipeline as _run
-
-    return _run(env, policy, trainer, **kwargs)
-
-
-test_pipeline.__test__ = False  # type: ignore[attr-defined]

@@ -7,13 +7,13 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
-
 from hpcrl.api import config
+from hpcrl.comm.collectives import split_trainer_comm
 from hpcrl.comm.mpi import node_name
+from hpcrl.comm.startup import Bcast_text, Gather_rank_table
 from hpcrl.comm.topology import Topology
-from hpcrl.roles.rank import RankContext
-from hpcrl.roles.session import Session, StopFlag, write_text_atomic
+from hpcrl.runtime.rank import RankContext
+from hpcrl.runtime.session import Session, StopFlag, write_text_atomic
 
 __all__ = ["RunDirUnavailable", "run_rank"]
 
@@ -25,17 +25,6 @@ class RunDirUnavailable(RuntimeError):
 
     The message is the leader's error; ``hpcrl.run`` prints it once (from rank 0) and every rank exits 2.
     """
-
-
-def _bcast_text(comm: Any, text: str, root: int) -> str:
-    """Broadcast a string from ``root`` as bytes (no pickle); a blocking collective on every rank."""
-    mine = comm.Get_rank() == root
-    data = np.frombuffer(text.encode(), np.uint8) if mine else np.zeros(0, np.uint8)
-    n = np.array([data.size], np.int64)
-    comm.Bcast(n, root=root)
-    buf = data.copy() if mine else np.empty(int(n[0]), np.uint8)
-    comm.Bcast(buf, root=root)
-    return buf.tobytes().decode()
 
 
 def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
@@ -55,23 +44,16 @@ def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
             session.prepare()
         except StorageError as e:
             error = str(e) or type(e).__name__
-    error = _bcast_text(comm, error, topo.leader)
+    error = Bcast_text(comm, error, topo.leader)
     if error:
         raise RunDirUnavailable(error)
     session.attach()
 
 
 def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
-    """Gather every rank's role, host and pid on rank 0 (fixed-size byte buffers, no pickle)."""
-    size = 256
-    me = json.dumps({"rank": int(comm.Get_rank()), "role": role, "host": node_name(), "pid": os.getpid()})
-    raw = me.encode()[:size].ljust(size, b" ")
-    send = np.frombuffer(raw, np.uint8).copy()
-    recv = np.empty(size * comm.Get_size(), np.uint8) if comm.Get_rank() == 0 else None
-    comm.Gather(send, recv, root=0)
-    if recv is None:
-        return None
-    return [json.loads(recv[i * size : (i + 1) * size].tobytes().decode()) for i in range(comm.Get_size())]
+    """Every rank's role, host and pid, on rank 0 (None elsewhere)."""
+    me = {"rank": int(comm.Get_rank()), "role": role, "host": node_name(), "pid": os.getpid()}
+    return Gather_rank_table(comm, me)
 
 
 def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag) -> dict[str, Any] | None:
@@ -82,7 +64,7 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     before touching it. Then every rank opens its own trace file. The leader holds the run dir lock
     until this returns or raises.
     """
-    from hpcrl.roles.common import import_user_modules, resolve_experiment
+    from hpcrl.runtime.components import import_user_modules, resolve_experiment
 
     import_user_modules(cfg)
     cfg, agents = resolve_experiment(cfg)
@@ -104,7 +86,7 @@ def _run_role(
 ) -> dict[str, Any] | None:
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
-    tcomm = comm.Split(0 if role == "trainer" else 1, rank)
+    tcomm = split_trainer_comm(comm, topo)
     table = _rank_table(comm, role)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session)
@@ -114,10 +96,11 @@ def _run_role(
         for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
             log.info("rank %d: %s on %s, pid %d", e["rank"], e["role"], e["host"], e["pid"])
         write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
-    if role == "trainer":
+    if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
 
         result = TrainerRank(ctx, tcomm, agents).run()
+        tcomm.Free()
     elif role == "inference":
         from hpcrl.roles.inference import InferenceRank
 
@@ -126,5 +109,4 @@ def _run_role(
         from hpcrl.roles.actor import ActorRank
 
         result = ActorRank(ctx, agents).run()
-    tcomm.Free()
     return result if topo.is_leader(rank) else None

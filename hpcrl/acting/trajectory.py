@@ -20,26 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, Schema
+from hpcrl.api.namedarray import Schema
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import HEADER_NBYTES
 
-__all__ = ["TrajectoryBuffer", "leaves_of"]
-
-
-def leaves_of(na: NamedArray | None, out: list[Any]) -> list[Any]:
-    """Append the non-None leaves of ``na`` to ``out`` in ``flat_items`` order (fast, no paths)."""
-    if na is None:
-        return out
-    for k in na._keys:  # type: ignore[attr-defined]
-        v = getattr(na, k)
-        if v is None:
-            continue
-        if isinstance(v, NamedArray):
-            leaves_of(v, out)
-        else:
-            out.append(v)
-    return out
+__all__ = ["TrajectoryBuffer"]
 
 
 def _sentinel_like(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,15 +83,15 @@ class TrajectoryBuffer:
         row = row.numpy()
         self._schema = dataclasses.replace(Schema.of(row, batch_ndim=1), batch_ndim=2)
         self._buf = self._fresh()
-        for leaf, src in zip(leaves_of(self._buf, []), leaves_of(row, [])):
+        for leaf, src in zip(self._buf.leaves(), row.leaves()):
             leaf[...] = _sentinel_like(np.asarray(src), (self.rows, self.num_slots))
-        self._bufs = leaves_of(self._buf, [])
+        self._bufs = self._buf.leaves()
         self._paths = [leaf.path for leaf in self._schema.leaves]
         self._row_shapes = [b.shape[1:] for b in self._bufs]
         self._dtypes = [b.dtype for b in self._bufs]
         self._every = range(len(self._bufs))
         self._out = self._fresh()
-        self._outs = leaves_of(self._out, [])
+        self._outs = self._out.leaves()
 
     def _fresh(self) -> SampleBatch:
         assert self._schema is not None
@@ -120,7 +105,7 @@ class TrajectoryBuffer:
         """
         if self._buf is None:
             self.allocate(row)
-        leaves = leaves_of(row, [])
+        leaves = row.leaves()
         if len(leaves) != len(self._bufs):
             raise ValueError(f"sample row has {len(leaves)} leaves, the trajectory layout {len(self._bufs)}: {row!r}")
         self.add_leaves(slots, leaves)
@@ -195,8 +180,8 @@ class TrajectoryBuffer:
         assert old is not None
         self._ready.append(old)
         self._buf = self._fresh()
-        self._bufs = leaves_of(self._buf, [])
-        for dst, src in zip(self._bufs, leaves_of(old, [])):
+        self._bufs = self._buf.leaves()
+        for dst, src in zip(self._bufs, old.leaves()):
             dst[0] = src[-1]
         self._cursor[:] = 1
         self._synced_row = 1
@@ -213,7 +198,7 @@ class TrajectoryBuffer:
             assert out is not None
             self._ready.append(out)
             self._out = self._fresh()
-            self._outs = leaves_of(self._out, [])
+            self._outs = self._out.leaves()
             self._out_cols = 0
 
     def mark_truncated(self, slots: np.ndarray) -> None:

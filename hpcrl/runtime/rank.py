@@ -15,7 +15,7 @@ from hpcrl.comm.mpi import node_name
 from hpcrl.comm.polling import Backoff, wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
-from hpcrl.roles.session import Session, StopFlag
+from hpcrl.runtime.session import Session, StopFlag
 
 __all__ = ["RankContext", "RankFailure", "WeightsFollower"]
 
@@ -100,6 +100,7 @@ class RankContext:
         self.frame_budget: int | None = None
         """(Actors) env steps this rank may take in this run, from the leader's ``budget`` message."""
         self._stop_forwarded = False
+        self._checkpoint_forwarded = 0.0  # time of the newest checkpoint request sent to the leader
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
         self._next_service = 0.0
@@ -122,7 +123,7 @@ class RankContext:
         control.post_obj(self.comm, dest, msg, tag)
 
     def service(self) -> None:
-        """Poll control messages, forward local stop requests, send/check heartbeats. Cheap; call often.
+        """Poll control messages, forward stop and checkpoint requests, send/check heartbeats. Cheap; call often.
 
         Calls within :data:`SERVICE_INTERVAL` of the last poll return at once (a loop may call it every
         iteration: an actor stepping a fast env would otherwise spend more time probing for control
@@ -145,11 +146,17 @@ class RankContext:
                 self.frame_budget = int(msg["frames"])
             elif kind == "stop_request" and self.is_leader:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
+            elif kind == "checkpoint":
+                self._checkpoint_requested(src, msg)
             elif kind in ("stats", "final") and self.on_stats is not None:
                 self.on_stats(src, msg)
         if self.stop.is_set() and not self.is_leader and not self._stop_forwarded:
             self._stop_forwarded = True
             self.post(self.leader, {"type": "stop_request", "reason": self.stop.reason})
+        request = self.stop.checkpoint_request
+        if request is not None and not self.is_leader and request[1] > self._checkpoint_forwarded:
+            self._checkpoint_forwarded = request[1]
+            self.post(self.leader, {"type": "checkpoint", "reason": request[0], "time": request[1]})
         if self._hb_interval:
             if now - self._last_hb_sent >= self._hb_interval:
                 self._last_hb_sent = now
@@ -158,6 +165,17 @@ class RankContext:
                     if r != self.rank:
                         self.post(r, {"type": "hb", "host": self.host}, Tag.HEARTBEAT)
             self._check_silence(now)
+
+    def _checkpoint_requested(self, src: int, msg: dict[str, Any]) -> None:
+        """A ``checkpoint`` control message: the leader takes the request; another rank passes it on."""
+        try:
+            at = float(msg.get("time", time.time()))
+        except (TypeError, ValueError):
+            at = time.time()
+        reason = str(msg.get("reason", "request"))
+        if " on rank " not in reason:  # name the rank that asked, once
+            reason = f"{reason} on {self.who(src)}"
+        self.stop.request_checkpoint(reason, at)
 
     def _poll_all(self) -> list[tuple[int, dict[str, Any]]]:
         out = control.poll_obj(self.comm, Tag.CONTROL)
@@ -212,10 +230,6 @@ class RankContext:
             f"{len(lost)} ranks have been silent for {span} s (run.heartbeat_seconds={limit:g}): "
             f"{names}; they are hung or dead{hint}; aborting the job"
         )
-
-    def flush_control(self, timeout: float = 10.0) -> None:
-        """Wait until control messages sent so far have left."""
-        control.flush_obj(timeout)
 
     # ------------------------------------------------------------------ stats
     def send_stats(self, msg: dict[str, Any]) -> None:

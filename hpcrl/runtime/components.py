@@ -1,4 +1,4 @@
-"""Building blocks every role shares: component construction from config, seeds, env naming."""
+"""Building a run's components from its config: user imports, the resolved policy spec, policy, trainer, device."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import dataclasses
 import logging
 import os
 import random
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hpcrl.acting.rings import env_label
 from hpcrl.api import config
 from hpcrl.api.environment import Environment
 from hpcrl.api.environment import make as make_env
@@ -21,17 +21,13 @@ from hpcrl.api.trainer import make as make_trainer
 
 __all__ = [
     "import_user_modules",
-    "env_label",
-    "env_factory",
-    "env_seed",
     "resolve_experiment",
     "resolve_policy_spec",
     "fill_policy_args",
+    "policy_class",
     "build_policy",
+    "build_role_policy",
     "build_trainer",
-    "frames_per_step",
-    "budget_reached",
-    "frame_limit",
     "seed_everything",
     "set_torch_threads",
     "resolve_device",
@@ -39,9 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: built-in policies whose obs_dim/action_dim can be inferred from the env's spaces.
-_INFERABLE = {"actor-critic-separate", "actor-critic-shared"}
 
 
 def import_user_modules(cfg: config.ExperimentConfig) -> None:
@@ -57,32 +50,10 @@ def import_user_modules(cfg: config.ExperimentConfig) -> None:
             importlib.import_module(name)
 
 
-def env_label(spec: config.Environment) -> str:
-    """A short name for messages: ``gym:CartPole-v1``, ``quickstart-multiagent``, ..."""
-    for key in ("id", "game", "env"):
-        if key in spec.args:
-            return f"{spec.type_}:{spec.args[key]}"
-    return spec.type_
-
-
-def env_seed(base_seed: int, global_env_index: int) -> int:
-    """Seed of env number ``global_env_index`` (over all actors) for a run seeded with ``base_seed``."""
-    return int(np.random.SeedSequence([base_seed, global_env_index]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def env_factory(spec: config.Environment) -> Callable[[int], Environment]:
-    """A function building one env from ``spec`` (the index is for messages only)."""
-
-    def build(index: int) -> Environment:
-        return make_env(spec)
-
-    return build
-
-
 def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, int]:
     """Probe the env once: the config with its policy spec resolved, and the env's ``agent_count``.
 
-    See :func:`resolve_policy_spec`. The resolved config is what the run saves and checkpoints.
+    See :func:`fill_policy_args`. The resolved config is what the run saves and checkpoints.
     """
     label = env_label(cfg.environment)
     with config.building("environment", f"cannot build env {label} with args {cfg.environment.args}"):
@@ -90,47 +61,75 @@ def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentC
         agents = int(env.agent_count)
     try:
         with config.building("policy.args", f"policy {cfg.policy.type_!r} does not fit env {label}"):
-            spec = fill_policy_args(cfg.policy, env, label)
+            spec = fill_policy_args(cfg.policy, env)
     finally:
         env.close()
     return dataclasses.replace(cfg, policy=spec), agents
 
 
 def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:
-    """The policy spec with ``obs_dim``/``action_dim`` filled from the env's spaces when omitted.
+    """The policy spec completed and checked by its class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces`.
 
-    For the built-in actor-critic policies the env's declared spaces also check the
-    given dims: a mismatch raises ``ValueError`` naming the input and both shapes.
+    The env is built (and closed) only when the policy class implements the hook.
     """
-    if cfg.policy.type_ not in _INFERABLE:
+    cls = policy_class(cfg.policy.type_)
+    if cls is None or not _has_args_hook(cls):
         return cfg.policy
     env = make_env(cfg.environment)
     try:
-        return fill_policy_args(cfg.policy, env, env_label(cfg.environment))
+        return fill_policy_args(cfg.policy, env)
     finally:
         env.close()
 
 
-def fill_policy_args(spec: config.Policy, env: Environment, label: str) -> config.Policy:
-    """Fill and check a built-in actor-critic spec's input/action dims from ``env``'s declared spaces."""
-    if spec.type_ not in _INFERABLE:
+def policy_class(name: str) -> type[Policy] | None:
+    """The :class:`Policy` class the registered policy ``name`` builds, or None when that is not known.
+
+    A registered class is its own; for a factory function it is the class its return annotation names
+    (``def make_mine(**kw) -> MyPolicy``). An unknown name gives None (building the policy reports it).
+    """
+    import typing
+
+    from hpcrl.api.policy import ALL_POLICIES
+    from hpcrl.api.registry import RegistryError
+
+    try:
+        factory: Any = ALL_POLICIES.get(name)
+    except RegistryError:
+        return None
+    if not isinstance(factory, type):
+        try:
+            factory = typing.get_type_hints(factory).get("return")
+        except Exception:  # unresolvable annotations: no hook, the args are used as given
+            return None
+    return factory if isinstance(factory, type) and issubclass(factory, Policy) else None
+
+
+def _has_args_hook(cls: type[Policy]) -> bool:
+    return getattr(cls.args_from_spaces, "__func__", None) is not Policy.args_from_spaces.__func__  # type: ignore[attr-defined]
+
+
+def fill_policy_args(spec: config.Policy, env: Environment) -> config.Policy:
+    """``spec`` with its args completed and checked against ``env``'s first agent's declared spaces.
+
+    Calls the policy class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces` (with ``None`` spaces when
+    the env declares none); a policy without the hook keeps its args.
+
+    Raises:
+        ValueError: the hook refused the args (its message), or returned something other than a dict.
+    """
+    cls = policy_class(spec.type_)
+    if cls is None or not _has_args_hook(cls):
         return spec
     obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
-    if not obs_spaces or not act_spaces:
-        if "obs_dim" not in spec.args or "action_dim" not in spec.args:
-            raise ValueError(
-                f"policy {spec.type_!r}: env {label} declares no observation/action spaces, "
-                f"so policy.args.obs_dim and policy.args.action_dim must be given"
-            )
-        return spec
-    from hpcrl.policies.actor_critic import check_policy_against_spaces, policy_args_from_spaces
-
-    inferred = policy_args_from_spaces(obs_spaces[0], act_spaces[0])
-    args = dict(spec.args)
-    for key, value in inferred.items():
-        args.setdefault(key, value)
-    check_policy_against_spaces(args, obs_spaces[0], act_spaces[0])
-    return dataclasses.replace(spec, args=args)
+    observation_space = obs_spaces[0] if obs_spaces else None
+    action_space = act_spaces[0] if act_spaces else None
+    args = cls.args_from_spaces(dict(spec.args), observation_space, action_space)
+    if not isinstance(args, dict):
+        raise ValueError(
+            f"{cls.__name__}.args_from_spaces returned {type(args).__name__}; expected a dict of constructor arguments"
+        )
+    return spec if args == spec.args else dataclasses.replace(spec, args=args)
 
 
 def resolve_device(device: str) -> str:
@@ -158,10 +157,19 @@ def resolve_device(device: str) -> str:
 
 
 def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = None) -> Policy:
-    """Build the policy and move it to ``device`` (if it supports ``to``)."""
+    """Build the policy and move it to ``device`` (if it supports ``to``).
+
+    Args:
+        spec: the (resolved) policy spec.
+        device: where the policy's model goes.
+        seed: ``experiment.seed``, passed as ``seed`` to a policy whose class takes one
+            (:attr:`~hpcrl.api.policy.Policy.takes_seed`) unless ``spec.args`` gives it.
+    """
     args = dict(spec.args)
-    if seed is not None and "seed" not in args and spec.type_ in _INFERABLE:
-        args["seed"] = seed
+    if seed is not None and "seed" not in args:
+        cls = policy_class(spec.type_)
+        if cls is not None and cls.takes_seed:
+            args["seed"] = seed
     with config.building("policy", f"cannot build policy {spec.type_!r} with args {spec.args}"):
         policy = make_policy(dataclasses.replace(spec, args=args))
     to = getattr(policy, "to", None)
@@ -169,6 +177,32 @@ def build_policy(spec: config.Policy, device: str = "cpu", seed: int | None = No
         with config.building("training.device", f"cannot move policy {spec.type_!r} to device {device!r}"):
             to(device)
     return policy
+
+
+def build_role_policy(cfg: config.ExperimentConfig, role: str, seed_globals: bool = False) -> tuple[Policy, str]:
+    """The policy a process of ``role`` runs, and its device: torch threads limited, built seeded on the device.
+
+    The trainer (and a one-process run) train on ``training.device``; an inference rank serves on it too,
+    except that ``auto`` means cpu there; an actor with inline inference acts on cpu.
+
+    Args:
+        cfg: the resolved experiment (``policy``, ``training.device``, ``run.torch_threads``, ``experiment.seed``).
+        role: ``local``, ``trainer``, ``inference`` or ``actor``.
+        seed_globals: also seed python's, numpy's and torch's global RNGs with ``experiment.seed`` (after
+            torch is imported with its thread limit, before the policy is built).
+
+    Raises:
+        ConfigError: the policy cannot be built or moved, or the device does not exist (names the key).
+    """
+    set_torch_threads(cfg.run.torch_threads)
+    if seed_globals:
+        seed_everything(cfg.experiment.seed)
+    wanted = cfg.training.device
+    if role == "actor" or (role == "inference" and wanted == "auto"):
+        device = "cpu"
+    else:
+        device = resolve_device(wanted)
+    return build_policy(cfg.policy, device, seed=cfg.experiment.seed), device
 
 
 def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:
@@ -181,37 +215,14 @@ def build_trainer(spec: config.Trainer, policy: Policy, training: config.Trainin
         spec: the trainer spec.
         policy: the policy to optimise.
         training: the trainer-role settings.
+
+    Raises:
+        ConfigError: the trainer cannot be built (names ``trainer``, its type and args).
     """
-    trainer = make_trainer(spec, policy)
+    with config.building("trainer", f"cannot build trainer {spec.type_!r} with args {spec.args}"):
+        trainer = make_trainer(spec, policy)
     trainer.nonfinite = training.nonfinite
     return trainer
-
-
-def frames_per_step(columns: int, fragment_length: int, agents: int) -> int:
-    """Env frames one trainer step consumes (for messages and checkpoint attributes, never for schedules).
-
-    Args:
-        columns: trajectories in one step's batches, summed over all trainer ranks.
-        fragment_length: T; each trajectory holds T decision rows.
-        agents: agents per env (one env step gives one row per agent).
-    """
-    return max(1, columns * fragment_length // max(1, agents))
-
-
-def frame_limit(cfg: config.ExperimentConfig) -> tuple[int, str]:
-    """Where this invocation stops stepping and why: ``experiment.total_frames`` or an earlier ``stop_at_frames``."""
-    total = cfg.experiment.total_frames
-    if cfg.run.stop_at_frames and cfg.run.stop_at_frames < total:
-        return cfg.run.stop_at_frames, "run.stop_at_frames reached"
-    return total, "total_frames reached"
-
-
-def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
-    """Why a run at ``frames`` env frames must stop now, or None: its ``total_frames`` or its ``run.stop_at_frames``."""
-    if frames >= cfg.experiment.total_frames:
-        return "total_frames reached"
-    limit, reason = frame_limit(cfg)
-    return reason if frames >= limit else None
 
 
 def seed_everything(seed: int) -> None:
@@ -265,10 +276,3 @@ def check_publishes(policy: Policy, layout: str | None) -> None:
         "policy fails at start-up under mpiexec",
         problem,
     )
-
-
-def default_state_row(policy: Policy) -> Any:
-    """The policy's default state in row layout (size-1 slot removed), or None."""
-    from hpcrl.api.policy import state_to_agent
-
-    return state_to_agent(policy.default_policy_state)

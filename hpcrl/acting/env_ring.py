@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.acting.trajectory import TrajectoryBuffer
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray, Schema, from_flat, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
 from hpcrl.envs.results import FALSE, TRUE
-from hpcrl.roles.trajectory import TrajectoryBuffer, leaves_of
 
 __all__ = ["EnvRing", "EnvError", "PolicyResultError", "Episode"]
 
@@ -548,11 +548,13 @@ class EnvRing:
                     on_reset=req.on_reset,
                 )
             )
-        leaves = leaves_of(req.obs, [])
-        leaves_of(req.policy_state, leaves)
+        leaves = req.obs.leaves()
+        if req.policy_state is not None:
+            req.policy_state.leaves(leaves)
         first = len(leaves)  # the policy's leaves: the others are the ring's own buffers, built to the layout
-        leaves_of(act, leaves)
-        leaves_of(result.analyzed_result, leaves)
+        act.leaves(leaves)
+        if result.analyzed_result is not None:
+            result.analyzed_result.leaves(leaves)
         policy_leaves = range(first, len(leaves))
         leaves += (reward, done, trunc, versions, req.on_reset)
         try:

@@ -30,10 +30,17 @@ def active_run_dir() -> Path | None:
 
 
 class StopFlag:
-    """Set asynchronously (signal handler, control message); checked at step boundaries."""
+    """What signal handlers and control messages ask of this process, checked at step boundaries.
+
+    A stop (SIGTERM, SIGUSR1, a stop request; the first reason wins) and a checkpoint now (SIGUSR2, a
+    ``checkpoint`` control message): :attr:`checkpoint_request` holds the newest such request, which any
+    checkpoint whose state is taken after it serves.
+    """
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.checkpoint_request: tuple[str, float] | None = None
+        """The newest checkpoint request: (who asked, its ``time.time()``), or None."""
 
     def set(self, reason: str) -> None:
         """Ask the run to stop (the first reason wins)."""
@@ -44,17 +51,36 @@ class StopFlag:
         """Whether a stop was requested."""
         return self.reason is not None
 
+    def request_checkpoint(self, reason: str, at: float | None = None) -> None:
+        """Ask for a checkpoint at the next step boundary, without stopping.
+
+        Args:
+            reason: who asked, for the log (``SIGUSR2``, ``SIGUSR2 on rank 3 (actor on node7)``).
+            at: when it was asked (``time.time()`` of the asking process; default now).
+        """
+        at = time.time() if at is None else float(at)
+        current = self.checkpoint_request
+        if current is None or at >= current[1]:
+            self.checkpoint_request = (reason, at)
+
 
 def install_signal_handlers(flag: StopFlag) -> None:
-    """SIGTERM and SIGUSR1 (SLURM preemption) set ``flag``; a second SIGINT interrupts for real."""
+    """SIGTERM and SIGUSR1 (SLURM preemption) set ``flag``; SIGUSR2 asks for a checkpoint; a second SIGINT interrupts.
+
+    Without a handler SIGUSR2 would end the process; with it, the run writes a checkpoint at the next step
+    boundary (the trainer leader does; another rank forwards the request to it) and goes on.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGUSR2:
+            flag.request_checkpoint(name)
+            return
         if signum == signal.SIGINT and flag.is_set():
             raise KeyboardInterrupt
         flag.set(name)
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         try:
             signal.signal(sig, handler)
         except ValueError:  # not the main thread

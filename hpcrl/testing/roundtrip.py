@@ -27,7 +27,7 @@ from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult
 from hpcrl.api.policy import make as make_policy
 from hpcrl.api.trainer import Trainer
 from hpcrl.api.trainer import make as make_trainer
-from hpcrl.roles.local import PipelineError
+from hpcrl.testing.pipeline import PipelineError
 
 __all__ = ["Twins", "scramble", "evaluation_request", "reference_outputs", "check_publish", "check_checkpoint"]
 
@@ -248,7 +248,7 @@ def check_checkpoint(
     Args:
         policy: the trained policy.
         trainer: its trainer.
-        learner: the :class:`~hpcrl.roles.learner.Learner` that ran them (builds the tree as a run does).
+        learner: the :class:`~hpcrl.learning.learner.Learner` that ran them (its tree is saved as a run saves it).
         twin: a second, scrambled policy instance.
         trainer_spec: the trainer's spec (a fresh trainer for ``twin`` loads the trainer state), or ``None``
             (the given trainer loads it back).
@@ -259,6 +259,7 @@ def check_checkpoint(
         PipelineError: the tree cannot be stored (names the offending entry's path), or cannot be loaded
             back, or ``twin`` then acts differently or reports another version.
     """
+    from hpcrl.learning.checkpointing import checkpoint_contents
     from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     name, tname = type(policy).__name__, type(trainer).__name__
@@ -267,7 +268,7 @@ def check_checkpoint(
             obj.get_checkpoint()
         except Exception as e:
             raise PipelineError(f"{who}.get_checkpoint() failed: {type(e).__name__}: {e}") from e
-    tree, attrs = learner._checkpoint_state("test_pipeline")
+    tree, attrs = checkpoint_contents(learner, "test_pipeline")
     with tempfile.TemporaryDirectory(prefix="hpcrl-test-pipeline-") as tmp:
         path = Path(tmp) / "ckpt-000000001.h5"
         try:

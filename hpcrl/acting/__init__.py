@@ -1,0 +1,1 @@
+"""Acting: the env ring, trajectory assembly, and a policy acting on a ring in this process."""

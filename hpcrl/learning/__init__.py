@@ -1,0 +1,1 @@
+"""Learning: batches of fragments, trainer steps, and the checkpoints they are saved in."""

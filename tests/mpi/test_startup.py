@@ -1,0 +1,77 @@
+"""Start-up collectives and the trainers' step agreement under MPI (buffer calls only, every rank asserts the same)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hpcrl.comm.agreement import Iallreduce_step
+from hpcrl.comm.startup import RANK_ENTRY_NBYTES, Bcast_state_dict, Bcast_text, Gather_rank_table
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture
+def comm() -> Iterator[Any]:
+    from mpi4py import MPI
+
+    dup = MPI.COMM_WORLD.Dup()
+    yield dup
+    dup.Barrier()
+    dup.Free()
+
+
+@pytest.mark.parametrize("text", ["", "run dir in use by host-a pid 12", "λ ✓ " * 300])
+def test_bcast_text_gives_every_rank_the_roots_string(comm: Any, text: str) -> None:
+    root = comm.size - 1
+    got = Bcast_text(comm, text if comm.rank == root else "something else", root=root)
+    assert got == text
+
+
+def test_gather_rank_table_on_rank_zero_in_rank_order(comm: Any) -> None:
+    entry = {"rank": comm.rank, "role": f"role-{comm.rank}", "host": "node-λ", "pid": os.getpid()}
+    table = Gather_rank_table(comm, entry)
+    if comm.rank == 0:
+        assert table is not None and [e["rank"] for e in table] == list(range(comm.size))
+        assert all(e["role"] == f"role-{e['rank']}" and e["host"] == "node-λ" for e in table)
+    else:
+        assert table is None
+
+
+def test_rank_table_entry_too_long_is_refused_before_the_gather() -> None:
+    from mpi4py import MPI
+
+    with pytest.raises(ValueError, match=f"at most {RANK_ENTRY_NBYTES} fit"):
+        Gather_rank_table(MPI.COMM_SELF, {"host": "x" * RANK_ENTRY_NBYTES})
+
+
+def test_bcast_state_dict_copies_the_roots_values_in_place(comm: Any) -> None:
+    import torch
+
+    torch.manual_seed(comm.rank)
+    state = {
+        "w": torch.randn(3, 4),
+        "b": torch.randn(4).double(),
+        "steps": np.full((2,), comm.rank, np.int64),
+        "strided": torch.randn(4, 6)[:, ::2],
+    }
+    keep = {k: v for k, v in state.items()}
+    Bcast_state_dict(comm, state, root=0)
+    torch.manual_seed(0)
+    want = {"w": torch.randn(3, 4), "b": torch.randn(4).double(), "strided": torch.randn(4, 6)[:, ::2]}
+    for k, v in want.items():
+        assert torch.equal(state[k], v), k
+        assert state[k] is keep[k]  # in place
+    assert state["steps"].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("stopper", [None, 0, 1])
+def test_step_agreement_stops_together_with_the_largest_frame_count(comm: Any, stopper: int | None) -> None:
+    idles: list[int] = []
+    stop, frames = Iallreduce_step(comm, comm.rank == stopper, 1000 - comm.rank, lambda: idles.append(1))
+    assert stop is (stopper is not None)
+    assert frames == 1000
