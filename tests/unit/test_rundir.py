@@ -50,9 +50,13 @@ _HOLDER = textwrap.dedent(
         fcntl.flock = flock
     from hpcrl.storage.rundir import RunDirLock
     lock = RunDirLock.acquire(sys.argv[1])
-    if sys.argv[2] == "fork" and os.fork() == 0:
-        time.sleep(120)
-        os._exit(0)
+    if sys.argv[2] == "fork":
+        r, w = os.pipe()
+        if os.fork() == 0:  # the at-fork hooks have run once fork() returns here
+            os.write(w, b"x")
+            time.sleep(120)
+            os._exit(0)
+        os.read(r, 1)  # the child is past fork(): report the lock only now
     print("locked", lock.mode, flush=True)
     sys.stdin.readline()
     lock.release()
