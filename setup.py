@@ -1,10 +1,6 @@
 """hpcrl: MPI-native reinforcement learning."""
 
-from setuptools import Extension, find_packages, setup
-
-# The channels' per-message hot path in C (hpcrl/comm/fastpath.py): plain CPython C API, no MPI headers.
-# optional=True: without a C compiler the build goes on and hpcrl uses the identical Python fast path.
-fastpath = Extension("hpcrl.comm._fastpath", ["hpcrl/comm/_fastpath.c"], optional=True, extra_compile_args=["-O2"])
+from setuptools import find_packages, setup
 
 setup(
     name="hpcrl",
@@ -16,7 +12,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hpcrl", "hpcrl.*"]),
     package_data={"hpcrl": ["py.typed", "configs/*.yaml"]},
-    ext_modules=[fastpath],
     install_requires=[
         "mpi4py>=4.0,<5",
         "numpy>=1.24,<3",

@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np
 from mpi4py import MPI
 
-from hpcrl.api.namedarray import NamedArray, Schema
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.comm.channel import HEADER_NBYTES, RecvChannel, SendChannel
+from hpcrl.comm.schema import Schema
 from hpcrl.comm.tags import Tag
 
 KIB = 1024

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, Schema
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import HEADER_NBYTES
+from hpcrl.comm.schema import Schema
 
 __all__ = ["TrajectoryBuffer", "leaves_of"]
 
