@@ -44,7 +44,7 @@ import numpy as np
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.comm.mpi import load_mpi
 from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, transfer_backoff, wait, wait_for
-from hpcrl.comm.schema import Schema, WireLayout, structure_key, wire_layout
+from hpcrl.comm.schema import Schema, WireLayout, host_array, structure_key, wire_layout
 from hpcrl.comm.shutdown import drain_and_close
 from hpcrl.comm.tags import schema_tag, tag_name
 from hpcrl.comm.wire import (
@@ -89,16 +89,6 @@ _VIEW_CACHE = 64
 #: Back-to-back tests :meth:`RecvChannel.recv` makes before it starts pacing (~10 us, within the first
 #: phase of :class:`~hpcrl.comm.polling.Backoff`, which tests back to back for 50 us anyway).
 _SPIN_TESTS = 128
-
-
-def _host_leaves(data: NamedArray) -> list[np.ndarray]:
-    """The leaves of ``data`` as numpy arrays (torch tensors copied to the host)."""
-    out = []
-    for leaf in data.leaves():
-        if type(leaf).__module__.startswith("torch"):
-            leaf = leaf.detach().cpu().numpy()
-        out.append(np.asarray(leaf))
-    return out
 
 
 class _SendSlot:
@@ -276,7 +266,7 @@ class SendChannel:
         for shape in shapes:
             if tuple(shape[:bnd]) != batch:
                 raise SchemaError(f"{self.where}: leaves disagree on the batch shape: {tuple(shape[:bnd])} vs {batch}")
-        return batch, _host_leaves(data)
+        return batch, [host_array(x) for x in data.leaves()]
 
     def _sendable_in_place(self, layout: WireLayout, batch: tuple[int, ...], leaves: list[Any]) -> bool:
         """Whether ``data`` (checked: ``batch``, ``leaves``) lies in its wire-layout buffer as the channel sends it."""

@@ -40,6 +40,7 @@ __all__ = [
     "WireLayout",
     "WIRE_DTYPES",
     "wire_layout",
+    "host_array",
     "structure_key",
     "from_flat",
 ]
@@ -47,8 +48,8 @@ __all__ = [
 _WIRE_ATTR = "_wire"  # where allocate_views attaches the WireLayout (not a field: never in keys())
 
 
-def _host_array(x: Any) -> np.ndarray:
-    """A numpy array for a numpy array or a (CPU or device) torch tensor."""
+def host_array(x: Any) -> np.ndarray:
+    """A numpy array for a numpy array or a (CPU or device) torch tensor (copied to the host)."""
     if type(x).__module__.startswith("torch"):
         return x.detach().cpu().numpy()  # type: ignore[no-any-return]
     return np.asarray(x)
@@ -204,7 +205,7 @@ class Schema:
         flat = dict(na.flat_items())
         pos = offset
         for leaf in self.leaves:
-            arr = _host_array(flat[leaf.path])
+            arr = host_array(flat[leaf.path])
             nb = arr.size * arr.itemsize
             dst = out[pos : pos + nb].view(leaf.dtype).reshape(arr.shape)
             np.copyto(dst, arr, casting="same_kind" if arr.dtype.str != leaf.dtype else "no")
