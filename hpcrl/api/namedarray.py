@@ -45,25 +45,6 @@ __all__ = [
 
 T = TypeVar("T", bound="NamedArray")
 
-#: dtypes allowed on the wire (no object arrays: nothing executable ever travels).
-WIRE_DTYPES = frozenset(
-    np.dtype(t).str
-    for t in (
-        np.bool_,
-        np.int8,
-        np.int16,
-        np.int32,
-        np.int64,
-        np.uint8,
-        np.uint16,
-        np.uint32,
-        np.uint64,
-        np.float16,
-        np.float32,
-        np.float64,
-    )
-)
-
 
 def _is_torch(x: Any) -> bool:
     mod = type(x).__module__
