@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
 
@@ -17,10 +17,6 @@ def read_version() -> str:
     return match.group(1)
 
 
-# The channels' per-message hot path in C (hpcrl/comm/fastpath.py): plain CPython C API, no MPI headers.
-# optional=True: without a C compiler the build goes on and hpcrl uses the identical Python fast path.
-fastpath = Extension("hpcrl.comm._fastpath", ["hpcrl/comm/_fastpath.c"], optional=True, extra_compile_args=["-O2"])
-
 setup(
     name="hpcrl",
     version=read_version(),
@@ -31,7 +27,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["hpcrl", "hpcrl.*"]),
     package_data={"hpcrl": ["py.typed"]},
-    ext_modules=[fastpath],
     install_requires=[
         "mpi4py>=4.0,<5",
         "numpy>=1.24,<3",

@@ -49,8 +49,9 @@ def payload(nbytes: int, in_place: bool = True) -> NamedArray:
     """One float32 leaf of ``nbytes``; by default allocated in wire layout (``Schema.allocate_views``),
     as the actor allocates its trajectory fragments, so the channel sends it without packing.
     """
-    from hpcrl.api.namedarray import NamedArray, Schema
+    from hpcrl.api.namedarray import NamedArray
     from hpcrl.comm.channel import HEADER_NBYTES
+    from hpcrl.comm.schema import Schema
 
     rows = max(1, nbytes // ROW)
     data = NamedArray(x=np.random.default_rng(0).random((rows, ROW // 4), dtype=np.float32))
@@ -266,8 +267,6 @@ def worker(out_path: Path, quick: bool) -> None:
         }
         for nbytes, lr, lc, br, bc, bp, br1, bc1 in rows
     ]
-    from hpcrl.comm.fastpath import ACCELERATED
-
     write_json(
         out_path,
         {
@@ -275,7 +274,6 @@ def worker(out_path: Path, quick: bool) -> None:
             "request_like_latency_us": lat_req * 1e6,
             "cpu_us_per_message": [{"bytes": n, "raw_us": r * 1e6, "hpcrl_us": c * 1e6} for n, r, c in cpu],
             "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
-            "fast_path": "C" if ACCELERATED else "Python",
         },
     )
 
@@ -326,7 +324,7 @@ def run(ctx: Context) -> BenchResult:
                 target=0.5,
                 target_text="<= 2x raw",
                 note=(
-                    f"{data.get('fast_path', '?')} fast path; nested 4-leaf request-like NamedArray: "
+                    "nested 4-leaf request-like NamedArray: "
                     f"{data['request_like_latency_us']:.1f} us"
                     + (
                         f"; CPU per send + receive in one process: hpcrl {cpu['hpcrl_us']:.1f} us, raw "

@@ -289,7 +289,7 @@ def _details(res: BenchResult) -> list[str]:
     elif res.name == "channel" and d.get("cpu_us_per_message"):
         out += [
             "",
-            f"{d.get('mpi_library', '')}; {d.get('fast_path', '?')} fast path. CPU time per message, one process "
+            f"{d.get('mpi_library', '')}. CPU time per message, one process "
             "sending to itself (independent of other load):",
             "",
             "| size | raw Isend + Irecv + Waitall | hpcrl send + receive |",

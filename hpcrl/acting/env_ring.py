@@ -26,9 +26,10 @@ import numpy as np
 
 from hpcrl.acting.trajectory import TrajectoryBuffer
 from hpcrl.api.environment import Environment, StepResult
-from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray, Schema, from_flat, stack
+from hpcrl.api.namedarray import NamedArray, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
+from hpcrl.comm.schema import WIRE_DTYPES, Schema, from_flat
 from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
 from hpcrl.envs.results import FALSE, TRUE
 

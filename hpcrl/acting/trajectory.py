@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import Schema
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import HEADER_NBYTES
+from hpcrl.comm.schema import Schema
 
 __all__ = ["TrajectoryBuffer"]
 

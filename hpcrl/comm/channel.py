@@ -6,12 +6,18 @@ destination rank, data tag ``T``):
 1. Before the first message, and whenever the structure of the sent NamedArrays changes, the sender
    announces a schema: a header of kind ``SCHEMA`` on ``T``, then the schema JSON
    (:meth:`Schema.to_json`) as a uint8 buffer on ``schema_tag(T)``. No pickle anywhere.
-2. Every data message is ONE buffer on ``T``: the 64-byte header, then the payload (:meth:`Schema.pack`).
+2. Every data message is ONE buffer on ``T``: the 64-byte header, then the payload (the leaves in schema
+   order, :mod:`hpcrl.comm.schema`).
 
 The receiver keeps an ``Irecv`` posted into buffers preallocated from the schema and ``max_rows``
 (rows = product of the batch dims), so a message is never larger than what was allocated: a
-bigger one fails in MPI (truncation) and is reported. Every header field is checked before use;
-errors (:class:`ChannelError`) name the channel, the source rank and the tag.
+bigger one fails in MPI (truncation) and is reported. Every header field of every message is checked
+(:meth:`RecvChannel._complete`, the one place that validates and books a received message); errors
+(:class:`ChannelError`) name the channel, the source rank and the tag.
+
+Both ends do the work that depends only on the structure or the batch shape once and cache it: the
+sender a generated structure check (``Schema.matcher``) and its buffer's leaf views per batch shape,
+the receiver the leaf views of each batch shape it has validated on each buffer.
 
 Examples:
     Under ``mpiexec -n 2`` (rank 0 sends, rank 1 receives)::
@@ -30,14 +36,15 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, Schema, SchemaError, structure_key
-from hpcrl.comm.fastpath import copy_leaves
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.comm.mpi import load_mpi
 from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, transfer_backoff, wait, wait_for
+from hpcrl.comm.schema import Schema, WireLayout, host_array, structure_key, wire_layout
 from hpcrl.comm.shutdown import drain_and_close
 from hpcrl.comm.tags import schema_tag, tag_name
 from hpcrl.comm.wire import (
@@ -51,16 +58,15 @@ from hpcrl.comm.wire import (
     MAX_SCHEMA_BYTES,
     ChannelError,
     Message,
+    SchemaError,
+    announcement,
+    header_dims,
+    pack_header,
     write_header,
 )
 
 if TYPE_CHECKING:
     from mpi4py import MPI
-
-    from hpcrl.comm.fastpath import PyRecvBase as RecvBase
-    from hpcrl.comm.fastpath import PySendBase as SendBase
-else:
-    from hpcrl.comm.fastpath import RecvBase, SendBase
 
 __all__ = [
     "ChannelError",
@@ -75,6 +81,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_is = operator.is_
+_unpack_header = HEADER.unpack_from
 
 #: Batch shapes per buffer whose leaf views are cached (send and receive); the cache is cleared when full.
 _VIEW_CACHE = 64
@@ -95,12 +103,13 @@ class _SendSlot:
         return self.req is None or bool(self.req.Test())
 
 
-class SendChannel(SendBase):
+class SendChannel:
     """Sending end of a channel: NamedArrays to one rank on one tag, without blocking the caller.
 
     Each :meth:`send` packs into one of two buffers and starts an ``Isend``; it waits only when both
     buffers are still in flight (then for the older one), so the caller packs message ``k+1`` while
-    message ``k`` travels.
+    message ``k`` travels. A NamedArray allocated in wire layout (``Schema.allocate_views`` with
+    ``HEADER_NBYTES`` in front) goes out of its own buffer instead, without a copy.
 
     Args:
         comm: the communicator.
@@ -141,7 +150,7 @@ class SendChannel(SendBase):
         self._byte = self._mpi.BYTE
         self._dims: dict[tuple[int, ...], tuple[int, int, int]] = {}  # batch -> (dim 0, dim 1, payload bytes)
         self._schema: Schema | None = None
-        self._matcher = None  # the schema's generated structure check (Schema._matcher)
+        self._matcher: Any = None  # the schema's generated structure check (Schema.matcher)
         self._wire_schema: Schema | None = None  # a wire-layout schema found equal to _schema
         self._fingerprint: tuple[Any, ...] | None = None
         self._row_nbytes = 0
@@ -203,61 +212,41 @@ class SendChannel(SendBase):
             ChannelError: the channel is closed, or the schema JSON exceeds ``MAX_SCHEMA_BYTES``.
             WaitTimeout: both buffers stayed busy longer than ``send_timeout``.
         """
-        got = self._send_fast(data, version)  # C or Python (hpcrl.comm.fastpath): zero-copy, nothing to wait for
-        if got is True:
-            return
         if self._closed:
             raise ChannelError(f"{self.where}: send after close()")
-        schema = self._schema
-        if got is None or schema is None:  # first message, a new structure, or leaves the matcher does not vouch for
-            schema, got = self._adopt(data)
+        matcher = self._matcher
+        got = None if matcher is None else matcher(data)
+        if got is None:  # first message, a new structure, or leaves the matcher does not vouch for (torch)
+            got = self._adopt(data)
         batch, leaves = got
         dims = self._dims.get(batch)
         if dims is None:
             dims = self._batch_dims(batch)
         d0, d1, nbytes = dims
-        raw = None if leaves is None else self._wire_buffer(data, schema, batch, leaves)
-        if raw is not None:  # zero copy, after waiting for the sends in flight that hold it up
+        layout = wire_layout(data)
+        slot = None
+        if layout is not None and self._sendable_in_place(layout, batch, leaves):
+            buf = layout.raw  # zero copy, once the sends in flight that hold it up have completed
             if self._borrowed:
-                self._reap_borrowed(raw, on_idle)
-            HEADER.pack_into(raw, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
-            self._borrowed.append((self._isend([raw, HEADER_NBYTES + nbytes, self._byte], self.dest, self.tag), raw))
-            self._seq += 1
-            self.messages += 1
-            self.bytes += nbytes
-            return
-        slot = self._take_slot(on_idle)
-        need = HEADER_NBYTES + nbytes
-        if slot.buf is None or slot.buf.nbytes < need:
-            old = 0 if slot.buf is None else slot.buf.nbytes
-            slot.buf = np.empty(max(need, old + old // 2), np.uint8)
-            slot.views.clear()
-        buf = slot.buf
-        if leaves is not None:  # numpy leaves of the checked structure: copy into cached destination views
-            key = (self._schema_id, batch)
-            dsts = slot.views.get(key)
-            if dsts is None:
-                if len(slot.views) >= _VIEW_CACHE:
-                    slot.views.clear()
-                dsts = slot.views[key] = schema.unpack(buf[HEADER_NBYTES:], batch).leaves()
-            copy_leaves(dsts, leaves)  # a memcpy per leaf in C (hpcrl.comm.fastpath)
+                self._reap_borrowed(buf, on_idle)
         else:
-            try:
-                schema.pack(data, out=buf, offset=HEADER_NBYTES, batch=batch)
-            except (SchemaError, TypeError, ValueError) as e:
-                raise SchemaError(f"{self.where}: {e}") from e
-        HEADER.pack_into(buf, 0, MAGIC, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)  # type: ignore[arg-type]
-        slot.req = self._isend([buf, need, self._byte], self.dest, self.tag)
+            slot = self._take_slot(on_idle)
+            buf = self._pack(slot, batch, HEADER_NBYTES + nbytes, leaves)
+        pack_header(buf, KIND_DATA, self._schema_id, d0, d1, int(version), self._seq, nbytes)
+        req = self._isend([buf, HEADER_NBYTES + nbytes, self._byte], self.dest, self.tag)
+        if slot is None:
+            self._borrowed.append((req, buf))
+        else:
+            slot.req = req
         self._seq += 1
         self.messages += 1
         self.bytes += nbytes
 
-    def _adopt(self, data: NamedArray) -> tuple[Schema, tuple[tuple[int, ...], list[Any] | None]]:
+    def _adopt(self, data: NamedArray) -> tuple[tuple[int, ...], list[np.ndarray]]:
         """The general path of :meth:`send`: describe ``data``, announce its schema if it changed.
 
         Returns:
-            The schema and ``(batch shape, leaves)``; leaves are ``None`` when the schema's matcher does
-            not take ``data`` (e.g. torch leaves), and the leaves are then packed by :meth:`Schema.pack`.
+            The batch shape and the leaves (numpy, in schema order) to send.
         """
         shapes: list[Any] = []
         fingerprint = structure_key(data, self.batch_ndim, shapes)
@@ -269,39 +258,52 @@ class SendChannel(SendBase):
             if fresh != self._schema:
                 self._announce(fresh)
             self._fingerprint = fingerprint
-        schema = self._schema
-        assert schema is not None
-        got = schema._matcher(data)
+        got = self._matcher(data)
         if got is not None:
-            return schema, got
+            return got  # type: ignore[no-any-return]
         bnd = self.batch_ndim
         batch = tuple(int(n) for n in shapes[0][:bnd]) if shapes else (0,) * bnd
         for shape in shapes:
             if tuple(shape[:bnd]) != batch:
                 raise SchemaError(f"{self.where}: leaves disagree on the batch shape: {tuple(shape[:bnd])} vs {batch}")
-        return schema, (batch, None)
+        return batch, [host_array(x) for x in data.leaves()]
 
-    def _wire_buffer(
-        self, data: NamedArray, schema: Schema, batch: tuple[int, ...], leaves: list[Any]
-    ) -> np.ndarray | None:
-        """The buffer of ``data`` if it can be sent from it (``Schema.allocate_views`` layout, leaves unchanged)."""
-        wire = data.__dict__.get("_wire")
-        if wire is None or wire[2] != batch or wire[3] != HEADER_NBYTES:
-            return None
-        if wire[1] is not self._wire_schema:
-            if wire[1] != schema:
-                return None
-            self._wire_schema = wire[1]  # equal to the channel's schema: later checks are by identity
-        if len(wire[4]) != len(leaves) or any(a is not b for a, b in zip(leaves, wire[4])):
-            return None  # a leaf was replaced by another array: pack it instead
-        return wire[0]  # type: ignore[no-any-return]
+    def _sendable_in_place(self, layout: WireLayout, batch: tuple[int, ...], leaves: list[Any]) -> bool:
+        """Whether ``data`` (checked: ``batch``, ``leaves``) lies in its wire-layout buffer as the channel sends it."""
+        if layout.schema is not self._wire_schema:
+            if layout.schema != self._schema:
+                return False
+            self._wire_schema = layout.schema  # equal to the channel's schema: later checks are by identity
+        return (
+            layout.batch_shape == batch
+            and layout.header_nbytes == HEADER_NBYTES
+            and len(layout.leaves) == len(leaves)
+            and all(map(_is, leaves, layout.leaves))  # a leaf replaced by another array is packed instead
+        )
+
+    def _pack(self, slot: _SendSlot, batch: tuple[int, ...], need: int, leaves: list[np.ndarray]) -> np.ndarray:
+        """Copy ``leaves`` (checked against the schema) behind the header of ``slot``'s buffer; returns the buffer."""
+        buf = slot.buf
+        if buf is None or buf.nbytes < need:
+            old = 0 if buf is None else buf.nbytes
+            buf = slot.buf = np.empty(max(need, old + old // 2), np.uint8)
+            slot.views.clear()
+        key = (self._schema_id, batch)
+        dsts = slot.views.get(key)
+        if dsts is None:
+            if len(slot.views) >= _VIEW_CACHE:
+                slot.views.clear()
+            assert self._schema is not None
+            dsts = slot.views[key] = self._schema.views(buf[HEADER_NBYTES:], batch)
+        for dst, src in zip(dsts, leaves):
+            dst[...] = src  # same dtype and shape (the matcher or Schema.of checked them)
+        return buf
 
     def _batch_dims(self, batch: tuple[int, ...]) -> tuple[int, int, int]:
         """Header dims and payload bytes of a batch shape (cached until the schema changes)."""
-        d0, d1 = (tuple(batch) + (1, 1))[:2]
         if len(self._dims) >= _VIEW_CACHE:
             self._dims.clear()
-        dims = self._dims[batch] = (int(d0), int(d1), self._row_nbytes * math.prod(batch))
+        dims = self._dims[batch] = (*header_dims(batch), self._row_nbytes * math.prod(batch))
         return dims
 
     def _reap_borrowed(self, raw: np.ndarray, on_idle: OnIdle | None) -> None:
@@ -360,14 +362,14 @@ class SendChannel(SendBase):
         if self._aux:
             self._aux = [(r, b) for r, b in self._aux if not r.Test()]
         self._schema_id += 1
-        marker = np.empty(HEADER_NBYTES, np.uint8)
-        write_header(marker, KIND_SCHEMA, self._schema_id, (), 0, self._seq, len(text))
+        marker = announcement(self._schema_id, self._seq, len(text))
         payload = np.frombuffer(bytearray(text), np.uint8)
         mpi = self._mpi
         self._aux.append((self.comm.Isend([marker, mpi.BYTE], self.dest, self.tag), marker))
         self._aux.append((self.comm.Isend([payload, mpi.BYTE], self.dest, self.schema_tag), payload))
         self._schema = schema
-        self._matcher = schema._matcher
+        self._matcher = schema.matcher
+        self._wire_schema = None
         self._row_nbytes = schema.row_nbytes
         self._dims.clear()
         _log.debug("%s: schema %d announced (%d leaves)", self.where, self._schema_id, len(schema.leaves))
@@ -412,13 +414,16 @@ class SendChannel(SendBase):
             slot.buf, slot.req = None, None
 
 
-class RecvChannel(RecvBase):
+class RecvChannel:
     """Receiving end of a channel: NamedArrays from one rank on one tag, with an ``Irecv`` always posted.
 
     The receive buffers are allocated when the schema arrives: ``nbuffers`` x (64 + ``max_rows`` x
     row bytes). With two buffers the next receive is already posted while the caller reads the
     message just returned. Returned leaves are views into a buffer, valid until the next receive call
     on this channel (``test``/``recv``/``poll_any``); pass ``copy=True`` to keep them longer.
+
+    To wait on many channels at once, test their :attr:`posted` receives together and hand each one
+    that completed to :meth:`completed` (what :func:`~hpcrl.comm.fanin.poll_any` does).
 
     Args:
         comm: the communicator.
@@ -477,8 +482,8 @@ class RecvChannel(RecvBase):
         self.bytes = 0
         """Payload bytes received so far."""
         self._last_nbytes = 0
-        # (buffer index, dim 0, dim 1) -> (batch shape, payload bytes, leaf views): shapes already checked
-        self._views: dict[tuple[int, int, int], tuple[tuple[int, ...], int, list[np.ndarray]]] = {}
+        # (buffer index, dim 0, dim 1) -> (batch shape, payload bytes, leaf views): batch dims validated once
+        self._shapes: dict[tuple[int, int, int], tuple[tuple[int, ...], int, list[np.ndarray]]] = {}
         self._builder: Any = None
         self._view_builder: Any = None
 
@@ -498,6 +503,11 @@ class RecvChannel(RecvBase):
         """Bytes of one receive buffer (header included); 0 before the schema is known."""
         return self._bufs[0].nbytes if self._bufs else 0
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def _error(self, problem: str) -> ChannelError:
         return ChannelError(f"{self.where}: {problem}")
 
@@ -513,30 +523,7 @@ class RecvChannel(RecvBase):
         Raises:
             ChannelError: a malformed, out-of-order or oversized message, or the channel is closed.
         """
-        try:
-            while True:
-                req = self._req
-                if req is None:  # (a posted receive implies: open, and no schema JSON awaited)
-                    if self._closed:
-                        raise self._error("receive after close()")
-                    if self._awaiting is not None and not self._receive_schema():
-                        return None
-                    self._post()
-                    req = self._req
-                    assert req is not None
-                if self._req_buf >= 0:  # a data buffer's receive: the fast path (hpcrl.comm.fastpath) tests it
-                    msg = self._recv_fast(1, copy)
-                    if msg is not None or self._req is not None:  # a message, or nothing yet
-                        return msg
-                    continue  # it completed a schema announcement
-                if not req.Test(self._status):  # the first message: a schema announcement into _first
-                    return None
-                self._req = None
-                msg = self._complete(self._status, copy)
-                if msg is not None:
-                    return msg
-        except self._mpi.Exception as e:
-            raise self._receive_failed(e) from e
+        return self._receive(1, copy)
 
     def recv(
         self,
@@ -558,10 +545,7 @@ class RecvChannel(RecvBase):
             WaitTimeout: nothing arrived within ``timeout`` (names the channel and the source rank).
             ChannelError: see :meth:`test`.
         """
-        try:  # spin on the posted data receive first: a reply is here or microseconds away
-            msg = self._recv_fast(_SPIN_TESTS, copy)
-        except self._mpi.Exception as e:
-            raise self._receive_failed(e) from e
+        msg = self._receive(_SPIN_TESTS, copy)  # a reply is often here or microseconds away: test back to back
         if msg is not None:
             return msg
         if backoff is None:  # a message as large as the last one may be mid-copy: yield while it would take
@@ -570,16 +554,72 @@ class RecvChannel(RecvBase):
             lambda: self.test(copy), lambda: f"a message on {self.where}", self.source, timeout, on_idle, backoff
         )
 
-    def _post(self) -> None:
+    def _receive(self, spins: int, copy: bool) -> Message | None:
+        """Test the posted receive up to ``spins`` times; the next message, or ``None`` if none arrived."""
+        try:
+            while True:
+                req = self._req
+                if req is None:  # (a posted receive implies: open, and no schema JSON awaited)
+                    if self._closed:
+                        raise self._error("receive after close()")
+                    if self._awaiting is not None and not self._receive_schema():
+                        return None
+                    req = self._post()
+                status = self._status
+                for _ in range(spins):
+                    if req.Test(status):
+                        break
+                else:
+                    return None
+                self._req = None
+                msg = self._complete(status, copy)
+                if msg is not None:
+                    return msg
+        except self._mpi.Exception as e:
+            raise self._receive_failed(e) from e
+
+    @property
+    def posted(self) -> MPI.Request | None:
+        """The receive this channel has posted, for a caller that tests many channels' receives at once.
+
+        ``None`` when there is none (before the first :meth:`test`, while a schema handshake is in
+        progress, or after :meth:`close`): call :meth:`test` instead. When the request completes in the
+        caller's ``Testsome``/``Waitany``, hand its status to :meth:`completed` before anything else
+        touches this channel.
+        """
+        return self._req
+
+    def completed(self, status: MPI.Status, copy: bool = False, check_error: bool = False) -> Message | None:
+        """Take the message whose :attr:`posted` receive completed (tested by the caller, with ``status``).
+
+        It is checked, counted and the next receive posted exactly as :meth:`test` would.
+
+        Args:
+            status: the status the caller's test filled in for that request.
+            copy: see :meth:`test`.
+            check_error: the status may carry an error (``MPI_ERR_IN_STATUS`` from a multiple-completion
+                call): raise it as a :class:`ChannelError`.
+
+        Returns:
+            The message, or ``None`` when it was a schema announcement (then call :meth:`test`).
+
+        Raises:
+            ChannelError: see :meth:`test`.
+        """
+        self._req = None
+        return self._complete(status, copy, check_error)
+
+    def _post(self) -> MPI.Request:
         if self._schema is None:
-            self._req = self.comm.Irecv([self._first, self._mpi.BYTE], self.source, self.tag)
+            req = self.comm.Irecv([self._first, self._byte], self.source, self.tag)
             self._req_buf = -1
-            return
-        idx = 0 if self.nbuffers == 1 or self._user_buf != 0 else 1
-        req = self._preqs[idx]  # persistent receive into buffer idx: half the cost of a fresh Irecv
-        req.Start()
+        else:
+            idx = 0 if self.nbuffers == 1 or self._user_buf != 0 else 1
+            req = self._preqs[idx]  # persistent receive into buffer idx: half the cost of a fresh Irecv
+            req.Start()
+            self._req_buf = idx
         self._req = req
-        self._req_buf = idx
+        return req
 
     def _free_persistent(self) -> None:
         for req in self._preqs:
@@ -608,85 +648,80 @@ class RecvChannel(RecvBase):
         return self._error(f"receive failed: {' '.join(text.split())}")
 
     def _complete(self, status: MPI.Status, copy: bool, check_error: bool = False) -> Message | None:
-        """Validate and decode the message that just completed into the posted buffer."""
-        mpi = self._mpi
+        """Check and book the message that just completed into the posted buffer (every message comes here).
+
+        Returns:
+            The data message, or ``None`` for a schema announcement (its JSON is received next).
+        """
         if check_error:
+            mpi = self._mpi
             err = status.Get_error()
             if err != mpi.SUCCESS:
                 raise self._mpi_failure(mpi.Get_error_class(err), mpi.Get_error_string(err))
-        count = status.Get_count(mpi.BYTE)
-        idx = self._req_buf
-        buf = self._first if idx < 0 else self._bufs[idx]
-        if idx >= 0 and count >= HEADER_NBYTES:  # fast path: a data message of a batch shape seen before
-            magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf, 0)  # type: ignore[arg-type]
-            cached = self._views.get((idx, d0, d1))
-            if (
-                cached is not None
-                and magic == MAGIC
-                and kind == KIND_DATA
-                and sid == self._schema_id
-                and nbytes == cached[1]
-                and count - HEADER_NBYTES == nbytes
-                and (seq == self._next_seq or (self.allow_gaps and seq > self._next_seq))
-            ):
-                # fresh array objects over the same memory: flags or shapes a caller changes stay its own
-                data = self._builder([a.copy() for a in cached[2]]) if copy else self._view_builder(cached[2])
-                return self._accepted(cached[0], nbytes, version, seq, idx, data)
+        count = status.Get_count(self._byte)
         if count < HEADER_NBYTES:
             raise self._error(f"message of {count} bytes is shorter than the {HEADER_NBYTES}-byte header")
-        magic, kind, sid, d0, d1, version, seq, nbytes = HEADER.unpack_from(buf.data, 0)
+        idx = self._req_buf
+        buf = self._first if idx < 0 else self._bufs[idx]
+        magic, kind, sid, d0, d1, version, seq, nbytes = _unpack_header(buf)  # type: ignore[arg-type]
         if magic != MAGIC:
             raise self._error(f"bad magic number {magic & 0xFFFFFFFFFFFFFFFF:#x} (not an hpcrl channel message)")
-        if self.allow_gaps:
-            if seq < self._next_seq:
+        if seq != self._next_seq and (seq < self._next_seq or not self.allow_gaps):
+            if self.allow_gaps:
                 raise self._error(f"sequence number {seq} went backwards (expected >= {self._next_seq})")
-        elif seq != self._next_seq:
             raise self._error(f"sequence gap: expected message {self._next_seq}, got {seq}")
-        if kind == KIND_SCHEMA:  # carries the number of the data message it precedes
-            if count != HEADER_NBYTES:
-                raise self._error(f"schema announcement of {count} bytes, expected {HEADER_NBYTES}")
-            if sid <= self._schema_id:
-                raise self._error(f"schema id {sid} announced after schema id {self._schema_id}")
-            if not 0 < nbytes <= MAX_SCHEMA_BYTES:
-                raise self._error(f"announced schema JSON of {nbytes} bytes (allowed: 1..{MAX_SCHEMA_BYTES})")
-            self._awaiting = (sid, nbytes)
-            return None
         if kind != KIND_DATA:
-            raise self._error(f"unknown message kind {kind}")
-        schema = self._schema
-        if schema is None or sid != self._schema_id:
+            self._announced(kind, sid, nbytes, count)
+            return None
+        if sid != self._schema_id or self._schema is None:
             raise self._error(f"unknown schema id {sid} (current schema id {self._schema_id})")
-        bnd = schema.batch_ndim
+        shape = self._shapes.get((idx, d0, d1))
+        if shape is None:
+            shape = self._batch_shape(idx, d0, d1)
+        batch, expect, views = shape
+        if nbytes != expect:
+            raise self._error(f"header says {nbytes} payload bytes, schema needs {expect} for batch shape {batch}")
+        if count - HEADER_NBYTES != nbytes:
+            raise self._error(f"message holds {count - HEADER_NBYTES} payload bytes, header says {nbytes}")
+        # fresh array objects over the same memory: flags or shapes a caller changes stay its own
+        data = self._builder([a.copy() for a in views]) if copy else self._view_builder(views)
+        self._next_seq = seq + 1
+        self._user_buf = idx
+        self.messages += 1
+        self.bytes += nbytes
+        self._last_nbytes = nbytes
+        if self.nbuffers > 1:  # double-buffered: the next message may arrive while the caller reads this one
+            self._post()
+        return Message(data, batch, version, seq, self.source)
+
+    def _batch_shape(self, idx: int, d0: int, d1: int) -> tuple[tuple[int, ...], int, list[np.ndarray]]:
+        """Validate header dims ``(d0, d1)`` once per receive buffer; their batch shape, bytes and leaf views."""
+        assert self._schema is not None
+        bnd = self._schema.batch_ndim
         if d0 < 0 or d1 < 0 or (bnd < 2 and d1 != 1) or (bnd < 1 and d0 != 1):
             raise self._error(f"bad batch dims {(d0, d1)} for {bnd} batch dim(s)")
         batch = (d0, d1)[:bnd]
         rows = d0 * d1
         if rows > self.max_rows:
             raise self._error(f"{rows} rows (batch shape {batch}) exceed max_rows={self.max_rows}")
-        expect = rows * self._row_nbytes
-        if nbytes != expect:
-            raise self._error(f"header says {nbytes} payload bytes, schema needs {expect} for batch shape {batch}")
-        if count - HEADER_NBYTES != nbytes:
-            raise self._error(f"message holds {count - HEADER_NBYTES} payload bytes, header says {nbytes}")
-        views = schema.unpack(buf[HEADER_NBYTES : HEADER_NBYTES + nbytes], batch).leaves()
-        if len(self._views) >= _VIEW_CACHE:
-            self._views.clear()
-        self._views[(idx, d0, d1)] = (batch, nbytes, views)  # checked once: later messages take the fast path
-        data = self._builder([a.copy() for a in views]) if copy else self._view_builder(views)
-        return self._accepted(batch, nbytes, version, seq, idx, data)
+        nbytes = rows * self._row_nbytes
+        views = self._schema.views(self._bufs[idx][HEADER_NBYTES : HEADER_NBYTES + nbytes], batch)
+        if len(self._shapes) >= _VIEW_CACHE:
+            self._shapes.clear()
+        shape = self._shapes[(idx, d0, d1)] = (batch, nbytes, views)
+        return shape
 
-    def _accepted(
-        self, batch: tuple[int, ...], nbytes: int, version: int, seq: int, idx: int, data: NamedArray
-    ) -> Message:
-        """Book a checked data message, repost the receive (double-buffered) and wrap it."""
-        self._next_seq = seq + 1
-        self._user_buf = idx
-        self.messages += 1
-        self.bytes += nbytes
-        self._last_nbytes = nbytes
-        if self.nbuffers > 1:
-            self._post()
-        return Message(data, batch, version, seq, self.source)
+    def _announced(self, kind: int, sid: int, nbytes: int, count: int) -> None:
+        """Check a schema announcement (a header of kind ``SCHEMA``); its JSON is awaited next."""
+        if kind != KIND_SCHEMA:
+            raise self._error(f"unknown message kind {kind}")
+        if count != HEADER_NBYTES:
+            raise self._error(f"schema announcement of {count} bytes, expected {HEADER_NBYTES}")
+        if sid <= self._schema_id:
+            raise self._error(f"schema id {sid} announced after schema id {self._schema_id}")
+        if not 0 < nbytes <= MAX_SCHEMA_BYTES:
+            raise self._error(f"announced schema JSON of {nbytes} bytes (allowed: 1..{MAX_SCHEMA_BYTES})")
+        self._awaiting = (sid, nbytes)
 
     def _receive_schema(self) -> bool:
         assert self._awaiting is not None
@@ -723,9 +758,9 @@ class RecvChannel(RecvBase):
             self._preqs = [self.comm.Recv_init([b, mpi.BYTE], self.source, self.tag) for b in self._bufs]
         self._schema, self._schema_id, self._awaiting = schema, sid, None
         self._row_nbytes = schema.row_nbytes
-        self._builder = schema._builder
-        self._view_builder = schema._view_builder
-        self._views.clear()
+        self._builder = schema.builder
+        self._view_builder = schema.view_builder
+        self._shapes.clear()
         _log.debug("%s: schema %d received (%d leaves, %d bytes/row)", self.where, sid, len(schema.leaves), need)
         return True
 
@@ -750,4 +785,4 @@ class RecvChannel(RecvBase):
         self._closed = True
         self._free_persistent()
         self._bufs = []
-        self._views.clear()
+        self._shapes.clear()

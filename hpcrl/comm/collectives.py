@@ -15,12 +15,12 @@ communicator:
 A one-rank communicator gets the no-op base class. torch is imported only inside functions.
 
 Examples:
-    On the trainer ranks (``trainer_comm = split_trainer_comm(world, topology)``)::
+    On the trainer ranks (``trainer_comm``: the trainer ranks' sub-communicator of the world)::
 
         sync = make_gradient_sync(trainer_comm, backend="auto", device="cpu")
         trainer.sync = sync                         # Trainer.step calls sync.allreduce_gradients(params)
         ...
-        destroy_gradient_sync(sync)                 # at shutdown
+        sync.destroy()                              # at shutdown
 """
 
 from __future__ import annotations
@@ -44,16 +44,12 @@ from hpcrl.comm.mpi import load_mpi
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-    from hpcrl.comm.topology import Topology
-
 __all__ = [
     "Backend",
     "CollectiveError",
     "MPIGradientSync",
     "TorchGradientSync",
     "make_gradient_sync",
-    "destroy_gradient_sync",
-    "split_trainer_comm",
 ]
 
 _log = logging.getLogger(__name__)
@@ -64,23 +60,6 @@ _ADDR_BYTES = 1024  # fixed size of the broadcast rendezvous JSON
 
 class CollectiveError(RuntimeError):
     """Trainer ranks disagree (different parameter layouts) or a process group cannot be set up."""
-
-
-def split_trainer_comm(comm: MPI.Comm, topology: Topology) -> MPI.Comm | None:
-    """The communicator of the trainer ranks (collective over ``comm``: every rank must call it).
-
-    Args:
-        comm: the world communicator the topology was built for.
-        topology: the rank layout.
-
-    Returns:
-        The trainer communicator on trainer ranks (rank order preserved, leader = rank 0), ``None`` elsewhere.
-    """
-    mpi: Any = load_mpi()
-    rank = comm.Get_rank()
-    is_trainer = rank in topology.trainers
-    sub = comm.Split(0 if is_trainer else mpi.UNDEFINED, rank)
-    return sub if is_trainer else None
 
 
 # ====================================================================== flat-buffer bookkeeping
@@ -475,7 +454,7 @@ def make_gradient_sync(comm: MPI.Comm | None, backend: Backend = "auto", device:
     """The gradient synchronisation for a trainer communicator.
 
     Args:
-        comm: the trainer communicator (see :func:`split_trainer_comm`); ``None`` or size 1 -> no-op.
+        comm: the communicator of the trainer ranks; ``None`` or size 1 -> no-op.
         backend: ``"mpi"``, ``"gloo"``, ``"nccl"``, or ``"auto"`` (nccl if ``device`` is CUDA, else mpi).
         device: the device the gradients live on (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
 
@@ -498,10 +477,3 @@ def make_gradient_sync(comm: MPI.Comm | None, backend: Backend = "auto", device:
     if backend == "mpi":
         return MPIGradientSync(comm)
     return TorchGradientSync(comm, backend, device)
-
-
-def destroy_gradient_sync(sync: GradientSync) -> None:
-    """Tear down what :func:`make_gradient_sync` built (process groups, buffers); no-op for one rank."""
-    destroy = getattr(sync, "destroy", None)
-    if destroy is not None:
-        destroy()

@@ -12,13 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from hpcrl.comm.mpi import load_mpi
 from hpcrl.comm.polling import Backoff, OnIdle, wait_for
 from hpcrl.comm.wire import Message
 
 if TYPE_CHECKING:
+    from mpi4py import MPI
+
     from hpcrl.comm.channel import RecvChannel
 
 __all__ = ["poll_any", "recv_any"]
+
+# Status objects Testsome fills in (reused: one per channel of the largest poll so far; a rank polls
+# from one thread). A channel's completed() reads its status before anything else tests.
+_statuses: list[Any] = []
 
 
 def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[RecvChannel, Message]]:
@@ -39,41 +46,37 @@ def poll_any(channels: Sequence[RecvChannel], copy: bool = False) -> list[tuple[
     """
     if not channels:
         return []
-    mpi: Any = channels[0]._mpi
     posted: list[RecvChannel] = []
+    reqs: list[MPI.Request] = []
     out: dict[int, tuple[RecvChannel, Message]] = {}
     for pos, ch in enumerate(channels):
-        if ch._req is not None and ch._awaiting is None and not ch._closed:
+        req = ch.posted
+        if req is not None:
             posted.append(ch)
-        else:
+            reqs.append(req)
+        else:  # nothing posted yet, or a schema handshake under way: the channel's own test
             msg = ch.test(copy)
             if msg is not None:
                 out[pos] = (ch, msg)
     if posted:
-        reqs = [ch._req for ch in posted]
-        statuses = [ch._status for ch in posted]  # scratch: Testsome fills them in completion order
+        while len(_statuses) < len(reqs):
+            _statuses.append(load_mpi().Status())
+        statuses = _statuses[: len(reqs)]  # filled in completion order
         try:
-            indices = mpi.Request.Testsome(reqs, statuses)
-        except mpi.Exception:
+            indices = reqs[0].Testsome(reqs, statuses)  # (a class method of MPI.Request)
+        except load_mpi().Exception:
             # MPI_ERR_IN_STATUS: the completed requests were nulled (persistent ones: made inactive, for
             # which Get_status reports completion) in place; their statuses come first.
-            done = [ch for ch in posted if not ch._req or ch._req.Get_status()]
+            done = [ch for ch, r in zip(posted, reqs) if not r or r.Get_status()]
             for k, ch in enumerate(done):
-                ch._req = None
-                ch._complete(statuses[k], copy, check_error=True)  # raises for the failed one
+                ch.completed(statuses[k], copy, check_error=True)  # raises for the failed one
             raise
         positions = {id(ch): pos for pos, ch in enumerate(channels)}
-        handshakes: list[RecvChannel] = []
         for k, i in enumerate(indices or ()):
             ch = posted[i]
-            ch._req = None
-            msg = ch._complete(statuses[k], copy)
-            if msg is None:
-                handshakes.append(ch)
-            else:
-                out[positions[id(ch)]] = (ch, msg)
-        for ch in handshakes:  # after all statuses were read: test() reuses the scratch status objects
-            msg = ch.test(copy)
+            msg = ch.completed(statuses[k], copy)
+            if msg is None:  # a schema announcement: its JSON and maybe the next message are there too
+                msg = ch.test(copy)
             if msg is not None:
                 out[positions[id(ch)]] = (ch, msg)
     return [out[p] for p in sorted(out)]

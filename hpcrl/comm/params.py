@@ -33,18 +33,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.namedarray import NamedArray, Schema, SchemaError
+from hpcrl.api.namedarray import NamedArray
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.mpi import load_mpi
 from hpcrl.comm.polling import Backoff, OnIdle, WaitTimeout, cancel, wait_for
+from hpcrl.comm.schema import Schema
 from hpcrl.comm.tags import Tag, tag_name
 from hpcrl.comm.wire import (
     DEFAULT_MAX_BYTES,
     HEADER_NBYTES,
     KIND_DATA,
-    KIND_SCHEMA,
     MAX_SCHEMA_BYTES,
     ChannelError,
+    SchemaError,
+    announcement,
     write_header,
 )
 
@@ -257,8 +259,7 @@ class ParamPublisher:
                 continue
             if sub.schema_id != self._schema_id:
                 assert self._schema_json is not None
-                marker = np.empty(HEADER_NBYTES, np.uint8)
-                write_header(marker, KIND_SCHEMA, self._schema_id, (), 0, seq, self._schema_json.nbytes)
+                marker = announcement(self._schema_id, seq, self._schema_json.nbytes)
                 self._aux.append((self.comm.Isend([marker, mpi.BYTE], sub.rank, self.tag), marker))
                 json_req = self.comm.Isend([self._schema_json, mpi.BYTE], sub.rank, self.schema_tag)
                 self._aux.append((json_req, self._schema_json))
@@ -362,6 +363,6 @@ class ParamSubscriber:
 
     def close(self) -> None:
         """Drain what has arrived and cancel the posted receive (at shutdown; idempotent)."""
-        if not self._channel._closed:
+        if not self._channel.closed:
             self.drain()
         self._channel.close()

@@ -12,10 +12,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RANK_ENTRY_NBYTES", "Bcast_state_dict", "Bcast_text", "Gather_rank_table"]
+__all__ = ["RANK_ENTRY_NBYTES", "Bcast_state_dict", "Bcast_text", "Gather_rank_table", "Split_trainers"]
 
 #: bytes of one rank's JSON entry in the rank table (fixed size, so the gather needs no size exchange).
 RANK_ENTRY_NBYTES = 256
+
+
+def Split_trainers(comm: Any, trainers: tuple[int, ...] | list[int]) -> Any:
+    """The communicator of the trainer ranks (``MPI_Comm_split``; collective over ``comm``).
+
+    Args:
+        comm: the world communicator.
+        trainers: the trainer ranks of ``comm``.
+
+    Returns:
+        The trainer communicator on trainer ranks (rank order kept: the leader is its rank 0), ``None`` elsewhere.
+    """
+    from mpi4py import MPI
+
+    rank = comm.Get_rank()
+    is_trainer = rank in trainers
+    sub = comm.Split(0 if is_trainer else MPI.UNDEFINED, rank)
+    return sub if is_trainer else None
 
 
 def Bcast_text(comm: Any, text: str, root: int = 0) -> str:

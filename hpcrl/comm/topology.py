@@ -149,11 +149,6 @@ class Topology:
         """The trainer leader's rank (always 0)."""
         return self.trainers[0]
 
-    @property
-    def inline_inference(self) -> bool:
-        """Actors run the policy themselves (no inference ranks)."""
-        return not self.inference
-
     def _check_rank(self, rank: int) -> None:
         if not 0 <= rank < self.world_size:
             raise TopologyError(f"rank {rank} is outside the world of {self.world_size} rank(s)")

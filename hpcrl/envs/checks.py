@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.environment import StepResult
-from hpcrl.api.namedarray import WIRE_DTYPES, NamedArray
+from hpcrl.api.namedarray import NamedArray
+from hpcrl.comm.wire import WIRE_DTYPES
 from hpcrl.envs.results import flag, reward_array
 
 __all__ = [

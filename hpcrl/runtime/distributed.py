@@ -8,9 +8,8 @@ import os
 from typing import Any
 
 from hpcrl.api import config
-from hpcrl.comm.collectives import split_trainer_comm
 from hpcrl.comm.mpi import node_name
-from hpcrl.comm.startup import Bcast_text, Gather_rank_table
+from hpcrl.comm.startup import Bcast_text, Gather_rank_table, Split_trainers
 from hpcrl.comm.topology import Topology
 from hpcrl.runtime.rank import RankContext
 from hpcrl.runtime.session import Session, StopFlag, write_text_atomic
@@ -86,7 +85,7 @@ def _run_role(
 ) -> dict[str, Any] | None:
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
-    tcomm = split_trainer_comm(comm, topo)
+    tcomm = Split_trainers(comm, topo.trainers)
     table = _rank_table(comm, role)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session)

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hpcrl.api.namedarray import NamedArray, SchemaError, namedarray
+from hpcrl.api.namedarray import NamedArray, namedarray
 from hpcrl.comm.channel import ChannelError, RecvChannel, SendChannel, drain_and_close
 from hpcrl.comm.fanin import poll_any, recv_any
 from hpcrl.comm.polling import WaitTimeout
 from hpcrl.comm.tags import Tag
-from hpcrl.comm.wire import HEADER_NBYTES, KIND_DATA, write_header
+from hpcrl.comm.wire import HEADER_NBYTES, KIND_DATA, SchemaError, write_header
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -354,7 +354,7 @@ def test_wait_helpers(comm: Any) -> None:
 
 # ---------------------------------------------------------------------------------------- fast paths
 def test_wire_layout_sends_in_place_unless_a_leaf_was_replaced(comm: Any) -> None:
-    from hpcrl.api.namedarray import Schema
+    from hpcrl.comm.schema import Schema
 
     dest, source = ring(comm)
     out = SendChannel(comm, dest, T0 + 50, "wire")

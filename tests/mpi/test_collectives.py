@@ -14,9 +14,7 @@ from hpcrl.comm.collectives import (
     CollectiveError,
     MPIGradientSync,
     TorchGradientSync,
-    destroy_gradient_sync,
     make_gradient_sync,
-    split_trainer_comm,
 )
 from hpcrl.comm.topology import Topology
 
@@ -76,7 +74,7 @@ def test_mpi_backend_averages_with_one_collective_per_dtype(comm: Any) -> None:
     assert sync.calls == 2  # one Allreduce for the float32 buffer, one for the float64 one
     check_sync(sync, comm)  # the buffers are reused
     assert sync.calls == 4
-    destroy_gradient_sync(sync)
+    sync.destroy()
 
 
 def test_auto_is_mpi_on_cpu_and_bad_choices_fail(comm: Any) -> None:
@@ -90,7 +88,7 @@ def test_auto_is_mpi_on_cpu_and_bad_choices_fail(comm: Any) -> None:
     one = make_gradient_sync(MPI.COMM_SELF, backend="mpi")
     assert type(one) is GradientSync and one.world_size == 1
     assert type(make_gradient_sync(None)) is GradientSync
-    destroy_gradient_sync(one)  # no-op
+    one.destroy()  # no-op
 
 
 def test_allreduce_mean(comm: Any) -> None:
@@ -109,20 +107,24 @@ def test_layout_mismatch_fails_on_every_rank(comm: Any) -> None:
         sync.allreduce_gradients(params)
 
 
-def test_split_trainer_comm(comm: Any) -> None:
+def test_gradient_sync_over_the_trainer_ranks_split(comm: Any) -> None:
+    """The trainer ranks' communicator, split from the world as the runtime does (trainers keep their order)."""
     layout = Layout(trainers=2) if comm.size >= 4 else Layout(trainers=1)
     topo = Topology.build(layout, comm.size)
-    sub = split_trainer_comm(comm, topo)
-    if comm.rank in topo.trainers:
-        assert sub is not None and sub.Get_size() == len(topo.trainers) and sub.Get_rank() == comm.rank
+    from hpcrl.comm.startup import Split_trainers
+
+    role = topo.role_of(comm.rank)
+    sub = Split_trainers(comm, topo.trainers)
+    assert (sub is not None) == (role == "trainer")
+    if sub is not None:
+        assert sub.Get_size() == len(topo.trainers) and sub.Get_rank() == comm.rank
         sync = make_gradient_sync(sub, backend="mpi")
         if sub.Get_size() == 1:
             assert type(sync) is GradientSync
         else:
             check_sync(sync, sub)
+        sync.destroy()
         sub.Free()
-    else:
-        assert sub is None
 
 
 def test_gloo_backend_matches_mpi(comm: Any) -> None:
@@ -147,7 +149,7 @@ def test_gloo_backend_matches_mpi(comm: Any) -> None:
         assert sync.calls == 2
         np.testing.assert_allclose(sync.allreduce_mean(np.array([comm.rank])), [(comm.size - 1) / 2])
     finally:
-        destroy_gradient_sync(sync)
+        sync.destroy()
     import torch.distributed as dist
 
     assert not dist.is_initialized()

@@ -77,7 +77,7 @@ def test_layouts_are_consistent(world: int, layout: dict[str, int]) -> None:
 def test_default_layout_world_2_is_trainer_plus_inline_actor() -> None:
     topo = build(2)
     assert topo.trainers == (0,) and topo.inference == () and topo.actors == (1,)
-    assert topo.inline_inference and topo.inference_of(1) is None and topo.trainer_of(1) == 0
+    assert topo.inference_of(1) is None and topo.trainer_of(1) == 0
     assert topo.param_subscribers == (1,)
     assert topo.describe() == "2 ranks: 1 trainer [0], inline inference, 1 actor [1]"
 
