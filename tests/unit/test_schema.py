@@ -183,4 +183,4 @@ def test_names_that_are_no_namedarray_class_give_namedarray_and_run_nothing():
     ]:
         assert resolve_class(name) is NamedArray, name
     assert "json.tool" not in sys.modules  # only hpcrl modules are ever imported for a name
-    assert resolve_class("hpcrl.api.trainer:SampleBatch") is SampleBatch
+    assert resolve_class("hpcrl.api.data:SampleBatch") is SampleBatch
