@@ -174,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     if comm.size == 1:
         _setup_logging(0, "local", args.log_level)
         return _run_local(cfg, stop, args.summary_json)
+    from hpcrl.comm.mpi import node_name
+    from hpcrl.comm.nodes import Discover_nodes
     from hpcrl.comm.topology import Topology, TopologyError
 
+    nodes, node_comm = Discover_nodes(comm, node_name())  # collective: before anything can fail on one rank
     try:
         topo = Topology.build(cfg.layout, comm.size)
     except TopologyError as e:
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpcrl.runtime.distributed import RunDirUnavailable, run_rank
 
     try:
-        summary = run_rank(cfg, comm, topo, stop)
+        summary = run_rank(cfg, comm, topo, stop, nodes, node_comm)
     except RunDirUnavailable as e:  # raised on every rank together: no rank is left waiting
         if comm.rank == 0:
             sys.stderr.write(f"hpcrl: {e}\n")

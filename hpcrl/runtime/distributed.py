@@ -9,6 +9,7 @@ from typing import Any
 
 from hpcrl.api import config
 from hpcrl.comm.mpi import node_name
+from hpcrl.comm.nodes import Discover_nodes, NodeMap
 from hpcrl.comm.startup import Bcast_text, Gather_rank_table, Split_trainers
 from hpcrl.comm.topology import Topology
 from hpcrl.runtime.rank import RankContext
@@ -55,8 +56,18 @@ def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
     return Gather_rank_table(comm, me)
 
 
-def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag) -> dict[str, Any] | None:
+def run_rank(
+    cfg: config.ExperimentConfig,
+    comm: Any,
+    topo: Topology,
+    stop: StopFlag,
+    nodes: NodeMap | None = None,
+    node_comm: Any = None,
+) -> dict[str, Any] | None:
     """Run this rank's role; returns the run summary on the leader, None elsewhere.
+
+    ``nodes`` and ``node_comm`` come from :func:`hpcrl.comm.nodes.Discover_nodes` (discovered here, a
+    collective over ``comm``, when not given).
 
     The leader locks and prepares the run directory first while the other ranks wait; if it cannot
     (another run holds it, not writable, another user's), every rank raises :class:`RunDirUnavailable`
@@ -65,6 +76,8 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     """
     from hpcrl.runtime.components import import_user_modules, resolve_experiment
 
+    if nodes is None or node_comm is None:
+        nodes, node_comm = Discover_nodes(comm, node_name())
     import_user_modules(cfg)
     cfg, agents = resolve_experiment(cfg)
     rank = int(comm.Get_rank())
@@ -72,7 +85,7 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
     session = Session(cfg, rank, role, topo.world_size, leader=topo.is_leader(rank), open_trace=False, prepare=False)
     try:
         _prepare_together(comm, topo, session)
-        result = _run_role(cfg, comm, topo, stop, session, agents)
+        result = _run_role(cfg, comm, topo, stop, session, agents, nodes, node_comm)
     except BaseException:
         session.close(release=False)  # the abort hook appends to RUN_DIR/errors.log, then releases the lock
         raise
@@ -81,14 +94,21 @@ def run_rank(cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: Stop
 
 
 def _run_role(
-    cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag, session: Session, agents: int
+    cfg: config.ExperimentConfig,
+    comm: Any,
+    topo: Topology,
+    stop: StopFlag,
+    session: Session,
+    agents: int,
+    nodes: NodeMap,
+    node_comm: Any,
 ) -> dict[str, Any] | None:
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
     table = _rank_table(comm, role)
     session.open_trace()
-    ctx = RankContext(cfg, comm, topo, stop, session)
+    ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
     if table is not None:
         ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
         log.info("%s", topo.describe())

@@ -12,6 +12,7 @@ from hpcrl.comm import control
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.mpi import node_name
+from hpcrl.comm.nodes import NodeMap
 from hpcrl.comm.polling import Backoff, wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
@@ -78,14 +79,27 @@ class RankContext:
         topo: the topology.
         stop: set by signal handlers (SIGTERM/SIGUSR1) on this rank.
         session: run dir, trace file.
+        nodes: the node of every rank (default: all on one node).
+        node_comm: this rank's node communicator.
     """
 
     def __init__(
-        self, cfg: config.ExperimentConfig, comm: Any, topo: Topology, stop: StopFlag, session: Session
+        self,
+        cfg: config.ExperimentConfig,
+        comm: Any,
+        topo: Topology,
+        stop: StopFlag,
+        session: Session,
+        nodes: NodeMap | None = None,
+        node_comm: Any = None,
     ) -> None:
         self.cfg = cfg
         self.comm = comm
         self.topo = topo
+        self.nodes = nodes if nodes is not None else NodeMap.single(topo.world_size)
+        """The node of every rank."""
+        self.node_comm = node_comm
+        """This rank's node communicator (``None`` when built without one, e.g. in unit tests)."""
         self.rank = int(comm.Get_rank())
         self.role = topo.role_of(self.rank)
         self.leader = topo.leader
