@@ -45,7 +45,8 @@ def test_committed_results_are_full_runs_named_by_their_date_and_machine():
     files = sorted(RESULTS.glob("*/*.json"))
     assert files, "no committed result files under benchmarks/results/"
     for path in files:
-        assert path.parent.name in BENCHMARKS, f"{path}: not a benchmark of the suite"
+        # scale_model holds the scaling model's measured constants (python -m benchmarks.scale_model --measure)
+        assert path.parent.name in {*BENCHMARKS, "scale_model"}, f"{path}: not a benchmark of the suite"
         res = BenchResult.from_dict(json.loads(path.read_text()), str(path))
         assert not res.quick, f"{path}: a --quick result is never committed"
         assert path.name == f"{res.date}-{res.machine['host_kind']}.json", path
@@ -133,3 +134,32 @@ def test_docs_name_modules_and_files_that_exist(doc: Path):
         ):
             continue  # a pattern, or a folder made on first use
         assert (REPO / rel).exists(), f"{doc.name} names {rel}, which is not in the repository"
+
+
+def test_the_scaling_model_counts_leader_bytes_per_node_and_per_subscriber():
+    from benchmarks import scale_model as sm
+
+    c = sm.load_constants()
+    cartpole, atari = sm.workloads(c)
+    for w in (cartpole, atari):
+        flat = sm.predict(w, c, 1024, ppn=64, per_node_weights=False)  # 1 trainer, 1023 inline actors
+        node = sm.predict(w, c, 1024, ppn=64, per_node_weights=True)
+        assert flat.nodes == node.nodes == 16
+        assert flat.notes[0].startswith(f"{1023 * w.model_bytes / 1e6:,.1f} MB")
+        assert node.notes[0].startswith(f"{16 * w.model_bytes / 1e6:,.1f} MB")
+        assert node.fps >= flat.fps
+        # more ranks never predict less throughput for the best layout, up to where the model saturates
+        fps = [sm.best_layout(w, c, r, 64, gpu=False).fps for r in (256, 1024)]
+        assert fps[1] > fps[0]
+    with pytest.raises(ValueError, match="cannot hold"):
+        sm.predict(cartpole, c, 4, ppn=64, trainers=2, inference_per_node=2)
+
+
+def test_the_scaling_model_prints_its_tables(capsys):
+    from benchmarks import scale_model as sm
+
+    assert sm.main([]) == 0
+    out = capsys.readouterr().out
+    for ranks in ("256", "1,024", "4,096", "16,384"):
+        assert f"| {ranks} |" in out
+    assert "GPU trainers" in out and "Atari-like" in out
