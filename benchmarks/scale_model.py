@@ -175,7 +175,7 @@ def predict(
     inference_per_node: int = 0,
     gpu: bool = False,
     per_node_weights: bool = True,
-    stats_interval: float = 0.5,
+    stats_interval: float | None = None,
     cores: int | None = None,
 ) -> Prediction:
     """Predict the throughput of one layout.
@@ -189,7 +189,8 @@ def predict(
         inference_per_node: inference ranks per node (0 = inline inference in every actor).
         gpu: trainers run SGD on GPUs (time from FLOPs at :data:`ASSUMED` peak and utilisation).
         per_node_weights: publications go once per node (else once per subscriber).
-        stats_interval: seconds between two statistics reports of each rank to the leader.
+        stats_interval: seconds between two statistics reports of each rank to the leader (default: what
+            hpcrl uses at this rank count, :func:`hpcrl.runtime.rank.stats_interval`).
         cores: CPU cores actually available to all ranks (None = one per rank); models an oversubscribed
             machine such as a 64-rank job on 2 cores.
     """
@@ -234,6 +235,10 @@ def predict(
     # the leader's publication sends run in the background (Isend) while it computes: they cost step time
     # only where they outlast its SGD (NIC time), and its control work comes out of its CPU time
     pub_extra = max(0.0, pub - sgd)
+    if stats_interval is None:
+        from hpcrl.runtime.rank import stats_interval as hpcrl_interval
+
+        stats_interval = hpcrl_interval(ranks)
     ctl_per_s = (ranks - 1) / stats_interval  # one stats report per rank per interval
     ctl_share = min(1.0, ctl_per_s * c.ctl_cpu)
     leader_step = (step + pub_extra) / (1.0 - ctl_share) if ctl_share < 1 else math.inf

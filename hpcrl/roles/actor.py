@@ -19,7 +19,7 @@ from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.runtime import components
-from hpcrl.runtime.rank import STATS_INTERVAL, RankContext, WeightsFollower
+from hpcrl.runtime.rank import RankContext, WeightsFollower, stats_interval
 
 __all__ = ["ActorRank"]
 
@@ -81,6 +81,7 @@ class ActorRank:
             synchronous=cfg.training.queue_batches > 0,  # back-pressure from a trainer that is behind
         )
         self._last_stats = 0.0
+        self._stats_interval = stats_interval(ctx.topo.world_size)
         self._reported_frames = 0
         self.sent_fragments = 0
         self.wait_seconds = 0.0
@@ -106,7 +107,7 @@ class ActorRank:
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_stats < STATS_INTERVAL:
+        if not force and now - self._last_stats < self._stats_interval:
             return
         self._last_stats = now
         eps = self.ring.pop_episodes()

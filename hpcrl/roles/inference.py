@@ -19,7 +19,7 @@ from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.tags import Tag
 from hpcrl.runtime import components
-from hpcrl.runtime.rank import STATS_INTERVAL, RankContext, WeightsFollower
+from hpcrl.runtime.rank import RankContext, WeightsFollower, stats_interval
 
 __all__ = ["InferenceRank"]
 
@@ -49,6 +49,7 @@ class InferenceRank:
         self.rows = 0
         self.busy_seconds = 0.0
         self._last_stats = 0.0
+        self._stats_interval = stats_interval(ctx.topo.world_size)
 
     def _send_default_state(self) -> None:
         row = rings.default_state_row(self.policy)
@@ -107,7 +108,7 @@ class InferenceRank:
                 trace.add_time("rollout", t2 - t1)
                 trace.add_time("send_results", t3 - t2)
             now = time.monotonic()
-            if now - self._last_stats >= STATS_INTERVAL:
+            if now - self._last_stats >= self._stats_interval:
                 self._last_stats = now
                 ctx.send_stats({"batches": self.batches, "rows": self.rows})
                 if trace is not None:
