@@ -185,8 +185,9 @@ class Layout(_Section):
     actors: int | None = field(default=None, metadata=_bounds(ge=1))
     """Actor ranks; ``None`` takes every remaining rank."""
     inference_per_node: int | None = field(default=None, metadata=_bounds(ge=0))
-    """Inference ranks on every node: when set, the run has this many times the number of nodes inference
-    ranks and ``inference`` is not used (the SLURM multi-node templates set 1). ``None`` = use ``inference``."""
+    """Inference ranks per node: when set, the run has this many on every node (this times the number of
+    nodes in all) and ``inference`` is not used; the SLURM multi-node templates set 1. ``None`` = use
+    ``inference``."""
     placement: Literal["node", "round_robin"] = "node"
     """Where inference ranks go: ``node`` = on every node that has room, each serving the actors of its own
     node (no inference request crosses nodes when every node has one); ``round_robin`` = the ranks after the

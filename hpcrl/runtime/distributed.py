@@ -116,6 +116,15 @@ def _run_role(
         if topo.node_count > 1:
             for line in topo.describe_nodes():
                 log.info("%s", line)
+        per_node = cfg.layout.inference_per_node
+        if per_node is not None and cfg.layout.inference not in (0, len(topo.inference)):
+            log.warning(
+                "layout.inference=%d is not used: layout.inference_per_node=%d on %d node(s) gives %d inference ranks",
+                cfg.layout.inference,
+                per_node,
+                topo.node_count,
+                len(topo.inference),
+            )
         warning = topo.placement_warning()
         if warning:
             log.warning("%s", warning)

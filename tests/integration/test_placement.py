@@ -40,12 +40,18 @@ def run_on_nodes(
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
-    "order,placement", [("block", "node"), ("block", "round_robin"), ("cyclic", "node")], ids=lambda v: str(v)
+    "order,placement,extra",
+    [
+        ("block", "node", ()),
+        ("block", "round_robin", ()),
+        ("cyclic", "node", ("layout.inference=2", "layout.inference_per_node=1")),  # the SLURM templates' way
+    ],
+    ids=["block-node", "block-round_robin", "cyclic-node-per_node"],
 )
-def test_inference_requests_that_cross_nodes(tmp_path, clean_env, order, placement):
+def test_inference_requests_that_cross_nodes(tmp_path, clean_env, order, placement, extra):
     run_dir = tmp_path / f"{order}-{placement}"
     proc, summary = run_on_nodes(
-        clean_env, run_dir, BLOCK if order == "block" else CYCLIC, f"layout.placement={placement}"
+        clean_env, run_dir, BLOCK if order == "block" else CYCLIC, f"layout.placement={placement}", *extra
     )
     assert proc.returncode == 0 and summary is not None, explain(proc)
     assert summary["frames"] >= 3000 and summary["trainer_steps"] >= 1
@@ -63,6 +69,8 @@ def test_inference_requests_that_cross_nodes(tmp_path, clean_env, order, placeme
         assert sorted(node[i] for i in inference) == [0, 1, 2, 3], table
         assert crossed == 0 and not warnings, explain(proc)
         assert "all inference node-local" in summary["layout"]
+        if extra:
+            assert "layout.inference=2 is not used: layout.inference_per_node=1 on 4 node(s) gives 4" in proc.stderr
     else:  # inference ranks 1-4 sit on n1 and n2, every actor on n3 and n4
         assert inference == [1, 2, 3, 4] and crossed == requests, (crossed, requests)
         assert len(warnings) == 1 and "WARNING" in warnings[0] and "4 of 4 actors" in warnings[0], warnings
