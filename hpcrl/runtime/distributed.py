@@ -129,7 +129,7 @@ def _run_role(
         if warning:
             log.warning("%s", warning)
         for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
-            log.info("rank %d: %s on %s (node %d), pid %d", e["rank"], e["role"], e["host"], e["node"], e["pid"])
+            log.info("rank %d: %s on %s, pid %d (node %d)", e["rank"], e["role"], e["host"], e["pid"], e["node"])
         write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
     if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
