@@ -453,6 +453,20 @@ def test_gpu_template_layout_and_rank_wrapper(jobs):
 
 
 @pytest.mark.slurm
+def test_multi_node_template_puts_an_inference_rank_on_the_node(jobs):
+    """cpu-multi-node.sbatch on this one node, without layout overrides: one inference rank per node."""
+    job, st = jobs.run(
+        "cpu-multi-node.sbatch", "multi", "experiment.total_frames=3000", sbatch=("--nodes=1", "--ntasks-per-node=4")
+    )
+    text = jobs.text("multi")
+    assert st["JobState"] == "COMPLETED", text[-4000:]
+    assert "layout.inference_per_node=1" in text  # the srun line the library logs
+    summary = jobs.summary("multi", job)
+    assert summary["world_size"] == 4 and "1 inference [1], 2 actors [2-3]" in summary["layout"], summary
+    assert summary["cross_node_requests"] == 0 and summary["inference_requests"] > 0
+
+
+@pytest.mark.slurm
 def test_apptainer_template_with_a_stand_in_apptainer(jobs, tmp_path):
     """apptainer.sbatch end to end, with ``apptainer`` replaced by a script that runs the recipe's
     %runscript on the host (no Apptainer here): checks the template's plumbing, not the image."""
