@@ -623,6 +623,7 @@ def run_hpcrl_job(
     timeout: float = 600.0,
     rows_per_step: int = 1024,
     extra_env: dict[str, str] | None = None,
+    mpiexec_args: list[str] | None = None,
 ) -> JobResult:
     """Run ``python -m hpcrl.run`` (under ``mpiexec -n ranks`` when ``ranks > 0``) in a fresh subprocess.
 
@@ -636,6 +637,7 @@ def run_hpcrl_job(
         timeout: seconds before the job is killed.
         rows_per_step: rows per PPO update (for :attr:`JobResult.trained_fps`).
         extra_env: more environment variables.
+        mpiexec_args: more ``mpiexec`` arguments, before ``-n`` (e.g. ``-launcher fork -hosts n1,n2``).
 
     Returns:
         The job's summary and timings.
@@ -650,7 +652,7 @@ def run_hpcrl_job(
     cmd = [PYTHON, "-m", "mpi4py", "-m", "hpcrl.run", str(config), f"run.dir={run_dir}", "run.fresh=true"]
     cmd += ["run.progress=off", *overrides, "--summary-json", str(summary_path), "--log-level", "WARNING"]
     if ranks > 0:
-        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+        cmd = [MPIEXEC, *(mpiexec_args or []), "-n", str(ranks), *cmd]
     env = hpcrl_env()
     env.update(extra_env or {})
     t0 = time.time()

@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, str] = {
     "pong": "Atari Pong fps (one process, -n 2) vs SB3, with plain-torch limits",
     "channel": "channel bandwidth 1-16 MiB and 1 KiB latency vs raw mpi4py Send/Recv (2 ranks)",
     "allreduce": "gradient allreduce: hpcrl's MPI path vs torch.distributed gloo (2 ranks)",
+    "placement": "CartPole fps on 4 simulated nodes: node-aware vs round-robin inference placement",
     "scaling": "sleep-env (1 ms/step) throughput with 1 -> 16 -> 64 actor ranks",
     "memory": "peak RSS per role of a 64-rank CartPole job (16 ranks with --quick)",
     "checkpoint": "HDF5 checkpoint save (background writer and blocking) vs torch.save",

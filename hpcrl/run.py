@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nodes, node_comm = Discover_nodes(comm, node_name())  # collective: before anything can fail on one rank
     try:
-        topo = Topology.build(cfg.layout, comm.size)
+        topo = Topology.build(cfg.layout, comm.size, nodes)
     except TopologyError as e:
         if comm.rank == 0:
             sys.stderr.write(f"hpcrl: layout error: {e}\n")

@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2034  # HPCRL_PY, HPCRL_ARGS, RUN_DIR, HPCRL_SLURM_DIR are outputs for the templates
+# shellcheck shell=bash disable=SC2034  # HPCRL_PY, HPCRL_ARGS, HPCRL_INFERENCE_ARGS, RUN_DIR, HPCRL_SLURM_DIR are outputs
 # hpcrl-slurm.sh: shared logic of the slurm/*.sbatch templates (sourced, never run directly).
 #
 # Every cluster-specific value comes from the environment (sbatch passes the submitting shell's
@@ -15,6 +15,8 @@
 #   HPCRL_REQUEUE       1 (default): requeue the job after a clean stop on the time-limit warning signal
 #   HPCRL_MAX_REQUEUES  give up requeueing after this many restarts (default 50)
 #   HPCRL_SIF, HPCRL_APPTAINER_ARGS   image and extra `apptainer run` arguments (apptainer.sbatch)
+#   HPCRL_INFERENCE_PER_NODE  multi-node templates: inference ranks per node (default 1; empty: leave
+#                       the layout to the experiment and the overrides)
 #
 # Signals: the templates ask for `#SBATCH --signal=B:USR1@120`, i.e. SLURM sends SIGUSR1 to this
 # batch shell 120 s before the time limit. The trap below forwards SIGUSR1 to srun, which passes it on
@@ -132,6 +134,21 @@ _hpcrl_requeue() {
     hpcrl_log "requeueing job $SLURM_JOB_ID (restart $((restarts + 1))); it resumes from the newest checkpoint in $RUN_DIR"
     scontrol requeue "$SLURM_JOB_ID" || hpcrl_log "scontrol requeue failed: resubmit with HPCRL_RUN_NAME=$(basename "$RUN_DIR")"
   fi
+}
+
+# hpcrl_inference_args [overrides...]: sets HPCRL_INFERENCE_ARGS to layout.inference_per_node=N
+# (N = HPCRL_INFERENCE_PER_NODE, default 1: one inference rank on every node, serving that node's actors),
+# or to nothing when the overrides choose layout.inference or layout.inference_per_node themselves, or
+# when HPCRL_INFERENCE_PER_NODE is set but empty.
+hpcrl_inference_args() {
+  HPCRL_INFERENCE_ARGS=()
+  local n=${HPCRL_INFERENCE_PER_NODE-1} arg
+  [ -n "$n" ] || return 0
+  [[ $n =~ ^[0-9]+$ ]] || hpcrl_die "HPCRL_INFERENCE_PER_NODE=$n is not a whole number >= 0 (or empty to leave the layout alone)"
+  for arg in "$@"; do
+    case $arg in layout.inference=* | layout.inference_per_node=*) return 0 ;; esac
+  done
+  HPCRL_INFERENCE_ARGS=("layout.inference_per_node=$n")
 }
 
 # hpcrl_run_args <config> [overrides...]: the hpcrl.run arguments; the template owns run.dir.

@@ -184,6 +184,14 @@ class Layout(_Section):
     """Inference ranks; 0 means every actor runs the policy inline."""
     actors: int | None = field(default=None, metadata=_bounds(ge=1))
     """Actor ranks; ``None`` takes every remaining rank."""
+    inference_per_node: int | None = field(default=None, metadata=_bounds(ge=0))
+    """Inference ranks per node: when set, the run has this many on every node (this times the number of
+    nodes in all) and ``inference`` is not used; the SLURM multi-node templates set 1. ``None`` = use
+    ``inference``."""
+    placement: Literal["node", "round_robin"] = "node"
+    """Where inference ranks go: ``node`` = on every node that has room, each serving the actors of its own
+    node (no inference request crosses nodes when every node has one); ``round_robin`` = the ranks after the
+    trainers, each serving actors in turn wherever they run (for comparison)."""
 
 
 @dataclass(frozen=True)

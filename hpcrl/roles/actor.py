@@ -179,6 +179,7 @@ class ActorRank:
             "frames": self.ring.frames,
             "fps": self.ring.frames / elapsed if elapsed > 0 else 0.0,
             "fragments": self.sent_fragments,
+            "requests": self.requests.messages if self.requests is not None else 0,
             "wait_seconds": round(self.wait_seconds, 3),
             "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,

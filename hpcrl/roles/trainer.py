@@ -302,7 +302,24 @@ class TrainerRank:
             run_dir=str(ctx.session.run_dir),
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),
+            **_request_counts(self.finals, ctx),
         )
+
+
+def _request_counts(finals: dict[int, dict[str, Any]], ctx: RankContext) -> dict[str, Any]:
+    """With remote inference: the inference requests the actors sent, and how many of them crossed nodes.
+
+    An actor's requests all go to its one inference rank, so the requests that crossed nodes are those of
+    the actors :meth:`~hpcrl.comm.topology.Topology.cross_node_actors` names.
+    """
+    topo = ctx.topo
+    if not topo.inference:
+        return {}
+    sent = {a: int(finals.get(a, {}).get("requests", 0)) for a in topo.actors}
+    return {
+        "inference_requests": sum(sent.values()),
+        "cross_node_requests": sum(sent[a] for a in topo.cross_node_actors()),
+    }
 
 
 def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:

@@ -50,9 +50,10 @@ def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
     session.attach()
 
 
-def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
-    """Every rank's role, host and pid, on rank 0 (None elsewhere)."""
-    me = {"rank": int(comm.Get_rank()), "role": role, "host": node_name(), "pid": os.getpid()}
+def _rank_table(comm: Any, topo: Topology) -> list[dict[str, Any]] | None:
+    """Every rank's role, host, node index and pid, on rank 0 (None elsewhere)."""
+    rank = int(comm.Get_rank())
+    me = {"rank": rank, "role": topo.role_of(rank), "host": node_name(), "node": topo.node(rank), "pid": os.getpid()}
     return Gather_rank_table(comm, me)
 
 
@@ -106,14 +107,29 @@ def _run_role(
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
-    table = _rank_table(comm, role)
+    table = _rank_table(comm, topo)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
     if table is not None:
         ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
         log.info("%s", topo.describe())
+        if topo.node_count > 1:
+            for line in topo.describe_nodes():
+                log.info("%s", line)
+        per_node = cfg.layout.inference_per_node
+        if per_node is not None and cfg.layout.inference not in (0, len(topo.inference)):
+            log.warning(
+                "layout.inference=%d is not used: layout.inference_per_node=%d on %d node(s) gives %d inference ranks",
+                cfg.layout.inference,
+                per_node,
+                topo.node_count,
+                len(topo.inference),
+            )
+        warning = topo.placement_warning()
+        if warning:
+            log.warning("%s", warning)
         for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
-            log.info("rank %d: %s on %s, pid %d", e["rank"], e["role"], e["host"], e["pid"])
+            log.info("rank %d: %s on %s, pid %d (node %d)", e["rank"], e["role"], e["host"], e["pid"], e["node"])
         write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
     if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank

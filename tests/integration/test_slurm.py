@@ -141,6 +141,30 @@ def test_srun_mpi_plugin_is_detected_from_the_loaded_mpi(clean_env):
 
 
 @pytest.mark.parametrize(
+    ("args", "per_node", "expected"),
+    [
+        ("exp.yaml", None, "layout.inference_per_node=1"),  # the default: one inference rank per node
+        ("exp.yaml layout.trainers=2", "2", "layout.inference_per_node=2"),
+        ("exp.yaml layout.inference=6", None, ""),  # the overrides choose: the template adds nothing
+        ("exp.yaml layout.inference_per_node=3", None, ""),
+        ("exp.yaml", "", ""),  # set but empty: the experiment's layout as it is
+    ],
+)
+def test_multi_node_templates_default_to_one_inference_rank_per_node(clean_env, args, per_node, expected):
+    env = dict(clean_env)
+    if per_node is not None:
+        env["HPCRL_INFERENCE_PER_NODE"] = per_node
+    proc = _bash(f'source {LIBRARY}; hpcrl_inference_args {args}; echo "[${{HPCRL_INFERENCE_ARGS[*]}}]"', env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"[{expected}]"
+    proc = _bash(f"source {LIBRARY}; hpcrl_inference_args exp.yaml", dict(clean_env, HPCRL_INFERENCE_PER_NODE="one"))
+    assert proc.returncode == 2 and "HPCRL_INFERENCE_PER_NODE=one is not a whole number" in proc.stderr
+    for name in ("cpu-multi-node.sbatch", "gpu-multi-node.sbatch"):
+        text = (SLURM_DIR / name).read_text()
+        assert 'hpcrl_inference_args "$@"' in text and '"${HPCRL_INFERENCE_ARGS[@]}"' in text, name
+
+
+@pytest.mark.parametrize(
     ("procid", "localid", "visible", "expected"),
     [
         ("0", "0", "2,3", "2"),  # trainer 0 -> first GPU SLURM gave this node
@@ -414,6 +438,7 @@ def test_gpu_template_layout_and_rank_wrapper(jobs):
         "gpu-multi-node.sbatch",
         "gpu",
         "experiment.total_frames=3000",
+        "layout.inference=0",  # 4 tasks: 2 trainers need 2 actors, no room for the default inference rank
         "training.device=cpu",  # no CUDA here; test_gpu_rank_gives_each_trainer_one_gpu checks the pick
         sbatch=("--nodes=1", "--ntasks-per-node=4", "--gpus-per-node=0"),
         HPCRL_TRAINERS="2",
@@ -425,6 +450,20 @@ def test_gpu_template_layout_and_rank_wrapper(jobs):
     summary = jobs.summary("gpu", job)
     assert summary["world_size"] == 4 and "2 trainers [0-1]" in summary["layout"]
     assert "rank 1 trainer: trainer_steps=" in text
+
+
+@pytest.mark.slurm
+def test_multi_node_template_puts_an_inference_rank_on_the_node(jobs):
+    """cpu-multi-node.sbatch on this one node, without layout overrides: one inference rank per node."""
+    job, st = jobs.run(
+        "cpu-multi-node.sbatch", "multi", "experiment.total_frames=3000", sbatch=("--nodes=1", "--ntasks-per-node=4")
+    )
+    text = jobs.text("multi")
+    assert st["JobState"] == "COMPLETED", text[-4000:]
+    assert "layout.inference_per_node=1" in text  # the srun line the library logs
+    summary = jobs.summary("multi", job)
+    assert summary["world_size"] == 4 and "1 inference [1], 2 actors [2-3]" in summary["layout"], summary
+    assert summary["cross_node_requests"] == 0 and summary["inference_requests"] > 0
 
 
 @pytest.mark.slurm
