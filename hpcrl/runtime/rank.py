@@ -14,8 +14,10 @@ from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.mpi import node_name
 from hpcrl.comm.nodes import NodeMap
 from hpcrl.comm.polling import Backoff, wait_for
+from hpcrl.comm.startup import IntAnnouncement
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
+from hpcrl.runtime import budget
 from hpcrl.runtime.session import Session, StopFlag
 
 __all__ = ["RankContext", "RankFailure", "WeightsFollower"]
@@ -112,7 +114,10 @@ class RankContext:
         """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
         self.stop_reason = ""
         self.frame_budget: int | None = None
-        """(Actors) env steps this rank may take in this run, from the leader's ``budget`` message."""
+        """(Actors) env steps this rank may take in this run: its share of the frames left, which the leader
+        broadcasts once (:meth:`announce_frames_left`)."""
+        self._actor_index = topo.actors.index(self.rank) if self.role == "actor" else -1
+        self._frames_left = IntAnnouncement(comm, topo.leader)  # collective: every rank builds it here
         self._stop_forwarded = False
         self._checkpoint_forwarded = 0.0  # time of the newest checkpoint request sent to the leader
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
@@ -124,6 +129,10 @@ class RankContext:
         self.hosts: dict[int, str] = {}
         self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
         self.backoff = Backoff()
+
+    def announce_frames_left(self, frames: int) -> None:
+        """(Leader) Broadcast the frames left to run; each actor takes its share (:func:`budget.actor_share`)."""
+        self._frames_left.announce(frames)
 
     # ------------------------------------------------------------------ naming
     def who(self, rank: int) -> str:
@@ -147,6 +156,9 @@ class RankContext:
         if now < self._next_service:
             return
         self._next_service = now + SERVICE_INTERVAL
+        if self.frame_budget is None and self._frames_left.test() is not None and self._actor_index >= 0:
+            left = int(self._frames_left.value or 0)
+            self.frame_budget = budget.actor_share(left, len(self.topo.actors), self._actor_index)
         for src, msg in self._poll_all():
             self.last_seen[src] = now
             kind = msg.get("type")
@@ -156,8 +168,6 @@ class RankContext:
                 if not self.stopping:
                     self.stopping = True
                     self.stop_reason = str(msg.get("reason", "leader"))
-            elif kind == "budget" and not self.is_leader:
-                self.frame_budget = int(msg["frames"])
             elif kind == "stop_request" and self.is_leader:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
             elif kind == "checkpoint":
@@ -296,6 +306,7 @@ class RankContext:
         if finish_sends is not None:
             finish_sends(idle)
         control.flush_obj(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
+        self._frames_left.close(max(1.0, deadline - time.monotonic()), idle)
         req = self.comm.Ibarrier()
         wait_for(
             lambda: True if req.Test() else None,
