@@ -50,9 +50,10 @@ def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
     session.attach()
 
 
-def _rank_table(comm: Any, role: str) -> list[dict[str, Any]] | None:
-    """Every rank's role, host and pid, on rank 0 (None elsewhere)."""
-    me = {"rank": int(comm.Get_rank()), "role": role, "host": node_name(), "pid": os.getpid()}
+def _rank_table(comm: Any, role: str, nodes: NodeMap) -> list[dict[str, Any]] | None:
+    """Every rank's role, host, node index and pid, on rank 0 (None elsewhere)."""
+    rank = int(comm.Get_rank())
+    me = {"rank": rank, "role": role, "host": node_name(), "node": nodes.node_of[rank], "pid": os.getpid()}
     return Gather_rank_table(comm, me)
 
 
@@ -106,15 +107,15 @@ def _run_role(
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
-    table = _rank_table(comm, role)
+    table = _rank_table(comm, role, nodes)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
     if table is not None:
         ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
-        log.info("%s", topo.describe())
-        for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
-            log.info("rank %d: %s on %s, pid %d", e["rank"], e["role"], e["host"], e["pid"])
-        write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
+        # the launcher names dead processes by pid and host only: ranks.json maps them to ranks and roles
+        path = session.run_dir / "ranks.json"
+        write_text_atomic(path, json.dumps(table, indent=1))
+        log.info("%s on %s; every rank's role, host and pid: %s", topo.describe(), nodes.describe(), path)
     if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
 
