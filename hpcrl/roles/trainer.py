@@ -199,7 +199,10 @@ class TrainerRank:
             )
             log.info("run dir %s", ctx.session.run_dir)
             self._send_budgets(base_frames)  # before the first parameters, which actors wait for
+            t0 = time.perf_counter()
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
+            if trace is not None:  # start-up at rank 0: the first weights go to every subscriber
+                trace.add_time("startup_first_publish", time.perf_counter() - t0)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
         queue_cols = cfg.training.queue_batches * self.learner.batcher.batch_size

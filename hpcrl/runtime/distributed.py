@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from hpcrl.api import config
@@ -107,6 +108,7 @@ def _run_role(
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
+    t0 = time.perf_counter()
     table = _rank_table(comm, role, nodes)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
@@ -116,6 +118,8 @@ def _run_role(
         path = session.run_dir / "ranks.json"
         write_text_atomic(path, json.dumps(table, indent=1))
         log.info("%s on %s; every rank's role, host and pid: %s", topo.describe(), nodes.describe(), path)
+        if ctx.trace is not None:  # the one start-up step whose work at rank 0 grows with the ranks
+            ctx.trace.add_time("startup_rank_table", time.perf_counter() - t0)
     if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
 
