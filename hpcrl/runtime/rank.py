@@ -181,6 +181,10 @@ class RankContext:
         if request is not None and not self.is_leader and request[1] > self._checkpoint_forwarded:
             self._checkpoint_forwarded = request[1]
             self.post(self.leader, {"type": "checkpoint", "reason": request[0], "time": request[1]})
+        self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """Send this rank's heartbeat when it is due, and check the peers it watches for silence."""
         if self._hb_interval:
             if now - self._last_hb_sent >= self._hb_interval:
                 self._last_hb_sent = now
@@ -283,7 +287,9 @@ class RankContext:
 
         Keeps receiving (and discarding) data while its own sends complete, then waits in a
         non-blocking barrier that every rank reaches only after its sends are done, then
-        cancels its posted receives.
+        cancels its posted receives. Heartbeats go on until the barrier completes, so a rank that died
+        meanwhile (a node lost while the job stops, when the launcher leaves the survivors running) is
+        named after ``run.heartbeat_seconds`` instead of holding every rank until the drain times out.
 
         Args:
             recv: channels to keep servicing (messages are discarded).
@@ -291,14 +297,19 @@ class RankContext:
             extra: more polling to do while waiting (e.g. a parameter subscriber).
             finish_sends: waits for other outstanding sends (e.g. parameter publication), given the idle callback.
         """
+        watching = [True]  # until the shutdown barrier completes; then peers may leave at any moment
 
         def idle() -> None:
             poll_any(recv)
             if extra is not None:
                 extra()
+            now = time.monotonic()
             for src, msg in self._poll_all():
+                self.last_seen[src] = now
                 if msg.get("type") == "final" and self.on_stats is not None:
                     self.on_stats(src, msg)
+            if watching[0]:
+                self._beat(now)
 
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for ch in send:
@@ -315,6 +326,7 @@ class RankContext:
             max(1.0, deadline - time.monotonic()),
             idle,
         )
+        watching[0] = False
         # Messages sent eagerly complete before they are received: take everything still queued
         # (MPICH fails MPI_Finalize on unmatched messages) until the channels stay quiet for a moment.
         quiet = 0

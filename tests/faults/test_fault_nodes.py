@@ -38,13 +38,21 @@ OVERRIDES = ["experiment.total_frames=100000000", "run.checkpoint_every_steps=5"
 class TwoNodeJob:
     """A job over simulated nodes (4 ranks on two by default), output to files, killed as a process group on cleanup."""
 
-    def __init__(self, env: dict[str, str], run_dir: Path, hosts: str = "n1,n2", ppn: int = 2, *extra: str) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        run_dir: Path,
+        hosts: str = "n1,n2",
+        ppn: int = 2,
+        *extra: str,
+        launcher: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = run_dir
         self.size = ppn * len(hosts.split(","))
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.out = run_dir.parent / "job.out"
         self.err = run_dir.parent / "job.err"
-        cmd = [MPIEXEC, "-launcher", "fork", "-hosts", hosts, "-ppn", str(ppn), "-n", str(self.size)]
+        cmd = [MPIEXEC, "-launcher", "fork", *launcher, "-hosts", hosts, "-ppn", str(ppn), "-n", str(self.size)]
         cmd += [PYTHON, "-m", "mpi4py", "-m", "hpcrl.run", str(FAULT_YAML), f"run.dir={run_dir}", *OVERRIDES, *extra]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err, start_new_session=True)
@@ -221,3 +229,44 @@ def test_losing_one_of_four_nodes_ends_the_job_and_the_next_start_resumes(
     assert resumed and newest.name in resumed[0] and newest.name >= before.name, res.explain()
     assert res.summary is not None and res.summary["frames"] >= frames + 300, res.summary
     print(f"node n3 of 4 lost: mpiexec exit {rc} after {after:.2f} s; restart {resumed[0].split('INFO ')[-1]}")
+
+
+def test_a_lost_node_is_named_in_one_line_when_hydra_leaves_the_survivors_running(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """With ``mpiexec -disable-auto-cleanup`` Hydra does not kill the survivors; it sends them SIGUSR1, which
+    hpcrl takes as a stop: the leader writes a stop checkpoint and the ranks drain. The lost node's ranks never
+    join the drain; the heartbeats, which go on while draining, name them and their node in one FATAL line and
+    the job aborts. Nothing is left behind and the next start resumes from the stop checkpoint."""
+    env = fault_env(clean_env)
+    run_dir = tmp_path / "run"
+    job = TwoNodeJob(env, run_dir, "n1,n2,n3,n4", 2, "layout.trainers=2", launcher=("-disable-auto-cleanup",))
+    try:
+        job.start()
+        table = json.loads((run_dir / "ranks.json").read_text())
+        lost = {e["rank"]: e["pid"] for e in table if e["host"] == "n3"}
+        assert sorted(lost) == [4, 5], table
+        for pid in lost.values():
+            os.kill(pid, signal.SIGKILL)
+        rc, after = job.finish(timeout=60)
+    finally:
+        job.kill()
+    text = job.text()
+    assert rc != 0, text[-4000:]
+    fatal = log_lines((run_dir / "errors.log").read_text(), "FATAL: RankFailure:")
+    assert len(fatal) == 1, fatal
+    expected = (
+        f"(run.heartbeat_seconds={HEARTBEAT}): rank 4 (actor on n3), rank 5 (actor on n3); they are hung or dead; "
+        "every rank on n3 is silent: is the node down or hung?"
+    )
+    assert expected in fatal[0], fatal[0]
+    _no_leftovers(run_dir, 10)
+    newest = checkpoints(run_dir)[-1]
+    attrs = read_checkpoint_attrs(newest)
+    assert attrs["reason"] == "stop", attrs  # written when Hydra's SIGUSR1 arrived: nothing trained is lost
+    again = [*OVERRIDES, f"run.stop_at_frames={int(attrs['frames']) + 300}", "layout.trainers=2"]
+    res = run_job(env, run_dir, *again, ranks=4, timeout=120)
+    assert res.finished, res.explain()
+    resumed = log_lines(res.text, "resumed from")
+    assert resumed and newest.name in resumed[0], res.explain()
+    print(f"node n3 of 4 lost under -disable-auto-cleanup: exit {rc} after {after:.1f} s: {fatal[0][-230:]}")
