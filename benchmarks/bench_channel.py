@@ -16,7 +16,10 @@ channel with single-buffer raw
 measures the cache, not the channel. Raw and hpcrl rounds alternate and each number is the best round
 (robust to a busy machine). Rank 0 also measures the CPU time per message of one process sending to
 itself (channel vs raw ``Isend``/``Irecv``/``Waitall``), which other load does not distort.
-Rows: bandwidth at 1, 4 and 16 MiB (target >= 90 % of raw) and one-way latency at 1 KiB (target <= 2x raw).
+Rows: bandwidth at 1, 4 and 16 MiB (target >= 90 % of raw) and one-way latency at 1 KiB (target <= 2x raw),
+on one node and between two simulated hosts (``--path``: the same job under ``mpiexec -launcher fork -hosts
+h1,h2 -ppn 1``, where MPI sends through its network module instead of shared memory; its own rows, against
+raw mpi4py on the same path).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.common import BenchResult, Context, Row, bench_main, run_mpi_module, write_json
+from benchmarks.common import BenchResult, Context, Row, bench_main, run_mpi_module, simulated_hosts, write_json
 from hpcrl.comm.tags import Tag
 
 if TYPE_CHECKING:
@@ -282,10 +285,32 @@ def _size(nbytes: int) -> str:
     return f"{nbytes >> 10} KiB" if nbytes < (1 << 20) else f"{nbytes >> 20} MiB"
 
 
+#: where the two ranks run: one node (shared memory), or two simulated hosts (MPI's network module).
+PATHS = {"node": "", "inter-node": ", between 2 nodes (simulated hosts)"}
+
+
 def run(ctx: Context) -> BenchResult:
-    """Start the 2-rank job; rows: bandwidth at 1 / 4 / 16 MiB and latency at 1 KiB, hpcrl vs raw mpi4py."""
-    data = run_mpi_module("benchmarks.bench_channel", 2, ["--quick"] if ctx.quick else [])
-    res = BenchResult("channel", data=data)
+    """Start the 2-rank job on each path; rows: bandwidth at 1 / 4 / 16 MiB and latency at 1 KiB, hpcrl vs raw.
+
+    ``--path both`` (the default) measures on one node and between two simulated hosts (``mpiexec -launcher
+    fork -hosts h1,h2 -ppn 1``: the messages go through MPI's network module, here over the loopback
+    interface, not shared memory), each path with its own rows and its own raw mpi4py baseline.
+    """
+    paths = list(PATHS) if ctx.opt("path", "both") == "both" else [ctx.opt("path")]
+    res = BenchResult("channel", data={})
+    for path in paths:
+        launcher = simulated_hosts(2, 1) if path == "inter-node" else None
+        data = run_mpi_module("benchmarks.bench_channel", 2, ["--quick"] if ctx.quick else [], launcher_args=launcher)
+        if path == "node":  # the one-node result keeps its place at the top of the data
+            res.data.update(data)
+        else:
+            res.data[path] = data
+        _rows(res, data, PATHS[path])
+    return res
+
+
+def _rows(res: BenchResult, data: dict[str, Any], where: str) -> None:
+    """Append the bandwidth and latency rows of one path (``where``: the label suffix) to ``res``."""
     by_size = {int(r["bytes"]): r for r in data["rows"]}
     for mib in (1, 4, 16):
         r = by_size.get(mib << 20)
@@ -294,7 +319,7 @@ def run(ctx: Context) -> BenchResult:
         res.rows.append(
             Row(
                 "channel",
-                f"channel bandwidth, {mib} MiB messages",
+                f"channel bandwidth, {mib} MiB messages{where}",
                 r["hpcrl_gbps"],
                 "raw mpi4py Send/Recv (2 buffers per side)",
                 r["raw_gbps"],
@@ -315,7 +340,7 @@ def run(ctx: Context) -> BenchResult:
         res.rows.append(
             Row(
                 "channel",
-                "channel latency, 1 KiB message (one-way)",
+                f"channel latency, 1 KiB message (one-way){where}",
                 small["hpcrl_latency_us"],
                 "raw mpi4py Send/Recv",
                 small["raw_latency_us"],
@@ -335,10 +360,18 @@ def run(ctx: Context) -> BenchResult:
                 ),
             ).finish()
         )
-    return res
 
 
-_main = bench_main("channel", run, __doc__)
+def _arguments(p: Any) -> None:
+    p.add_argument(
+        "--path",
+        choices=["both", *PATHS],
+        default=None,
+        help="one node (shared memory), two simulated hosts (network module), or both (default)",
+    )
+
+
+_main = bench_main("channel", run, __doc__, _arguments)
 
 
 def main(argv: list[str] | None = None) -> int:

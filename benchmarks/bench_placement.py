@@ -53,7 +53,7 @@ def run(ctx: Context) -> BenchResult:
                     "run.heartbeat_seconds=600",
                 ]
                 job = run_hpcrl_job(
-                    CARTPOLE_YAML, overrides, Path(tmp) / f"{placement}{i}", ranks=ranks, mpiexec_args=launcher
+                    CARTPOLE_YAML, overrides, Path(tmp) / f"{placement}{i}", ranks=ranks, launcher_args=launcher
                 )
                 s = job.summary
                 fps[placement].append(job.fps)

@@ -54,6 +54,7 @@ __all__ = [
     "run_mpi_module",
     "save_result",
     "sb3_cartpole_params",
+    "simulated_hosts",
     "wait_for_quiet",
     "write_json",
 ]
@@ -535,8 +536,12 @@ def hpcrl_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def run_mpi_module(module: str, ranks: int, args: list[str], timeout: float = 900.0) -> dict[str, Any]:
+def run_mpi_module(
+    module: str, ranks: int, args: list[str], timeout: float = 900.0, launcher_args: list[str] | None = None
+) -> dict[str, Any]:
     """Run ``mpiexec -n ranks python -m mpi4py -m <module> --mpi-worker OUT args``; returns the JSON rank 0 wrote.
+
+    ``launcher_args`` go to ``mpiexec`` before ``-n`` (e.g. ``simulated_hosts(2, 1)``).
 
     Raises:
         RuntimeError: the job failed, timed out or wrote no result (the message has the output's tail).
@@ -545,7 +550,8 @@ def run_mpi_module(module: str, ranks: int, args: list[str], timeout: float = 90
 
     with tempfile.TemporaryDirectory(prefix="hpcrl-bench-mpi-") as tmp:
         out = Path(tmp) / "out.json"
-        cmd = [MPIEXEC, "-n", str(ranks), PYTHON, "-m", "mpi4py", "-m", module, "--mpi-worker", str(out), *args]
+        cmd = [MPIEXEC, *(launcher_args or []), "-n", str(ranks), PYTHON, "-m", "mpi4py", "-m", module]
+        cmd += ["--mpi-worker", str(out), *args]
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -566,6 +572,14 @@ def run_mpi_module(module: str, ranks: int, args: list[str], timeout: float = 90
         result = json.loads(out.read_text())
     result["stdout"] = text[-4000:]
     return dict(result)
+
+
+def simulated_hosts(nodes: int, per_node: int) -> list[str]:
+    """``mpiexec`` (MPICH Hydra) arguments that start every rank here but on ``nodes`` simulated hosts.
+
+    Each host name is its own MPI node: shared memory within a host, the network module between hosts.
+    """
+    return ["-launcher", "fork", "-hosts", ",".join(f"h{i + 1}" for i in range(nodes)), "-ppn", str(per_node)]
 
 
 @dataclass
@@ -623,7 +637,7 @@ def run_hpcrl_job(
     timeout: float = 600.0,
     rows_per_step: int = 1024,
     extra_env: dict[str, str] | None = None,
-    mpiexec_args: list[str] | None = None,
+    launcher_args: list[str] | None = None,
 ) -> JobResult:
     """Run ``python -m hpcrl.run`` (under ``mpiexec -n ranks`` when ``ranks > 0``) in a fresh subprocess.
 
@@ -637,7 +651,7 @@ def run_hpcrl_job(
         timeout: seconds before the job is killed.
         rows_per_step: rows per PPO update (for :attr:`JobResult.trained_fps`).
         extra_env: more environment variables.
-        mpiexec_args: more ``mpiexec`` arguments, before ``-n`` (e.g. ``-launcher fork -hosts n1,n2``).
+        launcher_args: more ``mpiexec`` arguments, before ``-n`` (e.g. :func:`simulated_hosts`).
 
     Returns:
         The job's summary and timings.
@@ -652,7 +666,7 @@ def run_hpcrl_job(
     cmd = [PYTHON, "-m", "mpi4py", "-m", "hpcrl.run", str(config), f"run.dir={run_dir}", "run.fresh=true"]
     cmd += ["run.progress=off", *overrides, "--summary-json", str(summary_path), "--log-level", "WARNING"]
     if ranks > 0:
-        cmd = [MPIEXEC, *(mpiexec_args or []), "-n", str(ranks), *cmd]
+        cmd = [MPIEXEC, *(launcher_args or []), "-n", str(ranks), *cmd]
     env = hpcrl_env()
     env.update(extra_env or {})
     t0 = time.time()

@@ -56,6 +56,7 @@ BENCHMARKS: dict[str, str] = {
     "checkpoint": "HDF5 checkpoint save (background writer and blocking) vs torch.save",
     "trace": "tracing overhead: CartPole fps with HDF5 traces on vs off",
     "startup": "launch to first trained batch: mpiexec -n 4 vs the peers",
+    "startup_scale": "launch to first trained batch at 8/32/64 ranks on simulated nodes, rank 0's share",
     "env_step": "env adapters vs the same gymnasium envs stepped directly",
     "policy": "policy rollout and PPO minibatch update vs the same model in plain torch",
     "learning": "learning targets: CartPole 475, memory task, Pendulum, quick-start centralized critic",

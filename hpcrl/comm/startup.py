@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RANK_ENTRY_NBYTES", "Bcast_state_dict", "Bcast_text", "Gather_rank_table", "Split_trainers"]
+__all__ = [
+    "RANK_ENTRY_NBYTES",
+    "Bcast_state_dict",
+    "Bcast_text",
+    "Gather_rank_table",
+    "IntAnnouncement",
+    "Split_trainers",
+]
 
 #: bytes of one rank's JSON entry in the rank table (fixed size, so the gather needs no size exchange).
 RANK_ENTRY_NBYTES = 256
@@ -108,3 +115,69 @@ def Bcast_state_dict(comm: Any, state_dict: Mapping[str, Any], root: int = 0) ->
             value.copy_(torch.from_numpy(buf))
         elif isinstance(value, np.ndarray) and buf is not value:
             value[...] = buf
+
+
+class IntAnnouncement:
+    """One int64 that ``root`` announces to every rank whenever it is ready: a non-blocking ``Ibcast``.
+
+    Built collectively (``comm.Dup()``, so this broadcast never interleaves with other collectives on
+    ``comm``). Every other rank posts its receive at once and polls :meth:`test` while it does other work;
+    ``root`` calls :meth:`announce` when it knows the value. The broadcast runs as MPI's tree: the root sends
+    O(log ranks) messages, not one per rank. Every rank calls :meth:`close` before it leaves (it waits for
+    the broadcast to complete, so ``root`` must have announced by then).
+
+    Args:
+        comm: the communicator (collective: every rank of it builds one, at the same point).
+        root: the announcing rank.
+    """
+
+    def __init__(self, comm: Any, root: int = 0) -> None:
+        self.comm = comm.Dup()
+        self.root = root
+        self.buf = np.zeros(1, np.int64)
+        self.value: int | None = None
+        """The announced value, once :meth:`test` saw it arrive (on ``root``: once announced)."""
+        self._req: Any = None if self.comm.Get_rank() == root else self.comm.Ibcast(self.buf, root=root)
+
+    def announce(self, value: int) -> None:
+        """(Root) Send ``value`` to every rank (non-blocking; progressed by :meth:`test` and :meth:`close`)."""
+        self.buf[0] = value
+        self.value = int(value)
+        self._req = self.comm.Ibcast(self.buf, root=self.root)
+
+    def _progress(self) -> bool:
+        """Progress the broadcast; True once it has completed on this rank."""
+        if self._req is not None and self._req.Test():
+            self._req = None
+            if self.value is None:
+                self.value = int(self.buf[0])
+        return self._req is None
+
+    def test(self) -> int | None:
+        """Progress the broadcast; the value once it has arrived here (on ``root``: once announced), else None."""
+        self._progress()
+        return self.value
+
+    def close(self, timeout: float, on_idle: Any = None) -> None:
+        """Complete the broadcast (polling ``on_idle`` meanwhile) and free the duplicate communicator.
+
+        A root that never announced announces 0 here, so that no rank waits for it forever.
+
+        Raises:
+            WaitTimeout: it did not complete within ``timeout`` seconds.
+        """
+        from hpcrl.comm.polling import wait_for
+
+        if self.comm is None:
+            return
+        if self.comm.Get_rank() == self.root and self.value is None:
+            self.announce(0)
+        wait_for(
+            lambda: True if self._progress() else None,
+            "every rank to take the start-up broadcast of the frame budget",
+            None,
+            timeout,
+            on_idle,
+        )
+        self.comm.Free()
+        self.comm = None

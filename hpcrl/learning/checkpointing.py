@@ -245,7 +245,7 @@ class Checkpointer:
             CheckpointError: checkpoints exist but none is valid (never a silent fresh start), or the stored
                 policy or trainer state does not fit the configured ones.
         """
-        from hpcrl.storage.checkpoint import load_checkpoint
+        from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint
 
         if path is None:
             if self._manager is None:
@@ -259,8 +259,15 @@ class Checkpointer:
             tree, attrs = load_checkpoint(path)
         if self.writes:  # every trainer rank loads the same file: one message is enough
             self.check_compatible(path, attrs)
-        self.learner.load_checkpoint_tree(tree, path)
+        try:
+            self.learner.load_checkpoint_tree(tree, path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}{_spec_pair(attrs.get('config'), self.config_text)}") from e
         self._last_step = self.learner.steps
+        if log.isEnabledFor(logging.DEBUG):  # what this rank now holds (checked against the file in tests)
+            from hpcrl.storage.tree import tree_digest
+
+            log.debug("restored state of %s: digest %s", path.name, tree_digest(self.learner.checkpoint_tree()))
         return path
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
@@ -357,3 +364,26 @@ def _describe_layout(attrs: dict[str, Any]) -> str:
         parts.append(f"{attrs['frames_per_step']} frames per trainer step")
     layout = f"layout {str(attrs.get('layout', '?'))!r}"
     return f"{layout} ({', '.join(parts)})" if parts else layout
+
+
+def _spec_pair(stored: Any, current: str) -> str:
+    """``; the checkpoint's policy: {...}; this run's policy: {...}`` (one line each, flow YAML), or ``""``.
+
+    Added to a resume error so that the message names both configs; ``""`` when either config cannot be
+    read or the two ``policy`` sections are equal.
+    """
+    import yaml
+
+    if not isinstance(stored, str) or not current:
+        return ""
+    try:
+        old, new = config.parse_yaml(stored, "checkpoint"), config.parse_yaml(current, "this run's config")
+    except config.ConfigError:
+        return ""
+    if not isinstance(old, dict) or not isinstance(new, dict) or old.get("policy") == new.get("policy"):
+        return ""
+
+    def flow(section: Any) -> str:
+        return " ".join(yaml.safe_dump(section, default_flow_style=True, sort_keys=True, width=10**6).split())
+
+    return f"; the checkpoint's policy: {flow(old.get('policy'))}; this run's policy: {flow(new.get('policy'))}"

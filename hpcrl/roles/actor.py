@@ -67,6 +67,7 @@ class ActorRank:
         self.ring = rings.make_ring(
             cfg, default_state, f"actor rank {ctx.rank}", actor_index=self.index, num_groups=groups
         )
+        log.debug("actor index %d: env seeds %s", self.index, list(self.ring.seeds))
         self.loop: InlineLoop | None = None
         if self.policy is not None:
             me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"

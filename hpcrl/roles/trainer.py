@@ -94,7 +94,9 @@ class TrainerRank:
             self.publisher = ParamPublisher(ctx.comm, list(topo.param_subscribers))
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
+        self._actor_frames_sum = 0
         self.budgets: dict[int, int] = {}
+        self._unspent: set[int] = set()  # actors that have not yet reported stepping their share
         self._base_frames = 0
         self._told_trainers = False
         self.finals: dict[int, dict[str, Any]] = {}
@@ -106,9 +108,13 @@ class TrainerRank:
         if msg.get("type") == "final":
             self.finals[src] = msg
         if "frames" in msg and self.ctx.topo.role_of(src) == "actor":
-            self.actor_frames[src] = int(msg["frames"])
+            frames = int(msg["frames"])
+            self._actor_frames_sum += frames - self.actor_frames.get(src, 0)  # O(1) per report, not O(actors)
+            self.actor_frames[src] = frames
+            if src in self._unspent and frames >= self.budgets[src]:
+                self._unspent.discard(src)
             if msg.get("type") != "final":  # finals come after the last checkpoint: its count stays the run's
-                self.learner.frames = self._base_frames + sum(self.actor_frames.values())
+                self.learner.frames = self._base_frames + self._actor_frames_sum
                 self._check_budget()  # also while waiting in the step agreement
         eps = msg.get("episodes")
         if eps and self.progress is not None:
@@ -140,7 +146,7 @@ class TrainerRank:
             Bcast_state_dict(self.tcomm, self.policy.state_dict())
 
     def _send_budgets(self, base_frames: int) -> None:
-        """(Leader) Split the frames left to run over the actor ranks and tell each its share.
+        """(Leader) Split the frames left to run over the actor ranks: one broadcast, each actor takes its share.
 
         An actor stops stepping at its share (to within one step of its env group), so the run steps
         ``experiment.total_frames`` (or an earlier ``run.stop_at_frames``) plus at most ``envs_per_actor - 1``
@@ -149,15 +155,15 @@ class TrainerRank:
         """
         actors = self.ctx.topo.actors
         left = max(0, budget.frame_limit(self.ctx.cfg)[0] - base_frames)
-        for k, a in enumerate(actors):
-            self.budgets[a] = left // len(actors) + (1 if k < left % len(actors) else 0)
-            self.ctx.post(a, {"type": "budget", "frames": self.budgets[a]})
+        self.ctx.announce_frames_left(left)  # one broadcast; each actor computes its own share
+        self.budgets = {a: budget.actor_share(left, len(actors), k) for k, a in enumerate(actors)}
+        self._unspent = {a for a, n in self.budgets.items() if n > 0}
 
     def _check_budget(self) -> None:
         """(Leader) Once every actor has reported stepping its share of the frames, stop the run."""
         if not self.budgets or self.ctx.stop.is_set():
             return
-        if all(self.actor_frames.get(a, 0) >= n for a, n in self.budgets.items()):
+        if not self._unspent:
             self.ctx.stop.set(budget.frame_limit(self.ctx.cfg)[1])
             self._tell_trainers()
 
@@ -193,7 +199,10 @@ class TrainerRank:
             )
             log.info("run dir %s", ctx.session.run_dir)
             self._send_budgets(base_frames)  # before the first parameters, which actors wait for
+            t0 = time.perf_counter()
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
+            if trace is not None:  # start-up at rank 0: the first weights go to every subscriber
+                trace.add_time("startup_first_publish", time.perf_counter() - t0)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
         queue_cols = cfg.training.queue_batches * self.learner.batcher.batch_size
@@ -247,7 +256,7 @@ class TrainerRank:
         if ctx.is_leader:
             reason = str(ctx.stop.reason)
             # the newest count (a step may have used an older, agreed one): the checkpoint counts every frame
-            self.learner.frames = max(self.learner.frames, self._base_frames + sum(self.actor_frames.values()))
+            self.learner.frames = max(self.learner.frames, self._base_frames + self._actor_frames_sum)
             self.checkpoints.save("final" if reason == "total_frames reached" else "stop")
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hpcrl.api import config
 
-__all__ = ["budget_reached", "frame_limit", "frames_per_step"]
+__all__ = ["actor_share", "budget_reached", "frame_limit", "frames_per_step"]
 
 
 def frames_per_step(columns: int, fragment_length: int, agents: int) -> int:
@@ -32,3 +32,16 @@ def budget_reached(frames: int, cfg: config.ExperimentConfig) -> str | None:
         return "total_frames reached"
     limit, reason = frame_limit(cfg)
     return reason if frames >= limit else None
+
+
+def actor_share(frames_left: int, actors: int, index: int) -> int:
+    """Frames actor number ``index`` (of ``actors``) may step: an even split of ``frames_left``.
+
+    The first ``frames_left % actors`` actors step one more. Every actor computes its own share from the
+    one broadcast ``frames_left``.
+
+    Examples:
+        >>> [actor_share(10, 4, k) for k in range(4)], sum(actor_share(7, 3, k) for k in range(3))
+        ([3, 3, 2, 2], 7)
+    """
+    return frames_left // actors + (1 if index < frames_left % actors else 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from hpcrl.api import config
@@ -50,10 +51,10 @@ def _prepare_together(comm: Any, topo: Topology, session: Session) -> None:
     session.attach()
 
 
-def _rank_table(comm: Any, topo: Topology) -> list[dict[str, Any]] | None:
+def _rank_table(comm: Any, role: str, nodes: NodeMap) -> list[dict[str, Any]] | None:
     """Every rank's role, host, node index and pid, on rank 0 (None elsewhere)."""
     rank = int(comm.Get_rank())
-    me = {"rank": rank, "role": topo.role_of(rank), "host": node_name(), "node": topo.node(rank), "pid": os.getpid()}
+    me = {"rank": rank, "role": role, "host": node_name(), "node": nodes.node_of[rank], "pid": os.getpid()}
     return Gather_rank_table(comm, me)
 
 
@@ -107,12 +108,16 @@ def _run_role(
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
-    table = _rank_table(comm, topo)
+    t0 = time.perf_counter()
+    table = _rank_table(comm, role, nodes)
     session.open_trace()
     ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
     if table is not None:
         ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
-        log.info("%s", topo.describe())
+        # the launcher names dead processes by pid and host only: ranks.json maps them to ranks and roles
+        path = session.run_dir / "ranks.json"
+        write_text_atomic(path, json.dumps(table, indent=1))
+        log.info("%s on %s; every rank's role, host and pid: %s", topo.describe(), nodes.describe(), path)
         if topo.node_count > 1:
             for line in topo.describe_nodes():
                 log.info("%s", line)
@@ -128,9 +133,8 @@ def _run_role(
         warning = topo.placement_warning()
         if warning:
             log.warning("%s", warning)
-        for e in table:  # the launcher names dead processes by pid only: map pids to ranks and roles here
-            log.info("rank %d: %s on %s, pid %d (node %d)", e["rank"], e["role"], e["host"], e["pid"], e["node"])
-        write_text_atomic(session.run_dir / "ranks.json", json.dumps(table, indent=1))
+        if ctx.trace is not None:  # the one start-up step whose work at rank 0 grows with the ranks
+            ctx.trace.add_time("startup_rank_table", time.perf_counter() - t0)
     if tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
 

@@ -14,8 +14,10 @@ from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.mpi import node_name
 from hpcrl.comm.nodes import NodeMap
 from hpcrl.comm.polling import Backoff, wait_for
+from hpcrl.comm.startup import IntAnnouncement
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
+from hpcrl.runtime import budget
 from hpcrl.runtime.session import Session, StopFlag
 
 __all__ = ["RankContext", "RankFailure", "WeightsFollower", "stats_interval"]
@@ -39,6 +41,8 @@ def stats_interval(world_size: int) -> float:
     (0.5, 4.096)
     """
     return max(STATS_INTERVAL, world_size / STATS_PER_SECOND)
+
+
 #: Seconds between two control-plane polls of :meth:`RankContext.service` (more frequent calls return at once).
 SERVICE_INTERVAL = 10e-3
 #: seconds the drain at shutdown may take before the rank gives up (and aborts).
@@ -127,7 +131,10 @@ class RankContext:
         """The leader said stop (non-leaders) / the trainers agreed to stop (leader)."""
         self.stop_reason = ""
         self.frame_budget: int | None = None
-        """(Actors) env steps this rank may take in this run, from the leader's ``budget`` message."""
+        """(Actors) env steps this rank may take in this run: its share of the frames left, which the leader
+        broadcasts once (:meth:`announce_frames_left`)."""
+        self._actor_index = topo.actors.index(self.rank) if self.role == "actor" else -1
+        self._frames_left = IntAnnouncement(comm, topo.leader)  # collective: every rank builds it here
         self._stop_forwarded = False
         self._checkpoint_forwarded = 0.0  # time of the newest checkpoint request sent to the leader
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
@@ -139,6 +146,10 @@ class RankContext:
         self.hosts: dict[int, str] = {}
         self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
         self.backoff = Backoff()
+
+    def announce_frames_left(self, frames: int) -> None:
+        """(Leader) Broadcast the frames left to run; each actor takes its share (:func:`budget.actor_share`)."""
+        self._frames_left.announce(frames)
 
     # ------------------------------------------------------------------ naming
     def who(self, rank: int) -> str:
@@ -162,6 +173,9 @@ class RankContext:
         if now < self._next_service:
             return
         self._next_service = now + SERVICE_INTERVAL
+        if self.frame_budget is None and self._frames_left.test() is not None and self._actor_index >= 0:
+            left = int(self._frames_left.value or 0)
+            self.frame_budget = budget.actor_share(left, len(self.topo.actors), self._actor_index)
         for src, msg in self._poll_all():
             self.last_seen[src] = now
             kind = msg.get("type")
@@ -171,8 +185,6 @@ class RankContext:
                 if not self.stopping:
                     self.stopping = True
                     self.stop_reason = str(msg.get("reason", "leader"))
-            elif kind == "budget" and not self.is_leader:
-                self.frame_budget = int(msg["frames"])
             elif kind == "stop_request" and self.is_leader:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
             elif kind == "checkpoint":
@@ -186,6 +198,10 @@ class RankContext:
         if request is not None and not self.is_leader and request[1] > self._checkpoint_forwarded:
             self._checkpoint_forwarded = request[1]
             self.post(self.leader, {"type": "checkpoint", "reason": request[0], "time": request[1]})
+        self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """Send this rank's heartbeat when it is due, and check the peers it watches for silence."""
         if self._hb_interval:
             if now - self._last_hb_sent >= self._hb_interval:
                 self._last_hb_sent = now
@@ -288,7 +304,9 @@ class RankContext:
 
         Keeps receiving (and discarding) data while its own sends complete, then waits in a
         non-blocking barrier that every rank reaches only after its sends are done, then
-        cancels its posted receives.
+        cancels its posted receives. Heartbeats go on until the barrier completes, so a rank that died
+        meanwhile (a node lost while the job stops, when the launcher leaves the survivors running) is
+        named after ``run.heartbeat_seconds`` instead of holding every rank until the drain times out.
 
         Args:
             recv: channels to keep servicing (messages are discarded).
@@ -296,14 +314,19 @@ class RankContext:
             extra: more polling to do while waiting (e.g. a parameter subscriber).
             finish_sends: waits for other outstanding sends (e.g. parameter publication), given the idle callback.
         """
+        watching = [True]  # until the shutdown barrier completes; then peers may leave at any moment
 
         def idle() -> None:
             poll_any(recv)
             if extra is not None:
                 extra()
+            now = time.monotonic()
             for src, msg in self._poll_all():
+                self.last_seen[src] = now
                 if msg.get("type") == "final" and self.on_stats is not None:
                     self.on_stats(src, msg)
+            if watching[0]:
+                self._beat(now)
 
         deadline = time.monotonic() + DRAIN_TIMEOUT
         for ch in send:
@@ -311,6 +334,7 @@ class RankContext:
         if finish_sends is not None:
             finish_sends(idle)
         control.flush_obj(timeout=max(1.0, deadline - time.monotonic()), on_idle=idle)
+        self._frames_left.close(max(1.0, deadline - time.monotonic()), idle)
         req = self.comm.Ibarrier()
         wait_for(
             lambda: True if req.Test() else None,
@@ -319,6 +343,7 @@ class RankContext:
             max(1.0, deadline - time.monotonic()),
             idle,
         )
+        watching[0] = False
         # Messages sent eagerly complete before they are received: take everything still queued
         # (MPICH fails MPI_Finalize on unmatched messages) until the channels stay quiet for a moment.
         quiet = 0

@@ -68,6 +68,7 @@ __all__ = [
     "is_numeric",
     "check_ndarray",
     "unsupported",
+    "tree_digest",
 ]
 
 TYPE_ATTR = "@type"
@@ -582,3 +583,54 @@ def read_tree(group: Any) -> dict[Any, Any]:
     if not isinstance(out, dict):
         raise _fail(group, "the top level is not a dict")
     return out
+
+
+def tree_digest(tree: Any) -> str:
+    """A SHA-256 hex digest of a checkpoint tree's values, equal for a tree and its stored-and-read copy.
+
+    Keys, list order, array dtypes (torch tensors by their storage dtype), shapes and bytes, and scalar
+    values count; a torch tensor and the array it reads back as agree, and so do a numpy scalar and the
+    Python number. Used to check that a resumed run holds exactly the state a checkpoint stored.
+
+    Examples:
+        >>> a = {"w": np.arange(3, dtype=np.float32), "n": 5, "opt": [{"step": np.int64(2)}]}
+        >>> b = {"opt": [{"step": 2}], "n": 5, "w": np.arange(3, dtype=np.float32)}
+        >>> tree_digest(a) == tree_digest(b), tree_digest(a) == tree_digest({**a, "n": 6})
+        (True, False)
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, Mapping):
+            h.update(b"{")
+            for k in sorted(value, key=lambda k: (isinstance(k, str), str(k))):
+                h.update(repr(k).encode() + b":")
+                feed(value[k])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for v in value:
+                feed(v)
+                h.update(b",")
+            h.update(b"]")
+        elif isinstance(value, (np.ndarray, HostTensor)) or hasattr(value, "detach"):
+            if isinstance(value, HostTensor):
+                arr = value.data
+            elif isinstance(value, np.ndarray):
+                arr = value
+            else:
+                arr = tensor_storage(value)[0]
+            arr = np.ascontiguousarray(arr)
+            h.update(f"a{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        elif isinstance(value, np.generic):
+            feed(value.item())
+        elif isinstance(value, bytes):
+            h.update(b"b" + len(value).to_bytes(8, "little") + value)
+        else:
+            h.update(f"s{type(value).__name__}:{value!r};".encode())
+
+    feed(tree)
+    return h.hexdigest()

@@ -25,23 +25,35 @@ from faultkit import (
     job_processes,
     kill_group,
     log_lines,
+    run_job,
     wait_until,
 )
+
+from hpcrl.storage.checkpoint import read_checkpoint_attrs
 
 HEARTBEAT = 8
 OVERRIDES = ["experiment.total_frames=100000000", "run.checkpoint_every_steps=5", f"run.heartbeat_seconds={HEARTBEAT}"]
 
 
 class TwoNodeJob:
-    """A 4-rank job over two simulated nodes, output to files, killed as a process group on cleanup."""
+    """A job over simulated nodes (4 ranks on two by default), output to files, killed as a process group on cleanup."""
 
-    def __init__(self, env: dict[str, str], run_dir: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        run_dir: Path,
+        hosts: str = "n1,n2",
+        ppn: int = 2,
+        *extra: str,
+        launcher: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = run_dir
+        self.size = ppn * len(hosts.split(","))
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.out = run_dir.parent / "job.out"
         self.err = run_dir.parent / "job.err"
-        cmd = [MPIEXEC, "-launcher", "fork", "-hosts", "n1,n2", "-ppn", "2", "-n", "4"]
-        cmd += [PYTHON, "-m", "mpi4py", "-m", "hpcrl.run", str(FAULT_YAML), f"run.dir={run_dir}", *OVERRIDES]
+        cmd = [MPIEXEC, "-launcher", "fork", *launcher, "-hosts", hosts, "-ppn", str(ppn), "-n", str(self.size)]
+        cmd += [PYTHON, "-m", "mpi4py", "-m", "hpcrl.run", str(FAULT_YAML), f"run.dir={run_dir}", *OVERRIDES, *extra]
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err, start_new_session=True)
 
@@ -63,15 +75,15 @@ class TwoNodeJob:
         return found
 
     def start(self) -> dict[int, tuple[int, str]]:
-        """Wait until training is under way (a checkpoint exists) and all 4 ranks are seen."""
-        wait_until(lambda: checkpoints(self.run_dir) or self.proc.poll() is not None, 90, "the first checkpoint")
+        """Wait until training is under way (a checkpoint exists) and every rank is seen."""
+        wait_until(lambda: checkpoints(self.run_dir) or self.proc.poll() is not None, 120, "the first checkpoint")
         assert self.proc.poll() is None, self.text()[-4000:]
 
-        def all_four() -> dict[int, tuple[int, str]] | None:
+        def all_ranks() -> dict[int, tuple[int, str]] | None:
             found = self.ranks()
-            return found if len(found) == 4 else None
+            return found if len(found) == self.size else None
 
-        return wait_until(all_four, 10, "the 4 rank pids")  # type: ignore[no-any-return]
+        return wait_until(all_ranks, 10, f"the {self.size} rank pids")  # type: ignore[no-any-return]
 
     def finish(self, timeout: float) -> tuple[int, float]:
         t0 = time.monotonic()
@@ -125,11 +137,10 @@ def test_losing_every_rank_of_a_node_ends_the_job_at_once(
     assert rc in (9, 255), f"rc={rc}\n{text[-4000:]}"  # Hydra's exit status, see docs/reliability.md
     if not with_proxy:  # without its proxy Hydra's mpiexec fails an internal assertion instead, naming nothing
         assert "RUNNING AT n2" in text, text[-4000:]
-    for r in (2, 3):
-        pid = ranks[r][0]
-        assert log_lines(text, f"rank {r}: actor on n2, pid {pid}"), text[-4000:]
+    assert log_lines(text, "on 2 nodes: n1 [0-1], n2 [2-3]; every rank's role, host and pid: "), text[-4000:]
     table = {e["rank"]: e for e in json.loads((tmp_path / "run" / "ranks.json").read_text())}
     assert [table[r]["host"] for r in range(4)] == ["n1", "n1", "n2", "n2"], table
+    assert [table[r]["pid"] for r in (2, 3)] == [ranks[2][0], ranks[3][0]], table
     _no_leftovers(tmp_path / "run", 10)
     print(f"node n2 lost ({'ranks and proxy' if with_proxy else 'ranks'}): mpiexec exit {rc} after {after:.2f} s")
 
@@ -182,3 +193,80 @@ def test_a_rank_left_without_its_node_proxy_exits_by_itself(tmp_path: Path, clea
         job.kill()
     errors = (tmp_path / "run" / "errors.log").read_text()
     assert log_lines(errors, "[rank 2 actor n2] FATAL: RankFailure: rank 0 (trainer on n1) has been silent"), errors
+
+
+def test_losing_one_of_four_nodes_ends_the_job_and_the_next_start_resumes(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """8 ranks on 4 simulated nodes (2 per node, 2 trainer ranks): every rank of n3 is SIGKILLed at once, found
+    by its host in ranks.json. The job exits non-zero at once; Hydra's banner names n3 and the start-up line
+    naming each node's ranks maps it to ranks 4-5; nothing is left behind; the next start resumes."""
+    env = fault_env(clean_env)
+    run_dir = tmp_path / "run"
+    job = TwoNodeJob(env, run_dir, "n1,n2,n3,n4", 2, "layout.trainers=2")
+    try:
+        job.start()
+        table = json.loads((run_dir / "ranks.json").read_text())
+        lost = {e["rank"]: e["pid"] for e in table if e["host"] == "n3"}
+        assert sorted(lost) == [4, 5] and {e["node"] for e in table if e["host"] == "n3"} == {2}, table
+        before = checkpoints(run_dir)[-1]
+        for pid in lost.values():
+            os.kill(pid, signal.SIGKILL)
+        rc, after = job.finish(timeout=60)
+    finally:
+        job.kill()
+    text = job.text()
+    assert rc != 0, text[-4000:]
+    assert "RUNNING AT n3" in text, text[-4000:]
+    assert log_lines(text, "on 4 nodes: n1 [0-1], n2 [2-3], n3 [4-5], n4 [6-7]; every rank's"), text[-4000:]
+    _no_leftovers(run_dir, 10)
+    newest = checkpoints(run_dir)[-1]
+    frames = int(read_checkpoint_attrs(newest)["frames"])
+    again = [*OVERRIDES, f"run.stop_at_frames={frames + 300}", "layout.trainers=2"]
+    res = run_job(env, run_dir, *again, ranks=4, timeout=120)
+    assert res.finished, res.explain()
+    resumed = log_lines(res.text, "resumed from")
+    assert resumed and newest.name in resumed[0] and newest.name >= before.name, res.explain()
+    assert res.summary is not None and res.summary["frames"] >= frames + 300, res.summary
+    print(f"node n3 of 4 lost: mpiexec exit {rc} after {after:.2f} s; restart {resumed[0].split('INFO ')[-1]}")
+
+
+def test_a_lost_node_is_named_in_one_line_when_hydra_leaves_the_survivors_running(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """With ``mpiexec -disable-auto-cleanup`` Hydra does not kill the survivors; it sends them SIGUSR1, which
+    hpcrl takes as a stop: the leader writes a stop checkpoint and the ranks drain. The lost node's ranks never
+    join the drain; the heartbeats, which go on while draining, name them and their node in one FATAL line and
+    the job aborts. Nothing is left behind and the next start resumes from the stop checkpoint."""
+    env = fault_env(clean_env)
+    run_dir = tmp_path / "run"
+    job = TwoNodeJob(env, run_dir, "n1,n2,n3,n4", 2, "layout.trainers=2", launcher=("-disable-auto-cleanup",))
+    try:
+        job.start()
+        table = json.loads((run_dir / "ranks.json").read_text())
+        lost = {e["rank"]: e["pid"] for e in table if e["host"] == "n3"}
+        assert sorted(lost) == [4, 5], table
+        for pid in lost.values():
+            os.kill(pid, signal.SIGKILL)
+        rc, after = job.finish(timeout=60)
+    finally:
+        job.kill()
+    text = job.text()
+    assert rc != 0, text[-4000:]
+    fatal = log_lines((run_dir / "errors.log").read_text(), "FATAL: RankFailure:")
+    assert len(fatal) == 1, fatal
+    expected = (
+        f"(run.heartbeat_seconds={HEARTBEAT}): rank 4 (actor on n3), rank 5 (actor on n3); they are hung or dead; "
+        "every rank on n3 is silent: is the node down or hung?"
+    )
+    assert expected in fatal[0], fatal[0]
+    _no_leftovers(run_dir, 10)
+    newest = checkpoints(run_dir)[-1]
+    attrs = read_checkpoint_attrs(newest)
+    assert attrs["reason"] == "stop", attrs  # written when Hydra's SIGUSR1 arrived: nothing trained is lost
+    again = [*OVERRIDES, f"run.stop_at_frames={int(attrs['frames']) + 300}", "layout.trainers=2"]
+    res = run_job(env, run_dir, *again, ranks=4, timeout=120)
+    assert res.finished, res.explain()
+    resumed = log_lines(res.text, "resumed from")
+    assert resumed and newest.name in resumed[0], res.explain()
+    print(f"node n3 of 4 lost under -disable-auto-cleanup: exit {rc} after {after:.1f} s: {fatal[0][-230:]}")

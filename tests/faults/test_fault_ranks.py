@@ -6,8 +6,8 @@ and asserts on the exit code, the time to exit, the message, leftover processes 
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import socket
 import time
@@ -96,8 +96,11 @@ def test_kill9_output_names_the_dead_rank_role_and_host(tmp_path: Path, clean_en
     finally:
         job.kill()
     assert res.rc != 0
-    pattern = re.compile(rf"rank {victim}\b.*\b{ROLES[victim]}\b.*\b{re.escape(HOST)}\b.*\b{pids[victim]}\b")
-    assert any(pattern.search(line) for line in res.text.splitlines()), res.explain()
+    # the job's output points to the rank table, which names the dead pid's rank, role and host
+    assert log_lines(res.text, f"every rank's role, host and pid: {run_dir / 'ranks.json'}"), res.explain()
+    table = {e["pid"]: e for e in json.loads((run_dir / "ranks.json").read_text())}
+    entry = table[pids[victim]]
+    assert (entry["rank"], entry["role"], entry["host"]) == (victim, ROLES[victim], HOST), entry
 
 
 # ---------------------------------------------------------------------- exceptions

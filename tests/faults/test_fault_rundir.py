@@ -158,6 +158,13 @@ def test_failed_resume_keeps_config_yaml_and_shows_the_spec_diff(
     )
     assert res.rc != 0, res.explain()
     assert "does not fit policy 'actor-critic-separate'" in res.text, res.explain()
+    fatal = log_lines(res.text, "does not fit policy 'actor-critic-separate'")
+    both = re.compile(  # the one error line names both (resolved) policy configs
+        r"; the checkpoint's policy: \{args: \{action_dim: 2, [^}]*hidden_dim: 16, obs_dim: \{obs: 4\}\}, "
+        r"type_: actor-critic-separate\}; this run's policy: \{args: \{action_dim: 2, [^}]*hidden_dim: 32, "
+        r"obs_dim: \{obs: 4\}\}, type_: actor-critic-separate\}$"
+    )
+    assert any(both.search(line) for line in fatal), fatal
     assert (run_dir / "config.yaml").read_bytes() == config_before
     warning = log_lines(res.err, "was written with another environment/policy spec")
     assert len(warning) == 1 and " WARNING " in warning[0], res.explain()

@@ -31,14 +31,25 @@ def run_hpcrl(
     config: str = "examples/cartpole/ppo.yaml",
     timeout: float = 120,
     mpiexec: str | None = None,
+    hosts: str = "",
+    ppn: int = 0,
+    log_level: str = "",
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None, float]:
-    """Run ``python -m hpcrl.run`` (under ``mpiexec -n ranks`` when ranks > 0); returns (process, summary, seconds)."""
+    """Run ``python -m hpcrl.run`` (under ``mpiexec -n ranks`` when ranks > 0); returns (process, summary, seconds).
+
+    ``hosts`` (with ``ppn`` ranks per host, or ``n1:1,n2:1`` for a cyclic order) simulates nodes on this
+    machine: ``mpiexec -launcher fork -hosts HOSTS [-ppn PPN]``; each host name is its own MPI node.
+    ``log_level`` is passed as ``--log-level``.
+    """
     summary = run_dir.parent / f"{run_dir.name}-summary-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(REPO / config), f"run.dir={run_dir}"]
     cmd += [*TINY, *overrides, "--summary-json", str(summary)]
+    if log_level:
+        cmd += ["--log-level", log_level]
     if ranks:
         launcher = mpiexec or str(Path(sys.executable).parent / "mpiexec")
-        cmd = [launcher, "-n", str(ranks), *cmd]
+        nodes = ["-launcher", "fork", "-hosts", hosts] + (["-ppn", str(ppn)] if ppn else []) if hosts else []
+        cmd = [launcher, *nodes, "-n", str(ranks), *cmd]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     dt = time.monotonic() - t0

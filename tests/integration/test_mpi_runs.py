@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 from helpers import explain, run_hpcrl
+
+from hpcrl.storage.checkpoint import read_checkpoint_attrs
 
 
 def _trained(summary, proc):
@@ -93,3 +97,31 @@ def test_config_error_names_the_key(tmp_path, clean_env):
     proc, _, _ = run_hpcrl(clean_env, tmp_path / "cfg", "actor.envs_per_actr=2")
     assert proc.returncode == 2
     assert "actor.envs_per_actr: unknown key (did you mean 'envs_per_actor'?)" in proc.stderr
+
+
+def test_four_nodes_with_trainers_on_different_nodes_and_an_inference_rank_per_node(tmp_path, clean_env):
+    """12 ranks on 4 simulated nodes in cyclic order (``-hosts n1:1,n2:1,n3:1,n4:1``: rank r on node r % 4),
+    so the two trainer ranks are on n1 and n2; 4 inference ranks, one per node; it trains and checkpoints."""
+    run_dir = tmp_path / "nodes4"
+    proc, summary, _ = run_hpcrl(
+        clean_env,
+        run_dir,
+        "layout.trainers=2",
+        "layout.inference=4",
+        "run.checkpoint_every_steps=2",
+        ranks=12,
+        hosts="n1:1,n2:1,n3:1,n4:1",
+        timeout=300,
+    )
+    _trained(summary, proc)
+    assert summary["frames"] >= 3000 and summary["world_size"] == 12, summary
+    table = json.loads((run_dir / "ranks.json").read_text())
+    assert [e["host"] for e in table] == [f"n{r % 4 + 1}" for r in range(12)], table
+    assert [e["node"] for e in table] == [r % 4 for r in range(12)], table
+    trainers = [e for e in table if e["role"] == "trainer"]
+    assert len(trainers) == 2 and trainers[0]["host"] != trainers[1]["host"], trainers
+    assert sorted(e["host"] for e in table if e["role"] == "inference") == ["n1", "n2", "n3", "n4"], table
+    assert "4 nodes: n1 [0,4,8], n2 [1,5,9], n3 [2,6,10], n4 [3,7,11]" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 1 trainer: trainer_steps=" in proc.stderr
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.h5"))
+    assert ckpts and read_checkpoint_attrs(ckpts[-1])["world_size"] == 12

@@ -75,3 +75,38 @@ def test_step_agreement_stops_together_with_the_largest_frame_count(comm: Any, s
     stop, frames = Iallreduce_step(comm, comm.rank == stopper, 1000 - comm.rank, lambda: idles.append(1))
     assert stop is (stopper is not None)
     assert frames == 1000
+
+
+def test_int_announcement_reaches_every_rank_after_the_root_decides(comm: Any) -> None:
+    """Receivers post first and keep polling; the root announces later; every rank gets the value and the
+    shares every actor computes from it add up to it exactly."""
+    import time
+
+    from hpcrl.comm.startup import IntAnnouncement
+    from hpcrl.runtime.budget import actor_share
+
+    root = comm.size - 1
+    ann = IntAnnouncement(comm, root)
+    assert ann.test() is None  # nothing yet, anywhere (the root has not announced)
+    comm.Barrier()
+    if comm.rank == root:
+        time.sleep(0.2)  # the root decides late (e.g. after restoring a checkpoint)
+        ann.announce(10_007)
+    deadline = time.monotonic() + 30
+    while ann.test() is None:
+        assert time.monotonic() < deadline, "the announcement never arrived"
+        time.sleep(0.001)
+    assert ann.value == 10_007
+    ann.close(timeout=30)
+    assert ann.comm is None
+    shares = [actor_share(10_007, comm.size, k) for k in range(comm.size)]
+    assert sum(shares) == 10_007 and max(shares) - min(shares) <= 1
+
+
+def test_int_announcement_closed_by_a_root_that_never_announced_gives_zero(comm: Any) -> None:
+    """A root that leaves without announcing still completes the broadcast: nobody waits forever."""
+    from hpcrl.comm.startup import IntAnnouncement
+
+    ann = IntAnnouncement(comm, 0)
+    ann.close(timeout=30)
+    assert ann.value == 0
