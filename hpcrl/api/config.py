@@ -184,6 +184,11 @@ class Layout(_Section):
     """Inference ranks; 0 means every actor runs the policy inline."""
     actors: int | None = field(default=None, metadata=_bounds(ge=1))
     """Actor ranks; ``None`` takes every remaining rank."""
+    weights: Literal["per_node", "flat"] = "per_node"
+    """How published weights reach the ranks that run the policy (inference ranks, or actors with inline
+    inference): ``per_node`` = the trainer leader sends each publication once per node, to the node's lowest
+    such rank, which copies it into a shared-memory window that every such rank of the node reads (one copy
+    per node); ``flat`` = the leader sends every publication to every such rank."""
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from hpcrl.comm.wire import (
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy", "published_copy"]
+__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy", "published_copy", "received_params"]
 
 _log = logging.getLogger(__name__)
 _PREFIX = "p:"  # field-name prefix on the wire: parameter names can never clash with NamedArray methods
@@ -89,7 +89,7 @@ def _record(state_dict: Mapping[str, Any]) -> tuple[NamedArray, Schema]:
     return record, schema
 
 
-def _received(record: NamedArray) -> dict[str, np.ndarray]:
+def received_params(record: NamedArray) -> dict[str, np.ndarray]:
     """What a subscriber hands out for a received record: name -> read-only array, placeholder dropped."""
     params = {}
     for key, value in record.items():
@@ -111,7 +111,7 @@ def published_copy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """
     record, schema = _record(state_dict)
     buf = schema.pack(record)
-    return _received(schema.unpack(buf, (), copy=True))
+    return received_params(schema.unpack(buf, (), copy=True))
 
 
 class _Subscriber:
@@ -171,6 +171,10 @@ class ParamPublisher:
         self._closed = False
         self.skipped = 0
         """Times a subscriber was busy when a publication was made (it got a later one instead)."""
+        self.sends = 0
+        """Data sends started (one per subscriber that was sent a publication; schema handshakes not counted)."""
+        self.bytes_sent = 0
+        """Bytes of the data sends started (headers included; schema handshakes not counted)."""
 
     @property
     def subscribers(self) -> list[int]:
@@ -269,6 +273,8 @@ class ParamPublisher:
             buf.refs += 1
             sub.seq = seq
             started += 1
+        self.sends += started
+        self.bytes_sent += started * (HEADER_NBYTES + nbytes)
         return started
 
     def flush(self, timeout: float | None = None, on_idle: OnIdle | None = None) -> None:
@@ -334,6 +340,18 @@ class ParamSubscriber:
         Raises:
             ChannelError: a malformed message from the publisher (names the source rank and tag).
         """
+        got = self.poll_record()
+        if got is None:
+            return None
+        return got[0], received_params(got[2])
+
+    def poll_record(self) -> tuple[int, Schema, NamedArray] | None:
+        """:meth:`poll` as the wire record: ``(version, schema, record)`` of the newest publication, or ``None``.
+
+        For a rank that passes publications on as they are (the weight receiver of a node): ``schema``
+        packs ``record`` back into its wire payload, and :func:`received_params` gives what :meth:`poll`
+        returns. The record's leaves are views into the receive buffer, valid until the next poll.
+        """
         newest = None
         while True:
             msg = self._channel.test()
@@ -343,8 +361,21 @@ class ParamSubscriber:
             self.received += 1
         if newest is None:
             return None
+        schema = self._channel.schema
+        assert schema is not None  # a data message implies a schema
         self.version = newest.version
-        return newest.version, _received(newest.data)
+        return newest.version, schema, newest.data
+
+    def wait_record(
+        self, timeout: float | None = None, on_idle: OnIdle | None = None, backoff: Backoff | None = None
+    ) -> tuple[int, Schema, NamedArray]:
+        """:meth:`wait` as the wire record (see :meth:`poll_record`).
+
+        Raises:
+            WaitTimeout: nothing arrived within ``timeout`` (names the publisher rank and tag).
+        """
+        what = f"parameters (tag {tag_name(self._channel.tag)})"
+        return wait_for(self.poll_record, what, self.source, timeout, on_idle, backoff)
 
     def wait(
         self, timeout: float | None = None, on_idle: OnIdle | None = None, backoff: Backoff | None = None

@@ -18,6 +18,7 @@ from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import Tag
+from hpcrl.comm.topology import format_ranks
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
@@ -91,7 +92,7 @@ class TrainerRank:
         if ctx.is_leader:
             from hpcrl.comm.params import ParamPublisher
 
-            self.publisher = ParamPublisher(ctx.comm, list(topo.param_subscribers))
+            self.publisher = ParamPublisher(ctx.comm, publish_targets(ctx))
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
         self.budgets: dict[int, int] = {}
@@ -303,6 +304,27 @@ class TrainerRank:
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),
         )
+
+
+def publish_targets(ctx: RankContext) -> list[int]:
+    """(Leader) The ranks each publication is sent to: one weight receiver per node, or every subscriber (flat).
+
+    Must agree with :func:`hpcrl.runtime.rank.weight_peers` on the subscribers (the same pure functions of
+    the topology and the node map).
+    """
+    subscribers = list(ctx.topo.param_subscribers)
+    if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None or not subscribers:
+        return subscribers
+    from hpcrl.comm.nodeparams import weight_receivers
+
+    receivers = list(weight_receivers(subscribers, ctx.nodes))
+    log.info(
+        "weights: per node, %d publication(s) per step to the weight receiver(s) [%s] of %d subscriber(s)",
+        len(receivers),
+        format_ranks(receivers),
+        len(subscribers),
+    )
+    return receivers
 
 
 def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:
