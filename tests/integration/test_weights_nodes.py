@@ -1,0 +1,121 @@
+"""Weights once per node, on nodes simulated with MPICH's Hydra (``mpiexec -launcher fork -hosts ...``).
+
+The window tests run ``weights_worker.py`` (see its docstring); the training runs are real CartPole jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+from helpers import TINY, explain
+
+WORKER = Path(__file__).with_name("weights_worker.py")
+
+
+def hosts(nodes: int, per_node: int) -> list[str]:
+    """``-launcher fork -hosts n1,..,nN -ppn K -n N*K``: N simulated nodes of K ranks (block order)."""
+    names = ",".join(f"n{i + 1}" for i in range(nodes))
+    return ["-launcher", "fork", "-hosts", names, "-ppn", str(per_node), "-n", str(nodes * per_node)]
+
+
+def worker(
+    mpiexec: str, env: dict[str, str], tmp_path: Path, mode: str, nodes: int, per_node: int, versions: int
+) -> list[dict[str, Any]]:
+    out = tmp_path / f"{mode}.json"
+    cmd = [mpiexec, *hosts(nodes, per_node), sys.executable, "-m", "mpi4py", str(WORKER), mode, str(out)]
+    proc = subprocess.run([*cmd, str(versions)], env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and out.exists(), explain(proc)
+    table: list[dict[str, Any]] = json.loads(out.read_text())
+    return table
+
+
+def test_readers_racing_a_writer_never_get_a_torn_copy(mpiexec: str, clean_env: dict[str, str], tmp_path: Path) -> None:
+    """The receiver rewrites 1 MiB as fast as it can; the node's other ranks poll the window meanwhile and check
+    every word of each copy they are handed (the worker raises on a torn or older copy). Every reader ends on
+    the last version."""
+    versions = 300
+    table = worker(mpiexec, clean_env, tmp_path, "race", 2, 3, versions)
+    readers = [r for r in table if r["rank"] != 0]
+    assert [r["peers"] for r in readers] == [[1, 2], [1, 2], [3, 4, 5], [3, 4, 5], [3, 4, 5]]
+    for r in readers:
+        v = r["versions"]
+        assert v[0] == 1 and v[-1] == versions, r["rank"]
+        assert all(a < b for a, b in zip(v, v[1:])), r["rank"]
+        assert r["gave_up"] == 0, r
+
+
+def test_a_reader_acknowledging_each_version_sees_every_version_exactly_once(
+    mpiexec: str, clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    versions = 100
+    table = worker(mpiexec, clean_env, tmp_path, "ack", 2, 3, versions)
+    for r in table[1:]:
+        assert r["versions"] == list(range(1, versions + 1)), r["rank"]
+        assert r["calls"] == versions and r["torn"] == 0, r  # the writer waits: no read is ever disturbed
+
+
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_the_leader_sends_each_publication_once_per_node(
+    mpiexec: str, clean_env: dict[str, str], tmp_path: Path, nodes: int
+) -> None:
+    """Per node: exactly one send per node per publication (to the node's lowest subscriber), and every
+    subscriber ends on the last version, intact. Flat (same job shape): one send per subscriber."""
+    versions = 20
+    per_node = 2
+    table = worker(mpiexec, clean_env, tmp_path, "leader", nodes, per_node, versions)
+    leader = table[0]
+    assert leader["targets"] == [1] + [n * per_node for n in range(1, nodes)]
+    assert leader["sends"] == nodes * versions
+    payload = leader["bytes"] // leader["sends"]
+    assert payload > 1 << 20  # 1 MiB of weights + the 64-byte header per send
+    for r in table[1:]:
+        assert r["versions"][-1] == versions, r["rank"]
+    flat = worker(mpiexec, clean_env, tmp_path, "flat", nodes, per_node, versions)
+    assert flat[0]["sends"] == (nodes * per_node - 1) * versions
+    assert flat[0]["bytes"] == flat[0]["sends"] * payload
+    for r in flat[1:]:
+        assert r["versions"][-1] == versions, r["rank"]
+
+
+FINAL = re.compile(r"rank (\d+) (actor|inference): .*policy_version=(\d+)")
+
+
+@pytest.mark.parametrize(
+    ("weights", "extra"),
+    [("per_node", []), ("flat", []), ("per_node", ["layout.inference=2"])],
+    ids=["per-node-inline", "flat-inline", "per-node-inference"],
+)
+def test_cartpole_on_two_nodes_trains_and_every_policy_ends_on_the_final_version(
+    mpiexec: str, clean_env: dict[str, str], tmp_path: Path, weights: str, extra: list[str]
+) -> None:
+    """6 ranks on 2 simulated nodes of 3. Inline: subscribers 1-5, receivers 1 and 3. With 2 inference ranks
+    (1 and 2, both on the first node) the two share one window; the actors subscribe to nothing."""
+    run_dir = tmp_path / "run"
+    summary = tmp_path / "summary.json"
+    cmd = [mpiexec, *hosts(2, 3), sys.executable, "-m", "mpi4py", "-m", "hpcrl.run"]
+    cmd += [str(REPO / "examples/cartpole/ppo.yaml"), f"run.dir={run_dir}", *TINY, "experiment.total_frames=6000"]
+    cmd += [f"layout.weights={weights}", *extra, "--summary-json", str(summary)]
+    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and summary.exists(), explain(proc)
+    data = json.loads(summary.read_text())
+    assert data["frames"] >= 6000 and data["trainer_steps"] > 0, data
+    log = proc.stdout + proc.stderr
+    if weights == "per_node":
+        receivers = "1" if extra else "1,3"
+        n = 1 if extra else 2
+        assert f"weights: per node, {n} publication(s) per step to the weight receiver(s) [{receivers}]" in log, log
+    else:
+        assert "weights: per node" not in log
+    finals = {int(m[1]): int(m[3]) for m in FINAL.finditer(log)}
+    followers = [1, 2] if extra else [1, 2, 3, 4, 5]
+    assert sorted(finals) == followers, explain(proc)
+    final = int(data["policy_version"])
+    for rank, version in finals.items():  # idle actors keep loading; the last step can land after the stop
+        assert final - 1 <= version <= final, (rank, version, final, explain(proc))
