@@ -84,6 +84,17 @@ def test_the_leader_sends_each_publication_once_per_node(
         assert r["versions"][-1] == versions, r["rank"]
 
 
+def test_parameters_that_grow_mid_run_stop_the_job_naming_the_window_and_the_way_out(
+    mpiexec: str, clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    cmd = [mpiexec, *hosts(2, 3), sys.executable, "-m", "mpi4py", str(WORKER), "grow", str(tmp_path / "o.json"), "3"]
+    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0, explain(proc)
+    out = proc.stdout + proc.stderr
+    assert "parameters version 3 on rank" in out and "(the node's weight receiver)" in out, explain(proc)
+    assert "does not fit the node's shared weight window" in out and "use layout.weights=flat" in out, explain(proc)
+
+
 FINAL = re.compile(r"rank (\d+) (actor|inference): .*policy_version=(\d+)")
 
 

@@ -11,6 +11,8 @@ Rank 0 is the publisher (the trainer leader); every other rank subscribes. Modes
 ``leader``: rank 0 publishes through a real :class:`ParamPublisher` to the nodes' receivers (one per node),
     flushing each publication; every subscriber must end on the last version, and rank 0 reports its sends.
 ``flat``: as ``leader`` with every subscriber sent every publication (the flat path).
+``grow``: as ``leader``, but the last publication has one more leaf: it does not fit the windows (the
+    receivers raise, the job aborts).
 
 A subscriber alone on its node reads its own receive buffer, as in a run.
 
@@ -78,9 +80,12 @@ def main(mode: str, out: str, versions: int) -> None:
         targets = list(subscribers) if mode == "flat" else list(weight_receivers(subscribers, nodes))
         pub = ParamPublisher(comm, targets)
         # the window modes: only the first version comes from here (it sizes the windows)
-        last = versions if mode in ("leader", "flat") else 1
+        last = versions if mode in ("leader", "flat", "grow") else 1
         for v in range(1, last + 1):
-            pub.publish(params(v), version=v)
+            state = params(v)
+            if mode == "grow" and v == last:
+                state["extra"] = np.zeros(1000, np.float32)  # the parameters grow mid-run
+            pub.publish(state, version=v)
             pub.flush(timeout=60)
         result.update(sends=pub.sends, bytes=pub.bytes_sent, targets=targets, publications=last)
         comm.Barrier()  # every subscriber is done
@@ -102,7 +107,7 @@ def main(mode: str, out: str, versions: int) -> None:
         check.got(node.wait(check, timeout=60))
         assert node.window is not None
         wcomm = node.window.comm
-        if mode == "leader":
+        if mode in ("leader", "grow"):
             while check.versions[-1] < versions:
                 check.got(node.poll(check))
         elif mode == "ack":
