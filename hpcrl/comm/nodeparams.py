@@ -157,7 +157,7 @@ class NodeParamSubscriber:
         wait_for(lambda: True if req.Test() else None, what, self.receiver, timeout, on_idle)
         self.window = WeightWindow.allocate(self._wcomm, int(size[0]))
         if first is not None:
-            self._write(first)
+            self.write(first)
         version_got = wait_for(
             lambda: self.poll(apply),
             "the first parameters in the node's weight window",
@@ -175,7 +175,12 @@ class NodeParamSubscriber:
         return int(version_got)
 
     # ------------------------------------------------------------------ steady state
-    def _write(self, got: tuple[int, Schema, NamedArray]) -> None:
+    def write(self, got: tuple[int, Schema, NamedArray]) -> None:
+        """(Receiver) Write one publication ``(version, schema, record)`` into the window (what :meth:`forward` does).
+
+        Raises:
+            ParamsError: it does not fit the window (names this rank, the sizes and ``layout.weights=flat``).
+        """
         version, schema, record = got
         assert self.window is not None
         if schema != self._written_schema:
@@ -205,7 +210,7 @@ class NodeParamSubscriber:
             return
         got = self.subscriber.poll_record()
         if got is not None:
-            self._write(got)
+            self.write(got)
 
     def _consume(self, apply: Apply) -> Callable[[int, int, np.ndarray, np.ndarray], None]:
         def consume(version: int, sid: int, js: np.ndarray, data: np.ndarray) -> None:

@@ -114,7 +114,7 @@ def main(mode: str, out: str, versions: int) -> None:
             wcomm.Barrier()  # every reader has version 1
             for v in range(2, versions + 1):
                 if node.is_receiver:
-                    node._write((v, *_record(v)))
+                    node.write((v, *_record(v)))
                 while (got := node.poll(check)) is None:
                     pass
                 check.got(got)
@@ -124,7 +124,7 @@ def main(mode: str, out: str, versions: int) -> None:
         else:  # race
             if node.is_receiver:
                 for v in range(2, versions + 1):
-                    node._write((v, *_record(v)))
+                    node.write((v, *_record(v)))
                     if v % 16 == 0:
                         check.got(node.poll(check))  # the writer reads its own window now and then
                 check.got(node.poll(check))
