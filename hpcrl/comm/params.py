@@ -340,10 +340,17 @@ class ParamSubscriber:
         Raises:
             ChannelError: a malformed message from the publisher (names the source rank and tag).
         """
-        got = self.poll_record()
-        if got is None:
+        newest = None
+        while True:  # (the loop of poll_record, inlined: this runs once per actor step)
+            msg = self._channel.test()
+            if msg is None:
+                break
+            newest = msg
+            self.received += 1
+        if newest is None:
             return None
-        return got[0], received_params(got[2])
+        self.version = newest.version
+        return newest.version, received_params(newest.data)
 
     def poll_record(self) -> tuple[int, Schema, NamedArray] | None:
         """:meth:`poll` as the wire record: ``(version, schema, record)`` of the newest publication, or ``None``.
