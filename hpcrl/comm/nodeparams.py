@@ -93,7 +93,8 @@ class NodeParamSubscriber:
         self.source = int(source)
         self.receiver = self.peers[0]
         self.is_receiver = self.rank == self.receiver
-        self.subscriber = ParamSubscriber(comm, source, tag, max_bytes) if self.is_receiver else None
+        # one receive buffer: each publication is copied into the window as soon as it is taken
+        self.subscriber = ParamSubscriber(comm, source, tag, max_bytes, nbuffers=1) if self.is_receiver else None
         self.window: WeightWindow | None = None
         self._wcomm: Any = None
         self.version: int | None = None

@@ -319,10 +319,23 @@ class ParamSubscriber:
         source: the publishing rank (the trainer leader).
         tag: the data tag (default ``Tag.PARAMS``).
         max_bytes: refuse a parameter schema whose flat size exceeds this (checked before allocating).
+        nbuffers: receive buffers: 2 (the next publication can arrive while the caller loads this one) or 1
+            (half the memory: a poll takes at most one publication and the next receive is posted by the
+            next poll; the publisher has at most one send in flight per subscriber, so nothing is missed).
     """
 
-    def __init__(self, comm: MPI.Comm, source: int, tag: int = Tag.PARAMS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._channel = RecvChannel(comm, source, tag, "params", max_rows=1, allow_gaps=True, max_bytes=max_bytes)
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        source: int,
+        tag: int = Tag.PARAMS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        nbuffers: int = 2,
+    ) -> None:
+        self._channel = RecvChannel(
+            comm, source, tag, "params", max_rows=1, nbuffers=nbuffers, allow_gaps=True, max_bytes=max_bytes
+        )
+        self._single = nbuffers == 1  # another test() would post the receive into the buffer handed out
         self.source = int(source)
         self.version: int | None = None
         """Version of the newest parameters returned so far (``None`` before the first)."""
@@ -347,6 +360,8 @@ class ParamSubscriber:
                 break
             newest = msg
             self.received += 1
+            if self._single:
+                break
         if newest is None:
             return None
         self.version = newest.version
@@ -366,6 +381,8 @@ class ParamSubscriber:
                 break
             newest = msg
             self.received += 1
+            if self._single:
+                break
         if newest is None:
             return None
         schema = self._channel.schema
