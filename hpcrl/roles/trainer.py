@@ -30,6 +30,27 @@ __all__ = ["TrainerRank"]
 log = logging.getLogger(__name__)
 
 
+def publish_targets(ctx: RankContext) -> list[int]:
+    """(Leader) The ranks each publication is sent to: one weight receiver per node, or every subscriber (flat).
+
+    Must agree with :meth:`hpcrl.runtime.rank.WeightsFollower.peers` on the subscribers (the same pure functions of
+    the topology and the node map).
+    """
+    subscribers = list(ctx.topo.param_subscribers)
+    if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None or not subscribers:
+        return subscribers
+    from hpcrl.comm.nodeparams import weight_receivers
+
+    receivers = list(weight_receivers(subscribers, ctx.nodes))
+    log.info(
+        "weights: per node, %d publication(s) per step to the weight receiver(s) [%s] of %d subscriber(s)",
+        len(receivers),
+        format_ranks(receivers),
+        len(subscribers),
+    )
+    return receivers
+
+
 class TrainerRank:
     """The trainer role on one MPI rank.
 
@@ -304,27 +325,6 @@ class TrainerRank:
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),
         )
-
-
-def publish_targets(ctx: RankContext) -> list[int]:
-    """(Leader) The ranks each publication is sent to: one weight receiver per node, or every subscriber (flat).
-
-    Must agree with :func:`hpcrl.runtime.rank.weight_peers` on the subscribers (the same pure functions of
-    the topology and the node map).
-    """
-    subscribers = list(ctx.topo.param_subscribers)
-    if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None or not subscribers:
-        return subscribers
-    from hpcrl.comm.nodeparams import weight_receivers
-
-    receivers = list(weight_receivers(subscribers, ctx.nodes))
-    log.info(
-        "weights: per node, %d publication(s) per step to the weight receiver(s) [%s] of %d subscriber(s)",
-        len(receivers),
-        format_ranks(receivers),
-        len(subscribers),
-    )
-    return receivers
 
 
 def _log_roles(finals: dict[int, dict[str, Any]], ctx: RankContext) -> None:

@@ -18,7 +18,7 @@ from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import Topology
 from hpcrl.runtime.session import Session, StopFlag
 
-__all__ = ["RankContext", "RankFailure", "WeightsFollower", "weight_peers"]
+__all__ = ["RankContext", "RankFailure", "WeightsFollower"]
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,26 @@ class WeightsFollower:
         self.ctx = ctx
         self.subscriber: Any = None
         self.node: Any = None
-        peers = weight_peers(ctx)
+        peers = self.peers(ctx)
         if len(peers) > 1:
             from hpcrl.comm.nodeparams import NodeParamSubscriber
 
             self.node = NodeParamSubscriber(ctx.comm, ctx.node_comm, ctx.topo.leader, peers)
         else:
             self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
+
+    @staticmethod
+    def peers(ctx: RankContext) -> tuple[int, ...]:
+        """This rank's node's weight subscribers under ``layout.weights: per_node`` (just this rank otherwise).
+
+        Only a rank that subscribes to parameters asks; without a node communicator (built without MPI) or
+        with ``flat`` weights, every subscriber is on its own.
+        """
+        if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None:
+            return (ctx.rank,)
+        from hpcrl.comm.nodeparams import node_subscribers
+
+        return node_subscribers(ctx.topo.param_subscribers, ctx.nodes, ctx.rank)
 
     def _apply(self, version: int, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state)
@@ -96,19 +109,6 @@ class WeightsFollower:
             self.node.close()
         else:
             self.subscriber.close()
-
-
-def weight_peers(ctx: RankContext) -> tuple[int, ...]:
-    """This rank's node's weight subscribers under ``layout.weights: per_node`` (just this rank otherwise).
-
-    Only a rank that subscribes to parameters asks; without a node communicator (built without MPI) or
-    with ``flat`` weights, every subscriber is on its own.
-    """
-    if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None:
-        return (ctx.rank,)
-    from hpcrl.comm.nodeparams import node_subscribers
-
-    return node_subscribers(ctx.topo.param_subscribers, ctx.nodes, ctx.rank)
 
 
 class RankFailure(RuntimeError):
