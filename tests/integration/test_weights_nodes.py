@@ -97,34 +97,51 @@ def test_parameters_that_grow_mid_run_stop_the_job_naming_the_window_and_the_way
 FINAL = re.compile(r"rank (\d+) (actor|inference): .*policy_version=(\d+)")
 
 
+def ranks_of(layout: str, role: str) -> list[int]:
+    """The ranks of ``role`` in a topology description (``'2 inference [1,3]'``, ``'3 actors [2,4-5]'``)."""
+    m = re.search(rf"\d+ {role}s? \[([\d,-]+)\]", layout)
+    if m is None:
+        return []
+    out: list[int] = []
+    for part in m[1].split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
 @pytest.mark.parametrize(
-    ("weights", "extra"),
-    [("per_node", []), ("flat", []), ("per_node", ["layout.inference=2"])],
+    ("weights", "extra", "per_node"),
+    [("per_node", [], 3), ("flat", [], 3), ("per_node", ["layout.inference=4"], 5)],
     ids=["per-node-inline", "flat-inline", "per-node-inference"],
 )
 def test_cartpole_on_two_nodes_trains_and_every_policy_ends_on_the_final_version(
-    mpiexec: str, clean_env: dict[str, str], tmp_path: Path, weights: str, extra: list[str]
+    mpiexec: str, clean_env: dict[str, str], tmp_path: Path, weights: str, extra: list[str], per_node: int
 ) -> None:
-    """6 ranks on 2 simulated nodes of 3. Inline: subscribers 1-5, receivers 1 and 3. With 2 inference ranks
-    (1 and 2, both on the first node) the two share one window; the actors subscribe to nothing."""
+    """2 simulated nodes. Inline (3 ranks each): the actors subscribe, one receiver per node. With 4 inference
+    ranks (5 ranks per node) the inference ranks subscribe; which ranks they are is the topology's business,
+    so the expected receivers (lowest subscriber of each node) are read from the run's layout line."""
     run_dir = tmp_path / "run"
     summary = tmp_path / "summary.json"
-    cmd = [mpiexec, *hosts(2, 3), sys.executable, "-m", "mpi4py", "-m", "hpcrl.run"]
+    cmd = [mpiexec, *hosts(2, per_node), sys.executable, "-m", "mpi4py", "-m", "hpcrl.run"]
     cmd += [str(REPO / "examples/cartpole/ppo.yaml"), f"run.dir={run_dir}", *TINY, "experiment.total_frames=6000"]
     cmd += [f"layout.weights={weights}", *extra, "--summary-json", str(summary)]
-    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and summary.exists(), explain(proc)
     data = json.loads(summary.read_text())
     assert data["frames"] >= 6000 and data["trainer_steps"] > 0, data
+    followers = ranks_of(data["layout"], "inference") or ranks_of(data["layout"], "actor")
+    on_node: dict[int, list[int]] = {}
+    for r in followers:
+        on_node.setdefault(r // per_node, []).append(r)  # -ppn: block order
+    assert max(len(v) for v in on_node.values()) >= 2, f"no node shares a window: {data['layout']}"
     log = proc.stdout + proc.stderr
     if weights == "per_node":
-        receivers = "1" if extra else "1,3"
-        n = 1 if extra else 2
-        assert f"weights: per node, {n} publication(s) per step to the weight receiver(s) [{receivers}]" in log, log
+        receivers = ",".join(str(min(v)) for _, v in sorted(on_node.items()))
+        line = f"weights: per node, {len(on_node)} publication(s) per step to the weight receiver(s) [{receivers}]"
+        assert line in log, explain(proc)
     else:
         assert "weights: per node" not in log
     finals = {int(m[1]): int(m[3]) for m in FINAL.finditer(log)}
-    followers = [1, 2] if extra else [1, 2, 3, 4, 5]
     assert sorted(finals) == followers, explain(proc)
     final = int(data["policy_version"])
     for rank, version in finals.items():  # idle actors keep loading; the last step can land after the stop
