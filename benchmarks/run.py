@@ -61,6 +61,7 @@ BENCHMARKS: dict[str, str] = {
     "policy": "policy rollout and PPO minibatch update vs the same model in plain torch",
     "learning": "learning targets: CartPole 475, memory task, Pendulum, quick-start centralized critic",
     "soak": "a 4-rank job for 20 min (3 with --quick): memory flat, MPI requests bounded",
+    "publish": "weight publication per node vs flat: leader bytes, time and PSS, 8-64 ranks on 1-8 simulated nodes",
 }
 
 

@@ -182,6 +182,11 @@ class Layout(_Section):
     """Trainer ranks (rank 0 is the trainer leader)."""
     inference: int = field(default=0, metadata=_bounds(ge=0))
     """Inference ranks; 0 means every actor runs the policy inline."""
+    weights: Literal["per_node", "flat"] = "per_node"
+    """How published weights reach the ranks that run the policy (inference ranks, or actors with inline
+    inference): ``per_node`` = the trainer leader sends each publication once per node, to the node's lowest
+    such rank, which copies it into a shared-memory window that every such rank of the node reads (one copy
+    per node); ``flat`` = the leader sends every publication to every such rank."""
     actors: int | None = field(default=None, metadata=_bounds(ge=1))
     """Actor ranks; ``None`` takes every remaining rank."""
     inference_per_node: int | None = field(default=None, metadata=_bounds(ge=0))

@@ -53,7 +53,7 @@ from hpcrl.comm.wire import (
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy", "published_copy"]
+__all__ = ["ParamPublisher", "ParamSubscriber", "ParamsError", "to_numpy", "published_copy", "received_params"]
 
 _log = logging.getLogger(__name__)
 _PREFIX = "p:"  # field-name prefix on the wire: parameter names can never clash with NamedArray methods
@@ -89,7 +89,7 @@ def _record(state_dict: Mapping[str, Any]) -> tuple[NamedArray, Schema]:
     return record, schema
 
 
-def _received(record: NamedArray) -> dict[str, np.ndarray]:
+def received_params(record: NamedArray) -> dict[str, np.ndarray]:
     """What a subscriber hands out for a received record: name -> read-only array, placeholder dropped."""
     params = {}
     for key, value in record.items():
@@ -111,7 +111,7 @@ def published_copy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """
     record, schema = _record(state_dict)
     buf = schema.pack(record)
-    return _received(schema.unpack(buf, (), copy=True))
+    return received_params(schema.unpack(buf, (), copy=True))
 
 
 class _Subscriber:
@@ -171,6 +171,10 @@ class ParamPublisher:
         self._closed = False
         self.skipped = 0
         """Times a subscriber was busy when a publication was made (it got a later one instead)."""
+        self.sends = 0
+        """Data sends started (one per subscriber that was sent a publication; schema handshakes not counted)."""
+        self.bytes_sent = 0
+        """Bytes of the data sends started (headers included; schema handshakes not counted)."""
 
     @property
     def subscribers(self) -> list[int]:
@@ -269,6 +273,8 @@ class ParamPublisher:
             buf.refs += 1
             sub.seq = seq
             started += 1
+        self.sends += started
+        self.bytes_sent += started * (HEADER_NBYTES + nbytes)
         return started
 
     def flush(self, timeout: float | None = None, on_idle: OnIdle | None = None) -> None:
@@ -313,10 +319,23 @@ class ParamSubscriber:
         source: the publishing rank (the trainer leader).
         tag: the data tag (default ``Tag.PARAMS``).
         max_bytes: refuse a parameter schema whose flat size exceeds this (checked before allocating).
+        nbuffers: receive buffers: 2 (the next publication can arrive while the caller loads this one) or 1
+            (half the memory: a poll takes at most one publication and the next receive is posted by the
+            next poll; the publisher has at most one send in flight per subscriber, so nothing is missed).
     """
 
-    def __init__(self, comm: MPI.Comm, source: int, tag: int = Tag.PARAMS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._channel = RecvChannel(comm, source, tag, "params", max_rows=1, allow_gaps=True, max_bytes=max_bytes)
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        source: int,
+        tag: int = Tag.PARAMS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        nbuffers: int = 2,
+    ) -> None:
+        self._channel = RecvChannel(
+            comm, source, tag, "params", max_rows=1, nbuffers=nbuffers, allow_gaps=True, max_bytes=max_bytes
+        )
+        self._single = nbuffers == 1  # another test() would post the receive into the buffer handed out
         self.source = int(source)
         self.version: int | None = None
         """Version of the newest parameters returned so far (``None`` before the first)."""
@@ -335,16 +354,52 @@ class ParamSubscriber:
             ChannelError: a malformed message from the publisher (names the source rank and tag).
         """
         newest = None
+        while True:  # (the loop of poll_record, inlined: this runs once per actor step)
+            msg = self._channel.test()
+            if msg is None:
+                break
+            newest = msg
+            self.received += 1
+            if self._single:
+                break
+        if newest is None:
+            return None
+        self.version = newest.version
+        return newest.version, received_params(newest.data)
+
+    def poll_record(self) -> tuple[int, Schema, NamedArray] | None:
+        """:meth:`poll` as the wire record: ``(version, schema, record)`` of the newest publication, or ``None``.
+
+        For a rank that passes publications on as they are (the weight receiver of a node): ``schema``
+        packs ``record`` back into its wire payload, and :func:`received_params` gives what :meth:`poll`
+        returns. The record's leaves are views into the receive buffer, valid until the next poll.
+        """
+        newest = None
         while True:
             msg = self._channel.test()
             if msg is None:
                 break
             newest = msg
             self.received += 1
+            if self._single:
+                break
         if newest is None:
             return None
+        schema = self._channel.schema
+        assert schema is not None  # a data message implies a schema
         self.version = newest.version
-        return newest.version, _received(newest.data)
+        return newest.version, schema, newest.data
+
+    def wait_record(
+        self, timeout: float | None = None, on_idle: OnIdle | None = None, backoff: Backoff | None = None
+    ) -> tuple[int, Schema, NamedArray]:
+        """:meth:`wait` as the wire record (see :meth:`poll_record`).
+
+        Raises:
+            WaitTimeout: nothing arrived within ``timeout`` (names the publisher rank and tag).
+        """
+        what = f"parameters (tag {tag_name(self._channel.tag)})"
+        return wait_for(self.poll_record, what, self.source, timeout, on_idle, backoff)
 
     def wait(
         self, timeout: float | None = None, on_idle: OnIdle | None = None, backoff: Backoff | None = None

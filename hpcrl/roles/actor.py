@@ -147,7 +147,7 @@ class ActorRank:
         while not ctx.stopping:
             ctx.service()
             if self.weights is not None:
-                self.weights.discard()
+                self.weights.update()  # idle anyway: stay on the newest weights (and feed the node's window)
             ctx.backoff.idle()
 
     # ------------------------------------------------------------------ loop
@@ -186,6 +186,8 @@ class ActorRank:
             "env_failures": self.ring.env_failures,
             "torch_loaded": "torch" in sys.modules,
         }
+        if self.policy is not None:
+            final["policy_version"] = int(self.policy.version)
         ctx.send_stats(final)
         ctx.drain(recv, send, extra)
         if self.weights is not None:

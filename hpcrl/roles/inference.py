@@ -121,6 +121,7 @@ class InferenceRank:
             "rows": self.rows,
             "mean_batch": self.rows / self.batches if self.batches else 0.0,
             "busy_fraction": self.busy_seconds / elapsed if elapsed > 0 else 0.0,
+            "policy_version": int(self.policy.version),
         }
         ctx.send_stats(final)
         ctx.drain(self.requests, list(self.results.values()), self.weights.discard)

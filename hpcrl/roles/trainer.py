@@ -18,6 +18,7 @@ from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
 from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import Tag
+from hpcrl.comm.topology import format_ranks
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
@@ -27,6 +28,27 @@ from hpcrl.runtime.rank import RankContext
 __all__ = ["TrainerRank"]
 
 log = logging.getLogger(__name__)
+
+
+def publish_targets(ctx: RankContext) -> list[int]:
+    """(Leader) The ranks each publication is sent to: one weight receiver per node, or every subscriber (flat).
+
+    Must agree with :meth:`hpcrl.runtime.rank.WeightsFollower.peers` on the subscribers (the same pure functions of
+    the topology and the node map).
+    """
+    subscribers = list(ctx.topo.param_subscribers)
+    if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None or not subscribers:
+        return subscribers
+    from hpcrl.comm.nodeparams import weight_receivers
+
+    receivers = list(weight_receivers(subscribers, ctx.nodes))
+    log.info(
+        "weights: per node, %d publication(s) per step to the weight receiver(s) [%s] of %d subscriber(s)",
+        len(receivers),
+        format_ranks(receivers),
+        len(subscribers),
+    )
+    return receivers
 
 
 class TrainerRank:
@@ -91,7 +113,7 @@ class TrainerRank:
         if ctx.is_leader:
             from hpcrl.comm.params import ParamPublisher
 
-            self.publisher = ParamPublisher(ctx.comm, list(topo.param_subscribers))
+            self.publisher = ParamPublisher(ctx.comm, publish_targets(ctx))
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
         self._actor_frames_sum = 0

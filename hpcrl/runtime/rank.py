@@ -50,39 +50,84 @@ DRAIN_TIMEOUT = 120.0
 
 
 class WeightsFollower:
-    """Keeps a policy on the newest parameters the trainer leader published (inference ranks, inline actors)."""
+    """Keeps a policy on the newest parameters the trainer leader published (inference ranks, inline actors).
+
+    With ``layout.weights: per_node`` and more than one subscriber on this rank's node, the parameters
+    come from the node's shared window (:class:`~hpcrl.comm.nodeparams.NodeParamSubscriber`), and the
+    node's receiver also feeds the window from its control-plane service; otherwise from this rank's own
+    :class:`~hpcrl.comm.params.ParamSubscriber`.
+    """
 
     def __init__(self, ctx: RankContext, policy: Any) -> None:
         from hpcrl.comm.params import ParamSubscriber
 
         self.policy = policy
-        self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
         self.ctx = ctx
+        self.subscriber: Any = None
+        self.node: Any = None
+        peers = self.peers(ctx)
+        if len(peers) > 1:
+            from hpcrl.comm.nodeparams import NodeParamSubscriber
 
-    def _apply(self, got: tuple[int, dict[str, Any]]) -> None:
-        version, state = got
+            self.node = NodeParamSubscriber(ctx.comm, ctx.node_comm, ctx.topo.leader, peers)
+        else:
+            self.subscriber = ParamSubscriber(ctx.comm, ctx.topo.leader)
+
+    @staticmethod
+    def peers(ctx: RankContext) -> tuple[int, ...]:
+        """This rank's node's weight subscribers under ``layout.weights: per_node`` (just this rank otherwise).
+
+        Only a rank that subscribes to parameters asks; without a node communicator (built without MPI) or
+        with ``flat`` weights, every subscriber is on its own.
+        """
+        if ctx.cfg.layout.weights != "per_node" or ctx.node_comm is None:
+            return (ctx.rank,)
+        from hpcrl.comm.nodeparams import node_subscribers
+
+        return node_subscribers(ctx.topo.param_subscribers, ctx.nodes, ctx.rank)
+
+    def _apply(self, version: int, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state)
         self.policy.set_version(version)
 
     def wait_first(self) -> None:
-        """Block (servicing control messages) until the first publication, and load it."""
+        """Block (servicing control messages) until the first publication, and load it.
+
+        Per node, this is where the node's subscribers create their shared window together.
+        """
         run = self.ctx.cfg.run
         timeout = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
-        self._apply(self.subscriber.wait(timeout=timeout, on_idle=self.ctx.service))
+        if self.node is not None:
+            self.node.wait(self._apply, timeout=timeout, on_idle=self.ctx.service)
+            if self.node.is_receiver:  # feed the node also while this rank waits elsewhere
+                self.ctx.service_hooks.append(self.node.forward)
+            return
+        self._apply(*self.subscriber.wait(timeout=timeout, on_idle=self.ctx.service))
 
     def update(self) -> None:
         """Load the newest publication, if one arrived (non-blocking)."""
+        if self.node is not None:
+            self.node.poll(self._apply)
+            return
         got = self.subscriber.poll()
         if got is not None:
-            self._apply(got)
+            self._apply(*got)
 
     def discard(self) -> None:
-        """Receive and drop publications (during shutdown)."""
-        self.subscriber.poll()
+        """Receive and drop publications (during shutdown; a node's receiver still feeds its window)."""
+        if self.node is not None:
+            self.node.drain()
+        else:
+            self.subscriber.poll()
 
     def close(self) -> None:
-        """Cancel the posted receive."""
-        self.subscriber.close()
+        """Cancel the posted receive (and free the node's window: collective over the node's subscribers)."""
+        if self.node is not None:
+            if self.node.forward in self.ctx.service_hooks:
+                self.ctx.service_hooks.remove(self.node.forward)
+            self.node.close()
+        else:
+            self.subscriber.close()
 
 
 class RankFailure(RuntimeError):
@@ -146,6 +191,8 @@ class RankContext:
         self.hosts: dict[int, str] = {}
         self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
         self.backoff = Backoff()
+        self.service_hooks: list[Callable[[], None]] = []
+        """Called by every :meth:`service` poll (e.g. a node's weight receiver feeding its window)."""
 
     def announce_frames_left(self, frames: int) -> None:
         """(Leader) Broadcast the frames left to run; each actor takes its share (:func:`budget.actor_share`)."""
@@ -176,6 +223,8 @@ class RankContext:
         if self.frame_budget is None and self._frames_left.test() is not None and self._actor_index >= 0:
             left = int(self._frames_left.value or 0)
             self.frame_budget = budget.actor_share(left, len(self.topo.actors), self._actor_index)
+        for hook in self.service_hooks:
+            hook()
         for src, msg in self._poll_all():
             self.last_seen[src] = now
             kind = msg.get("type")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,3 +169,35 @@ def test_bad_state_dicts_and_timeouts(comm: Any) -> None:
         with pytest.raises(WaitTimeout, match="parameters .* from rank 0"):
             sub.wait(timeout=0.02)
         sub.close()
+
+
+def test_one_buffer_subscriber_keeps_what_it_handed_out_until_the_next_poll(comm: Any) -> None:
+    """With ``nbuffers=1`` a poll takes one publication and posts no receive into its buffer: the arrays it
+    handed out stay intact while the next publication is sent (it is received by the next poll)."""
+    subscribers = list(range(1, comm.size))
+    if comm.rank == 0:
+        pub = ParamPublisher(comm, subscribers, tag=Tag.TEST + 41)
+        pub.publish(params(1, big=True), version=1)
+        pub.flush(timeout=30)
+        comm.Barrier()  # A: every subscriber holds v1's arrays
+        pub.publish(params(2, big=True), version=2)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.5:  # give v2 every chance to land (in a wrongly posted receive)
+            pub.progress()
+        comm.Barrier()  # B
+        pub.flush(timeout=30)
+        drain_and_close(comm, [pub], [], timeout=30)
+    else:
+        sub = ParamSubscriber(comm, source=0, tag=Tag.TEST + 41, nbuffers=1)
+        version, got = sub.wait(timeout=30)
+        assert version == 1
+        comm.Barrier()  # A
+        t = time.monotonic()
+        while time.monotonic() - t < 0.5:  # progress MPI without touching the subscriber
+            comm.Iprobe(source=0, tag=Tag.TEST + 999)
+        comm.Barrier()  # B
+        check(got, 1, big=True)  # not overwritten by v2
+        version, got = sub.wait(timeout=30)
+        assert version == 2
+        check(got, 2, big=True)
+        drain_and_close(comm, [], [sub], timeout=30)
