@@ -467,10 +467,11 @@ def main(argv: list[str] | None = None) -> int:
         for f, n in zip(flat, node):
             shares = f"flat {f.notes[0]} vs per node {n.notes[0]}"
             print(f"  {f.ranks:>6,} ranks: {shares}")
-    print("\nthis machine (2 cores), CartPole, 64 ranks (1 trainer, 63 inline actors):")
-    p = predict(workloads(c)[0], c, 64, ppn=64, trainers=1, inference_per_node=0, cores=2)
-    print(f"  predicted {p.fps:,.0f} fps, bottleneck {p.bottleneck}")
-    everything.append(asdict(p))
+    print("\nthis machine (2 cores), CartPole, 64 ranks on one node (compare: docs/scaling.md):")
+    for ipn, what in ((0, "1 trainer, 63 actors with inline inference"), (1, "1 trainer, 1 inference, 62 actors")):
+        p = predict(workloads(c)[0], c, 64, ppn=64, trainers=1, inference_per_node=ipn, cores=2)
+        print(f"  {what}: predicted {p.fps:,.0f} fps, bottleneck {p.bottleneck}")
+        everything.append(asdict(p))
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1, default=str))
     return 0

@@ -184,6 +184,7 @@ class RankContext:
         self._checkpoint_forwarded = 0.0  # time of the newest checkpoint request sent to the leader
         self._hb_interval = cfg.run.heartbeat_seconds / 4 if cfg.run.heartbeat_seconds > 0 else 0.0
         self._last_hb_sent = 0.0
+        self._next_silence_check = 0.0
         self._next_service = 0.0
         now = time.monotonic()
         self.started = now
@@ -258,7 +259,9 @@ class RankContext:
                 for r in peers:
                     if r != self.rank:
                         self.post(r, {"type": "hb", "host": self.host}, Tag.HEARTBEAT)
-            self._check_silence(now)
+            if now >= self._next_silence_check:  # the leader's check walks every rank: not on every poll
+                self._next_silence_check = now + min(1.0, self._hb_interval / 4)
+                self._check_silence(now)
 
     def _checkpoint_requested(self, src: int, msg: dict[str, Any]) -> None:
         """A ``checkpoint`` control message: the leader takes the request; another rank passes it on."""
