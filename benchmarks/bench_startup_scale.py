@@ -51,7 +51,9 @@ def startup(ranks: int, run_dir: Path) -> dict[str, Any]:
 
     nodes = max(1, ranks // PER_NODE)
     overrides = [
-        "experiment.total_frames=4096",
+        # every actor must fill a few fragments, or no trainer step happens at all (the budget is split)
+        f"experiment.total_frames={max(4096, ranks * 2 * 32 * 4)}",
+        "actor.fragment_length=32",
         "run.checkpoint_every_seconds=0",
         "layout.trainers=1",
         f"layout.inference={nodes}",

@@ -248,9 +248,14 @@ def predict(
     cross = 0.0 if nodes == 1 else (1 - trainer_nodes / nodes)
     net_cap = math.inf if cross == 0 else trainer_nodes * ASSUMED["net_bw"][0] / (w.obs_bytes * cross)
     caps = {"actors": actor_cap, "inference": inf_cap, "trainers": trainer_cap, "network": net_cap}
-    if cores is not None:  # oversubscribed machine: every role's CPU time shares ``cores``
+    notes: list[str] = []
+    if cores is not None and cores < ranks:  # oversubscribed machine: every role's CPU time shares ``cores``
         cpu_per_frame = t_actor + (per_frame if inf else 0.0) + leader_step / w.frames_per_trainer_step
         caps["cores"] = cores / cpu_per_frame
+        # lower bound: every rank always runnable, so a single-rank role (trainer, inference) gets cores/ranks
+        share = cores / ranks
+        single = [trainer_cap * share] + ([inf_cap * share] if inf else [])
+        notes.append(f"fair-share bound {min(single):,.0f} fps (every rank always runnable)")
     fps = min(caps.values())
     bottleneck = min(caps, key=lambda k: caps[k])
     if bottleneck == "trainers" and leader_step < math.inf:
@@ -264,7 +269,7 @@ def predict(
         fps=fps,
         bottleneck=bottleneck,
         capacities=caps,
-        notes=[f"{leader_bytes / 1e6:,.1f} MB, {pub * 1e3:.1f} ms"],
+        notes=[f"{leader_bytes / 1e6:,.1f} MB, {pub * 1e3:.1f} ms", *notes],
         leader_share={
             "sgd": sgd / leader_step if leader_step < math.inf else 0.0,
             "allreduce": ar / leader_step if leader_step < math.inf else 0.0,
@@ -340,6 +345,7 @@ def load_constants() -> Constants:
             if k in Constants.__dataclass_fields__ and k != "sources":
                 got[k] = float(v)
                 src[k] = "scale_model --measure"
+    src.setdefault("publish_bw", "assumed: one memory copy; the fabric caps it across nodes")
     for k in Constants.__dataclass_fields__:
         if k != "sources":
             src.setdefault(k, "default (not measured here)")
@@ -467,10 +473,15 @@ def main(argv: list[str] | None = None) -> int:
         for f, n in zip(flat, node):
             shares = f"flat {f.notes[0]} vs per node {n.notes[0]}"
             print(f"  {f.ranks:>6,} ranks: {shares}")
-    print("\nthis machine (2 cores), CartPole, 64 ranks on one node (compare: docs/scaling.md):")
-    for ipn, what in ((0, "1 trainer, 63 actors with inline inference"), (1, "1 trainer, 1 inference, 62 actors")):
-        p = predict(workloads(c)[0], c, 64, ppn=64, trainers=1, inference_per_node=ipn, cores=2)
-        print(f"  {what}: predicted {p.fps:,.0f} fps, bottleneck {p.bottleneck}")
+    print("\nthis machine (2 cores), CartPole on one node (measured values: docs/scaling.md):")
+    for ranks, ipn, what in (
+        (2, 0, "2 ranks: 1 trainer, 1 actor with inline inference"),
+        (3, 1, "3 ranks: 1 trainer, 1 inference, 1 actor"),
+        (64, 1, "64 ranks: 1 trainer, 1 inference, 62 actors"),
+    ):
+        p = predict(workloads(c)[0], c, ranks, ppn=64, trainers=1, inference_per_node=ipn, cores=2)
+        extra = f"; {p.notes[1]}" if len(p.notes) > 1 else ""
+        print(f"  {what}: predicted {p.fps:,.0f} fps, bottleneck {p.bottleneck}{extra}")
         everything.append(asdict(p))
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1, default=str))
