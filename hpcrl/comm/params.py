@@ -353,19 +353,23 @@ class ParamSubscriber:
         Raises:
             ChannelError: a malformed message from the publisher (names the source rank and tag).
         """
-        newest = None
-        while True:  # (the loop of poll_record, inlined: this runs once per actor step)
-            msg = self._channel.test()
-            if msg is None:
-                break
-            newest = msg
-            self.received += 1
-            if self._single:
-                break
+        newest = self._newest()
         if newest is None:
             return None
         self.version = newest.version
         return newest.version, received_params(newest.data)
+
+    def _newest(self) -> Any:
+        """Receive what has arrived (one message with ``nbuffers=1``) and return the newest, or ``None``."""
+        newest = None
+        while True:
+            msg = self._channel.test()
+            if msg is None:
+                return newest
+            newest = msg
+            self.received += 1
+            if self._single:
+                return newest
 
     def poll_record(self) -> tuple[int, Schema, NamedArray] | None:
         """:meth:`poll` as the wire record: ``(version, schema, record)`` of the newest publication, or ``None``.
@@ -374,15 +378,7 @@ class ParamSubscriber:
         packs ``record`` back into its wire payload, and :func:`received_params` gives what :meth:`poll`
         returns. The record's leaves are views into the receive buffer, valid until the next poll.
         """
-        newest = None
-        while True:
-            msg = self._channel.test()
-            if msg is None:
-                break
-            newest = msg
-            self.received += 1
-            if self._single:
-                break
+        newest = self._newest()
         if newest is None:
             return None
         schema = self._channel.schema

@@ -147,7 +147,7 @@ def test_the_scaling_model_counts_leader_bytes_per_node_and_per_subscriber():
         assert flat.nodes == node.nodes == 16
         assert flat.notes[0].startswith(f"{1023 * w.model_bytes / 1e6:,.1f} MB")
         assert node.notes[0].startswith(f"{16 * w.model_bytes / 1e6:,.1f} MB")
-        assert node.fps >= flat.fps
+        assert node.fps / flat.fps >= 1.0  # a pure function of the constants: no timing here
         # more ranks never predict less throughput for the best layout, up to where the model saturates
         fps = [sm.best_layout(w, c, r, 64, gpu=False).fps for r in (256, 1024)]
         assert fps[1] > fps[0]
