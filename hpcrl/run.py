@@ -98,7 +98,9 @@ def _install_abort_hook(comm: Any, rank: int, role: str) -> None:
         try:
             text = "".join(traceback.format_exception(exc_type, exc, tb))
             prefix = f"[rank {rank} {role} {host}]"
-            line = f"{prefix} FATAL: {exc_type.__name__}: {exc} -- aborting the job\n"
+            said = str(exc)
+            ending = "" if said.endswith("aborting the job") else " -- aborting the job"  # RankFailure says it
+            line = f"{prefix} FATAL: {exc_type.__name__}: {said}{ending}\n"
             note = ""
             run_dir = active_run_dir()
             if run_dir is not None:  # the launcher may drop the last output of a rank it kills: keep a copy
