@@ -19,8 +19,6 @@ back the choice of MPI as the CPU default.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,20 +125,9 @@ def _arguments(p: Any) -> None:
     p.add_argument("--ranks", type=int, default=None, help="MPI ranks (default 2)")
 
 
-_main = bench_main("allreduce", run, __doc__, _arguments)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--mpi-worker OUT`` (under mpiexec): the MPI program; otherwise the benchmark's command line."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--mpi-worker" in argv:
-        p = argparse.ArgumentParser(prog="python -m mpi4py -m benchmarks.bench_allreduce")
-        p.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
-        p.add_argument("--quick", action="store_true")
-        args = p.parse_args(argv)
-        worker(Path(args.mpi_worker), args.quick)
-        return 0
-    return _main(argv)
+main = bench_main(
+    "allreduce", run, __doc__, _arguments, worker=lambda a: worker(Path(a.mpi_worker), a.quick)
+)  # ``--mpi-worker OUT`` (under mpiexec): the MPI program
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ raw mpi4py on the same path).
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -371,20 +369,9 @@ def _arguments(p: Any) -> None:
     )
 
 
-_main = bench_main("channel", run, __doc__, _arguments)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``--mpi-worker OUT`` (under mpiexec -n 2): the MPI program; otherwise the benchmark's command line."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--mpi-worker" in argv:
-        p = argparse.ArgumentParser(prog="python -m mpi4py -m benchmarks.bench_channel")
-        p.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
-        p.add_argument("--quick", action="store_true")
-        args = p.parse_args(argv)
-        worker(Path(args.mpi_worker), args.quick)
-        return 0
-    return _main(argv)
+main = bench_main(
+    "channel", run, __doc__, _arguments, worker=lambda a: worker(Path(a.mpi_worker), a.quick)
+)  # ``--mpi-worker OUT`` (under mpiexec -n 2): the MPI program
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -266,22 +265,20 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publications", type=int, help="publications per job (default 20; 5 with --quick)")
 
 
-_main = bench_main("publish", run, __doc__, _add_arguments)
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("flat", "per_node"), required=True)
+    p.add_argument("--model", choices=MODELS, required=True)
+    p.add_argument("--publications", type=int, default=20)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``--mpi-worker OUT`` (under mpiexec): one job; otherwise the benchmark's command line."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--mpi-worker" in argv:
-        p = argparse.ArgumentParser(prog="python -m mpi4py -m benchmarks.bench_publish")
-        p.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
-        p.add_argument("--mode", choices=("flat", "per_node"), required=True)
-        p.add_argument("--model", choices=MODELS, required=True)
-        p.add_argument("--publications", type=int, default=20)
-        args = p.parse_args(argv)
-        worker(Path(args.mpi_worker), args.mode, args.model, args.publications)
-        return 0
-    return _main(argv)
+main = bench_main(
+    "publish",
+    run,
+    __doc__,
+    _add_arguments,
+    worker=lambda a: worker(Path(a.mpi_worker), a.mode, a.model, a.publications),
+    worker_arguments=_worker_arguments,
+)  # ``--mpi-worker OUT`` (under mpiexec): one job
 
 
 if __name__ == "__main__":

@@ -465,6 +465,8 @@ def bench_main(
     fn: Callable[[Context], BenchResult],
     doc: str | None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    worker: Callable[[argparse.Namespace], None] | None = None,
+    worker_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Callable[[list[str] | None], int]:
     """The command line of one benchmark: ``python -m benchmarks.bench_NAME [--quick] [--save] ...``.
 
@@ -473,6 +475,9 @@ def bench_main(
         fn: the benchmark's ``run``.
         doc: the module docstring (its first line is the help text).
         add_arguments: adds the benchmark's own options (read in ``run`` with ``ctx.opt``).
+        worker: the benchmark's MPI program: with ``--mpi-worker OUT`` (what :func:`run_mpi_module` passes)
+            ``main`` calls it with the parsed ``mpi_worker`` path, ``quick`` and ``worker_arguments``' options.
+        worker_arguments: adds the MPI program's own options.
 
     Returns:
         ``main(argv) -> exit code``: runs the benchmark, prints its rows, and with ``--save`` writes the result
@@ -483,6 +488,14 @@ def bench_main(
 
     def main(argv: list[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
+        if worker is not None and "--mpi-worker" in argv:
+            w = argparse.ArgumentParser(prog=f"python -m mpi4py -m {module}")
+            w.add_argument("--mpi-worker", required=True, metavar="OUT", help="JSON file rank 0 writes")
+            w.add_argument("--quick", action="store_true")
+            if worker_arguments is not None:
+                worker_arguments(w)
+            worker(w.parse_args(argv))
+            return 0
         p = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or name).strip().splitlines()[0])
         p.add_argument("--quick", action="store_true", help="smoke sizes (numbers not meaningful)")
         p.add_argument("--save", action="store_true", help="write the result file under benchmarks/results/")
