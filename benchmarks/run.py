@@ -60,6 +60,7 @@ BENCHMARKS: dict[str, str] = {
     "env_step": "env adapters vs the same gymnasium envs stepped directly",
     "policy": "policy rollout and PPO minibatch update vs the same model in plain torch",
     "learning": "learning targets: CartPole 475, memory task, Pendulum, quick-start centralized critic",
+    "parity": "learning parity with SB3 at identical settings: many seeds per task, IQM, tests (docs/learning.md)",
     "soak": "a 4-rank job for 20 min (3 with --quick): memory flat, MPI requests bounded",
     "publish": "weight publication per node vs flat: leader bytes, time and PSS, 8-64 ranks on 1-8 simulated nodes",
 }

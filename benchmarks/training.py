@@ -188,14 +188,25 @@ def sb3_params(cfg: config.ExperimentConfig, seed: int, total_frames: int, thres
         "adam_eps": float(targs.get("adam_eps", 1e-5)),
         "net_arch": [hidden] * layers,
         "activation": str(pargs.get("activation", "tanh")),
+        **({"log_std_init": float(pargs["init_log_std"])} if "init_log_std" in pargs else {}),
         "seed": int(seed),
         "total_frames": int(total_frames),
         "threshold": float(threshold),
     }
 
 
-def run_hpcrl_child(overrides: list[str], run_dir: Path, threshold: float, timeout: float = 3600.0) -> dict[str, Any]:
-    """Train benchmarks/configs/cartpole_ppo.yaml in a fresh python process (like a peer); returns its JSON result.
+def run_hpcrl_child(
+    overrides: list[str],
+    run_dir: Path,
+    threshold: float,
+    timeout: float = 3600.0,
+    yaml_path: Path | None = None,
+    curve: bool = False,
+) -> dict[str, Any]:
+    """Train ``yaml_path`` (default benchmarks/configs/cartpole_ppo.yaml) in a fresh python process (like a peer).
+
+    Returns the child's JSON result; with ``curve`` it holds every episode's end frame, return and
+    seconds as ``curve`` (``{"frames", "returns", "seconds"}``).
 
     The child times ``run_local`` only (imports excluded, env/policy/trainer construction included), in wall
     and process CPU time, and reads frames/seconds to ``threshold`` from the run's trace.
@@ -205,7 +216,15 @@ def run_hpcrl_child(overrides: list[str], run_dir: Path, threshold: float, timeo
     """
     from benchmarks.common import hpcrl_env
 
-    spec = json.dumps({"overrides": overrides, "run_dir": str(run_dir), "threshold": threshold})
+    spec = json.dumps(
+        {
+            "overrides": overrides,
+            "run_dir": str(run_dir),
+            "threshold": threshold,
+            "yaml": str(yaml_path or CARTPOLE_YAML),
+            "curve": curve,
+        }
+    )
     cmd = [PYTHON, "-m", "benchmarks.training", spec]
     proc = subprocess.run(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=hpcrl_env(), timeout=timeout
@@ -217,7 +236,7 @@ def run_hpcrl_child(overrides: list[str], run_dir: Path, threshold: float, timeo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry: one hpcrl run of the CartPole benchmark config, one JSON line on stdout."""
+    """Child entry: one hpcrl run of a benchmark config (CartPole's by default), one JSON line on stdout."""
     import torch
 
     args = sys.argv[1:] if argv is None else argv
@@ -227,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     spec = json.loads(args[0])
-    run = run_hpcrl(CARTPOLE_YAML, list(spec["overrides"]), Path(spec["run_dir"]))
+    run = run_hpcrl(Path(spec.get("yaml", CARTPOLE_YAML)), list(spec["overrides"]), Path(spec["run_dir"]))
     f, sec = to_threshold(run, float(spec["threshold"]))
     out: dict[str, Any] = {
         "frames": int(run.summary["frames"]),
@@ -239,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         "frames_to_threshold": f,
         "seconds_to_threshold": round(sec, 3) if sec is not None else None,
     }
+    if spec.get("curve"):
+        out["curve"] = {
+            "frames": run.frames.tolist(),
+            "returns": run.returns.tolist(),
+            "seconds": [round(float(x), 3) for x in run.seconds],
+        }
     print(json.dumps(out), flush=True)
     return 0
 

@@ -7,9 +7,12 @@ Launched by the single, solve and mpi benchmarks through benchmarks.peers.run_pe
 
     env_id, n_envs, n_steps, batch_size, n_epochs, learning_rate, lr_schedule ("constant"|"linear"),
     gamma, gae_lambda, clip_range, ent_coef, vf_coef, max_grad_norm, normalize_advantage, adam_eps,
-    net_arch (list of ints, used for both pi and vf), activation ("tanh"|"relu"), seed, total_frames,
+    net_arch (list of ints, used for both pi and vf), activation ("tanh"|"relu"), log_std_init (Gaussian
+    policies; optional), seed, total_frames,
     threshold (mean return over the last 100 episodes), record_episodes (bool),
-    profile (bool: time the phases listed in PHASES in thread CPU time)
+    profile (bool: time the phases listed in PHASES in thread CPU time),
+    record_curve (bool: add every episode's end frame, return and seconds as "curve"),
+    log_dir (str: write SB3's per-update training statistics there as progress.csv)
 
 Output: {"frames", "wall_seconds", "learn_seconds", "cpu_seconds", "fps", "episodes", "mean_return_last_100",
 "frames_to_threshold", "seconds_to_threshold", "versions"}. ``wall_seconds`` covers env and model
@@ -88,6 +91,7 @@ class EpisodeLog(BaseCallback):
         self.episodes = 0
         self.hit_frames: int | None = None
         self.hit_seconds: float | None = None
+        self.curve: dict[str, list[float]] = {"frames": [], "returns": [], "seconds": []}
 
     def _on_step(self) -> bool:
         for info in self.locals["infos"]:
@@ -96,6 +100,9 @@ class EpisodeLog(BaseCallback):
                 continue
             self.window.append(float(ep["r"]))
             self.episodes += 1
+            self.curve["frames"].append(int(self.num_timesteps))
+            self.curve["returns"].append(float(ep["r"]))
+            self.curve["seconds"].append(round(time.time() - self.t0, 3))
             if self.hit_frames is None and len(self.window) == 100 and sum(self.window) / 100.0 >= self.threshold:
                 self.hit_frames = int(self.num_timesteps)
                 self.hit_seconds = time.time() - self.t0
@@ -139,11 +146,16 @@ def main() -> int:
             "net_arch": {"pi": arch, "vf": arch},
             "activation_fn": act,
             "optimizer_kwargs": {"eps": float(p.get("adam_eps", 1e-5))},
+            **({"log_std_init": float(p["log_std_init"])} if "log_std_init" in p else {}),
         },
         seed=int(p["seed"]),
         device="cpu",
         verbose=0,
     )
+    if p.get("log_dir"):
+        from stable_baselines3.common.logger import configure
+
+        model.set_logger(configure(str(p["log_dir"]), ["csv"]))
     callback = EpisodeLog(float(p.get("threshold", float("inf"))), t0) if p.get("record_episodes", True) else None
     t_learn = time.time()
     model.learn(total_timesteps=int(p["total_frames"]), callback=callback)
@@ -169,6 +181,8 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
         },
     }
+    if p.get("record_curve") and callback is not None:
+        out["curve"] = callback.curve
     if timers is not None:
         out["cpu_us_per_frame"] = 1e6 * cpu / frames
         out["phases_us_per_frame"] = {k: round(1e6 * v / frames, 2) for k, v in timers[0].items()}
