@@ -29,6 +29,11 @@ One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.data.SampleBatch` of ``T + 1
    For an MLP policy the minibatch's non-decision rows are dropped before ``analyze`` (the
    masked means above become plain means over the remaining rows: the same loss, less work).
 3. Optional KL early stop after each epoch (mean ``approx_kl`` agreed with ``sync.allreduce_mean``).
+
+The step's stats are means over its applied minibatch updates, except ``approx_kl_last_epoch``: the
+mean approx KL of the last epoch's updates only, which is what Stable-Baselines3 logs as
+``train/approx_kl`` (compare that one with SB3; the all-epoch mean is about half of it on CartPole,
+since the first epoch starts at the behaviour policy).
 4. ``policy.inc_version()`` unless every update was skipped.
 
 The learning rate, ``entropy_coef`` and ``clip`` can each follow a schedule (``constant`` or
@@ -274,7 +279,7 @@ class PPOTrainer(Trainer):
 
         names: list[str] = []
         per_update: list[torch.Tensor] = []  # one detached stats vector per applied update
-        skipped = epochs_done = 0
+        skipped = epochs_done = epoch_start = 0
         for _ in range(self.epochs):
             epoch_start = len(per_update)
             for idx in torch.randperm(units, generator=self._gen).tensor_split(n_mb):
@@ -310,6 +315,8 @@ class PPOTrainer(Trainer):
         out = {k: v / updates for k, v in zip(names, sums)}
         for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"):
             out.setdefault(k, 0.0)
+        last_epoch = [float(v[names.index("approx_kl")]) for v in per_update[epoch_start:]]
+        out["approx_kl_last_epoch"] = float(np.mean(last_epoch)) if last_epoch else 0.0
         out["explained_variance"] = self._explained_variance(ret, v_old, mask)
         out.update(now)
         out["skipped_updates"] = float(skipped)

@@ -504,3 +504,17 @@ def test_ppo_trainer_does_not_import_torch_dynamo(clean_env: dict[str, str]) -> 
     subprocess.run(
         [sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).resolve().parents[2], env=clean_env
     )
+
+
+def test_approx_kl_last_epoch_is_stable_baselines3s_convention() -> None:
+    """SB3 logs the mean KL of the last epoch only; ``approx_kl`` averages every update.
+
+    With 2 epochs of one minibatch, the first update starts at the behaviour policy (KL exactly 0),
+    so the all-update mean is half of the last epoch's.
+    """
+    policy = new_policy()
+    trainer = make_trainer("ppo", policy, epochs=2, minibatches=1, lr=1e-2)
+    stats = trainer.step(batch_for(policy)).stats
+    assert stats["updates"] == 2.0
+    assert stats["approx_kl_last_epoch"] > 0.0
+    assert stats["approx_kl_last_epoch"] == pytest.approx(2 * stats["approx_kl"], rel=1e-6)
