@@ -24,6 +24,8 @@ YAMLS: dict[str, list[str]] = {
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],
     "examples/mujoco/halfcheetah.yaml": [],
+    "examples/srl_port/ppo.yaml": [],
+    "examples/tictactoe/ppo.yaml": [],
 }
 
 #: YAML -> modules its environment needs (the optional extras ``atari``, ``pettingzoo``, ``mujoco``).
@@ -31,6 +33,7 @@ NEEDS: dict[str, list[str]] = {
     "examples/pong/pong.yaml": ["ale_py", "cv2"],
     "examples/pettingzoo/simple_spread.yaml": ["pettingzoo", "mpe2"],
     "examples/mujoco/halfcheetah.yaml": ["mujoco"],
+    "examples/tictactoe/ppo.yaml": ["pettingzoo"],
 }
 
 
