@@ -56,6 +56,7 @@ def test_yaml_loads_and_resolves(rel: str) -> None:
     """The file loads strictly as written and its policy fits the env's spaces."""
     _needs(rel)
     cfg = config.load(ROOT / rel)
+    components.import_user_modules(cfg)  # examples with their own env register it there
     spec = components.resolve_policy_spec(cfg)
     assert "obs_dim" in spec.args and "action_dim" in spec.args
     assert cfg.experiment.total_frames > 0
