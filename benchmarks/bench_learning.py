@@ -1,6 +1,6 @@
 """Learning benchmarks: does hpcrl's PPO learn what it should, and how fast?
 
-    python -m benchmarks.bench_learning                  # every target, about 4 min on 2 quiet cores
+    python -m benchmarks.bench_learning                  # every target, about 7 min on 2 quiet cores
     python -m benchmarks.bench_learning --quick          # smoke, < 2 min (verdicts not meaningful)
     python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
 
@@ -25,6 +25,10 @@ Targets (each prints a table and one PASS/FAIL line, and becomes one row):
    its value must rise by >= 0.5 (about 1.0 = the bonus x P(both agents right) is ideal; the obs-only
    critic cannot see the coin, so its difference is 0). Both trained policies must beat random play
    (~2 per episode) by far (>= 40 of the 48 reachable).
+5. ``tictactoe``: tic-tac-toe (PettingZoo classic) against a uniformly random legal opponent, with action
+   masks (examples/tictactoe/ppo.yaml, 150k learner moves; the learner's side is drawn per game). The
+   trained policy, playing deterministically, must win >= 80% of 1,000 fresh games (a random player wins
+   about 43% and loses about 44%); the env raises on an illegal move, so the run also shows that masks hold.
 
 All runs but ``cartpole-mpi3`` are single-process (``hpcrl.roles.local.run_local``), one torch thread, one after the
 other. ``--quick`` shrinks every budget to a smoke run; its PASS/FAIL lines are marked ``[quick]`` and
@@ -58,8 +62,9 @@ MEMORY_GRU_YAML = EXAMPLES / "memory" / "gru.yaml"
 MEMORY_MLP_YAML = EXAMPLES / "memory" / "mlp.yaml"
 PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
 QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
+TICTACTOE_YAML = EXAMPLES / "tictactoe" / "ppo.yaml"
 
-TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart")
+TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart", "tictactoe")
 
 
 # ====================================================================== output helpers
@@ -363,12 +368,49 @@ def bench_quickstart(args: Any, work: Path) -> dict[str, Any]:
     return out
 
 
+def bench_tictactoe(args: Any, work: Path) -> dict[str, Any]:
+    """Target 5: tic-tac-toe against a random legal opponent: deterministic win rate >= 0.8 over 1,000 games."""
+    from hpcrl.evaluate import evaluate
+
+    budget = 10_000 if args.quick else int(config.load(TICTACTOE_YAML).experiment.total_frames)
+    run_dir = work / "tictactoe"
+    run = run_hpcrl(TICTACTOE_YAML, [f"experiment.seed={args.seed}", f"experiment.total_frames={budget}"], run_dir)
+    games = 200 if args.quick else 1000
+    ev = evaluate(run_dir, episodes=games, envs=16, seed=args.seed + 1000, config=TICTACTOE_YAML)
+    ret = np.asarray(ev["returns"], np.float64)
+    win, draw, loss = float((ret > 0.5).mean()), float((np.abs(ret) < 0.5).mean()), float((ret < -0.5).mean())
+    last = run.returns[-1000:]
+    train_win = float((last > 0.5).mean()) if last.size else float("nan")
+    print_table(
+        f"tic-tac-toe vs random legal opponent ({TICTACTOE_YAML.relative_to(ROOT)}), seed {args.seed}",
+        ["budget", "eval games", "win", "draw", "loss", "train win (last 1000)", "wall s", "fps"],
+        [[budget, games, win, draw, loss, train_win, run.wall_seconds, run.summary["fps"]]],
+    )
+    ok = win >= 0.8
+    detail = (
+        f"deterministic win rate {win:.3f} (draw {draw:.3f}, loss {loss:.3f}) after {budget:,} frames (need >= 0.8)"
+    )
+    return {
+        "budget_frames": budget,
+        "eval_games": games,
+        "win_rate": win,
+        "draw_rate": draw,
+        "loss_rate": loss,
+        "train_win_rate_last_1000": train_win,
+        "wall_seconds": round(run.wall_seconds, 2),
+        "fps": run.summary["fps"],
+        "curve": curve(run),
+        "verdict": verdict("tictactoe-vs-random", ok, detail, args.quick),
+    }
+
+
 BENCHES = {
     "cartpole": bench_cartpole,
     "cartpole-mpi3": bench_cartpole_mpi3,
     "memory": bench_memory,
     "pendulum": bench_pendulum,
     "quickstart": bench_quickstart,
+    "tictactoe": bench_tictactoe,
 }
 
 
@@ -383,6 +425,11 @@ _ROWS: dict[str, tuple[str, str, bool]] = {
     "memory": ("memory task (examples/memory/gru.yaml), GRU success rate over the last 100 episodes", "", True),
     "pendulum": ("Pendulum-v1 (examples/pendulum/ppo.yaml), last-100 mean return", "", True),
     "quickstart": ("quick-start multi-agent: centralized critic's V(coin=1) - V(coin=0)", "", True),
+    "tictactoe": (
+        "tic-tac-toe vs random legal opponent (examples/tictactoe/ppo.yaml), deterministic win rate",
+        "",
+        True,
+    ),
 }
 
 
@@ -401,6 +448,8 @@ def _row(name: str, out: dict[str, Any]) -> Row:
         value, goal, text = out["gru"]["success_last_100"], 0.95, ">= 0.95 (MLP at chance)"
     elif name == "pendulum":
         value, goal, text = out["final_mean_last_100"], -250.0, ">= -250"
+    elif name == "tictactoe":
+        value, goal, text = out["win_rate"], 0.8, ">= 0.8 of 1,000 games"
     else:
         value, goal, text = out["centralized"]["coin_probe"]["value_coin1_minus_coin0"], 0.5, ">= 0.5"
     return Row(

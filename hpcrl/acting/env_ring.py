@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.acting.trajectory import TrajectoryBuffer
-from hpcrl.api.environment import Environment, StepResult
+from hpcrl.api.environment import AVAILABLE_ACTION, Environment, StepResult
 from hpcrl.api.namedarray import NamedArray, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
@@ -205,6 +205,8 @@ class _Group:
         self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
         self.finite: list[tuple[np.ndarray, np.ndarray]] = []  # (float block, zeros): see _ObsBuffers
+        self.mask: np.ndarray | None = None  # the ``available_action`` buffer (S, logits), if the obs has one
+        self.mask_starts: np.ndarray | None = None  # first logit of each multi-discrete component
         self.traj = TrajectoryBuffer(n, fragment_length)
         self.ep_return = np.zeros(n, np.float64)
         self.ep_length = np.zeros(n, np.int64)
@@ -410,6 +412,60 @@ class EnvRing:
         g.reward_shape = (width,)
         g.reward = g.obs.reward
         g.finite = g.obs.finite
+        if AVAILABLE_ACTION in g.obs.paths:
+            buf = g.obs.bufs[g.obs.paths.index(AVAILABLE_ACTION)]
+            if buf.ndim == 2:
+                g.mask = buf
+                g.mask_starts = self._mask_starts(g, buf.shape[1])
+
+    @staticmethod
+    def _mask_starts(g: _Group, width: int) -> np.ndarray | None:
+        """Where each component's choices start in the mask, for a declared multi-discrete (or binary) action space."""
+        declared = getattr(g.envs[0], "action_spaces", None)
+        if not declared:
+            return None
+        from gymnasium import spaces
+
+        sp = declared[0]
+        if isinstance(sp, spaces.MultiDiscrete) and sp.nvec.ndim == 1:
+            nvec = [int(n) for n in sp.nvec]
+        elif isinstance(sp, spaces.MultiBinary) and len(sp.shape) == 1:
+            nvec = [2] * int(sp.shape[0])
+        else:
+            return None
+        if sum(nvec) != width:
+            return None  # a mask that does not fit the head: the policy names it
+        return np.cumsum([0, *nvec[:-1]])
+
+    def _no_legal_action(self, g: _Group, acting: np.ndarray, done: np.ndarray, trunc: np.ndarray) -> None:
+        """Refuse an acting row whose ``available_action`` allows nothing, unless its result ends the episode.
+
+        A terminal row's action is never executed (a finished board game has no legal move left), so
+        the policy samples it unmasked; anywhere else, no legal action is the env's error, named here
+        with env, agent and step (the policy, on an inference rank, sees only batch rows).
+        """
+        assert g.mask is not None
+        m = g.mask if acting.size == g.num_slots else g.mask[acting]
+        if g.mask_starts is None:
+            legal = m.any(axis=1)
+        else:
+            legal = np.logical_or.reduceat(m != 0, g.mask_starts, axis=1).all(axis=1)
+        if legal.all():
+            return
+        bad = np.flatnonzero(~legal & ~done[:, 0] & ~trunc[:, 0])
+        if bad.size == 0:
+            return
+        s = int(acting[bad[0]])
+        j, a = g.agent_of[s]
+        what = "every entry is 0" if g.mask_starts is None else "a component has no legal choice"
+        raise self._misfit(
+            g,
+            j,
+            a,
+            None if g.on_reset[s] else g.steps[j],
+            f"obs field {AVAILABLE_ACTION!r}: no legal action ({what}: {m[bad[0]].tolist()}) in a result that is "
+            f"neither done nor truncated; an agent that acts needs at least one legal action",
+        )
 
     def _nonfinite(self, g: _Group) -> EnvError:
         """The error for NaN/Inf in the group's float buffers: names env, step, agent and field."""
@@ -507,6 +563,8 @@ class EnvRing:
         if flags is None:  # read-only and shared: one per batch size
             flags = self._eval_flags[acting.size] = np.full((acting.size, 1), self.evaluation, np.bool_)
             flags.flags.writeable = False
+        if g.mask is not None:
+            self._no_legal_action(g, acting, done, trunc)
         req = RolloutRequest._build(_REQUEST_KEYS, [obs, state, flags, on_reset])
         g.pending = (acting, req, reward, done, trunc)
         return req

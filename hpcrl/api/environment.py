@@ -19,7 +19,17 @@ from hpcrl.api.registry import Registry
 if TYPE_CHECKING:
     from hpcrl.api import config
 
-__all__ = ["Environment", "StepResult", "Action", "register", "make", "ALL_ENVIRONMENTS"]
+__all__ = ["Environment", "StepResult", "Action", "AVAILABLE_ACTION", "register", "make", "ALL_ENVIRONMENTS"]
+
+#: The observation field holding an agent's action mask: one 0/1 (or bool) entry per action of a discrete
+#: head (``(n,)``), or per choice of every component of a multi-discrete head (``(sum(nvec),)``). The
+#: actor-critic policies never sample, nor choose deterministically, an action whose entry is 0.
+AVAILABLE_ACTION = "available_action"
+
+
+#: the default ``StepResult.truncated``: a shared read-only ``(1,)`` bool ``False`` (hpcrl.envs.results.FALSE).
+_NOT_TRUNCATED: np.ndarray = np.zeros(1, np.bool_)
+_NOT_TRUNCATED.setflags(write=False)
 
 
 @dataclasses.dataclass
@@ -32,16 +42,19 @@ class StepResult:
         reward: float array of shape ``(1,)`` (or ``(reward_dim,)``): reward received on
             arriving at ``obs``. Zero after a reset.
         done: bool array of shape ``(1,)``: ``obs`` is terminal (the episode ended; the
-            value of ``obs`` is not bootstrapped).
-        truncated: bool array of shape ``(1,)``: the episode was cut (time limit); ``obs``
-            is the last observation and its value is bootstrapped.
+            value of ``obs`` is not bootstrapped). A python/numpy bool, or an integer array
+            holding 0 or 1 (SRL envs return ``uint8``), is accepted too and converted once
+            where the result enters the actor's buffers; other values are an error.
+        truncated: like ``done``: the episode was cut (time limit); ``obs`` is the last
+            observation and its value is bootstrapped. Defaults to a shared read-only
+            ``False`` array (SRL envs leave it out).
         info: extra per-step information (not sent to the trainer).
     """
 
     obs: NamedArray
     reward: np.ndarray
     done: np.ndarray
-    truncated: np.ndarray
+    truncated: np.ndarray = dataclasses.field(default_factory=lambda: _NOT_TRUNCATED)
     info: NamedArray | dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

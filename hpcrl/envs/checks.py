@@ -22,7 +22,8 @@ canonical form, so the two may run in either order:
   fixes the fields, shapes and dtypes and later results must match it.
 * ``reward``: a finite real scalar (python or numpy) or a float/int array of shape ``()`` or
   ``(k,)`` (``k`` fixed per agent, usually 1). Canonical: ``float32`` of shape ``(1,)``.
-* ``done`` / ``truncated``: a bool (python or numpy) or a bool array of shape ``()`` or ``(1,)``.
+* ``done`` / ``truncated``: a bool (python or numpy), an int 0/1, or an array of shape ``()`` or
+  ``(1,)`` of dtype bool or an integer dtype (SRL envs return ``uint8``) holding 0 or 1.
   Canonical: ``bool`` of shape ``(1,)``.
 * after ``reset``: reward 0, done and truncated False, and at least one agent present.
 """
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.api.environment import StepResult
+from hpcrl.api.environment import AVAILABLE_ACTION, StepResult
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.comm.wire import WIRE_DTYPES
 from hpcrl.envs.results import flag, reward_array
@@ -116,14 +117,35 @@ def reward_problem(reward: Any, width: int | None) -> str | None:
 
 
 def flag_problem(value: Any) -> str | None:
-    """What is wrong with a ``done``/``truncated`` flag (a bool, or a bool array of shape ``(1,)``/``()``)."""
+    """What is wrong with a ``done``/``truncated`` flag; ``None`` if nothing.
+
+    A flag is a bool (python or numpy), an int 0 or 1 (python or numpy), or an array of shape ``(1,)``
+    or ``()`` of dtype bool or of an integer dtype (SRL's ``uint8``) holding 0 or 1. Other values (2, -1)
+    are refused rather than read as ``True``.
+
+    Examples:
+        >>> flag_problem(np.ones(1, np.uint8)) is None
+        True
+        >>> flag_problem(np.array([2], np.uint8))
+        'expected 0 or 1 (or a bool), got 2 in a uint8 array (1,)'
+    """
     if isinstance(value, np.ndarray):
-        if value.dtype != _BOOL or value.shape not in ((1,), ()):
-            return f"expected bool array of shape (1,), got {describe(value)}"
+        kind = value.dtype.kind
+        if value.shape not in ((1,), ()) or kind not in "biu":
+            return f"expected bool array of shape (1,) (or integer 0/1), got {describe(value)}"
+        if kind != "b":
+            v = value.item()
+            if v != 0 and v != 1:
+                return f"expected 0 or 1 (or a bool), got {v} in a {describe(value)}"
         return None
     if isinstance(value, (bool, np.bool_)):
         return None
-    return f"expected bool array of shape (1,), got {describe(value)}"
+    if isinstance(value, (int, np.integer)):
+        return None if value == 0 or value == 1 else f"expected 0 or 1 (or a bool), got {describe(value)}"
+    hint = ""
+    if isinstance(value, (dict, NamedArray)):
+        hint = " (hpcrl's StepResult fields are obs, reward, done, truncated, info: pass info=... by keyword)"
+    return f"expected bool array of shape (1,) (or integer 0/1), got {describe(value)}{hint}"
 
 
 class _Leaf:
@@ -178,7 +200,7 @@ class EnvChecker:
     Examples:
         >>> import numpy as np
         >>> from gymnasium import spaces
-        >>> from hpcrl.api.environment import StepResult
+        >>> from hpcrl.api.environment import AVAILABLE_ACTION, StepResult
         >>> from hpcrl.api.namedarray import NamedArray
         >>> chk = EnvChecker("demo", 1, [spaces.Dict(obs=spaces.Box(-1, 1, (3,), np.float32))])
         >>> good = StepResult(NamedArray(obs=np.zeros(3, np.float32)), 0.0, False, False)
@@ -258,6 +280,8 @@ class EnvChecker:
                 raise EnvCheckError(f"{head}: agent {i}: expected a StepResult or None, got {type(r).__name__}")
             present += 1
             self._check_obs(i, r.obs, head)
+            if AVAILABLE_ACTION in r.obs:
+                self._check_mask(i, r.obs[AVAILABLE_ACTION], head)
             self._check_reward(i, r.reward, head, is_reset)
             self._check_flag(i, "done", r.done, head, is_reset)
             self._check_flag(i, "truncated", r.truncated, head, is_reset)
@@ -297,6 +321,30 @@ class EnvChecker:
                     f"{head}: agent {i}: obs field {leaf.path!r}: expected finite values, got {bad} NaN/Inf "
                     f"element(s) of {x.size}"
                 )
+
+    def _check_mask(self, i: int, mask: Any, head: str) -> None:
+        """``available_action``: a 1-D array of 0/1 (or bool), one entry per logit of the agent's action space."""
+        where = f"{head}: agent {i}: obs field {AVAILABLE_ACTION!r}"
+        if not isinstance(mask, np.ndarray) or mask.ndim != 1 or mask.dtype.kind not in "biuf":
+            raise EnvCheckError(f"{where}: expected a 1-D array of 0/1 (or bool) per action, got {describe(mask)}")
+        if mask.dtype.kind != "b" and ((mask != 0) & (mask != 1)).any():
+            bad = mask[(mask != 0) & (mask != 1)][:5].tolist()
+            raise EnvCheckError(f"{where}: expected 0 or 1 per action, got {bad}")
+        if self.action_spaces is None:
+            return
+        from gymnasium import spaces
+
+        sp = self.action_spaces[i]
+        if isinstance(sp, spaces.Discrete):
+            n = int(sp.n)
+        elif isinstance(sp, spaces.MultiDiscrete):
+            n = int(sp.nvec.sum())
+        elif isinstance(sp, spaces.MultiBinary):
+            n = 2 * int(np.prod(sp.shape))
+        else:
+            raise EnvCheckError(f"{where}: masks discrete and multi-discrete actions, but the action space is {sp}")
+        if mask.shape != (n,):
+            raise EnvCheckError(f"{where}: expected shape ({n},) (one entry per action of {sp}), got {mask.shape}")
 
     def _learn(self, i: int, obs: NamedArray, head: str) -> None:
         """Fix agent ``i``'s layout from its first observation (no declared spaces)."""
@@ -444,6 +492,9 @@ def _canon_reward(r: Any) -> Any:
 def _canon_flag(x: Any) -> Any:
     if isinstance(x, (bool, np.bool_)):
         return flag(x)
-    if isinstance(x, np.ndarray) and x.size == 1 and x.dtype == _BOOL:
-        return flag(x.reshape(-1)[0])
+    if isinstance(x, np.ndarray) and x.size == 1 and x.dtype.kind in "biu":
+        v = x.reshape(-1)[0]
+        return flag(v) if x.dtype == _BOOL or v == 0 or v == 1 else x  # other values: left for the checker
+    if isinstance(x, (int, np.integer)) and (x == 0 or x == 1):
+        return flag(x)
     return x

@@ -12,6 +12,12 @@ Observations are converted like gymnasium's (:mod:`hpcrl.envs.spaces`); if the e
 ``state()`` and ``state_space``, it is added to every agent's observation as the field ``state``
 (for a centralized critic).
 
+Action masks: PettingZoo envs give a legal-action mask as the observation key ``action_mask`` (classic
+games) or as ``info["action_mask"]``. With ``action_mask: auto`` (the default) an observation key
+``action_mask`` becomes the field ``available_action``, which the actor-critic policies apply to their
+logits; ``action_mask: info`` builds ``available_action`` from each result's info instead (``int8``, one
+entry per action); ``action_mask: off`` keeps the observation as it is.
+
 * **Parallel envs** step all live agents at once. An agent that leaves without a termination or
   truncation flag gets a final ``truncated`` result with its last observation, so every
   trajectory the runtime sees ends properly.
@@ -32,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcrl.api.environment import Environment, StepResult
+from hpcrl.api.environment import AVAILABLE_ACTION, Environment, StepResult
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.envs.results import FALSE, TRUE, ZERO_REWARD, reward_array
 from hpcrl.envs.spaces import ActionAdapter, ObsAdapter, convert_leaf
@@ -97,6 +103,8 @@ class PettingZooEnvironment(Environment):
             has a ``state_space``, ``True`` = required, ``False`` = never.
         cast_float64: deliver ``float64`` observation boxes as ``float32``.
         clip_actions: clip continuous actions to the action space bounds.
+        action_mask: ``auto`` (an observation key ``action_mask`` becomes the field ``available_action``),
+            ``info`` (``available_action`` is read from ``info["action_mask"]``) or ``off`` (no mapping).
         **kwargs: passed to the factory (e.g. ``max_cycles``, ``continuous_actions``).
 
     Raises:
@@ -111,6 +119,7 @@ class PettingZooEnvironment(Environment):
         include_state: bool | None = None,
         cast_float64: bool = True,
         clip_actions: bool = True,
+        action_mask: str = "auto",
         **kwargs: Any,
     ) -> None:
         from pettingzoo.utils.env import AECEnv
@@ -139,14 +148,28 @@ class PettingZooEnvironment(Environment):
             sp, conv = convert_leaf(state_space, cast_float64, f"env {self.name!r} state")
             extra["state"] = sp
             self._state_conv = conv if conv is not None else np.asarray
-        self._obs = [
-            ObsAdapter(pz.observation_space(a), cast_float64, f"env {self.name!r} agent {i} ({a!r})", extra=extra)
-            for i, a in enumerate(self._agents)
-        ]
+        if action_mask not in ("auto", "info", "off"):
+            raise ValueError(f"env {self.name!r}: action_mask must be 'auto', 'info' or 'off', got {action_mask!r}")
         self._act = [
             ActionAdapter(pz.action_space(a), clip_actions, f"env {self.name!r} agent {i} ({a!r})")
             for i, a in enumerate(self._agents)
         ]
+        self._mask_size: list[int] | None = None  # per agent, when masks come from info
+        if action_mask == "info":
+            self._mask_size = [_mask_size(act.space, f"env {self.name!r} agent {i}") for i, act in enumerate(self._act)]
+        self._obs = []
+        for i, a in enumerate(self._agents):
+            space = pz.observation_space(a)
+            what = f"env {self.name!r} agent {i} ({a!r})"
+            rename = {}
+            if action_mask == "auto" and "action_mask" in getattr(space, "spaces", {}):
+                rename["action_mask"] = AVAILABLE_ACTION
+            mine = dict(extra)
+            if self._mask_size is not None:
+                from gymnasium import spaces
+
+                mine[AVAILABLE_ACTION] = spaces.Box(0, 1, (self._mask_size[i],), np.int8)
+            self._obs.append(ObsAdapter(space, cast_float64, what, extra=mine, rename=rename))
         self._pending_seed: int | None = None
         self._acting: list[str] = []  # agents expected to act next, in agent order
         self._last: dict[str, NamedArray] = {}
@@ -190,10 +213,34 @@ class PettingZooEnvironment(Environment):
             return ()
         return (self._state_conv(self._env.state()),)
 
-    def _obs_of(self, agent: str, raw: Any, state: tuple[Any, ...]) -> NamedArray:
-        o = self._obs[self._index[agent]].convert(raw, *state)
+    def _obs_of(
+        self, agent: str, raw: Any, state: tuple[Any, ...], info: Any = None, terminal: bool = False
+    ) -> NamedArray:
+        i = self._index[agent]
+        if self._mask_size is not None:
+            state = (*state, self._info_mask(i, agent, info, terminal))
+        o = self._obs[i].convert(raw, *state)
         self._last[agent] = o
         return o
+
+    def _info_mask(self, i: int, agent: str, info: Any, terminal: bool) -> np.ndarray:
+        """``info["action_mask"]`` as an int8 ``available_action`` (zeros for a terminal result without one)."""
+        assert self._mask_size is not None
+        n = self._mask_size[i]
+        m = info.get("action_mask") if isinstance(info, dict) else None
+        if m is None:
+            if terminal:
+                return np.zeros(n, np.int8)
+            raise ValueError(
+                f"env {self.name!r}: agent {i} ({agent!r}): info has no 'action_mask' (action_mask='info' reads the "
+                f"legal actions from it); info keys: {sorted(info) if isinstance(info, dict) else type(info).__name__}"
+            )
+        arr = np.asarray(m)
+        if arr.shape != (n,):
+            raise ValueError(
+                f"env {self.name!r}: agent {i} ({agent!r}): info['action_mask'] has shape {arr.shape}, expected ({n},)"
+            )
+        return arr.astype(np.int8)
 
     def reset(self) -> list[StepResult | None]:
         """Reset the env; agents present at the start get a result, the others ``None``."""
@@ -209,7 +256,8 @@ class PettingZooEnvironment(Environment):
             i = self._index.get(agent)
             if i is None:
                 raise ValueError(f"env {self.name!r} reset: agent {agent!r} is not in possible_agents {self._agents}")
-            results[i] = StepResult(self._obs_of(agent, raw, state), ZERO_REWARD, FALSE, FALSE, infos.get(agent, {}))
+            info = infos.get(agent, {})
+            results[i] = StepResult(self._obs_of(agent, raw, state, info), ZERO_REWARD, FALSE, FALSE, info)
         self._acting = [a for a in self._agents if a in obs]
         return results
 
@@ -237,12 +285,13 @@ class PettingZooEnvironment(Environment):
                 raise ValueError(f"env {self.name!r} step: agent {agent!r} is not in possible_agents {self._agents}")
             i = j
             term, trunc = bool(terms.get(agent, False)), bool(truncs.get(agent, False))
+            info = infos.get(agent, {})
             results[i] = StepResult(
-                self._obs_of(agent, raw, state),
+                self._obs_of(agent, raw, state, info, term or trunc),
                 reward_array(rewards.get(agent, 0.0)),
                 TRUE if term else FALSE,
                 TRUE if trunc else FALSE,
-                infos.get(agent, {}),
+                info,
             )
             if not (term or trunc):
                 acting.append(agent)
@@ -298,16 +347,29 @@ class PettingZooEnvironment(Environment):
                 break
             if term or trunc:
                 results[i] = StepResult(
-                    self._obs_of(agent, raw, state), reward_array(reward), TRUE if term else FALSE,
+                    self._obs_of(agent, raw, state, info, True), reward_array(reward), TRUE if term else FALSE,
                     TRUE if trunc else FALSE, info,
                 )  # fmt: skip
                 env.step(None)  # the dead step that removes the agent
                 continue
             rew = ZERO_REWARD if first else reward_array(reward)
-            results[i] = StepResult(self._obs_of(agent, raw, state), rew, FALSE, FALSE, info)
+            results[i] = StepResult(self._obs_of(agent, raw, state, info), rew, FALSE, FALSE, info)
             break
         return results
 
     def close(self) -> None:
         """Close the env."""
         self._env.close()
+
+
+def _mask_size(space: Any, what: str) -> int:
+    """Entries of an action mask for ``space``: ``n``, ``sum(nvec)`` (MultiDiscrete) or ``2 n`` (MultiBinary)."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        return int(space.nvec.sum())
+    if isinstance(space, spaces.MultiBinary):
+        return 2 * int(np.prod(space.shape))
+    raise ValueError(f"{what}: action_mask='info' needs a discrete action space, got {space}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcrl.api.environment import _NOT_TRUNCATED
 from hpcrl.api.namedarray import NamedArray
 
 __all__ = ["TRUE", "FALSE", "ZERO_REWARD", "flag", "reward_array", "cached_reward", "record_builder", "readonly"]
@@ -31,7 +32,7 @@ def readonly(a: np.ndarray) -> np.ndarray:
 
 #: Shared read-only ``(1,)`` bool arrays for ``done``/``truncated``.
 TRUE: np.ndarray = readonly(np.ones(1, np.bool_))
-FALSE: np.ndarray = readonly(np.zeros(1, np.bool_))
+FALSE: np.ndarray = _NOT_TRUNCATED  # the default StepResult.truncated: one shared object
 #: Shared read-only ``(1,)`` float32 zero reward (every reset result).
 ZERO_REWARD: np.ndarray = readonly(np.zeros(1, np.float32))
 

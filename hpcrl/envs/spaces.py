@@ -110,6 +110,8 @@ class ObsAdapter:
         what: names the env (and agent) in error messages.
         extra: more fields appended after the observation's own (name -> hpcrl space), e.g. a
             centralized ``state``; their values are passed to ``convert`` as they are.
+        rename: field names for some keys of a ``Dict`` observation (raw key -> field), e.g.
+            PettingZoo's ``action_mask`` -> ``available_action``.
 
     Attributes:
         space: the hpcrl observation space, a ``gymnasium.spaces.Dict`` keyed like the NamedArray.
@@ -118,7 +120,12 @@ class ObsAdapter:
     """
 
     def __init__(
-        self, space: Any, cast_float64: bool = True, what: str = "env", extra: dict[str, Any] | None = None
+        self,
+        space: Any,
+        cast_float64: bool = True,
+        what: str = "env",
+        extra: dict[str, Any] | None = None,
+        rename: dict[str, str] | None = None,
     ) -> None:
         from gymnasium import spaces
 
@@ -133,7 +140,10 @@ class ObsAdapter:
         else:
             raw_keys = []
             leaves = [convert_leaf(space, cast_float64, what)]
-        obs_keys = tuple(raw_keys) if raw_keys else ("obs",)
+        rename = rename or {}
+        obs_keys = tuple(rename.get(k, k) for k in raw_keys) if raw_keys else ("obs",)
+        if len(set(obs_keys)) != len(obs_keys):
+            raise SpaceError(f"{what}: renaming observation keys {rename} gives duplicate fields {list(obs_keys)}")
         extra = dict(extra or {})
         clash = [k for k in extra if k in obs_keys]
         if clash:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpcrl.api.data import AnalyzedResult, RolloutRequest, RolloutResult, SampleBatch
-from hpcrl.api.environment import Action
+from hpcrl.api.environment import AVAILABLE_ACTION, Action
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import SingleModelPytorchPolicy
 
@@ -144,7 +144,7 @@ def policy_args_from_spaces(observation_space: Any, action_space: Any) -> dict[s
     Returns:
         ``{"obs_dim": {...}, "action_dim": ..., "continuous_action": bool}`` plus
         ``"state_dim"`` when the observation has a ``state`` entry. Vector inputs are ints,
-        other shapes lists.
+        other shapes lists. The action mask ``available_action`` is no input (it masks the logits).
 
     Raises:
         ValueError: an unsupported action or observation space (the message names it).
@@ -152,6 +152,8 @@ def policy_args_from_spaces(observation_space: Any, action_space: Any) -> dict[s
     obs_dim: dict[str, Any] = {}
     state_dim: dict[str, Any] = {}
     for name, space in _obs_space_items(observation_space).items():
+        if name == AVAILABLE_ACTION:
+            continue  # the action mask: applied to the logits, not read as an input
         shape = _space_shape(name, space)
         value: Any = shape[0] if len(shape) == 1 else list(shape)
         (state_dim if name == "state" else obs_dim)[name] = value
@@ -212,6 +214,8 @@ def check_policy_against_spaces(policy_args: Mapping[str, Any], observation_spac
                     f"policy input {name!r}: {arg} declares shape {shape}, but the environment's observation "
                     f"space {name!r} has shape {actual}"
                 )
+    if AVAILABLE_ACTION in obs_items:
+        _check_mask_space(obs_items[AVAILABLE_ACTION], action_space)
     if "action_dim" in policy_args:
         want = _action_args(action_space)
         have_cont = bool(policy_args.get("continuous_action", False))
@@ -223,6 +227,24 @@ def check_policy_against_spaces(policy_args: Mapping[str, Any], observation_spac
                 f"environment's action space {action_space!r} (action_dim={want['action_dim']}, "
                 f"continuous_action={want['continuous_action']})"
             )
+
+
+def _check_mask_space(mask_space: Any, action_space: Any) -> None:
+    """The ``available_action`` space must have one entry per logit of the action head."""
+    want = _action_args(action_space)
+    if want["continuous_action"]:
+        raise ValueError(
+            f"the observation field {AVAILABLE_ACTION!r} masks discrete and multi-discrete actions, but the action "
+            f"space is {action_space!r} (continuous)"
+        )
+    dim = want["action_dim"]
+    n = dim if isinstance(dim, int) else sum(dim)
+    shape = tuple(getattr(mask_space, "shape", None) or ())
+    if shape != (n,):
+        raise ValueError(
+            f"the observation field {AVAILABLE_ACTION!r} has shape {shape}, expected ({n},): one 0/1 entry per "
+            f"action of {action_space!r}"
+        )
 
 
 # ====================================================================== the policy
@@ -372,6 +394,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             "action_dim": action_dim,
             "continuous_action": bool(continuous_action),
         }
+        self._num_logits = 0 if continuous_action else int(np.sum(action_dim))  # logits of the head
         self._on_cpu = True
         self.to(device)
 
@@ -425,6 +448,29 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             out[name] = self._tensor(obs[name])
         return out
 
+    def _action_mask(self, obs: NamedArray, t: int, b: int) -> torch.Tensor | None:
+        """The bool ``(t, b, logits)`` mask of the observation field ``available_action``, or ``None``.
+
+        Raises:
+            ValueError: the policy's actions are continuous, or the field's shape is not ``(rows, logits)``.
+        """
+        if AVAILABLE_ACTION not in obs:
+            return None
+        if self.continuous_action:
+            raise ValueError(
+                f"{type(self).__name__}: the observation field {AVAILABLE_ACTION!r} masks discrete and multi-discrete "
+                f"actions, but this policy's actions are continuous"
+            )
+        m = self._tensor(obs[AVAILABLE_ACTION])
+        n = self._num_logits
+        if m.dim() < 1 or m.shape[-1] != n or m.numel() != t * b * n:
+            raise ValueError(
+                f"{type(self).__name__}: observation field {AVAILABLE_ACTION!r} has shape {tuple(m.shape)}, "
+                f"expected {(b, n) if t == 1 else (t, b, n)} (one 0/1 entry per action of the head, action_dim="
+                f"{self.policy_args['action_dim']})"
+            )
+        return m.reshape(t, b, n).bool()
+
     def _states(self, state: NamedArray | None, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Row-major states ``(B, layers, hidden)`` -> GRU layout ``(layers, B, hidden)``."""
         if self.num_rnn_layers == 0:
@@ -449,6 +495,10 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
         """Act on a batch: sample (or take the mode for ``is_evaluation`` rows).
 
+        With an observation field ``available_action`` (0/1 or bool per logit), masked actions get
+        probability 0: they are never sampled nor taken as the mode, and the recorded log-prob is the
+        masked distribution's.
+
         Args:
             request: obs leaves ``(B, ...)``; ``policy_state`` rows ``(B, layers, hidden)`` when recurrent.
             **kwargs: unused.
@@ -464,6 +514,9 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             actor_hx, critic_hx = self._states(request.policy_state, b)
             out = self._ac_net.forward(inputs, 1, b, actor_hx, critic_hx)
             dist = out.dist
+            mask = self._action_mask(request.obs, 1, b)
+            if mask is not None:
+                dist = dist.masked(mask)
             action = dist.sample(self._generator())
             ev = request.is_evaluation
             if ev is not None and np.asarray(ev).any():
@@ -535,9 +588,13 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             actor_hx, critic_hx = self._states(sample.policy_state[0], b)
             on_reset = self._tensor(sample.on_reset).reshape(t, b).bool()
         out = self._ac_net.forward(inputs, t, b, actor_hx, critic_hx, on_reset)
+        dist = out.dist
+        mask = self._action_mask(sample.obs, t, b)
+        if mask is not None:
+            dist = dist.masked(mask)
         return AnalyzedResult(
-            log_prob=out.dist.log_prob(action),
-            entropy=out.dist.entropy(),
+            log_prob=dist.log_prob(action),
+            entropy=dist.entropy(),
             value=out.value,
             aux_value=out.aux_value,
         )

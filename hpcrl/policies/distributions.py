@@ -14,6 +14,12 @@ actions and generator state), without its validity checks, which cost four reduc
 host syncs per call. (Inverse-CDF sampling draws another random stream: with it, the memory task's
 learning benchmark, examples/memory/gru.yaml, failed on 3 of 6 seeds, against 0 of 6 with this
 stream; seeded runs stay where they were.)
+
+Action masks (:meth:`ActionDistribution.masked`, observation field ``available_action``): masked
+logits are set to ``-inf`` before the softmax, so a masked action has probability 0 (never sampled,
+never the mode) and ``log_prob``/``entropy`` are those of the categorical over the legal actions
+only. A row with no legal action is left unmasked: that happens only on terminal rows, whose action
+is never executed (the actor refuses such a row anywhere else, see :mod:`hpcrl.acting.env_ring`).
 """
 
 from __future__ import annotations
@@ -68,8 +74,21 @@ class ActionDistribution(abc.ABC):
     def entropy(self) -> torch.Tensor:
         """Entropy, summed over action components."""
 
+    def masked(self, mask: torch.Tensor) -> ActionDistribution:
+        """This distribution restricted to the legal actions of ``mask`` (bool, one entry per logit).
 
-def _sample_index(log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        Raises:
+            ValueError: the distribution has no logits to mask (continuous actions).
+        """
+        raise ValueError(
+            f"the observation field 'available_action' masks discrete and multi-discrete actions; "
+            f"{type(self).__name__} (continuous actions) cannot be masked"
+        )
+
+
+def _sample_index(
+    log_probs: torch.Tensor, generator: torch.Generator | None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """One index per row of normalised ``log_probs`` ``(*batch, n)``, int64 ``(*batch)``.
 
     ``argmax(p / q)``, ``q ~ Exp(1)``: ``torch.multinomial(p, 1, generator=generator)``'s algorithm
@@ -78,7 +97,10 @@ def _sample_index(log_probs: torch.Tensor, generator: torch.Generator | None) ->
     """
     probs = log_probs.exp()
     q = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return torch.div(probs, q, out=q).argmax(dim=-1)
+    ratio = torch.div(probs, q, out=q)
+    if mask is not None:  # 0 / 0 would be NaN, which argmax prefers: masked entries rank below every legal one
+        ratio.masked_fill_(~mask, -1.0)
+    return ratio.argmax(dim=-1)
 
 
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
@@ -92,19 +114,29 @@ class CategoricalDistribution(ActionDistribution):
 
     Args:
         logits: ``(*batch, n)`` unnormalised log-probabilities.
+        mask: optional bool ``(*batch, n)``: the legal actions (see :meth:`ActionDistribution.masked`).
 
     Attributes:
-        logits: the unnormalised logits.
+        logits: the unnormalised logits (``-inf`` where masked).
         log_probs: ``log_softmax(logits)``.
+        mask: the legal actions, or ``None`` (every action legal).
     """
 
-    def __init__(self, logits: torch.Tensor) -> None:
+    def __init__(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        if mask is not None:
+            mask = mask | ~mask.any(dim=-1, keepdim=True)  # a row with no legal action: unmasked (terminal rows)
+            logits = logits.masked_fill(~mask, -math.inf)
         self.logits = logits
+        self.mask = mask
         self.log_probs = torch.log_softmax(logits, dim=-1)
+
+    def masked(self, mask: torch.Tensor) -> CategoricalDistribution:
+        """The categorical over the legal actions of bool ``mask`` ``(*batch, n)``."""
+        return CategoricalDistribution(self.logits, mask if self.mask is None else mask & self.mask)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw one action index per row."""
-        return _sample_index(self.log_probs, generator)
+        return _sample_index(self.log_probs, generator, self.mask)
 
     def mode(self) -> torch.Tensor:
         """Argmax action."""
@@ -127,8 +159,22 @@ class MultiCategoricalDistribution(ActionDistribution):
         nvec: number of choices of each component.
     """
 
-    def __init__(self, logits: torch.Tensor, nvec: Sequence[int]) -> None:
-        self.parts = [CategoricalDistribution(part) for part in torch.split(logits, list(nvec), -1)]
+    def __init__(self, logits: torch.Tensor, nvec: Sequence[int], mask: torch.Tensor | None = None) -> None:
+        self.nvec = list(nvec)
+        if mask is None:
+            self.parts = [CategoricalDistribution(part) for part in torch.split(logits, self.nvec, -1)]
+        else:
+            self.parts = [
+                CategoricalDistribution(part, m)
+                for part, m in zip(torch.split(logits, self.nvec, -1), torch.split(mask, self.nvec, -1))
+            ]
+
+    def masked(self, mask: torch.Tensor) -> MultiCategoricalDistribution:
+        """Each component restricted to its legal choices: bool ``mask`` ``(*batch, sum(nvec))``, split like logits."""
+        out = MultiCategoricalDistribution.__new__(MultiCategoricalDistribution)
+        out.nvec = self.nvec
+        out.parts = [d.masked(m) for d, m in zip(self.parts, torch.split(mask, self.nvec, -1))]
+        return out
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw one index per component: ``(*batch, n)``."""

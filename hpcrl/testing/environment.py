@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api import config
-from hpcrl.api.environment import Action, Environment, StepResult
+from hpcrl.api.environment import AVAILABLE_ACTION, Action, Environment, StepResult
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.envs.checks import EnvChecker, EnvCheckError, normalize_results
@@ -45,22 +45,42 @@ def _action(x: np.ndarray) -> NamedArray:
 
 
 def _sampler(space: Any, agent: int, name: str) -> Any:
-    """A function drawing one action record for ``space``."""
+    """A function ``draw(mask)`` of one action record for ``space``, legal under ``available_action`` if given."""
     from gymnasium import spaces
 
     if isinstance(space, spaces.Discrete):
         start = int(space.start)
-        return lambda: _action(np.asarray(int(space.sample()) - start, np.int64))
+        n = int(space.n)
+
+        def discrete(mask: np.ndarray | None) -> NamedArray:
+            m = None if mask is None or mask.shape != (n,) else (mask != 0).astype(np.int8)
+            return _action(np.asarray(int(space.sample(mask=m)) - start, np.int64))
+
+        return discrete
     if isinstance(space, spaces.MultiDiscrete):
-        return lambda: _action(np.asarray(space.sample() - space.start, np.int64))
+        cuts = np.cumsum(space.nvec)[:-1] if space.nvec.ndim == 1 else None
+
+        def multi(mask: np.ndarray | None) -> NamedArray:
+            m = None
+            if cuts is not None and mask is not None and mask.shape == (int(space.nvec.sum()),):
+                m = tuple((part != 0).astype(np.int8) for part in np.split(mask, cuts))
+            return _action(np.asarray(space.sample(mask=m) - space.start, np.int64))
+
+        return multi
     if isinstance(space, spaces.MultiBinary):
-        return lambda: _action(np.asarray(space.sample(), np.int8))
+        return lambda mask: _action(np.asarray(space.sample(), np.int8))
     if isinstance(space, spaces.Box):
-        return lambda: _action(np.asarray(space.sample(), np.float32))
+        return lambda mask: _action(np.asarray(space.sample(), np.float32))
     raise EnvCheckError(
         f"env {name!r}: action_spaces[{agent}] is {space}; test_environment samples Discrete, MultiDiscrete, "
         f"MultiBinary or Box actions"
     )
+
+
+def _mask_of(r: StepResult) -> np.ndarray | None:
+    """The agent's ``available_action`` (a numpy array), if its observation has one."""
+    m = r.obs[AVAILABLE_ACTION] if isinstance(r.obs, NamedArray) and AVAILABLE_ACTION in r.obs else None
+    return m if isinstance(m, np.ndarray) else None
 
 
 def test_environment(
@@ -75,8 +95,9 @@ def test_environment(
     Resets it, checks the results with :class:`~hpcrl.envs.checks.EnvChecker` (list length ==
     ``agent_count``, obs fields/shapes/dtypes/finiteness per the declared ``observation_spaces``,
     reward/done/truncated types and shapes), then optionally steps it ``steps`` times with random
-    actions from the declared ``action_spaces``, resetting when every acting agent is done or
-    truncated, exactly as the actor would.
+    actions from the declared ``action_spaces`` (legal ones when the observation has an
+    ``available_action`` mask), resetting when every acting agent is done or truncated, exactly
+    as the actor would.
 
     Args:
         env_spec_or_name: a ``config.Environment``, a registered env name, or an ``Environment``.
@@ -146,7 +167,9 @@ def _run(env: Environment, name: str, test_stepping: bool, steps: int, seed: int
     returns: list[float] = []
     idle = 0
     for t in range(1, steps + 1):
-        actions = [samplers[i]() if r is not None and not _finished(r) else None for i, r in enumerate(results)]
+        actions = [
+            samplers[i](_mask_of(r)) if r is not None and not _finished(r) else None for i, r in enumerate(results)
+        ]
         checker.check_actions(actions, f"step {t}")
         results = _checked(env.step(actions), checker, f"step {t}")
         present = [r for r in results if r is not None]

@@ -69,11 +69,11 @@ BAD_DATA: dict[str, tuple[Any, str]] = {
     "reward_str": (lambda r: setattr(r, "reward", "1"), "reward: expected a float32 array of shape (1,)"),
     "reward_nan": (lambda r: setattr(r, "reward", np.array([np.nan], np.float32)), "reward: expected a finite value"),
     "reward_inf": (lambda r: setattr(r, "reward", float("inf")), "reward: expected a finite value"),
-    "done_int": (lambda r: setattr(r, "done", np.array([1])), "done: expected bool array of shape (1,), got int64"),
+    "done_int": (lambda r: setattr(r, "done", np.array([2])), "done: expected 0 or 1 (or a bool), got 2 in a int64"),
     "done_float": (lambda r: setattr(r, "done", np.array([0.0])), "done: expected bool array of shape (1,)"),
-    "done_pyint": (lambda r: setattr(r, "done", 0), "done: expected bool array of shape (1,), got int 0"),
+    "done_pyint_neg": (lambda r: setattr(r, "done", -1), "done: expected 0 or 1 (or a bool), got int -1"),
     "done_shape_2": (lambda r: setattr(r, "done", np.zeros(2, np.bool_)), "done: expected bool array of shape (1,)"),
-    "truncated_int": (lambda r: setattr(r, "truncated", np.array([0])), "truncated: expected bool array"),
+    "truncated_int": (lambda r: setattr(r, "truncated", np.array([3], np.uint8)), "truncated: expected 0 or 1"),
     "truncated_none": (lambda r: setattr(r, "truncated", None), "truncated: expected bool array of shape (1,)"),
 }
 
@@ -85,6 +85,9 @@ GOOD_DATA: dict[str, Any] = {
     "reward_int": lambda r: setattr(r, "reward", np.array([2])),
     "done_pybool": lambda r: setattr(r, "done", False),
     "done_0d": lambda r: setattr(r, "done", np.array(False)),
+    "done_uint8": lambda r: setattr(r, "done", np.zeros(1, np.uint8)),  # SRL's convention
+    "done_pyint": lambda r: setattr(r, "done", 0),
+    "truncated_int64": lambda r: setattr(r, "truncated", np.array([0])),
 }
 
 ENV_FAULTS = (

@@ -24,6 +24,8 @@ YAMLS: dict[str, list[str]] = {
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],
     "examples/mujoco/halfcheetah.yaml": [],
+    "examples/srl_port/ppo.yaml": [],
+    "examples/tictactoe/ppo.yaml": [],
 }
 
 #: YAML -> modules its environment needs (the optional extras ``atari``, ``pettingzoo``, ``mujoco``).
@@ -31,6 +33,7 @@ NEEDS: dict[str, list[str]] = {
     "examples/pong/pong.yaml": ["ale_py", "cv2"],
     "examples/pettingzoo/simple_spread.yaml": ["pettingzoo", "mpe2"],
     "examples/mujoco/halfcheetah.yaml": ["mujoco"],
+    "examples/tictactoe/ppo.yaml": ["pettingzoo"],
 }
 
 
@@ -53,6 +56,7 @@ def test_yaml_loads_and_resolves(rel: str) -> None:
     """The file loads strictly as written and its policy fits the env's spaces."""
     _needs(rel)
     cfg = config.load(ROOT / rel)
+    components.import_user_modules(cfg)  # examples with their own env register it there
     spec = components.resolve_policy_spec(cfg)
     assert "obs_dim" in spec.args and "action_dim" in spec.args
     assert cfg.experiment.total_frames > 0

@@ -103,7 +103,7 @@ def test_entry_type(chk):
 
 
 def test_flags(chk):
-    expect(chk, [res(done=1), res()], "step 1", "agent 0", "done", "expected bool array of shape (1,)", "int 1")
+    expect(chk, [res(done=2), res()], "step 1", "agent 0", "done", "expected 0 or 1 (or a bool)", "int 2")
     expect(
         chk,
         [res(), res(truncated=np.array([1, 0]))],

@@ -266,8 +266,11 @@ def _obs(x):
         (_obs(np.zeros((1, 1), np.float32)), "obs field 'obs': expected shape (1,), got (1, 1)"),
         (_obs(np.zeros(1, np.float64)), "obs field 'obs': expected dtype float32, got float64"),
         (lambda r: setattr(r, "reward", np.ones(3, np.float32)), "reward: expected shape (1,) (as before), got (3,)"),
-        (lambda r: setattr(r, "done", np.array([1])), "done: expected bool array of shape (1,), got int64 array (1,)"),
-        (lambda r: setattr(r, "truncated", 0.0), "truncated: expected bool array of shape (1,), got float 0.0"),
+        (lambda r: setattr(r, "done", np.array([2])), "done: expected 0 or 1 (or a bool), got 2 in a int64 array (1,)"),
+        (
+            lambda r: setattr(r, "truncated", 0.0),
+            "truncated: expected bool array of shape (1,) (or integer 0/1), got float 0.0",
+        ),
     ],
 )
 def test_a_misfit_after_the_checked_steps_is_refused_never_broadcast(bend, expected, check):

@@ -415,7 +415,7 @@ def test_pettingzoo_turn_based_aec() -> None:
     assert env.agent_count == 2
     results = env.reset()
     assert results[0] is not None and results[1] is None  # player_1 moves first
-    assert results[0].obs.keys() == ["action_mask", "observation"]
+    assert results[0].obs.keys() == ["available_action", "observation"]  # the action_mask, renamed
     # a short legal game: player_1 takes the left column and wins
     moves = [0, 3, 1, 4, 2]
     for k, cell in enumerate(moves):
