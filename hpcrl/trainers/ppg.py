@@ -182,7 +182,8 @@ class PPGTrainer(PPOTrainer):
         self.n_pi, self.aux_epochs, self.aux_minibatches = n_pi, aux_epochs, aux_minibatches
         self.beta_clone, self.aux_critic_coef = float(beta_clone), float(aux_critic_coef)
         self.aux_lr = self.lr if aux_lr is None else float(aux_lr)
-        self.aux_buffer_bytes = int(float(aux_buffer_mb) * _MiB)
+        self.aux_buffer_mb = float(aux_buffer_mb)
+        self.aux_buffer_bytes = int(self.aux_buffer_mb * _MiB)
         self.aux_optimizer = make_adam(self._params, lr=self.aux_lr, eps=self.optimizer.param_groups[0]["eps"])
         self._kept: list[dict[str, Any]] = []
         self._kept_bytes = 0
@@ -279,9 +280,9 @@ class PPGTrainer(PPOTrainer):
         if need <= self.aux_buffer_bytes:
             return
         raise ValueError(
-            f"ppg trainer: the batches kept for the auxiliary phase would take {need / _MiB:.1f} MiB "
+            f"ppg trainer: the batches kept for the auxiliary phase would take {need / _MiB:.3g} MiB "
             f"({'after batch ' + str(held + 1) if held else str(self.n_pi) + ' batches'} of n_pi={self.n_pi}, "
-            f"{size / _MiB:.2f} MiB each), over trainer.args.aux_buffer_mb={self.aux_buffer_bytes / _MiB:g}; "
+            f"this one {size / _MiB:.3g} MiB), over trainer.args.aux_buffer_mb={self.aux_buffer_mb:g}; "
             f"raise aux_buffer_mb (the memory is on the trainer's device) or lower trainer.args.n_pi or the "
             f"batch size"
         )
