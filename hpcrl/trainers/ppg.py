@@ -377,9 +377,9 @@ class PPGTrainer(PPOTrainer):
             bad = local_bad
         if bad:
             if self.nonfinite == "stop":
+                said = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) or "on another trainer rank"
                 raise NonFiniteError(
-                    f"ppg trainer: non-finite auxiliary-phase loss or gradient ("
-                    f"{', '.join(f'{k}={float(v):.4g}' for k, v in terms.items()) or 'on another trainer rank'}) "
+                    f"ppg trainer: non-finite auxiliary-phase loss or gradient ({said}) "
                     f"in auxiliary phase {self._aux_phases + 1}"
                 )
             self.aux_optimizer.zero_grad(set_to_none=True)

@@ -255,14 +255,23 @@ def test_a_policy_without_the_aux_head_is_refused_at_the_first_step() -> None:
 
 
 def test_nonfinite_aux_update_is_skipped_or_stops() -> None:
-    policy = aux_policy()
-    batch = batch_for(policy)
-    batch.reward[:] = np.nan
-    trainer = PPGTrainer(policy, n_pi=1, aux_epochs=1, aux_minibatches=2)
-    res = trainer.step(batch)
-    assert res.skipped and res.stats["ppg_skipped_updates"] == 2.0 and policy.version == 0
-    trainer.nonfinite = "stop"
+    """A non-finite auxiliary loss (here: a kept batch's targets corrupted after its PPO step) skips the update,
+    counted in the stats; with ``nonfinite = "stop"`` it raises, naming the auxiliary phase."""
     from hpcrl.api.trainer import NonFiniteError
 
-    with pytest.raises(NonFiniteError):
+    policy = aux_policy()
+    batch = batch_for(policy)
+    trainer = PPGTrainer(policy, n_pi=2, aux_epochs=1, aux_minibatches=2)
+    trainer.step(batch)
+    trainer._kept[0]["ret"][:] = float("nan")
+    before = weights(policy)
+    res = trainer.step(batch)
+    assert res.stats["ppg_skipped_updates"] == 2.0 and res.stats["ppg_updates"] == 0.0
+    assert policy.version == 2  # the two PPO steps; the phase changed nothing
+    assert not res.skipped and res.stats["updates"] > 0
+    assert any(not torch.equal(before[k], w) for k, w in weights(policy).items())  # the PPO update only
+    trainer.nonfinite = "stop"
+    trainer.step(batch)
+    trainer._kept[0]["ret"][:] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"non-finite auxiliary-phase loss or gradient \(aux_value_loss=nan"):
         trainer.step(batch)
