@@ -67,3 +67,21 @@ def test_resumed_run_starts_a_new_phase(tmp_path: Path, clean_env: dict[str, str
     phases = np.asarray(stats["ppg_phase"], np.float64)
     first_phase = int(np.flatnonzero(np.isfinite(phases))[0])
     assert first_phase == 2 and phases[first_phase] > 1  # the phase count continues from the checkpoint
+
+
+def test_memory_cap_stops_the_mpi_job_with_the_sizes(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    """A cap too small for n_pi batches stops the 5-rank job at the first step (no rank left waiting)."""
+    proc, _, _ = run_hpcrl(
+        clean_env,
+        tmp_path / "cap",
+        *SHORT,
+        "trainer.args.aux_buffer_mb=0.001",
+        "layout.trainers=2",
+        "layout.inference=1",
+        ranks=5,
+        config=PPG,
+        timeout=120,
+    )
+    assert proc.returncode != 0, explain(proc)
+    assert "FATAL: ValueError: ppg trainer: the batches kept for the auxiliary phase would take" in proc.stderr
+    assert "(2 batches of n_pi=2, this one" in proc.stderr and "trainer.args.aux_buffer_mb=0.001" in proc.stderr
