@@ -164,6 +164,7 @@ class PPGTrainer(PPOTrainer):
         aux_buffer_mb: float = 1024.0,
         **kwargs: Any,
     ) -> None:
+        _check_names(kwargs)
         super().__init__(policy, aux_value_coef=aux_value_coef, **kwargs)
         checks = {
             "n_pi": isinstance(n_pi, int) and not isinstance(n_pi, bool) and n_pi >= 1,
@@ -413,6 +414,21 @@ class PPGTrainer(PPOTrainer):
                 for group in self.aux_optimizer.param_groups:
                     group.update(fused=False, foreach=True)
         self._aux_phases = int(checkpoint.get("aux_phases", 0))
+
+
+def _check_names(kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` naming an argument that is neither PPG's nor PPO's (with the closest name)."""
+    import difflib
+    import inspect
+
+    ppo = [n for n in inspect.signature(PPOTrainer.__init__).parameters if n not in ("self", "policy")]
+    ppg = [n for n in inspect.signature(PPGTrainer.__init__).parameters if n not in ("self", "policy", "kwargs")]
+    known = sorted(set(ppo) | set(ppg))
+    for name in kwargs:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"ppg trainer: unknown argument {name!r}{hint}; the arguments are {known}")
 
 
 def _gather(kept: list[dict[str, Any]], owner: torch.Tensor, local: torch.Tensor, axis: int) -> dict[str, Any]:

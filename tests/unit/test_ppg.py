@@ -252,6 +252,9 @@ def test_a_policy_without_the_aux_head_is_refused_at_the_first_step() -> None:
         PPGTrainer(policy, n_pi=0)
     with pytest.raises(ValueError, match="bad aux_buffer_mb=0"):
         PPGTrainer(policy, aux_buffer_mb=0)
+    with pytest.raises(TypeError, match=r"ppg trainer: unknown argument 'n_pii' \(did you mean 'n_pi'\?\)"):
+        PPGTrainer(policy, n_pii=3)
+    assert PPGTrainer(policy, epochs=2, target_kl=0.1).epochs == 2  # PPO's arguments pass through
 
 
 def test_nonfinite_aux_update_is_skipped_or_stops() -> None:
