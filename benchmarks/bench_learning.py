@@ -1,6 +1,6 @@
 """Learning benchmarks: does hpcrl's PPO (and PPG) learn what it should, and how fast?
 
-    python -m benchmarks.bench_learning                  # every target, about 8 min on 2 quiet cores (ppg: 4)
+    python -m benchmarks.bench_learning                  # every target, about 9 min on 2 quiet cores (ppg: 5)
     python -m benchmarks.bench_learning --quick          # smoke, < 2 min (verdicts not meaningful)
     python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
 
