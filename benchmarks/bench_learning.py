@@ -1,6 +1,6 @@
-"""Learning benchmarks: does hpcrl's PPO learn what it should, and how fast?
+"""Learning benchmarks: does hpcrl's PPO (and PPG) learn what it should, and how fast?
 
-    python -m benchmarks.bench_learning                  # every target, about 7 min on 2 quiet cores
+    python -m benchmarks.bench_learning                  # every target, about 12 min on 2 quiet cores (ppg: 5)
     python -m benchmarks.bench_learning --quick          # smoke, < 2 min (verdicts not meaningful)
     python -m benchmarks.bench_learning --only cartpole --seeds 1,2,3,4,5
 
@@ -29,6 +29,13 @@ Targets (each prints a table and one PASS/FAIL line, and becomes one row):
    masks (examples/tictactoe/ppo.yaml, 150k learner moves; the learner's side is drawn per game). The
    trained policy, playing deterministically, must win >= 80% of 1,000 fresh games (a random player wins
    about 43% and loses about 44%); the env raises on an illegal move, so the run also shows that masks hold.
+6. ``ppg``: the PPG trainer (docs/ppg.md). CartPole-v1 with examples/cartpole/ppg.yaml must reach a
+   last-100 mean of 475 within 200k frames (seed ``--seed``); then Acrobot-v1 with PPO
+   (benchmarks/configs/acrobot_ppo.yaml) and with PPG (the same file and PPO arguments, plus
+   ``trainer.type_=ppg``, the auxiliary head and :data:`PPG_ARM`), 200k frames each: frames to a
+   last-100 mean of -100 and the final last-100 mean of both, side by side. The comparison is reported;
+   the verdict asks PPG to reach both goals within the budget. LunarLander would be the harder task of
+   choice, but it needs box2d, which is not a dependency.
 
 All runs but ``cartpole-mpi3`` are single-process (``hpcrl.roles.local.run_local``), one torch thread, one after the
 other. ``--quick`` shrinks every budget to a smoke run; its PASS/FAIL lines are marked ``[quick]`` and
@@ -64,7 +71,18 @@ PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
 QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
 TICTACTOE_YAML = EXAMPLES / "tictactoe" / "ppo.yaml"
 
-TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart", "tictactoe")
+CARTPOLE_PPG_YAML = EXAMPLES / "cartpole" / "ppg.yaml"
+ACROBOT_PPO_YAML = ROOT / "benchmarks" / "configs" / "acrobot_ppo.yaml"
+#: what turns the Acrobot PPO arm into the PPG arm (every PPO argument stays as it is)
+PPG_ARM = [
+    "trainer.type_=ppg",
+    "policy.args.auxiliary_head=true",
+    "trainer.args.n_pi=8",
+    "trainer.args.aux_epochs=6",
+    "trainer.args.aux_minibatches=8",
+]
+
+TARGETS = ("cartpole", "cartpole-mpi3", "memory", "pendulum", "quickstart", "tictactoe", "ppg")
 
 
 # ====================================================================== output helpers
@@ -404,6 +422,60 @@ def bench_tictactoe(args: Any, work: Path) -> dict[str, Any]:
     }
 
 
+def bench_ppg(args: Any, work: Path) -> dict[str, Any]:
+    """Target 6: PPG solves CartPole within 200k frames; PPG against PPO on Acrobot-v1 (same PPO arguments)."""
+    budget = 20_000 if args.quick else 200_000
+    seed = args.seed
+    common = [f"experiment.seed={seed}", f"experiment.total_frames={budget}"]
+    cart = run_hpcrl(CARTPOLE_PPG_YAML, common, work / "ppg-cartpole")
+    f475, s475 = to_threshold(cart, 475.0)
+    print(f"  ppg cartpole: frames-to-475 {fmt(f475)}, final {cart.last_mean():.1f}", flush=True)
+    out: dict[str, Any] = {
+        "budget_frames": budget,
+        "seed": seed,
+        "cartpole": {
+            "frames_to_475": f475,
+            "seconds_to_475": s475,
+            "final_mean_last_100": cart.last_mean(),
+            "wall_seconds": round(cart.wall_seconds, 2),
+            "aux_phases": int(np.nanmax(cart.stats.get("ppg_phase", [0.0]))),
+            "curve": curve(cart),
+        },
+    }
+    rows = [["cartpole", "ppg", f475, s475, cart.last_mean(), None, cart.wall_seconds]]
+    for arm, extra in (("ppo", []), ("ppg", PPG_ARM)):
+        run = run_hpcrl(ACROBOT_PPO_YAML, [*common, *extra], work / f"acrobot-{arm}")
+        f100, s100 = to_threshold(run, -100.0)
+        mean_all = float(run.returns.mean()) if len(run.returns) else math.nan
+        out[f"acrobot_{arm}"] = {
+            "frames_to_minus_100": f100,
+            "seconds_to_minus_100": s100,
+            "final_mean_last_100": run.last_mean(),
+            "mean_return_all_episodes": mean_all,
+            "episodes": len(run.returns),
+            "wall_seconds": round(run.wall_seconds, 2),
+            "curve": curve(run),
+        }
+        rows.append(["acrobot", arm, f100, s100, run.last_mean(), mean_all, run.wall_seconds])
+        print(f"  acrobot {arm}: frames-to--100 {fmt(f100)}, final {run.last_mean():.1f}", flush=True)
+    print_table(
+        f"PPG: CartPole-v1 ({CARTPOLE_PPG_YAML.relative_to(ROOT)}) and Acrobot-v1 PPO vs PPG "
+        f"({ACROBOT_PPO_YAML.relative_to(ROOT)}), budget {budget:,} frames, seed {seed}",
+        ["task", "trainer", "frames-to-goal", "sec-to-goal", "final last-100", "mean all episodes", "wall s"],
+        rows,
+    )
+    ppo, ppg = out["acrobot_ppo"], out["acrobot_ppg"]
+    f100 = ppg["frames_to_minus_100"]
+    ok = f475 is not None and f475 <= budget and f100 is not None and f100 <= budget
+    detail = (
+        f"PPG CartPole frames-to-475 {fmt(f475)} (budget {budget:,}); Acrobot frames-to--100 PPG {fmt(f100)} "
+        f"(need one within the budget) vs PPO {fmt(ppo['frames_to_minus_100'])}, final last-100 PPG "
+        f"{ppg['final_mean_last_100']:.1f} vs PPO {ppo['final_mean_last_100']:.1f}"
+    )
+    out["verdict"] = verdict("ppg", ok, detail, args.quick)
+    return out
+
+
 BENCHES = {
     "cartpole": bench_cartpole,
     "cartpole-mpi3": bench_cartpole_mpi3,
@@ -411,6 +483,7 @@ BENCHES = {
     "pendulum": bench_pendulum,
     "quickstart": bench_quickstart,
     "tictactoe": bench_tictactoe,
+    "ppg": bench_ppg,
 }
 
 
@@ -430,6 +503,7 @@ _ROWS: dict[str, tuple[str, str, bool]] = {
         "",
         True,
     ),
+    "ppg": ("PPG (examples/cartpole/ppg.yaml), CartPole-v1 frames to last-100 mean >= 475", "frames", False),
 }
 
 
@@ -450,6 +524,10 @@ def _row(name: str, out: dict[str, Any]) -> Row:
         value, goal, text = out["final_mean_last_100"], -250.0, ">= -250"
     elif name == "tictactoe":
         value, goal, text = out["win_rate"], 0.8, ">= 0.8 of 1,000 games"
+    elif name == "ppg":
+        f475 = out["cartpole"]["frames_to_475"]
+        value = None if f475 is None else float(f475)
+        goal, text = float(out["budget_frames"]), f"within {out['budget_frames']:,} frames (Acrobot: PPG vs PPO)"
     else:
         value, goal, text = out["centralized"]["coin_probe"]["value_coin1_minus_coin0"], 0.5, ">= 0.5"
     return Row(

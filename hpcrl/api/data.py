@@ -3,7 +3,8 @@
 * :class:`RolloutRequest`: observations an actor sends to the policy; :class:`RolloutResult`: the answer.
 * :class:`SampleBatch`: trajectories an actor sends to the trainer.
 * :class:`AnalyzedResult`: what ``policy.analyze(sample, target="ppo" | "vtrace")`` returns to the
-  built-in trainers.
+  built-in trainers; :class:`PPGAuxResult`: what ``analyze(sample, target="ppg_aux")`` returns to the
+  ``ppg`` trainer's auxiliary phase.
 
 All of them are batched on the leading dims: ``(B, ...)`` for requests and results (rows may come from
 different agents of different envs), ``(T + 1, B, ...)`` (time, batch) for sample batches. How a
@@ -26,7 +27,7 @@ from hpcrl.api.namedarray import NamedArray
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RolloutRequest", "RolloutResult", "SampleBatch", "AnalyzedResult"]
+__all__ = ["RolloutRequest", "RolloutResult", "SampleBatch", "AnalyzedResult", "PPGAuxResult"]
 
 
 class RolloutRequest(NamedArray):
@@ -108,3 +109,27 @@ class AnalyzedResult:
     entropy: torch.Tensor
     value: torch.Tensor
     aux_value: torch.Tensor | None = None
+
+
+@dataclasses.dataclass
+class PPGAuxResult:
+    """What ``policy.analyze(sample, target="ppg_aux", old_dist_params=None)`` returns to the ``ppg`` trainer.
+
+    The auxiliary phase of phasic policy gradient (:mod:`hpcrl.trainers.ppg`) asks for it twice: once without
+    gradients and without ``old_dist_params``, at the start of the phase, to store the action distribution
+    the policy must stay close to; then on every minibatch with ``old_dist_params`` (those stored
+    parameters, same rows), to get the KL term. For a sample whose leaves are ``(T', B, ...)``:
+
+    Attributes:
+        dist_params: ``(T', B, P)``: the current action distribution's parameters, in whatever layout the
+            policy's ``kl`` reads back (the built-in policies: normalised log-probabilities for discrete
+            actions, the mean and log standard deviation for Gaussian ones).
+        value: ``(T', B, value_dim)``: current critic values.
+        aux_value: ``(T', B, value_dim)`` from the auxiliary value head (PPG distils the value into it).
+        kl: ``(T', B)``: ``KL(old || current)`` per row, given ``old_dist_params``; ``None`` without them.
+    """
+
+    dist_params: torch.Tensor
+    value: torch.Tensor
+    aux_value: torch.Tensor | None
+    kl: torch.Tensor | None = None

@@ -202,8 +202,10 @@ class Policy(abc.ABC):
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> Any:
         """Recompute what the ``target`` trainer needs (log-probs, values, ...) on ``sample``.
 
-        The built-in trainers call it with ``target="ppo"`` (also for ``vtrace``) and expect an
-        :class:`~hpcrl.api.data.AnalyzedResult`; a custom trainer defines what it expects.
+        The built-in trainers call it with ``target="ppo"`` (also for ``vtrace`` and the policy phase of
+        ``ppg``) and expect an :class:`~hpcrl.api.data.AnalyzedResult`; the auxiliary phase of ``ppg``
+        calls it with ``target="ppg_aux"`` and expects a :class:`~hpcrl.api.data.PPGAuxResult`. A custom
+        trainer defines what it expects.
         """
 
     @abc.abstractmethod

@@ -155,6 +155,7 @@ ALL_TRAINERS: Registry[Trainer] = Registry("trainer")
 for _name, _target in {
     "ppo": "hpcrl.trainers.ppo:PPOTrainer",
     "vtrace": "hpcrl.trainers.ppo:make_vtrace",
+    "ppg": "hpcrl.trainers.ppg:PPGTrainer",
     "null": "hpcrl.trainers.null:NullTrainer",
 }.items():
     ALL_TRAINERS.register(_name, _target)

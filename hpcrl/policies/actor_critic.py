@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpcrl.api.data import AnalyzedResult, RolloutRequest, RolloutResult, SampleBatch
+from hpcrl.api.data import AnalyzedResult, PPGAuxResult, RolloutRequest, RolloutResult, SampleBatch
 from hpcrl.api.environment import AVAILABLE_ACTION, Action
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import SingleModelPytorchPolicy
@@ -553,7 +553,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             t = t.cpu()
         return t.contiguous().numpy()
 
-    def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> AnalyzedResult:
+    def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> AnalyzedResult | PPGAuxResult:
         """Re-evaluate every row of ``sample`` with the current weights (gradients follow the caller).
 
         Recurrent policies replay the GRU over time from ``policy_state`` at row 0,
@@ -563,19 +563,24 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             sample: leaves ``(T', B, ...)`` (numpy or torch): ``obs``, ``action.x``, and for
                 recurrent policies ``policy_state`` and ``on_reset``. ``T'`` is whatever the
                 trainer passes (``T + 1`` rows, or ``1`` row of flattened samples for an MLP).
-            target: ``"ppo"`` (also ``"vtrace"``): what to compute.
-            **kwargs: unused.
+            target: ``"ppo"`` (also ``"vtrace"``) or ``"ppg_aux"`` (the ``ppg`` trainer's auxiliary phase).
+            **kwargs: ``old_dist_params`` (``ppg_aux`` only): the ``dist_params`` of an earlier call on the
+                same rows, to get ``kl``.
 
         Returns:
-            :class:`~hpcrl.api.data.AnalyzedResult` with ``log_prob`` ``(T', B)``,
+            ``ppo``/``vtrace``: :class:`~hpcrl.api.data.AnalyzedResult` with ``log_prob`` ``(T', B)``,
             ``entropy`` ``(T', B)``, ``value`` ``(T', B, value_dim)`` and ``aux_value``
             (same shape, or ``None`` without the auxiliary head), torch tensors on the model's device.
+            ``ppg_aux``: :class:`~hpcrl.api.data.PPGAuxResult` (``dist_params``, ``value``, ``aux_value``,
+            and ``kl`` when ``old_dist_params`` is given).
 
         Raises:
             ValueError: unknown ``target`` or missing fields (the message names them).
         """
-        if target not in ("ppo", "vtrace"):
-            raise ValueError(f"{type(self).__name__}.analyze: unknown target {target!r}; expected 'ppo' or 'vtrace'")
+        if target not in ("ppo", "vtrace", "ppg_aux"):
+            raise ValueError(
+                f"{type(self).__name__}.analyze: unknown target {target!r}; expected 'ppo', 'vtrace' or 'ppg_aux'"
+            )
         if sample.action is None or "x" not in sample.action:
             raise ValueError("analyze needs sample.action.x (the actions taken)")
         inputs = self._inputs(sample.obs)
@@ -592,6 +597,8 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         mask = self._action_mask(sample.obs, t, b)
         if mask is not None:
             dist = dist.masked(mask)
+        if target == "ppg_aux":
+            return _ppg_aux_result(out, dist, kwargs.get("old_dist_params"))
         return AnalyzedResult(
             log_prob=dist.log_prob(action),
             entropy=dist.entropy(),
@@ -614,6 +621,23 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         rng = checkpoint.get("sampler_rng")
         if rng is not None:
             self._generator().set_state(torch.as_tensor(np.asarray(rng), dtype=torch.uint8).cpu())
+
+
+def _ppg_aux_result(out: Any, dist: Any, old_dist_params: torch.Tensor | None) -> PPGAuxResult:
+    """``analyze(target="ppg_aux")``'s answer from a network output and its (masked) action distribution.
+
+    ``kl`` is given when old parameters are.
+    """
+    params = dist.params()
+    kl = None
+    if old_dist_params is not None:
+        if tuple(old_dist_params.shape) != tuple(params.shape):
+            raise ValueError(
+                f"analyze(target='ppg_aux'): old_dist_params has shape {tuple(old_dist_params.shape)}, "
+                f"expected {tuple(params.shape)} (the dist_params of the same rows)"
+            )
+        kl = dist.kl_from(old_dist_params)
+    return PPGAuxResult(dist_params=params, value=out.value, aux_value=out.aux_value, kl=kl)
 
 
 def make_separate(**kwargs: Any) -> ActorCriticPolicy:

@@ -85,6 +85,14 @@ class ActionDistribution(abc.ABC):
             f"{type(self).__name__} (continuous actions) cannot be masked"
         )
 
+    def params(self) -> torch.Tensor:
+        """The distribution's parameters as one tensor ``(*batch, P)`` (what :meth:`kl_from` reads back)."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its parameters (needed by the ppg trainer)")
+
+    def kl_from(self, old_params: torch.Tensor) -> torch.Tensor:
+        """``KL(old || self)`` per row ``(*batch)``, ``old`` given by an earlier :meth:`params` of the same kind."""
+        raise NotImplementedError(f"{type(self).__name__} has no KL divergence (needed by the ppg trainer)")
+
 
 def _sample_index(
     log_probs: torch.Tensor, generator: torch.Generator | None, mask: torch.Tensor | None = None
@@ -107,6 +115,13 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
     """``-sum(p log p)`` over the last dim (log-probs clamped to the dtype's minimum, so ``0 * -inf`` is 0)."""
     lp = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)
     return -(lp.exp() * lp).sum(-1)
+
+
+def _kl(old_log_probs: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """``sum(p_old (log p_old - log p))`` over the last dim; log-probs clamped so that ``0 * (-inf)`` is 0."""
+    low = torch.finfo(log_probs.dtype).min
+    old = old_log_probs.clamp(min=low)
+    return (old.exp() * (old - log_probs.clamp(min=low))).sum(-1)
 
 
 class CategoricalDistribution(ActionDistribution):
@@ -149,6 +164,14 @@ class CategoricalDistribution(ActionDistribution):
     def entropy(self) -> torch.Tensor:
         """Entropy per row."""
         return _entropy(self.log_probs)
+
+    def params(self) -> torch.Tensor:
+        """The normalised log-probabilities ``(*batch, n)``."""
+        return self.log_probs
+
+    def kl_from(self, old_params: torch.Tensor) -> torch.Tensor:
+        """``sum(p_old (log p_old - log p))`` per row (log-probs clamped as in :meth:`entropy`)."""
+        return _kl(old_params, self.log_probs)
 
 
 class MultiCategoricalDistribution(ActionDistribution):
@@ -193,6 +216,15 @@ class MultiCategoricalDistribution(ActionDistribution):
         """Sum of the components' entropies."""
         return torch.stack([d.entropy() for d in self.parts], dim=-1).sum(-1)
 
+    def params(self) -> torch.Tensor:
+        """The components' normalised log-probabilities, concatenated: ``(*batch, sum(nvec))``."""
+        return torch.cat([d.log_probs for d in self.parts], dim=-1)
+
+    def kl_from(self, old_params: torch.Tensor) -> torch.Tensor:
+        """Sum of the components' KL divergences."""
+        olds = torch.split(old_params, [d.log_probs.shape[-1] for d in self.parts], -1)
+        return torch.stack([_kl(o, d.log_probs) for o, d in zip(olds, self.parts)], dim=-1).sum(-1)
+
 
 class DiagGaussianDistribution(ActionDistribution):
     """A diagonal Gaussian over ``dim`` continuous components (unbounded; the env clips).
@@ -225,6 +257,17 @@ class DiagGaussianDistribution(ActionDistribution):
     def entropy(self) -> torch.Tensor:
         """Entropy summed over components: ``sum(1/2 + log sqrt(2 pi) + log std)``."""
         return (self.log_std + (0.5 + _HALF_LOG_2PI)).expand_as(self.mean).sum(-1)
+
+    def params(self) -> torch.Tensor:
+        """``(*batch, 2 dim)``: the mean, then the log standard deviation."""
+        return torch.cat([self.mean, self.log_std.expand_as(self.mean)], dim=-1)
+
+    def kl_from(self, old_params: torch.Tensor) -> torch.Tensor:
+        """``sum(log(std / std_old) + (std_old^2 + (mean_old - mean)^2) / (2 std^2) - 1/2)`` per row."""
+        old_mean, old_log_std = old_params.chunk(2, dim=-1)
+        var = self.std * self.std
+        kl = self.log_std - old_log_std + ((2.0 * old_log_std).exp() + (old_mean - self.mean) ** 2) / (2.0 * var) - 0.5
+        return kl.sum(-1)
 
 
 def linear_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,8 @@ YAMLS: dict[str, list[str]] = {
     "examples/quickstart/exp.yaml": [],
     "benchmarks/configs/cartpole_ppo.yaml": [],
     "examples/cartpole/ppo.yaml": [],
+    "examples/cartpole/ppg.yaml": [],
+    "benchmarks/configs/acrobot_ppo.yaml": [],
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],
     "examples/mujoco/halfcheetah.yaml": [],
