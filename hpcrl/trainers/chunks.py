@@ -130,7 +130,7 @@ def split_time(x: torch.Tensor, chunk_len: int) -> torch.Tensor:
 
 
 def chunk_batch(
-    lean: SampleBatch, rows: dict[str, torch.Tensor], t_len: int, chunk_len: int, burn_in: int
+    lean: SampleBatch, rows: dict[str, torch.Tensor], t_len: int, chunk_len: int | None, burn_in: int
 ) -> tuple[SampleBatch, dict[str, torch.Tensor]]:
     """Cut a recurrent trainer batch into chunks (see the module docstring).
 
@@ -139,7 +139,7 @@ def chunk_batch(
             ``(T + 1, B, ...)`` or ``(T, B, ...)`` (torch).
         rows: per-decision-row tensors ``(T, B, ...)``; ``rows["mask"]`` is the bool decision mask.
         t_len: ``T``.
-        chunk_len: steps per chunk (divides ``T``).
+        chunk_len: steps per chunk (divides ``T``), or ``None``: one chunk of ``T`` steps.
         burn_in: leading rows of each chunk that get no loss (``mask`` is False there).
 
     Returns:
@@ -147,6 +147,7 @@ def chunk_batch(
         row 0 is the ``policy_state`` stored at that row of the fragment.
     """
     check_fragment(chunk_len, burn_in, t_len, "the batch's fragment length")
+    chunk_len = chunk_len or t_len
     out_lean = lean[:t_len].apply(lambda x: split_time(x, chunk_len))
     out = {k: split_time(v, chunk_len) for k, v in rows.items()}
     if burn_in:

@@ -286,7 +286,7 @@ class PPOTrainer(Trainer):
             units = b
             if self.chunk_len is not None or self.burn_in:
                 t_rows = self.chunk_len or t_len
-                lean, rows = chunk_batch(lean, rows, t_len, t_rows, self.burn_in)
+                lean, rows = chunk_batch(lean, rows, t_len, self.chunk_len, self.burn_in)
                 units = int(rows["mask"].shape[1])
         else:
             units = t_len * b

@@ -365,6 +365,10 @@ def test_trainer_checks_chunks_itself() -> None:
     trainer = PPOTrainer(policy, chunk_len=5)
     with pytest.raises(ValueError, match=r"trainer.args.chunk_len: 5 does not divide the batch's fragment length 16"):
         trainer.step(synthetic_batch(policy, t=16, b=2))
+    with pytest.raises(
+        ValueError, match=r"trainer.args.burn_in: 16 must be smaller than the batch's fragment length 16"
+    ):
+        PPOTrainer(policy, burn_in=16).step(synthetic_batch(policy, t=16, b=2))
     mlp = make("actor-critic-separate", obs_dim=4, action_dim=3)
     assert isinstance(mlp, ActorCriticPolicy)
     with pytest.raises(ValueError, match=r"apply to recurrent policies only; ActorCriticPolicy has no policy state"):
