@@ -13,9 +13,9 @@ Targets (each prints a table and one PASS/FAIL line, and becomes one row):
    wall-clock seconds-to-475 per seed, and the final last-100 mean. ``cartpole-mpi3``: the same run
    under ``mpiexec -n 3`` (one trainer, one inference and one actor rank; acting overlaps training)
    must solve it within the same budget (first seed).
-2. ``memory``: the memory task (examples/memory/{gru,mlp}.yaml, delay 8, 4 symbols): the GRU policy's
-   success rate (= mean return, reward 1 for the right answer) over the last 100 episodes is >= 95%;
-   the MLP policy stays at chance (25% +- 10 points).
+2. ``memory``: the memory task (examples/memory/{gru,lstm,mlp}.yaml, delay 8, 4 symbols): the GRU and
+   the LSTM policy's success rates (= mean return, reward 1 for the right answer) over the last 100
+   episodes are >= 95%; the MLP policy stays at chance (25% +- 10 points).
 3. ``pendulum``: Pendulum-v1 with a Gaussian policy (examples/pendulum/ppo.yaml, 200k frames): last-100
    mean return >= -250.
 4. ``quickstart``: the quick-start multi-agent env (examples/quickstart/exp.yaml). Three arms: the
@@ -66,6 +66,7 @@ __all__ = ["TARGETS", "main", "run"]
 EXAMPLES = ROOT / "examples"
 CARTPOLE_EXAMPLE = EXAMPLES / "cartpole" / "ppo.yaml"  # the README main job: the learning target
 MEMORY_GRU_YAML = EXAMPLES / "memory" / "gru.yaml"
+MEMORY_LSTM_YAML = EXAMPLES / "memory" / "lstm.yaml"
 MEMORY_MLP_YAML = EXAMPLES / "memory" / "mlp.yaml"
 PENDULUM_YAML = EXAMPLES / "pendulum" / "ppo.yaml"
 QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
@@ -210,19 +211,19 @@ def bench_cartpole_mpi3(args: Any, work: Path) -> dict[str, Any]:
 
 
 def bench_memory(args: Any, work: Path) -> dict[str, Any]:
-    """Target 2: GRU >= 95% success on the memory task; MLP about chance."""
+    """Target 2: GRU and LSTM >= 95% success on the memory task; MLP about chance."""
     budget = 15_000 if args.quick else 100_000
     out: dict[str, Any] = {"budget_frames": budget}
     rows = []
     env_args = config.load(MEMORY_GRU_YAML).environment.args
     chance = 1.0 / float(env_args.get("n_symbols", 4))
-    for name, path in (("gru", MEMORY_GRU_YAML), ("mlp", MEMORY_MLP_YAML)):
+    for name, path in (("gru", MEMORY_GRU_YAML), ("lstm", MEMORY_LSTM_YAML), ("mlp", MEMORY_MLP_YAML)):
         run = run_hpcrl(
             path, [f"experiment.seed={args.seed}", f"experiment.total_frames={budget}"], work / f"mem-{name}"
         )
         f95, s95 = to_threshold(run, 0.95)
         success = run.last_mean()
-        rows.append([name, success, f95, len(run.returns), run.wall_seconds, run.summary["fps"]])
+        rows.append([name, success, f95, s95, len(run.returns), run.wall_seconds, run.summary["fps"]])
         out[name] = {
             "success_last_100": success,
             "frames_to_95": f95,
@@ -235,14 +236,16 @@ def bench_memory(args: Any, work: Path) -> dict[str, Any]:
         print(f"  memory {name}: success {success:.3f}", flush=True)
     print_table(
         f"Memory task {env_args} (chance {chance:.2f}), budget {budget:,} frames, seed {args.seed}",
-        ["policy", "success last-100", "frames-to-95%", "episodes", "wall s", "fps"],
+        ["policy", "success last-100", "frames-to-95%", "sec-to-95%", "episodes", "wall s", "fps"],
         rows,
     )
-    gru, mlp = out["gru"]["success_last_100"], out["mlp"]["success_last_100"]
-    ok = gru >= 0.95 and abs(mlp - chance) <= 0.10
-    detail = f"GRU success {gru:.3f} (need >= 0.95), MLP {mlp:.3f} (need {chance:.2f} +- 0.10)"
+    gru, lstm, mlp = (out[k]["success_last_100"] for k in ("gru", "lstm", "mlp"))
+    out["gru_pass"] = gru >= 0.95 and abs(mlp - chance) <= 0.10  # the result rows' verdicts
+    out["lstm_pass"] = lstm >= 0.95
+    ok = out["gru_pass"] and out["lstm_pass"]
+    detail = f"GRU success {gru:.3f}, LSTM {lstm:.3f} (need >= 0.95), MLP {mlp:.3f} (need {chance:.2f} +- 0.10)"
     out["chance"] = chance
-    out["verdict"] = verdict("memory-gru-vs-mlp", ok, detail, args.quick)
+    out["verdict"] = verdict("memory-gru-lstm-vs-mlp", ok, detail, args.quick)
     return out
 
 
@@ -496,6 +499,7 @@ _ROWS: dict[str, tuple[str, str, bool]] = {
     ),
     "cartpole-mpi3": ("the same under mpiexec -n 3 (trainer, inference, actor rank), frames to 475", "frames", False),
     "memory": ("memory task (examples/memory/gru.yaml), GRU success rate over the last 100 episodes", "", True),
+    "memory-lstm": ("memory task (examples/memory/lstm.yaml), LSTM success rate over the last 100 episodes", "", True),
     "pendulum": ("Pendulum-v1 (examples/pendulum/ppo.yaml), last-100 mean return", "", True),
     "quickstart": ("quick-start multi-agent: centralized critic's V(coin=1) - V(coin=0)", "", True),
     "tictactoe": (
@@ -511,6 +515,7 @@ def _row(name: str, out: dict[str, Any]) -> Row:
     """The target's row: hpcrl's value against the target value, PASS/FAIL from the target's own verdict."""
     measure, unit, higher = _ROWS[name]
     v = out["verdict"]
+    passed = bool(v["pass"])
     if name == "cartpole":
         hits = [r["frames_to_475"] for r in out["runs"]]
         value = None if None in hits else float(max(hits))
@@ -520,6 +525,10 @@ def _row(name: str, out: dict[str, Any]) -> Row:
         goal, text = float(out["budget_frames"]), f"within {out['budget_frames']:,} frames"
     elif name == "memory":
         value, goal, text = out["gru"]["success_last_100"], 0.95, ">= 0.95 (MLP at chance)"
+        passed = bool(out.get("gru_pass", passed))
+    elif name == "memory-lstm":  # a second row of the memory target
+        value, goal, text = out["lstm"]["success_last_100"], 0.95, ">= 0.95 (like the GRU)"
+        passed = bool(out["lstm_pass"])
     elif name == "pendulum":
         value, goal, text = out["final_mean_last_100"], -250.0, ">= -250"
     elif name == "tictactoe":
@@ -540,7 +549,7 @@ def _row(name: str, out: dict[str, Any]) -> Row:
         higher_is_better=higher,
         target_text=text,
         note=v["detail"],
-        passed=bool(v["pass"]),
+        passed=passed,
     )
 
 
@@ -576,6 +585,8 @@ def run(ctx: Context) -> BenchResult:
             out["bench_seconds"] = round(time.time() - t, 1)
             res.data[name] = out
             res.rows.append(_row(name, out))
+            if name == "memory":
+                res.rows.append(_row("memory-lstm", out))
     return res
 
 

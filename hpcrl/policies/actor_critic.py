@@ -1,10 +1,10 @@
-"""Actor-critic policies (separate or shared networks; discrete, multi-discrete or Gaussian actions; MLP or GRU).
+"""Actor-critic policies (separate or shared networks; discrete, multi-discrete or Gaussian actions; MLP, GRU or LSTM).
 
 Importing this module does not import torch (actor ranks unpack its NamedArray records);
 torch is imported when a policy is built. Two registered factories:
 
 * ``actor-critic-separate`` (:func:`make_separate`): actor and critic are two complete
-  networks (encoders, dense layers, GRU); no parameter is shared, even on common inputs.
+  networks (encoders, dense layers, GRU or LSTM); no parameter is shared, even on common inputs.
   With ``state_dim`` the critic reads those inputs (a centralized critic) instead of the
   actor's; ``auxiliary_head=True`` adds a PPG-style value head on the actor's features.
 * ``actor-critic-shared`` (:func:`make_shared`): one torso, a policy head and a value head.
@@ -35,10 +35,14 @@ from hpcrl.api.policy import SingleModelPytorchPolicy
 if TYPE_CHECKING:
     import torch
 
+    from hpcrl.policies.networks import RnnState
+
 __all__ = [
     "ActorCriticPolicy",
     "ActorCriticState",
     "SeparateActorCriticState",
+    "ActorCriticLSTMState",
+    "SeparateActorCriticLSTMState",
     "RolloutAnalysis",
     "make_separate",
     "make_shared",
@@ -61,6 +65,31 @@ class SeparateActorCriticState(NamedArray):
 
     actor_hx: np.ndarray
     critic_hx: np.ndarray
+
+
+class ActorCriticLSTMState(NamedArray):
+    """LSTM state of the shared variant: hidden ``hx`` and cell ``cx``, each ``(layers, 1, hidden)`` per agent."""
+
+    hx: np.ndarray
+    cx: np.ndarray
+
+
+class SeparateActorCriticLSTMState(NamedArray):
+    """LSTM states of the separate variant: hidden and cell state per network, each ``(layers, 1, hidden)``."""
+
+    actor_hx: np.ndarray
+    actor_cx: np.ndarray
+    critic_hx: np.ndarray
+    critic_cx: np.ndarray
+
+
+#: (rnn_type, shared) -> the policy state record and its fields, in the order the torsos use them.
+_STATE_RECORDS: dict[tuple[str, bool], type[NamedArray]] = {
+    ("gru", True): ActorCriticState,
+    ("gru", False): SeparateActorCriticState,
+    ("lstm", True): ActorCriticLSTMState,
+    ("lstm", False): SeparateActorCriticLSTMState,
+}
 
 
 class RolloutAnalysis(NamedArray):
@@ -268,8 +297,13 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         hidden_dim: dense layer width.
         num_dense_layers: dense layers per torso.
         activation: activation name (``tanh``, ``relu``, ...).
-        num_rnn_layers: GRU layers (0 = MLP, no policy state).
-        rnn_hidden_dim: GRU hidden size (default ``hidden_dim``).
+        num_rnn_layers: recurrent layers (0 = MLP, no policy state).
+        rnn_hidden_dim: recurrent hidden size (default ``hidden_dim``).
+        rnn_type: the recurrent cell when ``num_rnn_layers > 0``: ``"gru"`` (state ``hx``, or
+            ``actor_hx``/``critic_hx`` for the separate variant) or ``"lstm"`` (hidden and cell state:
+            ``hx``/``cx``, or ``actor_hx``/``actor_cx``/``critic_hx``/``critic_cx``).
+        chunk_len: not a policy argument here: chunked training is ``trainer.args.chunk_len``; giving it
+            raises ``ValueError`` that says so (SRL takes it as a policy argument).
         value_dim: value outputs (one per reward component).
         auxiliary_head: PPG-style auxiliary value head on the actor features (separate only).
         state_dependent_std: Gaussian log-std predicted from features instead of learned per dimension.
@@ -325,6 +359,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         activation: str = "tanh",
         num_rnn_layers: int = 0,
         rnn_hidden_dim: int | None = None,
+        rnn_type: str = "gru",
         value_dim: int = 1,
         auxiliary_head: bool = False,
         state_dependent_std: bool = False,
@@ -332,10 +367,19 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         critic_uses_obs: bool = False,
         seed: int = 0,
         device: str = "cpu",
+        chunk_len: Any = None,
     ) -> None:
         import torch
 
-        from hpcrl.policies.networks import ActorCriticNet
+        from hpcrl.policies.networks import RNN_TYPES, ActorCriticNet
+
+        if chunk_len is not None:
+            raise ValueError(
+                f"policy.args.chunk_len={chunk_len!r}: chunked training of recurrent policies is a trainer "
+                f"argument in hpcrl; move it to trainer.args.chunk_len (with an optional trainer.args.burn_in)"
+            )
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"rnn_type must be one of {list(RNN_TYPES)}, got {rnn_type!r}")
 
         actor_shapes = input_shapes(obs_dim, "obs_dim")
         if not actor_shapes:
@@ -375,6 +419,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
                 bool(auxiliary_head),
                 bool(state_dependent_std),
                 float(init_log_std),
+                rnn_type,
             )
         super().__init__(net)
         self._ac_net = net
@@ -383,6 +428,8 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         self.value_dim = int(value_dim)
         self.num_rnn_layers = int(num_rnn_layers)
         self.rnn_hidden_dim = rnn_hidden
+        self.rnn_type = rnn_type
+        self._state_cls = _STATE_RECORDS[(rnn_type, self.shared)]
         self.actor_inputs = actor_shapes
         self.critic_inputs = critic_shapes if not shared else dict(actor_shapes)
         self._input_names = list(dict.fromkeys([*self.actor_inputs, *self.critic_inputs]))
@@ -401,13 +448,15 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
     # ------------------------------------------------------------------ state
     @property
     def default_policy_state(self) -> NamedArray | None:
-        """``None`` for an MLP; zero GRU state(s) ``(layers, 1, hidden)`` float32 otherwise."""
+        """``None`` for an MLP; zero recurrent state(s) ``(layers, 1, hidden)`` float32 otherwise.
+
+        One field per state tensor (see ``rnn_type``): a GRU has ``hx`` (separate: ``actor_hx``,
+        ``critic_hx``), an LSTM adds the cell state ``cx`` (separate: ``actor_cx``, ``critic_cx``).
+        """
         if self.num_rnn_layers == 0:
             return None
-        zeros = np.zeros((self.num_rnn_layers, 1, self.rnn_hidden_dim), np.float32)
-        if self.shared:
-            return ActorCriticState(hx=zeros)
-        return SeparateActorCriticState(actor_hx=zeros, critic_hx=zeros.copy())
+        shape = (self.num_rnn_layers, 1, self.rnn_hidden_dim)
+        return self._state_cls(**{name: np.zeros(shape, np.float32) for name in self._state_cls._fields})
 
     def to(self, device: Any) -> ActorCriticPolicy:
         """Move the model to ``device`` (``"auto"``: cuda when available); the sampler gets a fresh generator there."""
@@ -471,25 +520,50 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             )
         return m.reshape(t, b, n).bool()
 
-    def _states(self, state: NamedArray | None, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Row-major states ``(B, layers, hidden)`` -> GRU layout ``(layers, B, hidden)``."""
+    def _states(self, state: NamedArray | None, b: int) -> tuple[RnnState | None, RnnState | None]:
+        """Row-major states ``(B, layers, hidden)`` -> the torsos' layout ``(layers, B, hidden)``.
+
+        Returns:
+            ``(actor, critic)`` states: a GRU's tensor or an LSTM's ``(h, c)``; ``critic`` is ``None`` for
+            the shared variant, both are ``None`` for an MLP.
+        """
         if self.num_rnn_layers == 0:
             return None, None
         if state is None:
             raise ValueError(
                 "a recurrent actor-critic policy needs policy_state (rows of default_policy_state), got None"
             )
-        names = ("hx",) if self.shared else ("actor_hx", "critic_hx")
-        out = []
-        for name in names:
+        out = {}
+        for name in self._state_cls._fields:
+            if name not in state:
+                raise ValueError(
+                    f"policy_state has no field {name!r} (it has {state.keys()}); a {self.rnn_type} policy's "
+                    f"state has {list(self._state_cls._fields)}"
+                )
             t = self._tensor(state[name]).float()
             if t.shape != (b, self.num_rnn_layers, self.rnn_hidden_dim):
                 raise ValueError(
                     f"policy_state.{name} has shape {tuple(t.shape)}, expected "
                     f"({b}, {self.num_rnn_layers}, {self.rnn_hidden_dim}) (batch, layers, hidden)"
                 )
-            out.append(t.transpose(0, 1).contiguous())
-        return (out[0], None) if self.shared else (out[0], out[1])
+            out[name] = t.transpose(0, 1).contiguous()
+        if self.rnn_type == "lstm":
+            if self.shared:
+                return (out["hx"], out["cx"]), None
+            return (out["actor_hx"], out["actor_cx"]), (out["critic_hx"], out["critic_cx"])
+        return (out["hx"], None) if self.shared else (out["actor_hx"], out["critic_hx"])
+
+    def _state_record(self, actor: RnnState | None, critic: RnnState | None) -> NamedArray | None:
+        """The torsos' states after a rollout step as a policy-state record of ``(B, layers, hidden)`` rows."""
+        if actor is None:
+            return None
+        parts: list[RnnState] = [actor] if self.shared else [actor, critic]  # type: ignore[list-item]
+        tensors: list[torch.Tensor] = []
+        for part in parts:
+            tensors.extend(part if isinstance(part, tuple) else (part,))
+        return self._state_cls(
+            **{name: self._numpy(t.transpose(0, 1)) for name, t in zip(self._state_cls._fields, tensors, strict=True)}
+        )
 
     # ------------------------------------------------------------------ acting
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
@@ -533,14 +607,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
                 )
             analysis = RolloutAnalysis(log_prob=log_prob, value=self._numpy(out.value[0]))
             x = self._numpy(action[0].float() if self.continuous_action else action[0].long())
-            state: NamedArray | None = None
-            if out.actor_hx is not None:
-                ahx = self._numpy(out.actor_hx.transpose(0, 1))
-                if self.shared:
-                    state = ActorCriticState(hx=ahx)
-                else:
-                    assert out.critic_hx is not None
-                    state = SeparateActorCriticState(actor_hx=ahx, critic_hx=self._numpy(out.critic_hx.transpose(0, 1)))
+            state = self._state_record(out.actor_hx, out.critic_hx)
             return RolloutResult(action=Action(x=x), policy_state=state, analyzed_result=analysis)
 
     def _numpy(self, t: torch.Tensor) -> np.ndarray:
@@ -556,8 +623,9 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> AnalyzedResult | PPGAuxResult:
         """Re-evaluate every row of ``sample`` with the current weights (gradients follow the caller).
 
-        Recurrent policies replay the GRU over time from ``policy_state`` at row 0,
-        zeroing the state before every row with ``on_reset``.
+        Recurrent policies replay the GRU or LSTM over time from ``policy_state`` at row 0,
+        zeroing the state (an LSTM's hidden and cell state) before every row with ``on_reset``:
+        the same state the actor used, which it reset to :attr:`default_policy_state` (zeros) there.
 
         Args:
             sample: leaves ``(T', B, ...)`` (numpy or torch): ``obs``, ``action.x``, and for
@@ -565,7 +633,9 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
                 trainer passes (``T + 1`` rows, or ``1`` row of flattened samples for an MLP).
             target: ``"ppo"`` (also ``"vtrace"``) or ``"ppg_aux"`` (the ``ppg`` trainer's auxiliary phase).
             **kwargs: ``old_dist_params`` (``ppg_aux`` only): the ``dist_params`` of an earlier call on the
-                same rows, to get ``kl``.
+                same rows, to get ``kl``. ``burn_in`` (int, recurrent policies): the first ``burn_in`` rows
+                only warm up the state: the GRU/LSTM runs over them without autograd, so no gradient flows
+                back through them (the trainer gives them no loss; see :mod:`hpcrl.trainers.chunks`).
 
         Returns:
             ``ppo``/``vtrace``: :class:`~hpcrl.api.data.AnalyzedResult` with ``log_prob`` ``(T', B)``,
@@ -587,12 +657,14 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         action = self._tensor(sample.action["x"])
         t, b = int(action.shape[0]), int(action.shape[1])
         actor_hx = critic_hx = on_reset = None
+        burn_in = 0
         if self.num_rnn_layers > 0:
+            burn_in = int(kwargs.get("burn_in", 0) or 0)
             if sample.policy_state is None or sample.on_reset is None:
                 raise ValueError("a recurrent policy's analyze needs sample.policy_state and sample.on_reset")
             actor_hx, critic_hx = self._states(sample.policy_state[0], b)
             on_reset = self._tensor(sample.on_reset).reshape(t, b).bool()
-        out = self._ac_net.forward(inputs, t, b, actor_hx, critic_hx, on_reset)
+        out = self._ac_net.forward(inputs, t, b, actor_hx, critic_hx, on_reset, burn_in)
         dist = out.dist
         mask = self._action_mask(sample.obs, t, b)
         if mask is not None:

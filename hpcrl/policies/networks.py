@@ -1,4 +1,4 @@
-"""The torch modules of the actor-critic policies: input encoders, MLP/GRU torsos and the two-headed net."""
+"""The torch modules of the actor-critic policies: input encoders, MLP/GRU/LSTM torsos and the two-headed net."""
 
 from __future__ import annotations
 
@@ -15,7 +15,22 @@ from torch import nn
 
 from hpcrl.policies.distributions import ActionDistribution, linear_forward, make_action_head
 
-__all__ = ["make_activation", "InputEncoder", "NatureCNN", "Torso", "ActorCriticNet", "NetOutput"]
+__all__ = [
+    "make_activation",
+    "InputEncoder",
+    "NatureCNN",
+    "Torso",
+    "ActorCriticNet",
+    "NetOutput",
+    "RnnState",
+    "RNN_TYPES",
+]
+
+#: the recurrent cells a torso can end with (``rnn_type``).
+RNN_TYPES = ("gru", "lstm")
+
+#: a torso's recurrent state in torch layout: a GRU's ``h`` ``(layers, b, hidden)``, or an LSTM's ``(h, c)``.
+RnnState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -137,18 +152,24 @@ class InputEncoder(nn.Module):
 
 
 class Torso(nn.Module):
-    """Encoder, then ``num_dense_layers`` dense layers, then an optional GRU.
+    """Encoder, then ``num_dense_layers`` dense layers, then an optional GRU or LSTM.
 
-    Hidden dense layers use orthogonal init with gain sqrt(2) and zero bias; the GRU
-    uses orthogonal weights and zero biases.
+    Hidden dense layers use orthogonal init with gain sqrt(2) and zero bias; the recurrent
+    cell (``torch.nn.GRU`` or ``torch.nn.LSTM``) uses orthogonal weights and zero biases, except the
+    LSTM's forget-gate bias, which starts at 1 (Jozefowicz et al. 2015: the cell keeps its memory
+    from the start of training).
 
     Args:
         shapes: input name -> per-row shape.
         hidden_dim: width of the dense layers.
-        num_dense_layers: number of dense layers (0: the encoder output feeds the GRU/heads).
+        num_dense_layers: number of dense layers (0: the encoder output feeds the recurrent cell/heads).
         activation: activation name (see :func:`make_activation`).
-        num_rnn_layers: GRU layers (0: no GRU).
-        rnn_hidden_dim: GRU hidden size.
+        num_rnn_layers: recurrent layers (0: none).
+        rnn_hidden_dim: recurrent hidden size.
+        rnn_type: ``"gru"`` or ``"lstm"`` (see :data:`RNN_TYPES`).
+
+    Raises:
+        ValueError: unknown ``rnn_type``.
     """
 
     def __init__(
@@ -159,8 +180,11 @@ class Torso(nn.Module):
         activation: str,
         num_rnn_layers: int,
         rnn_hidden_dim: int,
+        rnn_type: str = "gru",
     ) -> None:
         super().__init__()
+        if rnn_type not in RNN_TYPES:
+            raise ValueError(f"rnn_type must be one of {list(RNN_TYPES)}, got {rnn_type!r}")
         self.encoder = InputEncoder(shapes)
         layers: list[nn.Module] = []
         dim = self.encoder.out_dim
@@ -173,51 +197,89 @@ class Torso(nn.Module):
         self._dense: list[nn.Linear] = [m for m in layers if isinstance(m, nn.Linear)]
         make_activation(activation)  # validates the name even without dense layers
         self._act = _FUNCTIONAL[activation]
+        # One attribute per cell type, so the parameter names (hence checkpoints) say which cell it is.
         self.gru: nn.GRU | None = None
+        self.lstm: nn.LSTM | None = None
+        self.rnn_type = rnn_type
         if num_rnn_layers > 0:
-            self.gru = nn.GRU(dim, rnn_hidden_dim, num_layers=num_rnn_layers)
-            for name, p in self.gru.named_parameters():
+            rnn: nn.GRU | nn.LSTM
+            if rnn_type == "lstm":
+                rnn = self.lstm = nn.LSTM(dim, rnn_hidden_dim, num_layers=num_rnn_layers)
+            else:
+                rnn = self.gru = nn.GRU(dim, rnn_hidden_dim, num_layers=num_rnn_layers)
+            for name, p in rnn.named_parameters():
                 if "weight" in name:
                     nn.init.orthogonal_(p)
                 else:
                     nn.init.zeros_(p)
+            if self.lstm is not None:  # forget gates start open: input-side bias 1 on gate block 1 (i, f, g, o)
+                with torch.no_grad():
+                    for layer in range(num_rnn_layers):
+                        getattr(self.lstm, f"bias_ih_l{layer}")[rnn_hidden_dim : 2 * rnn_hidden_dim].fill_(1.0)
             dim = rnn_hidden_dim
         self.out_dim = dim
 
     def forward(
-        self, inputs: Mapping[str, torch.Tensor], t: int, b: int, hx: torch.Tensor | None, on_reset: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        t: int,
+        b: int,
+        hx: RnnState | None,
+        on_reset: torch.Tensor | None,
+        burn_in: int = 0,
+    ) -> tuple[torch.Tensor, RnnState | None]:
         """Run ``t`` time steps of ``b`` rows.
 
         Args:
             inputs: name -> ``(t, b, *shape)`` (or ``(t * b, *shape)``).
             t: time steps.
             b: batch rows.
-            hx: GRU state ``(layers, b, hidden)`` before row 0 (``None`` for an MLP torso).
-            on_reset: bool ``(t, b)``: zero the GRU state before processing that row (``None``: never).
+            hx: recurrent state before row 0: a GRU's ``(layers, b, hidden)`` or an LSTM's ``(h, c)``, each
+                ``(layers, b, hidden)`` (``None`` for an MLP torso).
+            on_reset: bool ``(t, b)``: zero the recurrent state (both ``h`` and ``c`` of an LSTM) before
+                processing that row (``None``: never).
+            burn_in: run the recurrent cell over the first ``burn_in`` rows without autograd: they only warm
+                up the state, and no gradient flows back through them (their output features carry none either).
 
         Returns:
-            Features ``(t, b, F)`` and the GRU state after the last row (``None`` without GRU).
+            Features ``(t, b, F)`` and the recurrent state after the last row (``None`` without one).
         """
         x = self.encoder.forward(inputs, t * b)
         act = self._act
         for layer in self._dense:
             x = act(linear_forward(layer, x))
         x = x.reshape(t, b, -1)
-        if self.gru is None:
+        rnn: nn.Module | None = self.gru if self.gru is not None else self.lstm
+        if rnn is None:
             return x, None
         if hx is None:
-            raise ValueError("a recurrent torso needs a policy state (hx), got None")
+            raise ValueError(f"a recurrent torso ({self.rnn_type}) needs a policy state, got None")
+        if burn_in > 0:
+            if burn_in >= t:
+                raise ValueError(f"burn_in ({burn_in}) must be smaller than the rows replayed ({t})")
+            with torch.no_grad():
+                warm, hx = self._replay(rnn, x[:burn_in], hx, None if on_reset is None else on_reset[:burn_in])
+            out, hx = self._replay(rnn, x[burn_in:], hx, None if on_reset is None else on_reset[burn_in:])
+            return torch.cat([warm, out], dim=0), hx
+        return self._replay(rnn, x, hx, on_reset)
+
+    @staticmethod
+    def _replay(
+        rnn: nn.Module, x: torch.Tensor, hx: RnnState, on_reset: torch.Tensor | None
+    ) -> tuple[torch.Tensor, RnnState]:
+        """The cell over ``x`` ``(t, b, F)`` from ``hx``, zeroing the state before the rows with ``on_reset``."""
+        t = int(x.shape[0])
         if on_reset is None:
-            out, hx = self.gru(x, hx)
+            out, hx = rnn(x, hx)
             return out, hx
-        # Run the GRU over segments without resets; zero the state where a segment starts with one.
+        # Run the cell over segments without resets; zero the state where a segment starts with one.
         starts = [0] + [int(s) for s in torch.nonzero(on_reset[1:].any(dim=1)).flatten().add(1).tolist()] + [t]
         keep = (~on_reset).to(x.dtype).unsqueeze(-1)  # (t, b, 1)
         outs = []
         for s, e in itertools.pairwise(starts):
-            hx = hx * keep[s].unsqueeze(0)
-            out, hx = self.gru(x[s:e], hx)
+            k = keep[s].unsqueeze(0)
+            hx = (hx[0] * k, hx[1] * k) if isinstance(hx, tuple) else hx * k
+            out, hx = rnn(x[s:e], hx)
             outs.append(out)
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)), hx
 
@@ -230,15 +292,15 @@ class NetOutput:
         dist: action distribution, batch ``(t, b)``.
         value: ``(t, b, value_dim)``.
         aux_value: ``(t, b, value_dim)`` from the auxiliary head on the actor features, or ``None``.
-        actor_hx: actor (or shared) GRU state after the last row, or ``None``.
-        critic_hx: critic GRU state (separate variant), or ``None``.
+        actor_hx: actor (or shared) recurrent state after the last row (GRU ``h`` or LSTM ``(h, c)``), or ``None``.
+        critic_hx: critic recurrent state (separate variant), or ``None``.
     """
 
     dist: ActionDistribution
     value: torch.Tensor
     aux_value: torch.Tensor | None
-    actor_hx: torch.Tensor | None
-    critic_hx: torch.Tensor | None
+    actor_hx: RnnState | None
+    critic_hx: RnnState | None
 
 
 class ActorCriticNet(nn.Module):
@@ -253,12 +315,13 @@ class ActorCriticNet(nn.Module):
         hidden_dim: width of dense layers.
         num_dense_layers: dense layers per torso.
         activation: activation name.
-        num_rnn_layers: GRU layers per torso (0 = MLP).
-        rnn_hidden_dim: GRU hidden size.
+        num_rnn_layers: recurrent layers per torso (0 = MLP).
+        rnn_hidden_dim: recurrent hidden size.
         value_dim: outputs of the value head.
         auxiliary_head: add a value head on the actor features (separate variant only).
         state_dependent_std: see :class:`hpcrl.policies.distributions.GaussianHead`.
         init_log_std: see :class:`hpcrl.policies.distributions.GaussianHead`.
+        rnn_type: ``"gru"`` or ``"lstm"`` (see :class:`Torso`).
     """
 
     def __init__(
@@ -277,9 +340,10 @@ class ActorCriticNet(nn.Module):
         auxiliary_head: bool,
         state_dependent_std: bool,
         init_log_std: float,
+        rnn_type: str = "gru",
     ) -> None:
         super().__init__()
-        torso_args = (hidden_dim, num_dense_layers, activation, num_rnn_layers, rnn_hidden_dim)
+        torso_args = (hidden_dim, num_dense_layers, activation, num_rnn_layers, rnn_hidden_dim, rnn_type)
         self.shared = shared
         self.actor = Torso(actor_shapes, *torso_args)
         self.critic: Torso | None = None if shared else Torso(critic_shapes, *torso_args)
@@ -295,9 +359,10 @@ class ActorCriticNet(nn.Module):
         inputs: Mapping[str, torch.Tensor],
         t: int,
         b: int,
-        actor_hx: torch.Tensor | None = None,
-        critic_hx: torch.Tensor | None = None,
+        actor_hx: RnnState | None = None,
+        critic_hx: RnnState | None = None,
         on_reset: torch.Tensor | None = None,
+        burn_in: int = 0,
     ) -> NetOutput:
         """Evaluate ``(t, b)`` rows.
 
@@ -305,22 +370,23 @@ class ActorCriticNet(nn.Module):
             inputs: every named input either torso needs, leaves ``(t, b, *shape)``.
             t: time steps.
             b: batch rows.
-            actor_hx: actor/shared GRU state ``(layers, b, hidden)`` (recurrent only).
-            critic_hx: critic GRU state (separate recurrent only).
-            on_reset: bool ``(t, b)``: zero GRU states before these rows.
+            actor_hx: actor/shared recurrent state (see :meth:`Torso.forward`; recurrent only).
+            critic_hx: critic recurrent state (separate recurrent only).
+            on_reset: bool ``(t, b)``: zero recurrent states before these rows.
+            burn_in: leading rows that only warm up the recurrent states (see :meth:`Torso.forward`).
 
         Returns:
             A :class:`NetOutput`.
         """
         # Submodules' forward() are called directly (no hooks are used): on small CPU batches the
         # nn.Module call machinery costs as much as the layers themselves.
-        actor_feat, actor_hx = self.actor.forward(inputs, t, b, actor_hx, on_reset)
+        actor_feat, actor_hx = self.actor.forward(inputs, t, b, actor_hx, on_reset, burn_in)
         dist = self.action_head.forward(actor_feat)
         aux = None
         if self.aux_value_head is not None:
             aux = linear_forward(self.aux_value_head, actor_feat)
         if self.critic is not None:
-            critic_feat, critic_hx = self.critic.forward(inputs, t, b, critic_hx, on_reset)
+            critic_feat, critic_hx = self.critic.forward(inputs, t, b, critic_hx, on_reset, burn_in)
         else:
             critic_feat = actor_feat
         value = linear_forward(self.value_head, critic_feat)

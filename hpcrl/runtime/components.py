@@ -53,8 +53,12 @@ def import_user_modules(cfg: config.ExperimentConfig) -> None:
 def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentConfig, int]:
     """Probe the env once: the config with its policy spec resolved, and the env's ``agent_count``.
 
-    See :func:`fill_policy_args`. The resolved config is what the run saves and checkpoints.
+    See :func:`fill_policy_args`. The resolved config is what the run saves and checkpoints. Cross-section
+    checks that need no component (``trainer.args.chunk_len`` against ``actor.fragment_length``) come first.
     """
+    from hpcrl.trainers.chunks import check_config as check_chunks
+
+    check_chunks(cfg)
     label = env_label(cfg.environment)
     with config.building("environment", f"cannot build env {label} with args {cfg.environment.args}"):
         env = make_env(cfg.environment)

@@ -28,6 +28,9 @@ One :meth:`PPOTrainer.step` on a :class:`~hpcrl.api.data.SampleBatch` of ``T + 1
    fused kernel when the device supports it).
    For an MLP policy the minibatch's non-decision rows are dropped before ``analyze`` (the
    masked means above become plain means over the remaining rows: the same loss, less work).
+   With ``chunk_len`` (and ``burn_in``) a recurrent policy is trained on chunks of its fragments
+   instead of whole fragments (:mod:`hpcrl.trainers.chunks`): the chunks are the minibatch units,
+   each replayed from the state stored at its first row; burn-in rows are masked out of the loss.
 3. Optional KL early stop after each epoch (mean ``approx_kl`` agreed with ``sync.allreduce_mean``).
 
 The step's stats are means over its applied minibatch updates, except ``approx_kl_last_epoch``: the
@@ -56,6 +59,7 @@ import torch
 from hpcrl.api.data import AnalyzedResult, SampleBatch
 from hpcrl.api.trainer import NonFiniteError, Trainer, TrainerStepResult
 from hpcrl.trainers.adam import make_adam
+from hpcrl.trainers.chunks import check_chunk_args, chunk_batch
 from hpcrl.trainers.returns import decision_mask, gae, vtrace
 from hpcrl.trainers.schedule import check_schedule, scheduled
 
@@ -108,6 +112,11 @@ class PPOTrainer(Trainer):
         vtrace_c: V-trace ``c_bar``.
         adam_eps: Adam epsilon.
         seed: seed of the minibatch permutation generator.
+        chunk_len: recurrent policies only: train each fragment in chunks of this many steps, each replayed
+            from the policy state stored at its first step (must divide ``actor.fragment_length``); ``None``:
+            whole fragments. See :mod:`hpcrl.trainers.chunks`.
+        burn_in: recurrent policies only: the first ``burn_in`` steps of every chunk (of the fragment without
+            ``chunk_len``) only warm up the state and carry no loss; must be smaller than ``chunk_len``.
 
     Raises:
         ValueError: a bad argument (the message names it).
@@ -139,6 +148,8 @@ class PPOTrainer(Trainer):
         vtrace_c: float = 1.0,
         adam_eps: float = 1e-5,
         seed: int = 0,
+        chunk_len: int | None = None,
+        burn_in: int = 0,
     ) -> None:
         super().__init__(policy)
         if total_steps is not None:
@@ -169,6 +180,12 @@ class PPOTrainer(Trainer):
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"ppo trainer: bad {name}={locals()[name]!r}")
+        self.chunk_len, self.burn_in = check_chunk_args(chunk_len, burn_in)
+        if (self.chunk_len is not None or self.burn_in) and policy.default_policy_state is None:
+            raise ValueError(
+                f"trainer.args.chunk_len / trainer.args.burn_in apply to recurrent policies only; "
+                f"{type(policy).__name__} has no policy state (actor-critic policies: policy.args.num_rnn_layers > 0)"
+            )
         self._params = [p for p in policy.parameters() if getattr(p, "requires_grad", False)]
         if not self._params:
             raise TypeError(
@@ -269,8 +286,13 @@ class PPOTrainer(Trainer):
         rows = {"adv": adv, "ret": ret, "v_old": v_old, "old_lp": d["old_lp"][:t_len], "mask": mask}
         recurrent = self.policy.default_policy_state is not None
         lean = d["lean"]
+        t_rows = t_len if recurrent else 1  # rows per sequence that _update trains on
         if recurrent:
             units = b
+            if self.chunk_len is not None or self.burn_in:
+                t_rows = self.chunk_len or t_len
+                lean, rows = chunk_batch(lean, rows, t_len, self.chunk_len, self.burn_in)
+                units = int(rows["mask"].shape[1])
         else:
             units = t_len * b
             lean = lean[:t_len].apply(lambda x: x.reshape(t_len * b, *x.shape[2:]))
@@ -295,7 +317,7 @@ class PPOTrainer(Trainer):
                     mb = {k: v[idx].unsqueeze(0) for k, v in rows.items()}
                     if keep.numel() > 0:
                         mb["mask"] = None
-                update = self._update(sub, mb, t_len if recurrent else 1, now["clip"], now["entropy_coef"])
+                update = self._update(sub, mb, t_rows, now["clip"], now["entropy_coef"])
                 if update is None:
                     skipped += 1
                     continue
@@ -342,7 +364,7 @@ class PPOTrainer(Trainer):
             The stats' names and their values (one detached tensor), or ``None`` when the
             update was skipped (non-finite, agreed across ranks).
         """
-        res = self.policy.analyze(sub, target="ppo")
+        res = self.policy.analyze(sub, target="ppo", **({"burn_in": self.burn_in} if self.burn_in else {}))
         new_lp, entropy, new_v = _rows(res.log_prob), _rows(res.entropy), _vals(res.value)
         if new_lp.shape[0] != t_rows:
             new_lp, entropy, new_v = new_lp[:t_rows], entropy[:t_rows], new_v[:t_rows]
