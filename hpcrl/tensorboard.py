@@ -1,0 +1,143 @@
+"""TensorBoard scalars of a run: exported from its traces (``hpcrl.report --tensorboard``) or live (``run.tensorboard``).
+
+Both write the same tags through :class:`ScalarWriter`:
+
+- ``episode/return`` (step = the run's frames): every finished training episode's return;
+- ``system/fps`` (step = frames): frames per second;
+- ``trainer/<stat>`` (step = trainer step): every trainer stat (``policy_loss``, ``value_loss``,
+  ``entropy``, ``approx_kl``, ``lr``, ...);
+- ``eval/mean_return``, ``eval/std_return``, ``eval/mean_length``, ``eval/policy_version`` (step = frames):
+  each evaluation during training (``run.eval_episodes``).
+
+TensorBoard is an optional extra (``pip install 'hpcrl[tensorboard]'``); it is imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+from hpcrl.api import config
+
+__all__ = ["INSTALL_HINT", "ScalarWriter", "LiveScalars", "require", "log_dir_of"]
+
+#: how to install what :class:`ScalarWriter` needs.
+INSTALL_HINT = "pip install 'hpcrl[tensorboard]' (or: pip install tensorboard)"
+
+#: the ``/eval`` columns written as ``eval/<name>`` scalars.
+EVAL_TAGS = ("mean_return", "std_return", "mean_length", "policy_version")
+
+
+def log_dir_of(cfg: config.ExperimentConfig, run_dir: Path) -> Path | None:
+    """Where ``run.tensorboard`` writes: ``RUN_DIR/tensorboard`` for ``true``, the given directory, or None (off)."""
+    tb = cfg.run.tensorboard
+    if tb is False or tb == "":
+        return None
+    if tb is True:
+        return run_dir / "tensorboard"
+    return Path(str(tb))
+
+
+def require(cfg: config.ExperimentConfig) -> None:
+    """Check at start-up that ``run.tensorboard`` can be served.
+
+    Raises:
+        ConfigError: the option is on and the ``tensorboard`` package is not installed (says how to install it).
+    """
+    if cfg.run.tensorboard is False or cfg.run.tensorboard == "":
+        return
+    if importlib.util.find_spec("tensorboard") is None:
+        raise config.ConfigError(
+            f"run.tensorboard: is {cfg.run.tensorboard!r}, but the 'tensorboard' package is not installed; "
+            f"install it with: {INSTALL_HINT}, or set run.tensorboard=false"
+        )
+
+
+class ScalarWriter:
+    """The run's scalars as TensorBoard event files in ``log_dir`` (created 0700 when missing).
+
+    A thin layer over ``torch.utils.tensorboard.SummaryWriter`` (which writes from a background thread):
+    it fixes the tag names the export and the live writer share.
+
+    Raises:
+        ImportError: tensorboard is not installed.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        from hpcrl.storage.files import make_private_dir
+
+        make_private_dir(log_dir)
+        self.log_dir = Path(log_dir)
+        self._w = SummaryWriter(log_dir=str(log_dir))
+
+    def episode(self, ret: float, frames: int, wall: float | None = None) -> None:
+        """One finished training episode."""
+        self._w.add_scalar("episode/return", float(ret), int(frames), walltime=wall)
+
+    def fps(self, fps: float, frames: int | None = None, wall: float | None = None) -> None:
+        """Frames per second (at ``frames``)."""
+        self._w.add_scalar("system/fps", float(fps), None if frames is None else int(frames), walltime=wall)
+
+    def trainer(self, stats: dict[str, float], step: int, wall: float | None = None) -> None:
+        """Trainer stats of one step (non-finite values are skipped)."""
+        for key, value in stats.items():
+            v = float(value)
+            if math.isfinite(v):
+                self._w.add_scalar(f"trainer/{key}", v, int(step), walltime=wall)
+
+    def evaluation(self, result: dict[str, Any]) -> None:
+        """One evaluation during training (an ``/eval`` row)."""
+        frames = int(result.get("frames", 0))
+        wall = result.get("wall_time")
+        for name in EVAL_TAGS:
+            v = float(result.get(name, math.nan))
+            if math.isfinite(v):
+                self._w.add_scalar(f"eval/{name}", v, frames, walltime=None if wall is None else float(wall))
+
+    def flush(self) -> None:
+        """Hand what was written to the background writer's file."""
+        self._w.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self._w.close()
+
+
+class LiveScalars:
+    """Writes a running run's scalars from its periodic stats path (never per env step).
+
+    The progress display (:class:`~hpcrl.progress.Progress`) feeds it: episodes and evaluations as they
+    are reported, and at every progress-line interval the fps and the newest trainer stats.
+
+    Args:
+        log_dir: the event file directory.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.writer = ScalarWriter(log_dir)
+        self._last_step = -1
+
+    def episodes(self, returns: list[float], frames: int) -> None:
+        """Training episodes reported at ``frames``."""
+        for r in returns:
+            self.writer.episode(r, frames)
+
+    def periodic(self, frames: int, fps: float, step: int, stats: dict[str, float]) -> None:
+        """At each progress interval: fps, and the trainer stats when a new trainer step has been taken."""
+        self.writer.fps(fps, frames)
+        if stats and step != self._last_step:
+            self._last_step = step
+            self.writer.trainer(stats, step)
+        self.writer.flush()
+
+    def evaluation(self, result: dict[str, Any]) -> None:
+        """One evaluation's result."""
+        self.writer.evaluation(result)
+
+    def close(self) -> None:
+        """Close the event file."""
+        self.writer.close()
