@@ -14,7 +14,7 @@ TensorBoard is an optional extra (``pip install 'hpcrl[tensorboard]'``); it is i
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,13 @@ def require(cfg: config.ExperimentConfig) -> None:
     """
     if cfg.run.tensorboard is False or cfg.run.tensorboard == "":
         return
-    if importlib.util.find_spec("tensorboard") is None:
+    try:
+        importlib.import_module("tensorboard")
+    except ImportError:
         raise config.ConfigError(
             f"run.tensorboard: is {cfg.run.tensorboard!r}, but the 'tensorboard' package is not installed; "
             f"install it with: {INSTALL_HINT}, or set run.tensorboard=false"
-        )
+        ) from None
 
 
 class ScalarWriter:
