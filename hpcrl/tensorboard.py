@@ -1,4 +1,6 @@
-"""TensorBoard scalars of a run: exported from its traces (``hpcrl.report --tensorboard``) or live (``run.tensorboard``).
+"""TensorBoard scalars of a run: exported from its traces (``hpcrl.report --tensorboard``) or live.
+
+The live writer is ``run.tensorboard``.
 
 Both write the same tags through :class:`ScalarWriter`:
 

@@ -68,8 +68,11 @@ def make_eval_ring(cfg: config.ExperimentConfig, default_state: NamedArray | Non
 
 
 def summarize(episodes: list[Episode], frames: int) -> dict[str, Any]:
-    """One evaluation's result (the ``/eval`` row of the trace): ``frames``, ``policy_version`` (newest that
-    acted), ``policy_version_min``, ``episodes``, ``mean_return``, ``std_return``, ``mean_length``."""
+    """One evaluation's result: the ``/eval`` row of the trace.
+
+    Its keys: ``frames``, ``policy_version`` (the newest that acted), ``policy_version_min``, ``episodes``,
+    ``mean_return``, ``std_return``, ``mean_length``, ``wall_time``.
+    """
     rets = [e.ret for e in episodes]
     return {
         "frames": int(frames),

@@ -35,8 +35,11 @@ def _clone(tree: Any) -> Any:
 
 
 def previous_best(run_dir: Path) -> float:
-    """The best mean evaluation return a run dir has recorded: ``best.h5``'s ``eval_return`` attribute, else the
-    best ``/eval`` row of the trainer leader's traces (``rank-0000*.h5``); ``-inf`` if none."""
+    """The best mean evaluation return a run dir has recorded (``-inf`` if none).
+
+    The larger of ``best.h5``'s ``eval_return`` attribute and the best ``/eval`` row of the trainer leader's
+    traces (``rank-0000*.h5``).
+    """
     from hpcrl.storage.checkpoint import CheckpointError, read_checkpoint_attrs
     from hpcrl.storage.trace import TraceError, read_trace
 

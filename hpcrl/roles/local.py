@@ -12,8 +12,8 @@ import logging
 import time
 
 from hpcrl.acting import rings
-from hpcrl.acting.evaluation import EvalSchedule, evaluate_inline
 from hpcrl.acting.env_ring import EnvRing, Episode
+from hpcrl.acting.evaluation import EvalSchedule, evaluate_inline
 from hpcrl.acting.inline import InlineLoop
 from hpcrl.api import config
 from hpcrl.api.policy import Policy
@@ -113,6 +113,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
             tracker.record(result)
         if trace is not None:
             trace.add_time("evaluation", time.perf_counter() - t0)
+
     log.info(
         "local run %s: env %s x%d, policy %s, trainer %s, batch %d x %d, run dir %s",
         cfg.experiment.name,

@@ -1,0 +1,89 @@
+"""Cost of evaluation during training and of live TensorBoard scalars: single-process CartPole fps.
+
+Three sides of the same run (``benchmarks/configs/cartpole_ppo.yaml``) alternate in fresh processes, so slow
+drifts of the machine hit every side alike:
+
+- ``off``: no evaluation, no TensorBoard;
+- ``eval``: ``run.eval_episodes=10`` at the default cadence (``run.eval_every_frames``, 100,000 frames);
+- ``tensorboard``: ``run.tensorboard=true`` (scalars written while the run goes).
+
+Rows compare the median fps of each side with ``off`` (targets: evaluation costs <= 5 %, TensorBoard <= 2 %).
+The evaluation side must also have evaluated (its summary counts the evaluations)::
+
+    python -m benchmarks.bench_eval [--quick] [--frames 200000] [--repeats 3]
+    python -m benchmarks.run --only eval
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import CARTPOLE_YAML, BenchResult, Context, Row, bench_main, run_hpcrl_job
+
+__all__ = ["main", "run"]
+
+SIDES: dict[str, list[str]] = {
+    "off": [],
+    "eval": ["run.eval_episodes=10"],
+    "tensorboard": ["run.tensorboard=true"],
+}
+
+
+def run(ctx: Context) -> BenchResult:
+    """Alternate the three sides; one row each for evaluation and TensorBoard (fps ratio to ``off``)."""
+    frames = ctx.opt("frames", 100_000 if ctx.quick else 200_000)
+    repeats = ctx.opt("repeats", 2 if ctx.quick else 3)
+    res = BenchResult("eval")
+    fps: dict[str, list[float]] = {side: [] for side in SIDES}
+    evaluations: list[int] = []
+    names = list(SIDES)
+    with tempfile.TemporaryDirectory(prefix="hpcrl-bench-eval-") as tmp:
+        for i in range(repeats):
+            order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
+            for side in order:
+                overrides = [f"experiment.total_frames={frames}", "experiment.seed=1", *SIDES[side]]
+                job = run_hpcrl_job(CARTPOLE_YAML, overrides, Path(tmp) / f"{side}{i}", timeout=900)
+                fps[side].append(job.fps)
+                if side == "eval":
+                    evaluations.append(int(job.summary.get("evaluations", 0)))
+                print(f"  {side}: {job.fps:,.0f} fps", flush=True)
+    off = statistics.median(fps["off"])
+    for side, text, target, target_text in (
+        ("eval", "evaluation on (10 episodes every 100k frames)", 0.95, "<= 5% fps cost"),
+        ("tensorboard", "live TensorBoard scalars on", 0.98, "<= 2% fps cost"),
+    ):
+        res.rows.append(
+            Row(
+                f"eval:{side}",
+                f"CartPole fps, one process, {text}",
+                statistics.median(fps[side]),
+                "same run, both off",
+                off,
+                "fps",
+                target=target,
+                target_text=target_text,
+                note=(
+                    f"median of {repeats} alternating runs of {frames:,} frames each; fps {side} "
+                    f"{[round(x) for x in fps[side]]}, off {[round(x) for x in fps['off']]}"
+                    + (f"; evaluations per run {evaluations}" if side == "eval" else "")
+                ),
+            ).finish()
+        )
+    if not evaluations or min(evaluations) < 1:
+        raise RuntimeError(f"the evaluation side did not evaluate (evaluations per run: {evaluations})")
+    res.data = {"frames": frames, "repeats": repeats, "fps": fps, "evaluations": evaluations}
+    return res
+
+
+def _arguments(p: Any) -> None:
+    p.add_argument("--frames", type=int, default=None, help="frames per run (default 200,000; quick 100,000)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per side (default 3; quick 2)")
+
+
+main = bench_main("eval", run, __doc__, _arguments)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
