@@ -46,18 +46,27 @@ def eval_seed(base_seed: int) -> int:
     return int(np.random.SeedSequence([base_seed, EVAL_SEED_KEY]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def eval_env_count(cfg: config.ExperimentConfig) -> int:
-    """Envs an evaluation steps: ``run.eval_envs``, at most ``run.eval_episodes`` and ``actor.envs_per_actor``."""
-    return max(1, min(cfg.run.eval_envs, cfg.run.eval_episodes, cfg.actor.envs_per_actor))
+def eval_env_count(cfg: config.ExperimentConfig, limit: int | None = None) -> int:
+    """Envs an evaluation steps: ``run.eval_envs`` (default ``run.eval_episodes``), at most that and ``limit``."""
+    n = min(cfg.run.eval_envs or cfg.run.eval_episodes, cfg.run.eval_episodes)
+    return max(1, n if limit is None else min(n, limit))
 
 
-def make_eval_ring(cfg: config.ExperimentConfig, default_state: NamedArray | None, where: str) -> EnvRing:
+def make_eval_ring(
+    cfg: config.ExperimentConfig, default_state: NamedArray | None, where: str, limit: int | None = None
+) -> EnvRing:
     """A fresh ring of evaluation envs (one group, every request ``is_evaluation``), seeded by :func:`eval_seed`.
+
+    Args:
+        cfg: the experiment.
+        default_state: one agent's default policy state in row layout, or None.
+        where: who runs it, for messages.
+        limit: at most this many envs (an actor with remote inference: the rows its channels hold).
 
     Raises:
         EnvError: an env cannot be built, seeded or reset (names it and ``where``).
     """
-    actor = dataclasses.replace(cfg.actor, envs_per_actor=eval_env_count(cfg), fragment_length=16)
+    actor = dataclasses.replace(cfg.actor, envs_per_actor=eval_env_count(cfg, limit), fragment_length=16)
     experiment = dataclasses.replace(cfg.experiment, seed=eval_seed(cfg.experiment.seed))
     return rings.make_ring(
         dataclasses.replace(cfg, actor=actor, experiment=experiment),

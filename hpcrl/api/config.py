@@ -276,8 +276,10 @@ class Run(_Section):
     meanwhile; results go to the trace (``/eval``), the progress line, the run summary and the report."""
     eval_every_frames: int = field(default=100_000, metadata=_bounds(ge=1))
     """Frames (of the run, summed over actors) between evaluations, when ``eval_episodes`` > 0."""
-    eval_envs: int = field(default=4, metadata=_bounds(ge=1))
-    """Environments an evaluation steps side by side (at most ``eval_episodes`` are built)."""
+    eval_envs: int | None = field(default=None, metadata=_bounds(ge=1))
+    """Environments an evaluation steps side by side; ``None`` = ``eval_episodes`` (each env's first episode
+    counts, so short episodes are not favoured). At most ``eval_episodes``, and with inference ranks at most
+    ``actor.envs_per_actor``."""
     save_best: bool = False
     """With evaluation on: keep ``checkpoints/best.h5``, the policy with the best mean evaluation return so
     far (same format as the other checkpoints: ``hpcrl.load_policy`` and ``python -m hpcrl.evaluate`` read it;

@@ -149,7 +149,7 @@ class ActorRank:
                 self.ring.consume(g, msg.data, msg.version)
         if resume:
             self._ship()
-        ring = make_eval_ring(self.ctx.cfg, self._default_state, where)
+        ring = make_eval_ring(self.ctx.cfg, self._default_state, where, limit=self.ctx.cfg.actor.envs_per_actor)
 
         class _Stopped(Exception):
             pass
