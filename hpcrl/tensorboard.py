@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,28 +120,40 @@ class LiveScalars:
 
     Args:
         log_dir: the event file directory.
+        trace: this process's trace writer: the time spent here goes to its ``tensorboard`` span.
     """
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, trace: Any = None) -> None:
         self.writer = ScalarWriter(log_dir)
+        self.trace = trace
         self._last_step = -1
+
+    def _spent(self, t0: float) -> None:
+        if self.trace is not None:
+            self.trace.add_time("tensorboard", time.perf_counter() - t0)
 
     def episodes(self, returns: list[float], frames: int) -> None:
         """Training episodes reported at ``frames``."""
+        t0 = time.perf_counter()
         for r in returns:
             self.writer.episode(r, frames)
+        self._spent(t0)
 
     def periodic(self, frames: int, fps: float, step: int, stats: dict[str, float]) -> None:
         """At each progress interval: fps, and the trainer stats when a new trainer step has been taken."""
+        t0 = time.perf_counter()
         self.writer.fps(fps, frames)
         if stats and step != self._last_step:
             self._last_step = step
             self.writer.trainer(stats, step)
         self.writer.flush()
+        self._spent(t0)
 
     def evaluation(self, result: dict[str, Any]) -> None:
         """One evaluation's result."""
+        t0 = time.perf_counter()
         self.writer.evaluation(result)
+        self._spent(t0)
 
     def close(self) -> None:
         """Close the event file."""

@@ -95,7 +95,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         raise
     base_frames = learner.frames
     progress = Progress(cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames)
-    progress.live = components.live_scalars(cfg, session.run_dir)
+    progress.live = components.live_scalars(cfg, session.run_dir, trace)
     schedule = EvalSchedule(cfg, base_frames)
     tracker = (
         EvalTracker(cfg, session.run_dir, session.config_text, trace, progress, resume=not cfg.run.fresh)

@@ -240,7 +240,7 @@ class TrainerRank:
             self.progress = Progress(
                 cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames
             )
-            self.progress.live = components.live_scalars(cfg, ctx.session.run_dir)
+            self.progress.live = components.live_scalars(cfg, ctx.session.run_dir, trace)
             schedule = EvalSchedule(cfg, base_frames)
             if schedule.enabled and ctx.topo.actors:
                 self.eval_schedule = schedule

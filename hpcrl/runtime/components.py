@@ -278,7 +278,7 @@ def check_publishes(policy: Policy, layout: str | None) -> None:
     )
 
 
-def live_scalars(cfg: config.ExperimentConfig, run_dir: Any) -> Any:
+def live_scalars(cfg: config.ExperimentConfig, run_dir: Any, trace: Any = None) -> Any:
     """The live TensorBoard writer ``run.tensorboard`` asks for (a :class:`hpcrl.tensorboard.LiveScalars`), or None.
 
     Raises:
@@ -293,4 +293,4 @@ def live_scalars(cfg: config.ExperimentConfig, run_dir: Any) -> Any:
         return None
     tensorboard.require(cfg)
     log.info("tensorboard: writing scalars to %s (tensorboard --logdir %s)", log_dir, log_dir)
-    return tensorboard.LiveScalars(log_dir)
+    return tensorboard.LiveScalars(log_dir, trace)
