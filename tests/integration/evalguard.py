@@ -1,4 +1,4 @@
-"""Components for tests/integration/test_evaluation.py: an env that marks evaluation envs, a trainer that guards.
+"""Components for tests/integration/test_eval_runs.py: an env that marks evaluation envs, a trainer that guards.
 
 Imported into every rank with ``experiment.imports=[tests.integration.evalguard]`` (the repository root is on
 the subprocess's ``PYTHONPATH``). ``eval-guard-env`` pays reward ``EVAL_REWARD`` per step when it was seeded
