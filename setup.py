@@ -44,6 +44,7 @@ setup(
         "atari": ["ale-py>=0.10", "opencv-python-headless"],
         "mujoco": ["mujoco>=3.0", "imageio"],
         "pettingzoo": ["pettingzoo>=1.24", "mpe2"],
+        "tensorboard": ["tensorboard>=2.14"],
         "test": ["pytest>=8", "pytest-mpi==0.6", "pytest-timeout>=2.3", "spython>=0.3.14", "hypothesis>=6.100"],
         "dev": ["ruff>=0.6", "mypy>=1.10", "types-PyYAML"],
     },

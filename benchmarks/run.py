@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "peak RSS per role of a 64-rank CartPole job (16 ranks with --quick)",
     "checkpoint": "HDF5 checkpoint save (background writer and blocking) vs torch.save",
     "trace": "tracing overhead: CartPole fps with HDF5 traces on vs off",
+    "eval": "evaluation during training and live TensorBoard: CartPole fps with each on vs both off",
     "startup": "launch to first trained batch: mpiexec -n 4 vs the peers",
     "startup_scale": "launch to first trained batch at 8/32/64 ranks on simulated nodes, rank 0's share",
     "env_step": "env adapters vs the same gymnasium envs stepped directly",

@@ -42,9 +42,16 @@ class Progress:
         self.trainer_steps = 0
         self.stats: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
+        self.evaluations = 0
+        self.last_eval: dict[str, Any] | None = None
+        self.best_eval = -math.inf
+        """Best mean return of the evaluations during training (a resumed run starts from its run dir's)."""
+        self.live: Any = None
+        """A :class:`~hpcrl.tensorboard.LiveScalars` fed from here (``run.tensorboard``), or None."""
         self.t0 = time.monotonic()
         self.log_interval = log_interval
         self._last_log = self.t0
+        self._last_live = self.t0
         self._last_frames = self.frames
         self._last_t = self.t0
         self._fps = 0.0
@@ -82,11 +89,23 @@ class Progress:
 
     def add_episodes(self, returns: list[float], lengths: list[int]) -> None:
         """Record finished episodes."""
+        if self.live is not None:
+            self.live.episodes(returns, self.frames)
         self.returns.extend(returns)
         self.lengths.extend(lengths)
         self.episodes += len(returns)
         if len(self.returns) >= min(10, self.returns.maxlen or 10):
             self.best_mean = max(self.best_mean, self.mean_return)
+
+    def add_eval(self, result: dict[str, Any]) -> None:
+        """Record one evaluation during training (see :mod:`hpcrl.acting.evaluation`)."""
+        self.evaluations += 1
+        self.last_eval = result
+        ret = float(result.get("mean_return", math.nan))
+        if ret > self.best_eval:
+            self.best_eval = ret
+        if self.live is not None:
+            self.live.evaluation(result)
 
     def update(self, frames: int, trainer_steps: int | None = None, stats: dict[str, float] | None = None) -> None:
         """New totals; refreshes the bar and emits a log line when the interval has passed."""
@@ -105,12 +124,18 @@ class Progress:
             self._last_log = now
             if self.mode == "log":
                 log.info("%s", self.line())
+        if self.live is not None and now - self._last_live >= self.log_interval:
+            self._last_live = now
+            self.live.periodic(self.frames, self._fps or self.fps, self.trainer_steps, self.stats)
 
     def _info(self) -> str:
         ret = self.mean_return
         rtxt = f"{ret:8.2f}" if not math.isnan(ret) else "     n/a"
         fps = self._fps or self.fps
-        return f"fps {fps:8,.0f}  return {rtxt}  episodes {self.episodes:,}  steps {self.trainer_steps:,}"
+        text = f"fps {fps:8,.0f}  return {rtxt}  episodes {self.episodes:,}  steps {self.trainer_steps:,}"
+        if self.last_eval is not None:
+            text += f"  eval {float(self.last_eval.get('mean_return', math.nan)):.2f}"
+        return text
 
     def line(self) -> str:
         """One progress line."""
@@ -132,11 +157,26 @@ class Progress:
             mean_return_last_100=round(self.mean_return, 3) if not math.isnan(self.mean_return) else None,
             best_mean_return=round(self.best_mean, 3) if self.best_mean > -math.inf else None,
             trainer_steps=self.trainer_steps,
+            **self._eval_summary(),
             **extra,
         )
 
+    def _eval_summary(self) -> dict[str, Any]:
+        if not self.evaluations and self.best_eval == -math.inf:
+            return {}
+        last = self.last_eval
+        return {
+            "evaluations": self.evaluations,
+            "last_eval_return": round(float(last["mean_return"]), 3) if last is not None else None,
+            "best_eval_return": round(self.best_eval, 3) if self.best_eval > -math.inf else None,
+        }
+
     def close(self) -> None:
-        """Stop the live bar."""
+        """Stop the live bar and close the live scalars."""
+        if self.live is not None:
+            self.live.periodic(self.frames, self.fps, self.trainer_steps, self.stats)
+            self.live.close()
+            self.live = None
         if self._bar is not None:
             self._bar.update(self._task, completed=min(self.frames, self.total), info=self._info())
             self._bar.stop()

@@ -1,8 +1,8 @@
 """``python -m hpcrl.report RUN_DIR [--out DIR] [--tensorboard]``: plots and a summary table from a run's traces.
 
 Reads every ``RUN_DIR/traces/rank-*.h5`` (SWMR-safe: works while the run is still going) and
-writes PNG plots (return vs frames, return vs wall time, fps over time, trainer stats, a
-per-role time breakdown) and ``summary.md`` into ``--out`` (default ``RUN_DIR/report``).
+writes PNG plots (return vs frames, return vs wall time, evaluation return vs frames, fps over time,
+trainer stats, a per-role time breakdown) and ``summary.md`` into ``--out`` (default ``RUN_DIR/report``).
 
 Frames: each trace's episode ``frames`` column counts the frames stepped by that rank's process
 (from zero: a restarted or resumed rank writes a new trace file, and its segments are chained);
@@ -156,6 +156,18 @@ def _trainer_series(traces: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _eval_series(traces: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The evaluations during training (``/eval`` rows of every trace), in wall-time order."""
+    from hpcrl.storage.trace import EVAL_FIELDS
+
+    parts = [t["eval"] for t in traces if "eval" in t and len(t["eval"]["frames"])]
+    if not parts:
+        return {name: np.zeros(0, dt) for name, dt in EVAL_FIELDS.items()}
+    out = {name: np.concatenate([p[name] for p in parts]) for name in EVAL_FIELDS}
+    order = np.argsort(out["wall_time"], kind="stable")
+    return {name: col[order] for name, col in out.items()}
+
+
 def _fps_series(wall: np.ndarray, frames: np.ndarray, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """Frames per second in up to ``bins`` equal wall-time bins (x = bin end)."""
     if len(wall) < 2 or wall[-1] <= wall[0]:
@@ -170,7 +182,7 @@ def build_series(run_dir: str | Path) -> dict[str, Any]:
     """Everything the plots and the summary need, as numpy arrays (no I/O besides reading traces).
 
     Returns:
-        ``{"t0", "traces", "skipped", "episodes", "trainer", "fps": (time, fps), "time_split",
+        ``{"t0", "traces", "skipped", "episodes", "trainer", "eval", "fps": (time, fps), "time_split",
         "checkpoint_frames"}``; times are seconds since the earliest trace start.
 
     Raises:
@@ -206,6 +218,7 @@ def build_series(run_dir: str | Path) -> dict[str, Any]:
         "skipped": skipped,
         "episodes": episodes,
         "trainer": trainer,
+        "eval": _eval_series(traces),
         "fps": (fps_t - t0, fps),
         "time_split": {role: dict(spans) for role, spans in split.items()},
         "ranks": {role: sorted(r) for role, r in ranks.items()},
@@ -224,6 +237,7 @@ def _summary_from(series: dict[str, Any]) -> dict[str, Any]:
     tr_frames = int(np.max(tr["frames"])) if len(tr["frames"]) else 0
     frames = max(ep_frames, tr_frames, series["checkpoint_frames"] or 0)
     rets = ep["return"]
+    ev_ret = series["eval"]["mean_return"]
     last_stats = {k: v for k, v in ((k, _last_finite(a)) for k, a in tr["stats"].items()) if v is not None}
     versions = [int(np.max(t["episodes"]["policy_version"])) for t in series["traces"] if len(t["episodes"]["return"])]
     return {
@@ -240,6 +254,9 @@ def _summary_from(series: dict[str, Any]) -> dict[str, Any]:
         "best_mean_return_100": float(np.max(_rolling_mean(rets))) if len(rets) else None,
         "trainer_steps": int(np.max(tr["step"])) if len(tr["step"]) else 0,
         "policy_version": max(versions) if versions else None,
+        "evaluations": len(series["eval"]["frames"]),
+        "last_eval_return": _last_finite(series["eval"]["mean_return"]),
+        "best_eval_return": float(np.nanmax(ev_ret)) if np.isfinite(ev_ret).any() else None,
         "last_stats": last_stats,
         "fragments": {k: v for k, v in last_stats.items() if "dropped" in k or "stale" in k},
         "time_split": series["time_split"],
@@ -252,7 +269,8 @@ def build_summary(run_dir: str | Path) -> dict[str, Any]:
     Returns:
         A dict of plain values: ``frames``, ``wall_time_seconds``, ``fps``, ``episodes``,
         ``final_mean_return`` (last 100 episodes), ``best_return``, ``best_mean_return_100``,
-        ``trainer_steps``, ``policy_version``, ``last_stats``, ``fragments`` (dropped/stale counters
+        ``trainer_steps``, ``policy_version``, ``evaluations``, ``last_eval_return``, ``best_eval_return``
+        (evaluations during training), ``last_stats``, ``fragments`` (dropped/stale counters
         from the trainer stats), ``time_split`` (role -> span -> seconds summed over its ranks),
         ``ranks`` (role -> count), ``traces``, ``skipped_traces``.
 
@@ -290,6 +308,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("trainer steps", _fmt(summary["trainer_steps"])),
         ("policy version", _fmt(summary["policy_version"])),
     ]
+    if summary.get("evaluations"):
+        rows += [
+            ("evaluations", _fmt(summary["evaluations"])),
+            ("last evaluation mean return", _fmt(summary["last_eval_return"])),
+            ("best evaluation mean return", _fmt(summary["best_eval_return"])),
+        ]
     rows += [(f"{k} (last)", _fmt(v)) for k, v in summary["fragments"].items()]
     ranks = ", ".join(f"{n} {role}" for role, n in sorted(summary["ranks"].items()))
     rows.append(("ranks traced", f"{ranks} ({summary['traces']} trace files)"))
@@ -387,6 +411,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
         written.append(
             _plot_returns(plt, ep["wall_time"] - t0, ep["return"], "wall time (s)", out / "return_vs_time.png")
         )
+    ev = series["eval"]
+    if len(ev["frames"]):
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.errorbar(ev["frames"], ev["mean_return"], yerr=ev["std_return"], marker="o", capsize=3)
+        ax.set_xlabel("frames")
+        ax.set_ylabel("evaluation mean return (deterministic)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save_png(plt, fig, out / "eval_return.png"))
     fps_t, fps = series["fps"]
     if len(fps):
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -433,7 +466,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> list
 
 
 def write_tensorboard(run_dir: str | Path, log_dir: str | Path) -> Path:
-    """Export episode returns, fps and trainer stats as TensorBoard scalars (needs ``tensorboard``).
+    """Export episode returns, fps, trainer stats and evaluations as TensorBoard scalars (needs ``tensorboard``).
+
+    The tags are those of a live ``run.tensorboard`` (see :mod:`hpcrl.tensorboard`).
 
     ``log_dir`` is created with mode 0700 when missing (TensorBoard writes its files with the umask's
     mode, so the directory keeps them private).
@@ -442,21 +477,20 @@ def write_tensorboard(run_dir: str | Path, log_dir: str | Path) -> Path:
         ImportError: tensorboard is not installed.
         ReportError: no readable traces.
     """
-    from torch.utils.tensorboard import SummaryWriter
+    from hpcrl.tensorboard import ScalarWriter
 
     series = build_series(run_dir)
-    ep, tr = series["episodes"], series["trainer"]
-    make_private_dir(log_dir)
-    writer = SummaryWriter(log_dir=str(log_dir))
+    ep, tr, ev = series["episodes"], series["trainer"], series["eval"]
+    writer = ScalarWriter(log_dir)
     try:
         for f, r, w in zip(ep["frames"], ep["return"], ep["wall_time"]):
-            writer.add_scalar("episode/return", float(r), int(f), walltime=float(w))
+            writer.episode(float(r), int(f), float(w))
         for t, v in zip(*series["fps"]):
-            writer.add_scalar("system/fps", float(v), walltime=float(t + series["t0"]))
-        for key, values in tr["stats"].items():
-            for s, v, w in zip(tr["step"], values, tr["wall_time"]):
-                if np.isfinite(v):
-                    writer.add_scalar(f"trainer/{key}", float(v), int(s), walltime=float(w))
+            writer.fps(float(v), wall=float(t + series["t0"]))
+        for i, (s, w) in enumerate(zip(tr["step"], tr["wall_time"])):
+            writer.trainer({key: values[i] for key, values in tr["stats"].items()}, int(s), float(w))
+        for i in range(len(ev["frames"])):
+            writer.evaluation({name: col[i].item() for name, col in ev.items()})
     finally:
         writer.close()
     return Path(log_dir)

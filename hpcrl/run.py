@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = config.load(args.config, args.overrides)
+        from hpcrl.tensorboard import require
+
+        require(cfg)  # on every rank (they all stop here together), before any communication
     except config.ConfigError as e:
         if _launcher_rank() == 0:  # every rank parses the config; one message is enough
             sys.stderr.write(f"hpcrl: config error: {e}\n")

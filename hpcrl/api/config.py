@@ -269,6 +269,25 @@ class Run(_Section):
     hung; silence is counted with ``heartbeat_seconds`` only from a rank's first report."""
     torch_threads: int = field(default=1, metadata=_bounds(ge=1, le=1024))
     """torch intra-op threads per rank."""
+    eval_episodes: int = field(default=0, metadata=_bounds(ge=0))
+    """Evaluation during training: finish this many deterministic episodes (``is_evaluation``) of the current
+    policy every ``eval_every_frames`` frames, on envs of their own that produce no training samples
+    (0 = off). They run on the first actor rank (or the one process), which pauses its training envs
+    meanwhile; results go to the trace (``/eval``), the progress line, the run summary and the report."""
+    eval_every_frames: int = field(default=100_000, metadata=_bounds(ge=1))
+    """Frames (of the run, summed over actors) between evaluations, when ``eval_episodes`` > 0."""
+    eval_envs: int | None = field(default=None, metadata=_bounds(ge=1))
+    """Environments an evaluation steps side by side; ``None`` = ``eval_episodes`` (each env's first episode
+    counts, so short episodes are not favoured). At most ``eval_episodes``, and with inference ranks at most
+    ``actor.envs_per_actor``."""
+    save_best: bool = False
+    """With evaluation on: keep ``checkpoints/best.h5``, the policy with the best mean evaluation return so
+    far (same format as the other checkpoints: ``hpcrl.load_policy`` and ``python -m hpcrl.evaluate`` read it;
+    a resumed run keeps it and its best return)."""
+    tensorboard: bool | str = False
+    """Write TensorBoard scalars while the run goes (from rank 0, at the progress-line cadence): ``true`` =
+    ``RUN_DIR/tensorboard``, a string = that directory, ``false`` = off. Needs the ``tensorboard`` extra
+    (``pip install 'hpcrl[tensorboard]'``)."""
 
 
 @dataclass(frozen=True)

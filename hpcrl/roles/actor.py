@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from hpcrl.acting import rings
+from hpcrl.acting.evaluation import evaluate_inline, make_eval_ring, run_evaluation, summarize
 from hpcrl.acting.inline import InlineLoop
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import RecvChannel, SendChannel
@@ -87,6 +88,89 @@ class ActorRank:
         self.sent_fragments = 0
         self.wait_seconds = 0.0
         self.send_wait_seconds = 0.0
+        self.evaluations = 0
+        self._default_state = default_state
+
+    # ------------------------------------------------------------------ evaluation during training
+    def _stopping(self) -> bool:
+        """Polled by every evaluation step: keeps the control plane (heartbeats, stop) going meanwhile."""
+        self.ctx.service()
+        return self.ctx.stopping
+
+    def _evaluate(self, pending: collections.deque[int] | None = None, resume: bool = True) -> None:
+        """Run the evaluation the leader asked for (if it did) and report its result; the training envs wait.
+
+        With remote inference, the replies to the training requests in flight are taken first (their envs
+        step as usual; once this rank has stepped its share, ``resume`` is False and they are dropped) and
+        the training requests are sent again afterwards (``pending`` is refilled) when ``resume``.
+        """
+        request = self.ctx.eval_request
+        if request is None:
+            return
+        self.ctx.eval_request = None
+        t0 = time.perf_counter()
+        frames = int(request.get("frames", 0))
+        where = f"actor rank {self.ctx.rank}"
+        if self.policy is not None:
+            who = f"{self.ctx.cfg.policy.type_!r} ({type(self.policy).__name__})"
+            result = evaluate_inline(self.ctx.cfg, self.policy, who, where, frames, self._stopping)
+        else:
+            assert pending is not None
+            result = self._evaluate_remote(pending, frames, where, resume)
+        if result is None:
+            return  # the run is stopping
+        self.evaluations += 1
+        self.ctx.send_stats({"type": "stats", "eval": result})
+        if self.ctx.trace is not None:
+            self.ctx.trace.add_time("evaluation", time.perf_counter() - t0)
+
+    def _reply(self) -> Any:
+        """(Remote inference) The next reply of the inference rank, or None once the run is stopping."""
+        assert self.results is not None
+        while True:
+            msg = self.results.test()
+            if msg is not None:
+                self.ctx.backoff.reset()
+                return msg
+            if self._stopping():
+                return None
+            self.ctx.backoff.idle()
+
+    def _evaluate_remote(
+        self, pending: collections.deque[int], frames: int, where: str, resume: bool
+    ) -> dict[str, Any] | None:
+        assert self.requests is not None
+        while pending:  # the training requests in flight: take their replies, send no new ones yet
+            msg = self._reply()
+            if msg is None:
+                return None
+            g = pending.popleft()
+            if resume:
+                self.ring.consume(g, msg.data, msg.version)
+        if resume:
+            self._ship()
+        ring = make_eval_ring(self.ctx.cfg, self._default_state, where, limit=self.ctx.cfg.actor.envs_per_actor)
+
+        class _Stopped(Exception):
+            pass
+
+        def act(request: Any) -> tuple[Any, int]:
+            self.requests.send(request)  # type: ignore[union-attr]
+            msg = self._reply()
+            if msg is None:
+                raise _Stopped
+            return msg.data, int(msg.version)
+
+        try:
+            done = run_evaluation(ring, self.ctx.cfg.run.eval_episodes, act)
+        except _Stopped:
+            return None
+        finally:
+            ring.close()
+            for g in range(self.ring.num_groups if resume else 0):  # training resumes
+                self.requests.send(self.ring.request(g))
+                pending.append(g)
+        return summarize(done, frames) if done is not None else None
 
     # ------------------------------------------------------------------ helpers
     def _ship(self) -> None:
@@ -139,13 +223,19 @@ class ActorRank:
         )
         return ctx.frame_budget if ctx.frame_budget is not None else 0
 
-    def _spent(self) -> None:
-        """This rank stepped its share: ship what is complete, report at once, and idle until the stop."""
+    def _spent(self, pending: collections.deque[int] | None = None) -> None:
+        """This rank stepped its share: ship what is complete, report at once, and idle until the stop.
+
+        An evaluation the leader asks for meanwhile still runs (``pending``: the training requests in flight
+        with remote inference, whose replies it then drops).
+        """
         ctx = self.ctx
         self._ship()
         self._report(force=True)  # the leader stops the run once every actor reported its share done
         while not ctx.stopping:
             ctx.service()
+            if ctx.eval_request is not None:
+                self._evaluate(pending, resume=False)
             if self.weights is not None:
                 self.weights.update()  # idle anyway: stay on the newest weights (and feed the node's window)
             ctx.backoff.idle()
@@ -169,6 +259,8 @@ class ActorRank:
                 self.weights.update()
                 self.loop.step()  # completed fragments go out through _send
                 self._report()
+                if ctx.eval_request is not None:
+                    self._evaluate()
         self._report(force=True)
         elapsed = time.monotonic() - t_start
         recv = [self.results] if self.results is not None else []
@@ -184,6 +276,7 @@ class ActorRank:
             "wait_seconds": round(self.wait_seconds, 3),
             "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,
+            "evaluations": self.evaluations,
             "torch_loaded": "torch" in sys.modules,
         }
         if self.policy is not None:
@@ -206,7 +299,7 @@ class ActorRank:
         backoff = ctx.backoff
         while not ctx.stopping:
             if self.ring.frames >= budget:
-                self._spent()  # the replies to requests still pending are discarded by the drain
+                self._spent(pending)  # the replies to requests still pending are discarded by the drain
                 break
             t0 = time.perf_counter()
             msg = self.results.test()
@@ -228,3 +321,5 @@ class ActorRank:
             self._ship()
             self._report()
             ctx.service()
+            if ctx.eval_request is not None:
+                self._evaluate(pending)

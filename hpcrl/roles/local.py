@@ -13,10 +13,12 @@ import time
 
 from hpcrl.acting import rings
 from hpcrl.acting.env_ring import EnvRing, Episode
+from hpcrl.acting.evaluation import EvalSchedule, evaluate_inline
 from hpcrl.acting.inline import InlineLoop
 from hpcrl.api import config
 from hpcrl.api.policy import Policy
 from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.evaltrack import EvalTracker
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress, RunSummary
 from hpcrl.runtime import budget, components
@@ -42,6 +44,9 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
         RunDirInUse: another run holds the run directory (names its host and pid); nothing was touched.
         StorageError: the run directory cannot be used, or checkpoints exist but none can be resumed.
     """
+    from hpcrl.tensorboard import require
+
+    require(cfg)  # before the run dir is touched
     components.import_user_modules(cfg)
     cfg, _ = components.resolve_experiment(cfg)
     session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
@@ -90,6 +95,25 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         raise
     base_frames = learner.frames
     progress = Progress(cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames)
+    progress.live = components.live_scalars(cfg, session.run_dir, trace)
+    schedule = EvalSchedule(cfg, base_frames)
+    tracker = (
+        EvalTracker(cfg, session.run_dir, session.config_text, trace, progress, resume=not cfg.run.fresh)
+        if schedule.enabled
+        else None
+    )
+    who = f"{cfg.policy.type_!r} ({type(policy).__name__})"
+
+    def evaluate() -> None:
+        assert tracker is not None
+        t0 = time.perf_counter()
+        tracker.snapshot(policy, learner.frames)  # the policy evaluated: no trainer step happens meanwhile
+        result = evaluate_inline(cfg, policy, who, "local actor", learner.frames, stop.is_set)
+        if result is not None:
+            tracker.record(result)
+        if trace is not None:
+            trace.add_time("evaluation", time.perf_counter() - t0)
+
     log.info(
         "local run %s: env %s x%d, policy %s, trainer %s, batch %d x %d, run dir %s",
         cfg.experiment.name,
@@ -112,7 +136,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     loop = InlineLoop(
         ring,
         policy,
-        f"{cfg.policy.type_!r} ({type(policy).__name__})",
+        who,
         learner=learner,
         base_frames=base_frames,
         episodes=episodes,
@@ -133,6 +157,8 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
             if stop.checkpoint_request is not None:  # SIGUSR2: a checkpoint now, and the run goes on
                 checkpoints.serve(stop.checkpoint_request)
             progress.update(learner.frames, learner.steps, learner.last_stats)
+            if schedule.due(learner.frames):
+                evaluate()
             if trace is not None:
                 trace.maybe_flush()
         progress.update(learner.frames, learner.steps, learner.last_stats)  # also when no step was taken

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from hpcrl.acting.evaluation import EvalSchedule
 from hpcrl.comm.agreement import Iallreduce_step
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
@@ -20,6 +21,7 @@ from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import Tag
 from hpcrl.comm.topology import format_ranks
 from hpcrl.learning.checkpointing import Checkpointer
+from hpcrl.learning.evaltrack import EvalTracker
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
 from hpcrl.runtime import budget, components
@@ -123,6 +125,9 @@ class TrainerRank:
         self._told_trainers = False
         self.finals: dict[int, dict[str, Any]] = {}
         self.progress: Progress | None = None
+        self.eval_schedule: EvalSchedule | None = None
+        self.eval_tracker: EvalTracker | None = None
+        self._eval_pending = False
         ctx.on_stats = self._on_stats
 
     # ------------------------------------------------------------------ leader bookkeeping
@@ -141,6 +146,22 @@ class TrainerRank:
         eps = msg.get("episodes")
         if eps and self.progress is not None:
             self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
+        result = msg.get("eval")
+        if result is not None and self.eval_tracker is not None:
+            self._eval_pending = False
+            if isinstance(result, dict):
+                self.eval_tracker.record(result)
+
+    def _maybe_evaluate(self) -> None:
+        """(Leader) Every ``run.eval_every_frames``: ask the first actor for an evaluation (one at a time)."""
+        schedule = self.eval_schedule
+        if schedule is None or self._eval_pending or not schedule.due(self.learner.frames):
+            return
+        assert self.eval_tracker is not None
+        self._eval_pending = True
+        self.eval_tracker.snapshot(self.policy, self.learner.frames)  # best.h5 if this one is the best
+        msg = {"type": "evaluate", "frames": int(self.learner.frames), "version": int(self.policy.version)}
+        self.ctx.post(self.ctx.topo.actors[0], msg)
 
     def _add(self, msg: Any) -> None:
         """Queue a received fragment; a fragment that does not fit names its sender."""
@@ -219,6 +240,18 @@ class TrainerRank:
             self.progress = Progress(
                 cfg.experiment.total_frames, cfg.run.progress, cfg.run.log_interval_seconds, base_frames
             )
+            self.progress.live = components.live_scalars(cfg, ctx.session.run_dir, trace)
+            schedule = EvalSchedule(cfg, base_frames)
+            if schedule.enabled and ctx.topo.actors:
+                self.eval_schedule = schedule
+                self.eval_tracker = EvalTracker(
+                    cfg,
+                    ctx.session.run_dir,
+                    ctx.session.config_text,
+                    trace,
+                    self.progress,
+                    resume=not cfg.run.fresh,
+                )
             log.info("run dir %s", ctx.session.run_dir)
             self._send_budgets(base_frames)  # before the first parameters, which actors wait for
             t0 = time.perf_counter()
@@ -258,6 +291,7 @@ class TrainerRank:
                     backoff.reset()
                 if self.progress is not None:
                     self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
+                    self._maybe_evaluate()
                 continue
             backoff.reset()
             if multi and self._agree(want_stop):
@@ -273,6 +307,7 @@ class TrainerRank:
                 self.checkpoints.after_step()
                 assert self.progress is not None
                 self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
+                self._maybe_evaluate()
             if trace is not None:
                 trace.maybe_flush()
         if ctx.is_leader:

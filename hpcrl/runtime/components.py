@@ -280,3 +280,21 @@ def check_publishes(policy: Policy, layout: str | None) -> None:
         "policy fails at start-up under mpiexec",
         problem,
     )
+
+
+def live_scalars(cfg: config.ExperimentConfig, run_dir: Any, trace: Any = None) -> Any:
+    """The live TensorBoard writer ``run.tensorboard`` asks for (a :class:`hpcrl.tensorboard.LiveScalars`), or None.
+
+    Raises:
+        ConfigError: the option is on and tensorboard is not installed (says how to install it).
+    """
+    from pathlib import Path
+
+    from hpcrl import tensorboard
+
+    log_dir = tensorboard.log_dir_of(cfg, Path(run_dir))
+    if log_dir is None:
+        return None
+    tensorboard.require(cfg)
+    log.info("tensorboard: writing scalars to %s (tensorboard --logdir %s)", log_dir, log_dir)
+    return tensorboard.LiveScalars(log_dir, trace)

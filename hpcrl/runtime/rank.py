@@ -193,6 +193,8 @@ class RankContext:
         self.on_stats: Callable[[int, dict[str, Any]], None] | None = None
         self.backoff = Backoff()
         self.service_hooks: list[Callable[[], None]] = []
+        self.eval_request: dict[str, Any] | None = None
+        """(The evaluating actor) the leader's newest request for an evaluation during training, until taken."""
         """Called by every :meth:`service` poll (e.g. a node's weight receiver feeding its window)."""
 
     def announce_frames_left(self, frames: int) -> None:
@@ -239,6 +241,8 @@ class RankContext:
                 self.stop.set(f"{msg.get('reason', 'request')} on {self.who(src)}")
             elif kind == "checkpoint":
                 self._checkpoint_requested(src, msg)
+            elif kind == "evaluate":
+                self.eval_request = msg
             elif kind in ("stats", "final") and self.on_stats is not None:
                 self.on_stats(src, msg)
         if self.stop.is_set() and not self.is_leader and not self._stop_forwarded:

@@ -110,6 +110,7 @@ class _SafeTrace:
         self.add_time = writer.add_time
         self.episode = writer.episode
         self.trainer_step = writer.trainer_step
+        self.evaluation = writer.evaluation
 
     def _guard(self, fn: Any) -> None:
         from hpcrl.storage.trace import TraceError

@@ -12,6 +12,9 @@ Layout of ``RUN_DIR/traces/rank-NNNN.h5`` (mode 0600; all 1-D tables chunked, ``
     /overflow/timing_names          (S,) span names first seen after the file was created
     /overflow/timings               (N, S, 3) rows aligned with the /timings rows
     /committed                      int64 (3,): rows of episodes, trainer, timings that are complete
+    /eval/frames, wall_time, policy_version, policy_version_min, episodes, mean_return, std_return,
+          mean_length               one row per evaluation during training (``run.eval_episodes``)
+    /eval/committed                 int64 (1,): rows of /eval that are complete
 
 SWMR forbids creating datasets once readers may be attached, so nothing is written until the
 first flush: records are buffered in memory, and the first flush creates every dataset for
@@ -53,7 +56,7 @@ from hpcrl._version import __version__
 from hpcrl.storage.files import create_exclusive
 from hpcrl.storage.tree import StorageError, decode_key, encode_key, text_value
 
-__all__ = ["TraceError", "TraceWriter", "read_trace", "FORMAT", "EPISODE_FIELDS"]
+__all__ = ["TraceError", "TraceWriter", "read_trace", "FORMAT", "EPISODE_FIELDS", "EVAL_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,17 @@ EPISODE_FIELDS: dict[str, str] = {
     "policy_version": "int64",
 }
 _TRAINER_FIELDS = {"step": "int64", "frames": "int64", "wall_time": "float64"}
+#: columns of ``/eval`` (one row per evaluation during training) and their dtypes.
+EVAL_FIELDS: dict[str, str] = {
+    "frames": "int64",
+    "wall_time": "float64",
+    "policy_version": "int64",
+    "policy_version_min": "int64",
+    "episodes": "int64",
+    "mean_return": "float64",
+    "std_return": "float64",
+    "mean_length": "float64",
+}
 _NAME_BYTES = 128
 _CHUNK_ROWS = 1024
 _LIBVER = ("v110", "v110")  # SWMR needs >= v110; upper bound keeps files readable by HDF5 1.10 tools
@@ -160,6 +174,8 @@ class TraceWriter:
         self._episodes: list[tuple[float, int, int, float, int]] = []
         self._trainer: list[tuple[int, int, float, dict[str, float]]] = []
         self._spans: dict[str, list[float]] = {}  # span -> [cumulative seconds, count]
+        self._evals: list[dict[str, float]] = []
+        self._eval_committed = np.zeros(1, np.int64)
         self._f: Any = None
         self._ds: dict[str, Any] = {}
         self._stat_ds: dict[str, Any] = {}
@@ -197,6 +213,17 @@ class TraceWriter:
         """
         self._trainer.append((step, frames, time.time() if wall_time is None else wall_time, dict(stats)))
 
+    def evaluation(self, result: dict[str, Any]) -> None:
+        """Record one evaluation during training (a row of ``/eval``).
+
+        Args:
+            result: the :data:`EVAL_FIELDS` values (``frames``, ``policy_version``, ``episodes``,
+                ``mean_return``, ...); a missing ``wall_time`` is now, other missing values are -1 / NaN.
+        """
+        row = dict(result)
+        row.setdefault("wall_time", time.time())
+        self._evals.append(row)
+
     def add_time(self, span: str, seconds: float) -> None:
         """Add ``seconds`` to the timing span ``span`` (cumulative; sampled at every flush)."""
         acc = self._spans.get(span)
@@ -229,8 +256,11 @@ class TraceWriter:
             self._write_episodes(episodes)
             self._write_trainer(trainer)
             self._write_timings()
+            evals, self._evals = self._evals, []
+            self._write_evals(evals)
             self._f.flush()  # data first ...
             self._ds["committed"][:] = self._committed
+            self._ds["eval/committed"][:] = self._eval_committed
             self._f.flush()  # ... then the row counts readers trust
         except TraceError:
             raise
@@ -320,6 +350,10 @@ class TraceWriter:
         self._ds["overflow/trainer"] = _table(ov, "trainer", "float64", (s,), fill=np.nan)
         self._ds["overflow/timings"] = _table(ov, "timings", "float64", (s, 3))
         self._ds["committed"] = f.create_dataset("committed", data=np.zeros(3, np.int64))
+        ev = f.create_group("eval")
+        for name, dt in EVAL_FIELDS.items():
+            self._ds[f"eval/{name}"] = _table(ev, name, dt, fill=-1 if dt == "int64" else np.nan)
+        self._ds["eval/committed"] = ev.create_dataset("committed", data=np.zeros(1, np.int64))
 
     def _slot(self, name: str, table: dict[str, int], names_key: str, what: str) -> int | None:
         slot = table.get(name)
@@ -373,6 +407,15 @@ class TraceWriter:
             _append(ds, cols[key])
         _append(self._ds["overflow/trainer"], over)
         self._committed[1] += n
+
+    def _write_evals(self, rows: list[dict[str, float]]) -> None:
+        if not rows:
+            return
+        for name, dt in EVAL_FIELDS.items():
+            missing = -1 if dt == "int64" else np.nan
+            values = np.array([r.get(name, missing) for r in rows], dtype=dt)
+            _append(self._ds[f"eval/{name}"], values)
+        self._eval_committed[0] += len(rows)
 
     def _write_timings(self) -> None:
         now = time.time()
@@ -435,7 +478,19 @@ def _read_trace(f: Any, path: Path) -> dict[str, Any]:
         first = int(np.argmax(seen)) if seen.any() else len(rows)
         rows = rows[first:]
         timings.setdefault(name, {"wall_time": rows[:, 0], "seconds": rows[:, 1], "count": rows[:, 2]})
-    return {"path": str(path), "attrs": attrs, "episodes": episodes, "trainer": trainer, "timings": timings}
+    if "eval" in f:
+        n_ev = int(f["eval/committed"][0])
+        evals = {name: f["eval"][name][:n_ev] for name in EVAL_FIELDS}
+    else:  # a trace written before evaluation tables existed
+        evals = {name: np.zeros(0, dt) for name, dt in EVAL_FIELDS.items()}
+    return {
+        "path": str(path),
+        "attrs": attrs,
+        "episodes": episodes,
+        "trainer": trainer,
+        "timings": timings,
+        "eval": evals,
+    }
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:
@@ -448,7 +503,9 @@ def read_trace(path: str | Path) -> dict[str, Any]:
         ``{"path", "attrs": {rank, role, host, pid, start_time, ...},
         "episodes": {return, length, frames, wall_time, policy_version},
         "trainer": {step, frames, wall_time, "stats": {key: array}},
-        "timings": {span: {wall_time, seconds, count}}}`` with numpy arrays, clipped to the
+        "timings": {span: {wall_time, seconds, count}},
+        "eval": {frames, wall_time, policy_version, policy_version_min, episodes, mean_return, std_return,
+        mean_length}}`` with numpy arrays, clipped to the
         rows the writer has committed.
 
     Raises:

@@ -23,6 +23,7 @@ YAMLS: dict[str, list[str]] = {
     "examples/cartpole/ppo.yaml": [],
     "examples/cartpole/ppg.yaml": [],
     "benchmarks/configs/acrobot_ppo.yaml": [],
+    "examples/cartpole/eval.yaml": ["run.eval_every_frames=32", "run.eval_episodes=2"],
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],
     "examples/mujoco/halfcheetah.yaml": [],
@@ -32,6 +33,7 @@ YAMLS: dict[str, list[str]] = {
 
 #: YAML -> modules its environment needs (the optional extras ``atari``, ``pettingzoo``, ``mujoco``).
 NEEDS: dict[str, list[str]] = {
+    "examples/cartpole/eval.yaml": ["tensorboard"],
     "examples/pong/pong.yaml": ["ale_py", "cv2"],
     "examples/pettingzoo/simple_spread.yaml": ["pettingzoo", "mpe2"],
     "examples/mujoco/halfcheetah.yaml": ["mujoco"],
