@@ -20,6 +20,7 @@ YAMLS: dict[str, list[str]] = {
     "examples/pendulum/ppo.yaml": [],
     "examples/quickstart/exp.yaml": [],
     "benchmarks/configs/cartpole_ppo.yaml": [],
+    "benchmarks/configs/acrobot_ppo.yaml": [],
     "examples/cartpole/ppo.yaml": [],
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],
