@@ -136,14 +136,15 @@ class RewardNormalizer:
         return {} if self.moments is None else self.moments.state()
 
     def load(self, state: dict[str, Any] | None) -> None:
-        """Restore :meth:`state`'s output (``None`` or empty: start without stats, with a warning).
+        """Restore :meth:`state`'s output (empty: no batch yet; ``None``: none stored, start afresh with a warning).
 
         Raises:
             ValueError: a field is missing or malformed (names the field).
         """
         self._pending = None
         if not state:
-            logger.warning("ppo trainer: the checkpoint has no reward normalisation stats; starting them afresh")
+            if state is None:
+                logger.warning("ppo trainer: the checkpoint has no reward normalisation stats; starting them afresh")
             self.moments = None
             return
         mean: Any = state.get("mean")

@@ -268,3 +268,36 @@ def test_a_resumed_trainer_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     for k in ("count", "mean", "var"):
         assert np.array_equal(ra[k], rb[k]), k
     assert float(a["obs_normalizer.stats.obs.count"]) == sum(len(decision_rows(sb)) for sb in batches)
+
+
+def test_a_skipped_step_changes_no_stats() -> None:
+    """A batch with a NaN reward gives a non-finite loss: the step is skipped and neither the observation nor
+    the reward statistics take the batch (the NaN does not poison them)."""
+    rng = np.random.default_rng(8)
+    p, t = make_pair()
+    t.step(batch(rng))
+    before_obs = p.obs_normalizer.state()["obs"]
+    before_rew = t.get_checkpoint()["reward_norm"]
+    bad = batch(rng)
+    bad.reward[4, 1, 0] = np.nan
+    result = t.step(bad)
+    assert result.skipped
+    after_obs = p.obs_normalizer.state()["obs"]
+    after_rew = t.get_checkpoint()["reward_norm"]
+    for k in ("count", "mean", "var"):
+        assert np.array_equal(after_obs[k], before_obs[k]) and np.array_equal(after_rew[k], before_rew[k]), k
+    t.step(batch(rng))  # and the next good batch merges as usual
+    assert float(t.get_checkpoint()["reward_norm"]["count"]) == 2 * 8 * 3
+
+
+def test_a_trainer_checkpoint_without_reward_stats_starts_them_afresh(caplog: pytest.LogCaptureFixture) -> None:
+    _, old = make_pair()
+    plain = old.get_checkpoint()
+    del plain["reward_norm"]
+    _, t = make_pair()
+    t.load_checkpoint(plain)
+    assert "the checkpoint has no reward normalisation stats; starting them afresh" in caplog.text
+    assert t.get_checkpoint()["reward_norm"] == {}  # as before any batch
+    caplog.clear()
+    t.load_checkpoint(make_pair()[1].get_checkpoint())  # a trainer that never stepped: nothing to warn about
+    assert "reward normalisation" not in caplog.text
