@@ -99,17 +99,46 @@ class ObsNormalizer(torch.nn.Module):
         self.clip = float(clip)
         self.keys = list(inputs)
         self.stats = torch.nn.ModuleDict({k: _Stats(tuple(s)) for k, s in inputs.items()})
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]] = {}
 
     def normalize(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``inputs`` with every normalised input replaced (float32 ``(..., dim)``); the others unchanged."""
+        """``inputs`` with every normalised input replaced (float32 ``(..., dim)``); the others unchanged.
+
+        Computed in float32 as ``clamp((x - mean) * (1 / sqrt(var + eps)), -clip, clip)`` from a float32 copy
+        of ``mean`` and ``1 / sqrt(var + eps)`` (taken in float64), cached until the buffers change (an
+        update, ``load_state_dict``, a move to another device).
+        """
         out = dict(inputs)
         for key in self.keys:
-            s: Any = self.stats[key]
+            mean, inv_std = self._affine(key)
             x = inputs[key]
-            std = torch.sqrt(s.var.clamp(min=0.0) + OBS_NORM_EPS)
-            y = ((x.to(torch.float64) - s.mean) / std).clamp(-self.clip, self.clip)
-            out[key] = y.to(x.dtype if x.is_floating_point() else torch.float32)
+            if x.dtype != torch.float32:
+                x = x.float()
+            out[key] = torch.sub(x, mean).mul_(inv_std).clamp_(-self.clip, self.clip)
         return out
+
+    def _affine(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 ``mean`` and ``1 / sqrt(var + eps)`` of input ``key``, recomputed when its buffers changed.
+
+        In-place writes (``update``, ``load_state_dict``) bump the buffers' version counters; a move to another
+        device or dtype (``_apply``) empties the cache.
+        """
+        cached = self._cache.get(key)
+        if cached is not None:
+            mean_buf, var_buf, versions, mean, inv_std = cached
+            if (mean_buf._version, var_buf._version) == versions:
+                return mean, inv_std
+        s: Any = self.stats[key]
+        with torch.no_grad():
+            inv_std = torch.rsqrt(s.var.clamp(min=0.0) + OBS_NORM_EPS).float()
+            mean = s.mean.float()
+        self._cache[key] = (s.mean, s.var, (s.mean._version, s.var._version), mean, inv_std)
+        return mean, inv_std
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``Module._apply`` (``to``, ``cuda``, ``double``, ...): the buffers are new tensors, the cache is stale."""
+        self._cache.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def update(self, rows: Mapping[str, np.ndarray], sync: Any = None) -> float:
         """Merge a batch of rows into the running stats (collective with ``sync`` of several ranks).
