@@ -301,3 +301,23 @@ def test_a_trainer_checkpoint_without_reward_stats_starts_them_afresh(caplog: py
     caplog.clear()
     t.load_checkpoint(make_pair()[1].get_checkpoint())  # a trainer that never stepped: nothing to warn about
     assert "reward normalisation" not in caplog.text
+
+
+def test_a_policy_that_acted_uses_stats_that_arrive_or_change_later() -> None:
+    """Published stats loaded into a policy that already acted, and a later update, take effect at once."""
+    rng = np.random.default_rng(9)
+    req = RolloutRequest(obs=NamedArray(obs=rng.normal(5.0, 3.0, (4, OBS)).astype(np.float32)))
+    sub, trained = policy(), policy()
+    before = sub.rollout(req).analyzed_result.value
+    trained.update_normalizer(batch(rng))
+    sub.load_state_dict(published_copy(trained.state_dict()))
+    now = sub.rollout(req).analyzed_result.value
+    assert not np.array_equal(now, before)
+    np.testing.assert_array_equal(now, trained.rollout(req).analyzed_result.value)
+    more = batch(rng)
+    for p in (sub, trained):
+        p.update_normalizer(more)
+    np.testing.assert_array_equal(sub.rollout(req).analyzed_result.value, trained.rollout(req).analyzed_result.value)
+    fresh = policy()
+    fresh.load_state_dict(published_copy(trained.state_dict()))
+    np.testing.assert_array_equal(sub.rollout(req).analyzed_result.value, fresh.rollout(req).analyzed_result.value)
