@@ -13,10 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import normprobe  # noqa: F401 - registers normprobe-policy here too, for hpcrl.load_policy
 import numpy as np
 import pytest
 from helpers import explain, run_hpcrl
 
+import hpcrl
 from hpcrl.storage.checkpoint import CheckpointManager, load_checkpoint
 from hpcrl.storage.trace import read_trace
 
@@ -191,4 +193,6 @@ def test_a_resumed_run_keeps_its_stats_as_an_uninterrupted_one(tmp_path: Path, c
         np.testing.assert_allclose(np.asarray(rn["var"]).ravel(), [rets.var()], rtol=1e-9)
         np.testing.assert_allclose(np.asarray(rn["mean"]).ravel(), [rets.mean()], rtol=1e-9, atol=1e-12)
         results[name] = (len(bs), float(obs["count"]), int(tree["system"]["trainer_steps"]))
+        loaded = hpcrl.load_policy(str(run_dir)).obs_normalizer.state()["obs"]  # what evaluate acts with
+        assert all(np.array_equal(loaded[k], obs[k]) for k in obs), (loaded, obs)
     assert results["resumed"] == results["straight"], results  # the same steps, over as many rows
