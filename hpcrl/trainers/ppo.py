@@ -438,7 +438,10 @@ class PPOTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def get_checkpoint(self) -> dict[str, Any]:
-        """``{"optimizer": optimizer.state_dict() (tensors cloned to CPU), "step": int, "rng": uint8 tensor}``."""
+        """``{"optimizer": optimizer.state_dict() (tensors cloned to CPU), "step": int, "rng": uint8 tensor}``.
+
+        With ``normalize_rewards`` also ``"reward_norm"``: the return statistics (``count``, ``mean``, ``var``).
+        """
         out = {
             "optimizer": _clone_tensors(self.optimizer.state_dict()),
             "step": self._step,
