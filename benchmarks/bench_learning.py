@@ -31,7 +31,7 @@ Targets (each prints a table and one PASS/FAIL line, and becomes one row):
    about 43% and loses about 44%); the env raises on an illegal move, so the run also shows that masks hold.
 6. ``ppg``: the PPG trainer (docs/ppg.md). CartPole-v1 with examples/cartpole/ppg.yaml must reach a
    last-100 mean of 475 within 200k frames (seed ``--seed``); then Acrobot-v1 with PPO
-   (benchmarks/configs/acrobot_ppo.yaml) and with PPG (the same file and PPO arguments, plus
+   (benchmarks/configs/acrobot_ppg_arms.yaml) and with PPG (the same file and PPO arguments, plus
    ``trainer.type_=ppg``, the auxiliary head and :data:`PPG_ARM`), 200k frames each: frames to a
    last-100 mean of -100 and the final last-100 mean of both, side by side. The comparison is reported;
    the verdict asks PPG to reach both goals within the budget. LunarLander would be the harder task of
@@ -73,7 +73,7 @@ QUICKSTART_YAML = EXAMPLES / "quickstart" / "exp.yaml"
 TICTACTOE_YAML = EXAMPLES / "tictactoe" / "ppo.yaml"
 
 CARTPOLE_PPG_YAML = EXAMPLES / "cartpole" / "ppg.yaml"
-ACROBOT_PPO_YAML = ROOT / "benchmarks" / "configs" / "acrobot_ppo.yaml"
+ACROBOT_PPO_YAML = ROOT / "benchmarks" / "configs" / "acrobot_ppg_arms.yaml"
 #: what turns the Acrobot PPO arm into the PPG arm (every PPO argument stays as it is)
 PPG_ARM = [
     "trainer.type_=ppg",

@@ -112,9 +112,9 @@ def Bcast_state_dict(comm: Any, state_dict: Mapping[str, Any], root: int = 0) ->
         if hasattr(value, "copy_"):
             import torch
 
-            value.copy_(torch.from_numpy(buf))
+            value.copy_(torch.from_numpy(buf).reshape(value.shape))  # ascontiguousarray makes 0-d values 1-d
         elif isinstance(value, np.ndarray) and buf is not value:
-            value[...] = buf
+            value[...] = buf.reshape(value.shape)
 
 
 class IntAnnouncement:

@@ -309,6 +309,11 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         state_dependent_std: Gaussian log-std predicted from features instead of learned per dimension.
         init_log_std: initial Gaussian log-std.
         critic_uses_obs: with ``state_dim``, the separate critic reads the actor inputs too.
+        normalize_obs: normalise the ``obs_norm_keys`` inputs by their running mean and variance
+            (:mod:`hpcrl.policies.obs_norm`); the stats are part of the weights (published, checkpointed)
+            and the trainer updates them (:meth:`update_normalizer`).
+        obs_norm_keys: the vector inputs to normalise (default ``["obs"]``); only with ``normalize_obs``.
+        obs_clip: normalised inputs are clipped to ``[-obs_clip, obs_clip]``.
         seed: seed for the weight init and the action sampler.
         device: where the model lives (``"auto"``: cuda when available).
 
@@ -365,6 +370,9 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         state_dependent_std: bool = False,
         init_log_std: float = 0.0,
         critic_uses_obs: bool = False,
+        normalize_obs: bool = False,
+        obs_norm_keys: Sequence[str] | None = None,
+        obs_clip: float = 10.0,
         seed: int = 0,
         device: str = "cpu",
         chunk_len: Any = None,
@@ -423,6 +431,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             )
         super().__init__(net)
         self._ac_net = net
+        self._obs_norm = _obs_normalizer(net, normalize_obs, obs_norm_keys, obs_clip, {**actor_shapes, **critic_shapes})
         self.shared = bool(shared)
         self.continuous_action = bool(continuous_action)
         self.value_dim = int(value_dim)
@@ -495,7 +504,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             if name not in obs:
                 raise KeyError(f"policy input {name!r} is missing from the observation; it has {obs.keys()}")
             out[name] = self._tensor(obs[name])
-        return out
+        return out if self._obs_norm is None else self._obs_norm.normalize(out)
 
     def _action_mask(self, obs: NamedArray, t: int, b: int) -> torch.Tensor | None:
         """The bool ``(t, b, logits)`` mask of the observation field ``available_action``, or ``None``.
@@ -678,6 +687,37 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             aux_value=out.aux_value,
         )
 
+    # ------------------------------------------------------------------ observation statistics
+    def update_normalizer(self, samples: SampleBatch, sync: Any = None) -> None:
+        """Merge the decision rows of ``samples`` into the running observation stats (with ``normalize_obs``).
+
+        Trainers call this once per applied step; a no-op without ``normalize_obs``. Rows ``0..T-1`` that
+        are neither done nor truncated count (the bootstrap row ``T`` is row 0 of the next fragment).
+
+        Args:
+            samples: a :class:`~hpcrl.api.data.SampleBatch` of ``T + 1`` rows with ``obs``, ``done`` and
+                ``truncated`` (numpy or torch).
+            sync: the trainer ranks' :class:`~hpcrl.api.trainer.GradientSync`; with several ranks this is a
+                collective and every rank ends with the same stats.
+
+        Raises:
+            ValueError: ``samples`` lacks ``done`` or ``truncated``.
+        """
+        if self._obs_norm is None:
+            return
+        if samples.done is None or samples.truncated is None:
+            raise ValueError("update_normalizer needs samples.done and samples.truncated (decision rows)")
+        done, trunc = _host(samples.done), _host(samples.truncated)
+        t_len = done.shape[0] - 1
+        mask = ~(done.reshape(t_len + 1, -1)[:-1].astype(bool) | trunc.reshape(t_len + 1, -1)[:-1].astype(bool))
+        rows = {k: _host(samples.obs[k])[:t_len][mask] for k in self._obs_norm.keys if k in samples.obs}
+        self._obs_norm.update(rows, sync)
+
+    @property
+    def obs_normalizer(self) -> Any:
+        """The :class:`~hpcrl.policies.obs_norm.ObsNormalizer` (``normalize_obs``), or ``None``."""
+        return self._obs_norm
+
     # ------------------------------------------------------------------ checkpoints
     def get_checkpoint(self) -> dict[str, Any]:
         """Model weights, version and the action sampler's RNG state (tensors and ints)."""
@@ -710,6 +750,31 @@ def _ppg_aux_result(out: Any, dist: Any, old_dist_params: torch.Tensor | None) -
             )
         kl = dist.kl_from(old_dist_params)
     return PPGAuxResult(dist_params=params, value=out.value, aux_value=out.aux_value, kl=kl)
+
+
+def _host(x: Any) -> np.ndarray:
+    """A numpy array of ``x`` (numpy, or a torch tensor on any device)."""
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()  # type: ignore[no-any-return]
+    return np.asarray(x)
+
+
+def _obs_normalizer(
+    net: Any, enabled: bool, keys: Sequence[str] | None, clip: float, inputs: dict[str, tuple[int, ...]]
+) -> Any:
+    """Attach an :class:`~hpcrl.policies.obs_norm.ObsNormalizer` to ``net`` (its buffers join the state dict)."""
+    if not enabled:
+        if keys is not None:
+            raise ValueError(
+                f"obs_norm_keys={list(keys)!r} is given but normalize_obs is false; set normalize_obs: true"
+            )
+        return None
+    from hpcrl.policies.obs_norm import ObsNormalizer, check_obs_norm_keys
+
+    names = check_obs_norm_keys(keys, inputs)
+    norm = ObsNormalizer({k: inputs[k] for k in names}, clip)
+    net.add_module("obs_normalizer", norm)
+    return norm
 
 
 def make_separate(**kwargs: Any) -> ActorCriticPolicy:

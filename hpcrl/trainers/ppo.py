@@ -61,6 +61,7 @@ from hpcrl.api.trainer import NonFiniteError, Trainer, TrainerStepResult
 from hpcrl.trainers.adam import make_adam
 from hpcrl.trainers.chunks import check_chunk_args, chunk_batch
 from hpcrl.trainers.returns import decision_mask, gae, vtrace
+from hpcrl.trainers.reward_norm import RewardNormalizer
 from hpcrl.trainers.schedule import check_schedule, scheduled
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ class PPOTrainer(Trainer):
         vtrace_rho: V-trace ``rho_bar``.
         vtrace_c: V-trace ``c_bar``.
         adam_eps: Adam epsilon.
+        normalize_rewards: divide rewards by the running std of the discounted return before the targets
+            (:mod:`hpcrl.trainers.reward_norm`); value targets are then in normalised units.
+        reward_clip: normalised rewards are clipped to ``[-reward_clip, reward_clip]``.
         seed: seed of the minibatch permutation generator.
         chunk_len: recurrent policies only: train each fragment in chunks of this many steps, each replayed
             from the policy state stored at its first step (must divide ``actor.fragment_length``); ``None``:
@@ -147,6 +151,8 @@ class PPOTrainer(Trainer):
         vtrace_rho: float = 1.0,
         vtrace_c: float = 1.0,
         adam_eps: float = 1e-5,
+        normalize_rewards: bool = False,
+        reward_clip: float = 10.0,
         seed: int = 0,
         chunk_len: int | None = None,
         burn_in: int = 0,
@@ -205,6 +211,7 @@ class PPOTrainer(Trainer):
         self._gen = torch.Generator()
         self._gen.manual_seed(int(seed))
         self._step = 0
+        self._reward_norm = RewardNormalizer(self.gamma, reward_clip) if normalize_rewards else None
 
     @property
     def step_count(self) -> int:
@@ -237,6 +244,8 @@ class PPOTrainer(Trainer):
         value = _vals(tt(ar.value, torch.float32))
         done = tt(samples.done).reshape(reward.shape[:2]).bool()
         truncated = tt(samples.truncated).reshape(reward.shape[:2]).bool()
+        if self._reward_norm is not None:  # staged; kept by commit() once the step applied an update
+            reward = self._reward_norm.normalize(reward, done, truncated, self.sync)
         if reward.shape[-1] not in (1, value.shape[-1]):
             raise ValueError(f"reward {tuple(reward.shape)} and value {tuple(value.shape)} have different widths")
         return {
@@ -346,6 +355,7 @@ class PPOTrainer(Trainer):
         out["epochs"] = float(epochs_done)
         out["frames"] = float(t_len * b)
         if updates:
+            _update_normalizers(self.policy, samples, self.sync, self._reward_norm, out)
             self.policy.inc_version()
             self._step += 1
         else:
@@ -457,12 +467,18 @@ class PPOTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def get_checkpoint(self) -> dict[str, Any]:
-        """``{"optimizer": optimizer.state_dict() (tensors cloned to CPU), "step": int, "rng": uint8 tensor}``."""
-        return {
+        """``{"optimizer": optimizer.state_dict() (tensors cloned to CPU), "step": int, "rng": uint8 tensor}``.
+
+        With ``normalize_rewards`` also ``"reward_norm"``: the return statistics (``count``, ``mean``, ``var``).
+        """
+        out = {
             "optimizer": _clone_tensors(self.optimizer.state_dict()),
             "step": self._step,
             "rng": self._gen.get_state(),
         }
+        if self._reward_norm is not None:
+            out["reward_norm"] = self._reward_norm.state()
+        return out
 
     def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore optimizer state, step counter and minibatch RNG.
@@ -481,6 +497,20 @@ class PPOTrainer(Trainer):
         self._step = int(checkpoint["step"])
         if checkpoint.get("rng") is not None:
             self._gen.set_state(torch.as_tensor(np.asarray(checkpoint["rng"]), dtype=torch.uint8))
+        if self._reward_norm is not None:
+            self._reward_norm.load(checkpoint.get("reward_norm"))
+
+
+def _update_normalizers(
+    policy: Any, samples: SampleBatch, sync: Any, reward_norm: RewardNormalizer | None, stats: dict[str, float]
+) -> None:
+    """After an applied step: the policy's observation stats take the batch, the staged reward stats are kept."""
+    update = getattr(policy, "update_normalizer", None)
+    if callable(update):
+        update(samples, sync)
+    if reward_norm is not None:
+        reward_norm.commit()
+        stats["reward_scale"] = reward_norm.std()
 
 
 def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -23,6 +23,7 @@ YAMLS: dict[str, list[str]] = {
     "examples/cartpole/ppo.yaml": [],
     "examples/cartpole/ppg.yaml": [],
     "benchmarks/configs/acrobot_ppo.yaml": [],
+    "benchmarks/configs/acrobot_ppg_arms.yaml": [],
     "examples/cartpole/eval.yaml": ["run.eval_every_frames=32", "run.eval_episodes=2"],
     "examples/pong/pong.yaml": [],
     "examples/pettingzoo/simple_spread.yaml": [],

@@ -69,6 +69,17 @@ def test_bcast_state_dict_copies_the_roots_values_in_place(comm: Any) -> None:
     assert state["steps"].tolist() == [0, 0]
 
 
+def test_bcast_state_dict_copies_0d_values(comm: Any) -> None:
+    """0-d values (a running count, BatchNorm's ``num_batches_tracked``) keep their shape and get the root's value."""
+    import torch
+
+    state = {"count": torch.tensor(float(comm.rank + 1), dtype=torch.float64), "n": np.array(comm.rank + 5)}
+    keep = dict(state)
+    Bcast_state_dict(comm, state, root=0)
+    assert state["count"] is keep["count"] and state["count"].shape == () and float(state["count"]) == 1.0
+    assert state["n"].shape == () and int(state["n"]) == 5
+
+
 @pytest.mark.parametrize("stopper", [None, 0, 1])
 def test_step_agreement_stops_together_with_the_largest_frame_count(comm: Any, stopper: int | None) -> None:
     idles: list[int] = []
