@@ -94,6 +94,20 @@ TASKS: dict[str, Task] = {
         "4 epochs x 4 minibatches of 256 and SB3's default networks (separate 2 x 64 tanh MLPs)",
         systems=("hpcrl", "hpcrl-mpi2", "sb3"),
     ),
+    "acrobot": Task(
+        "acrobot",
+        CONFIGS / "acrobot_ppo.yaml",
+        seeds=10,
+        frames=200_000,
+        threshold=-100.0,
+        source="rl-zoo3 2.9.2's tuned PPO settings for Acrobot-v1 with normalize: true (observation and reward "
+        "normalisation: SB3's VecNormalize, hpcrl's normalize_obs / normalize_rewards)",
+        notes=(
+            "rl-zoo trains 1M steps; the budget here is 200k frames, where both systems are near their final level. "
+            "hpcrl's reward normalisation accumulates the discounted return within each fragment (trainer side) "
+            "where VecNormalize carries it across rollouts per env (docs/normalization.md).",
+        ),
+    ),
     "pendulum": Task(
         "pendulum",
         CONFIGS / "pendulum_ppo.yaml",

@@ -49,6 +49,8 @@ _KNOWN_TRAINER_ARGS = {
     "adam_eps",
     "epochs",
     "minibatches",
+    "normalize_rewards",
+    "reward_clip",
 }
 
 
@@ -189,6 +191,12 @@ def sb3_params(cfg: config.ExperimentConfig, seed: int, total_frames: int, thres
         "net_arch": [hidden] * layers,
         "activation": str(pargs.get("activation", "tanh")),
         **({"log_std_init": float(pargs["init_log_std"])} if "init_log_std" in pargs else {}),
+        # rl-zoo's normalize: true = SB3's VecNormalize (docs/normalization.md): hpcrl's policy normalize_obs
+        # and trainer normalize_rewards
+        "normalize_obs": bool(pargs.get("normalize_obs", False)),
+        "obs_clip": float(pargs.get("obs_clip", 10.0)),
+        "normalize_reward": bool(targs.get("normalize_rewards", False)),
+        "reward_clip": float(targs.get("reward_clip", 10.0)),
         "seed": int(seed),
         "total_frames": int(total_frames),
         "threshold": float(threshold),

@@ -12,7 +12,9 @@ Launched by the single, solve and mpi benchmarks through benchmarks.peers.run_pe
     threshold (mean return over the last 100 episodes), record_episodes (bool),
     profile (bool: time the phases listed in PHASES in thread CPU time),
     record_curve (bool: add every episode's end frame, return and seconds as "curve"),
-    log_dir (str: write SB3's per-update training statistics there as progress.csv)
+    log_dir (str: write SB3's per-update training statistics there as progress.csv),
+    normalize_obs / normalize_reward (bool), obs_clip / reward_clip (float): wrap the envs in VecNormalize
+    (rl-zoo's ``normalize: true``; episode returns stay the raw ones, recorded by the Monitor inside)
 
 Output: {"frames", "wall_seconds", "learn_seconds", "cpu_seconds", "fps", "episodes", "mean_return_last_100",
 "frames_to_threshold", "seconds_to_threshold", "versions"}. ``wall_seconds`` covers env and model
@@ -128,6 +130,17 @@ def main() -> int:
         vec_env_cls=DummyVecEnv,
         env_kwargs={"disable_env_checker": True},
     )
+    if p.get("normalize_obs") or p.get("normalize_reward"):
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        env = VecNormalize(
+            env,
+            norm_obs=bool(p.get("normalize_obs")),
+            norm_reward=bool(p.get("normalize_reward")),
+            clip_obs=float(p.get("obs_clip", 10.0)),
+            clip_reward=float(p.get("reward_clip", 10.0)),
+            gamma=float(p["gamma"]),
+        )
     model = PPO(
         "MlpPolicy",
         env,
