@@ -81,6 +81,10 @@ class Task:
     """Where the settings come from."""
     systems: tuple[str, ...] = ("hpcrl", "sb3")
     notes: tuple[str, ...] = field(default_factory=tuple)
+    peer: str = "SB3"
+    """The peer's name on the page (the ``sb3`` system)."""
+    recurrent: bool = False
+    """The peer side is sb3-contrib's RecurrentPPO (peer venv ``sb3_contrib``) instead of SB3's PPO."""
 
 
 TASKS: dict[str, Task] = {
@@ -107,6 +111,22 @@ TASKS: dict[str, Task] = {
             "hpcrl's reward normalisation accumulates the discounted return within each fragment (trainer side) "
             "where VecNormalize carries it across rollouts per env (docs/normalization.md).",
         ),
+    ),
+    "memory": Task(
+        "memory",
+        CONFIGS / "memory_lstm.yaml",
+        seeds=5,
+        frames=100_000,
+        threshold=0.95,
+        source="the memory task (recall a symbol after 8 blank steps, 4 symbols) with separate actor and critic "
+        "LSTMs of 64 units straight into the heads; 16 envs x 32 steps, 4 epochs x 4 minibatches, lr 1e-3 linear",
+        notes=(
+            "The peer is sb3-contrib's RecurrentPPO with the same shape (lstm_hidden_size 64, net_arch [], "
+            "separate critic LSTM). The initialisation of the LSTMs differs: hpcrl's are orthogonal with a forget-gate "
+            "bias of 1, RecurrentPPO keeps PyTorch's default. Final return = success rate of the last 100 episodes.",
+        ),
+        peer="sb3-contrib RecurrentPPO",
+        recurrent=True,
     ),
     "pendulum": Task(
         "pendulum",
@@ -202,11 +222,51 @@ def _run_hpcrl_mpi2(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
     )
 
 
+def recurrent_params(task: Task, seed: int) -> dict[str, Any]:
+    """The memory-task config as sb3-contrib RecurrentPPO parameters (``sb3_recurrent_ppo.py``).
+
+    Raises:
+        ValueError: a setting this translation does not carry over (the message names it).
+    """
+    from hpcrl.api import config
+
+    cfg = config.load(task.yaml)
+    pargs, targs = cfg.policy.args, cfg.trainer.args
+    if cfg.environment.type_ != "memory" or pargs.get("rnn_type") != "lstm" or pargs.get("num_dense_layers") != 0:
+        raise ValueError(f"{task.yaml}: the RecurrentPPO translation needs the memory env and an LSTM-only policy")
+    rows = cfg.actor.envs_per_actor * cfg.actor.fragment_length
+    return {
+        **{k: int(v) for k, v in cfg.environment.args.items()},
+        "n_envs": cfg.actor.envs_per_actor,
+        "n_steps": cfg.actor.fragment_length,
+        "batch_size": rows // int(targs["minibatches"]),
+        "n_epochs": int(targs["epochs"]),
+        "learning_rate": float(targs["lr"]),
+        "lr_schedule": str(targs.get("lr_schedule", "constant")),
+        "gamma": float(targs["gamma"]),
+        "gae_lambda": float(targs["gae_lambda"]),
+        "clip_range": float(targs["clip"]),
+        "ent_coef": float(targs.get("entropy_coef", 0.0)),
+        "vf_coef": 0.5 * float(targs.get("value_coef", 0.5)),
+        "max_grad_norm": float(targs.get("max_grad_norm", 0.5)),
+        "adam_eps": float(targs.get("adam_eps", 1e-5)),
+        "lstm_hidden_size": int(pargs.get("rnn_hidden_dim", pargs.get("hidden_dim", 64))),
+        "seed": seed,
+        "total_frames": task.frames,
+        "threshold": task.threshold,
+    }
+
+
 def _run_sb3(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
     from hpcrl.api import config
 
-    params = dict(sb3_params(config.load(task.yaml), seed, task.frames, task.threshold), record_curve=True)
-    out = peers.run_peer("sb3", "sb3_ppo.py", ["--params", json.dumps(params)], timeout=7200, quiet=True)
+    if task.recurrent:
+        params = recurrent_params(task, seed)
+        peer, script = "sb3_contrib", "sb3_recurrent_ppo.py"
+    else:
+        params = dict(sb3_params(config.load(task.yaml), seed, task.frames, task.threshold), record_curve=True)
+        peer, script = "sb3", "sb3_ppo.py"
+    out = peers.run_peer(peer, script, ["--params", json.dumps(params)], timeout=7200, quiet=True)
     c = out["curve"]
     return _result(
         task,
@@ -219,6 +279,7 @@ def _run_sb3(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
         fps=out["fps"],
         versions=out.get("versions"),
         mode="one process (DummyVecEnv), seconds from just before the env and model are built",
+        peer=task.peer,
     )
 
 
@@ -292,7 +353,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 "parity",
                 f"{label} success rate (final >= {task.threshold:g})",
                 s["successes"] / s["runs"],
-                "SB3",
+                task.peer,
                 ref["successes"] / ref["runs"],
                 "",
                 target=None,
@@ -306,7 +367,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 "parity",
                 f"{label} IQM final return",
                 s["iqm"],
-                "SB3",
+                task.peer,
                 ref["iqm"],
                 "",
                 note=f"95% CI hpcrl [{s['ci'][0]:.1f}, {s['ci'][1]:.1f}], "
@@ -322,7 +383,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 "parity",
                 f"{label} median seconds to {task.threshold:g}",
                 hs,
-                "SB3",
+                task.peer,
                 ps,
                 "s",
                 higher_is_better=False,

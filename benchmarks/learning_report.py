@@ -58,6 +58,10 @@ def _f(v: Any, nd: int = 1) -> str:
     return f"{float(v):,.{nd}f}"
 
 
+def _label(task: Task, system: str) -> str:
+    return task.peer if system == "sb3" else LABELS[system]
+
+
 def _task_section(task: Task, runs: dict[str, list[dict[str, Any]]], chart: str | None) -> list[str]:
     out = [f"## {task.name}", ""]
     out.append(f"Settings: `{task.yaml.relative_to(ROOT)}` ({task.source}). Budget {task.frames:,} frames per run, ")
@@ -70,7 +74,7 @@ def _task_section(task: Task, runs: dict[str, list[dict[str, Any]]], chart: str 
     summary = summarize(task, runs)
     out += [
         "| system | runs | succeeded | IQM final [95% CI] | mean final | median frames to threshold "
-        "| median s to threshold | median run s | vs SB3: Mann-Whitney p | Fisher p (fewer successes) |",
+        f"| median s to threshold | median run s | vs {task.peer}: Mann-Whitney p | Fisher p (fewer successes) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for system in ("hpcrl", "hpcrl-mpi2", "sb3"):
@@ -81,7 +85,7 @@ def _task_section(task: Task, runs: dict[str, list[dict[str, Any]]], chart: str 
         p_mw = _f(s.get("p_mann_whitney"), 3) if system != "sb3" else ""
         p_f = _f(s.get("p_fisher_less"), 3) if system != "sb3" else ""
         out.append(
-            f"| {LABELS[system]} | {s['runs']} | {s['successes']}/{s['runs']} | {ci} | {_f(s['mean'])} "
+            f"| {_label(task, system)} | {s['runs']} | {s['successes']}/{s['runs']} | {ci} | {_f(s['mean'])} "
             f"| {_f(s['median_frames_to_threshold'], 0)} | {_f(s['median_seconds_to_threshold'])} "
             f"| {_f(s['median_wall_seconds'])} | {p_mw} | {p_f} |"
         )
@@ -95,10 +99,11 @@ def _task_section(task: Task, runs: dict[str, list[dict[str, Any]]], chart: str 
             ratio = s["median_seconds_to_threshold"] / ref["median_seconds_to_threshold"]
             verdict = "met" if ratio <= limit else "missed"
             out.append(
-                f"- Time to threshold, {LABELS[system]}: {ratio:.2f}x SB3's median (target <= {limit}x: {verdict})."
+                f"- Time to threshold, {_label(task, system)}: {ratio:.2f}x {task.peer}'s median "
+                f"(target <= {limit}x: {verdict})."
             )
         out.append("")
-    per_seed = ["| seed | " + " | ".join(LABELS[s] for s in summary) + " |", "|---|" + "---|" * len(summary)]
+    per_seed = ["| seed | " + " | ".join(_label(task, s) for s in summary) + " |", "|---|" + "---|" * len(summary)]
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
     for seed in seeds:
         cells = []
@@ -142,7 +147,7 @@ def _draw(task: Task, runs: dict[str, list[dict[str, Any]]], path: Path) -> None
         idx = rng.integers(0, len(rs), size=(2000, len(rs)))
         boot = np.nanmean(y[idx], axis=1)
         low, high = np.nanquantile(boot, [0.025, 0.975], axis=0)
-        ax.plot(frames, mean, label=f"{LABELS[system]} ({len(rs)} seeds)")
+        ax.plot(frames, mean, label=f"{_label(task, system)} ({len(rs)} seeds)")
         ax.fill_between(frames, low, high, alpha=0.25)
     ax.axhline(task.threshold, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("env frames")
