@@ -37,13 +37,16 @@ frames and seconds to the threshold, learning curve); do not edit it by hand. On
 is written by hand, in `benchmarks/learning_analysis.md`. To add or redo runs:
 `python -m benchmarks.bench_parity --only TASK --seeds 1-30` (it rebuilds this page).
 
-hpcrl and Stable-Baselines3 get the same hyperparameters and network shapes (the hpcrl config under
-`benchmarks/configs/` is translated for SB3), seeds interleaved in one sitting, each run in a fresh process
+hpcrl and Stable-Baselines3 (sb3-contrib's RecurrentPPO for the recurrent task) get the same
+hyperparameters and network shapes (the hpcrl config under `benchmarks/configs/` is translated for the
+peer), seeds interleaved in one sitting, each run in a fresh process
 with one torch thread. **Final return** is the mean return of the last 100 episodes of the run; a run
 **succeeds** when its final return reaches the task's threshold. **IQM** is the interquartile mean of the
 final returns over seeds, with a 95% stratified bootstrap interval (10,000 resamples; the method of
 Agarwal et al. 2021, rliable). The tests compare hpcrl with SB3: Mann-Whitney U on final returns
-(two-sided) and Fisher's exact test of "hpcrl succeeds less often" (one-sided). Seconds to the threshold
+(two-sided) and Fisher's exact test of "hpcrl succeeds less often" (one-sided). The targets: hpcrl's IQM
+is not significantly below the peer's (Mann-Whitney p >= 0.05 or a higher IQM), hpcrl succeeds at least
+as often, and its time to the threshold is <= 0.6x the peer's in one process and <= 0.4x with `mpiexec -n 2`. Seconds to the threshold
 are wall-clock seconds from just before the run builds its envs and model (one process) or from the launch
 of `mpiexec` (MPI), to the episode at which the mean of the last 100 episodes first reaches the
 threshold; medians are over the seeds that reached it.

@@ -140,11 +140,9 @@ class PPGTrainer(PPOTrainer):
             0 here: PPG trains the auxiliary head in the auxiliary phase only).
         aux_buffer_mb: cap, in MiB, on the batches a trainer rank keeps for the auxiliary phase (plus the
             old distribution's parameters); exceeding it raises ``ValueError``.
-        **kwargs: the :class:`~hpcrl.trainers.ppo.PPOTrainer` arguments (``lr``, ``gamma``,
-            ``gae_lambda``, ``clip``, ``value_clip``, ``value_coef``, ``entropy_coef``, ``epochs``,
-            ``minibatches``, ``max_grad_norm``, ``normalize_advantages``, ``lr_schedule``,
-            ``entropy_schedule``, ``clip_schedule``, ``target_kl``, ``vtrace``, ``vtrace_rho``, ``vtrace_c``,
-            ``adam_eps``, ``seed``): the policy phase is exactly their PPO step.
+        **kwargs: every :class:`~hpcrl.trainers.ppo.PPOTrainer` argument (``lr``, ``gamma``, ``clip``,
+            ``epochs``, ``minibatches``, the schedules, V-trace, ``chunk_len``/``burn_in``,
+            ``normalize_rewards``, ...): the policy phase is exactly their PPO step.
 
     Raises:
         ValueError: a bad argument (the message names it).
