@@ -68,6 +68,7 @@ class Checkpointer:
         extra_attrs: more root attributes for checkpoints (``world_size``, ``layout``, ``trainer_ranks``,
             ``frames_per_step``), compared with a checkpoint's on resume.
         trace: this rank's trace writer, or None.
+        policy: in a multi-policy run, the policy whose checkpoints these are (``RUN_DIR/checkpoints/<policy>``).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Checkpointer:
         config_text: str = "",
         extra_attrs: dict[str, Any] | None = None,
         trace: Any = None,
+        policy: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.learner = learner
@@ -96,8 +98,13 @@ class Checkpointer:
             from hpcrl.storage.background import make_saver
             from hpcrl.storage.checkpoint import CheckpointManager
 
-            self._manager = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints)
+            self._manager = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints, policy=policy)
             self._saver = make_saver(self._manager, cfg.run.checkpoint_writer)
+
+    @property
+    def manager(self) -> CheckpointManager | None:
+        """The checkpoint files this checkpointer writes and resumes from (None: it writes none)."""
+        return self._manager
 
     @property
     def writes(self) -> bool:
