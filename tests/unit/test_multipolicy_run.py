@@ -125,6 +125,15 @@ def _newest(run_dir: Path, policy: str) -> Path:
     return files[-1]
 
 
+class CountingPolicy(RandomPolicy):
+    """A random policy with a state: the number of steps since the episode began."""
+
+    def rollout(self, request: Any) -> Any:
+        out = super().rollout(request)
+        out.policy_state = NamedArray(n=np.asarray(request.policy_state.n) + 1)
+        return out
+
+
 def test_policy_ring_routes_each_agent_to_its_policy() -> None:
     """Agents 0 and 2 act for part 0, agent 1 for part 1: each part's fragments and versions are its own."""
     cfg = config.from_dict(
@@ -134,15 +143,19 @@ def test_policy_ring_routes_each_agent_to_its_policy() -> None:
             agents=[{"match": "[02]", "policy": "learner"}, {"match": 1, "policy": "opponent"}],
         )
     )
-    parts = [PartSpec("learner", None), PartSpec("opponent", None)]
+    parts = [PartSpec("learner", None), PartSpec("opponent", NamedArray(n=np.zeros(1, np.float32)))]
     ring = rings.make_ring(cfg, None, "test", parts=parts, part_of_agent=lambda a: 1 if a == 1 else 0)
     assert isinstance(ring, PolicyRing) and ring.part_slots(0) == 4 and ring.part_slots(1) == 2
-    policies = [RandomPolicy(action_dim=2, seed=1), RandomPolicy(action_dim=2, seed=2)]
+    policies = [RandomPolicy(action_dim=2, seed=1), CountingPolicy(action_dim=2, seed=2)]
     frags: list[list[SampleBatch]] = [[], []]
     episodes = []
     for _ in range(20):
         requests = ring.request_parts(0)
         assert [len(r) for r in requests if r is not None] == [4, 2]
+        counted = requests[1]
+        assert counted is not None and counted.policy_state is not None
+        t = np.asarray(counted.obs.obs)[:, 1] * 8  # type: ignore[union-attr]
+        assert np.array_equal(np.asarray(counted.policy_state.n)[:, 0], t)  # its own state, reset with its env
         ring.consume_parts(0, [(p.rollout(r), 7 * i + 5) for i, (p, r) in enumerate(zip(policies, requests))])  # type: ignore[arg-type]
         for p in range(2):
             frags[p] += ring.pop_part_fragments(p)
@@ -251,3 +264,26 @@ def test_multi_policy_config_under_mpi_is_refused(tmp_path: Path, clean_env: dic
     assert proc.stderr.count("policies: a multi-policy config runs in one process for now") == 1
     assert "this job has 2 MPI ranks" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_policies_with_different_recurrent_states_share_envs(tmp_path: Path) -> None:
+    """An LSTM learner (agents 0 and 2) and a frozen GRU (agent 1): each part keeps its own state layout."""
+    RecordingPPO.seen.clear()
+
+    def rnn(kind: str) -> dict[str, Any]:
+        args = {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8, "num_rnn_layers": 1, "rnn_type": kind}
+        return {"type_": "actor-critic-separate", "args": args}
+
+    data = _data(
+        tmp_path / "run",
+        total=320,
+        environment={"type_": "mp-test-tag", "args": {"n_agents": 3}},
+        policies={"learner": rnn("lstm"), "opponent": rnn("gru")},
+        agents=[{"match": "0|2", "policy": "learner"}, {"match": 1, "policy": "opponent"}],
+    )
+    summary = run_local(config.from_dict(data))
+    assert summary["reason"] == "finished" and summary["policy_versions"]["opponent"] == 0
+    assert summary["policy_versions"]["learner"] == len(RecordingPPO.seen) > 0
+    assert all(set(seen.tolist()) == {0.0, 2.0} for seen in RecordingPPO.seen)
+    tree, _ = load_checkpoint(_newest(tmp_path / "run", "learner"))
+    assert int(tree["system"]["frames"]) == summary["frames"]
