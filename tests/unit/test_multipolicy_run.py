@@ -84,7 +84,24 @@ class RecordingPPO(PPOTrainer):
         return super().step(samples)
 
 
+class FlakyTag(TagEnv):
+    """The first instance built raises in its third step (once)."""
+
+    built = 0
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        FlakyTag.built += 1
+        self.flaky = FlakyTag.built == 1
+
+    def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
+        if self.flaky and self.t == 2:
+            raise RuntimeError("flaky env")
+        return super().step(actions)
+
+
 register_env("mp-test-tag", TagEnv)
+register_env("mp-test-flaky", FlakyTag)
 register_trainer("mp-test-recording-ppo", RecordingPPO)
 
 AC = {"type_": "actor-critic-separate", "args": {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8}}
@@ -168,6 +185,28 @@ def test_policy_ring_routes_each_agent_to_its_policy() -> None:
             assert set(np.unique(obs[..., 0])) == agents  # only its agents' rows, none unwritten (NaN)
             assert set(np.unique(f.policy_version)) == {version}
     assert sorted(e.policy for e in episodes) == [0] * 8 + [1] * 4  # 2 envs x 2 episodes of 8 steps
+    ring.close()
+
+
+def test_a_recreated_env_truncates_the_rows_of_every_policy() -> None:
+    FlakyTag.built = 0
+    data = _data(Path("unused"), environment={"type_": "mp-test-flaky", "args": {"n_agents": 2}})
+    data["actor"]["env_failure"] = "recreate"
+    cfg = config.from_dict(data)
+    parts = [PartSpec("learner", None), PartSpec("opponent", None)]
+    ring = rings.make_ring(cfg, None, "test", parts=parts, part_of_agent=lambda a: a)
+    assert isinstance(ring, PolicyRing)
+    policy = RandomPolicy(action_dim=2, seed=1)
+    frags: list[list[SampleBatch]] = [[], []]
+    for _ in range(20):
+        requests = ring.request_parts(0)
+        ring.consume_parts(0, [None if r is None else (policy.rollout(r), 0) for r in requests])
+        for p in range(2):
+            frags[p] += ring.pop_part_fragments(p)
+    assert ring.env_failures == 1
+    for p in range(2):
+        truncated = np.asarray(frags[p][0].truncated)[:, 0, 0]  # env 0's column of this policy
+        assert truncated[2] and not truncated[:2].any()  # the last row before the failure is no decision
     ring.close()
 
 
