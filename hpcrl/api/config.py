@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer
+
 __all__ = [
     "ConfigError",
     "Environment",
@@ -49,6 +51,7 @@ __all__ = [
     "load",
     "dump",
     "apply_overrides",
+    "policy_of_agents",
     "parse_yaml",
     "MAX_YAML_VALUES",
     "building",
@@ -98,63 +101,6 @@ class _Section:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_bounds(getattr(self, f.name), f, f"{self._path}.{f.name}" if self._path else f.name)
-
-
-# ============================================================== component specs
-@dataclass(frozen=True)
-class Environment:
-    """Which environment to build: a registered name plus keyword arguments."""
-
-    type_: str
-    """Registered environment name, e.g. ``gym`` or ``quickstart-multiagent``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the environment's constructor."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Which policy to build: a registered name plus keyword arguments."""
-
-    type_: str
-    """Registered policy name, e.g. ``actor-critic-separate``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the policy's constructor."""
-
-
-@dataclass(frozen=True)
-class PolicyEntry:
-    """One named policy of a multi-policy run (an entry of ``policies``)."""
-
-    type_: str
-    """Registered policy name, e.g. ``actor-critic-separate``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the policy's constructor."""
-    init_from: str | None = None
-    """A checkpoint file or run directory (its newest valid checkpoint; for a multi-policy run,
-    ``RUN_DIR/checkpoints/<policy>``) whose policy weights this policy starts from; a checkpoint whose policy
-    does not fit this one is an error. ``None`` = fresh weights. A resumed run takes the weights of its own
-    checkpoint instead."""
-
-
-@dataclass(frozen=True)
-class AgentMatch:
-    """Which policy acts for which agents (an entry of ``agents``; the first entry that matches wins)."""
-
-    match: int | str
-    """An agent index (``0``), or a regular expression that must match the whole agent index written as a
-    string (``"[0-9]*[02468]"``: the even agents; ``".*"``: every agent)."""
-    policy: str
-    """The name of the policy (a key of ``policies``) that acts for the matched agents."""
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """Which trainer to build: a registered name plus keyword arguments (the policy is passed first)."""
-
-    type_: str
-    """Registered trainer name, e.g. ``ppo``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the trainer's constructor."""
 
 
 # ============================================================== system sections
@@ -355,24 +301,16 @@ class ExperimentConfig:
 
     @property
     def single_policy(self) -> Policy:
-        """The ``policy`` of a single-policy config.
-
-        Raises:
-            ConfigError: a multi-policy config (``policies``), which this part of hpcrl does not run.
-        """
+        """The ``policy`` of a single-policy config (ConfigError naming ``policy`` for a multi-policy one)."""
         if self.policy is None:
-            raise ConfigError(_multi_here("policy"))
+            raise ConfigError(_MULTI_HERE.format("policy"))
         return self.policy
 
     @property
     def single_trainer(self) -> Trainer:
-        """The ``trainer`` of a single-policy config.
-
-        Raises:
-            ConfigError: a multi-policy config (``policies``), which this part of hpcrl does not run.
-        """
+        """The ``trainer`` of a single-policy config (ConfigError naming ``trainer`` for a multi-policy one)."""
         if self.trainer is None:
-            raise ConfigError(_multi_here("trainer"))
+            raise ConfigError(_MULTI_HERE.format("trainer"))
         return self.trainer
 
     @property
@@ -386,11 +324,10 @@ class ExperimentConfig:
         return Path(self.run.dir) if self.run.dir else Path("runs") / self.experiment.name
 
 
-def _multi_here(key: str) -> str:
-    return (
-        f"{key}: this is a multi-policy config (policies: ...), which only a one-process run "
-        f"(python -m hpcrl.run without mpiexec, hpcrl.run_local) supports for now"
-    )
+_MULTI_HERE = (
+    "{}: this is a multi-policy config (policies: ...), which only a one-process run (python -m hpcrl.run "
+    "without mpiexec, hpcrl.run_local) supports for now"
+)
 
 
 #: a policy name: it names a directory (``RUN_DIR/checkpoints/<name>``) and appears in stat keys.

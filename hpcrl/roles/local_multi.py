@@ -211,47 +211,72 @@ def _build_slots(
 def _restore(slots: list[_Slot]) -> int | None:
     """Resume every policy from the newest set of checkpoints taken at the same frames; the frames, or None.
 
-    Frozen policies take their newest checkpoint (their weights never change); trained ones the newest
-    checkpoints that share one frame count (a stop between the files of one save leaves the newer files
-    of some policies: the previous set is used). Frozen policies are restored first so that the RNG state
-    is the trained set's.
+    Frozen policies take their newest valid checkpoint (their weights never change); trained ones the newest
+    valid checkpoints that share one frame count (a stop between the files of one save leaves the newer
+    files of some policies: the previous set is used; a corrupt file is skipped with a WARNING). Frozen
+    policies are restored first so that the RNG state is the trained set's.
+
+    Returns:
+        The frames of the resumed set, or None when there are no checkpoint files at all.
 
     Raises:
-        CheckpointError: checkpoints exist but no policy set can be resumed (names the policies and files).
+        CheckpointError: checkpoint files exist but no set can be resumed (never a silent fresh start; names
+            the directory and the frames found per policy).
     """
-    from hpcrl.storage.checkpoint import CheckpointError, read_checkpoint_attrs
+    from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_attrs
 
     found: dict[str, dict[int, Path]] = {}
+    listed = 0
     for s in slots:
         manager = s.checkpoints.manager
         assert manager is not None
         manager.sweep_tmp()
         files: dict[int, Path] = {}
         for path in manager.list():
+            listed += 1
             try:
-                frames = int(read_checkpoint_attrs(path).get("frames", -1))
+                at = int(read_checkpoint_attrs(path).get("frames", -1))
             except CheckpointError as e:
                 log.warning("checkpoint %s is corrupt, skipped: %s", path, e)
                 continue
-            files.setdefault(frames, path)  # newest first: the highest version of each frame count
+            files.setdefault(at, path)  # newest first: the highest version of each frame count
         found[s.name] = files
-    if not any(found.values()):
+    if listed == 0:
         return None
+    verified: dict[Path, bool] = {}
+
+    def valid(path: Path) -> bool:
+        if path not in verified:
+            try:
+                load_checkpoint(path)
+                verified[path] = True
+            except CheckpointError as e:
+                log.warning("checkpoint %s is corrupt, skipped: %s", path, e)
+                verified[path] = False
+        return verified[path]
+
     trained = [s for s in slots if s.trained]
-    missing = [s.name for s in slots if not found[s.name]]
     common = set.intersection(*(set(found[s.name]) for s in trained)) if trained else set()
-    if missing or (trained and not common):
+    frames = next((f for f in sorted(common, reverse=True) if all(valid(found[s.name][f]) for s in trained)), None)
+    chosen: dict[str, Path] = {s.name: found[s.name][frames] for s in trained} if frames is not None else {}
+    for s in slots:
+        if not s.trained:
+            newest = next((p for _, p in sorted(found[s.name].items(), reverse=True) if valid(p)), None)
+            if newest is not None:
+                chosen[s.name] = newest
+    missing = [s.name for s in slots if s.name not in chosen]
+    if missing:
         have = "; ".join(f"{n}: {sorted(f)}" for n, f in found.items())
+        where = slots[0].checkpoints.manager.dir.parent  # type: ignore[union-attr]
         raise CheckpointError(
-            f"no set of checkpoints to resume all policies from in {slots[0].checkpoints.manager.dir.parent}: "  # type: ignore[union-attr]
-            + (f"no valid checkpoint of {', '.join(missing)}; " if missing else "")
-            + f"frames of the valid checkpoints of each policy: {have} (trained policies must share one frame "
-            "count; move the checkpoints aside or set run.fresh to start from scratch)"
+            f"no set of checkpoints to resume all policies from in {where}: no valid checkpoint of "
+            f"{', '.join(missing)} in a set; frames of the readable checkpoints of each policy: {have} (trained "
+            "policies must share one frame count; move the checkpoints aside or set run.fresh to start from scratch)"
         )
-    frames = max(common) if trained else max(max(f) for f in found.values())
+    if frames is None:  # only frozen policies
+        frames = max(int(read_checkpoint_attrs(p).get("frames", 0)) for p in chosen.values())
     for s in sorted(slots, key=lambda s: s.trained):
-        path = found[s.name][frames] if s.trained else max(found[s.name].items())[1]
-        s.checkpoints.restore(path)
+        s.checkpoints.restore(chosen[s.name])
     for s in slots:
         s.learner.frames = frames
     return frames

@@ -266,7 +266,12 @@ def test_a_policy_without_any_checkpoint_is_not_resumed_silently(tmp_path: Path)
     run_local(config.from_dict(_data(run, total=64)))
     for f in (run / "checkpoints" / "learner").glob("ckpt-*.h5"):
         f.unlink()
-    with pytest.raises(CheckpointError, match=r"no valid checkpoint of learner"):
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint of learner in a set"):
+        run_local(config.from_dict(_data(run, total=128)))
+    for f in (run / "checkpoints").glob("*/ckpt-*.h5"):  # only corrupt files left: still no fresh start
+        f.write_bytes(b"not hdf5")
+    (run / "checkpoints" / "learner" / "ckpt-000000001.h5").write_bytes(b"not hdf5")
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint of learner, opponent in a set"):
         run_local(config.from_dict(_data(run, total=128)))
 
 
