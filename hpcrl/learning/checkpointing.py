@@ -86,6 +86,7 @@ class Checkpointer:
         self.config_text = config_text
         self.extra_attrs = dict(extra_attrs or {})
         self.trace = trace
+        self.policy = policy
         self.last_checkpoint: Path | None = None
         self.saves_failed = 0
         self.state_time = 0.0
@@ -260,6 +261,7 @@ class Checkpointer:
             self._manager.sweep_tmp()
             found = self._manager.latest_valid()
             if found is None:
+                self.refuse_other_layout()
                 return None
             path, tree, attrs = found
         else:
@@ -276,6 +278,35 @@ class Checkpointer:
 
             log.debug("restored state of %s: digest %s", path.name, tree_digest(self.learner.checkpoint_tree()))
         return path
+
+    def refuse_other_layout(self) -> None:
+        """Refuse to start afresh beside the checkpoints of a run with the other checkpoint layout.
+
+        A single-policy run keeps ``RUN_DIR/checkpoints/ckpt-*.h5``, a multi-policy run
+        ``RUN_DIR/checkpoints/<policy>/ckpt-*.h5``; a config of one kind finding only the other's checkpoints
+        would otherwise start from scratch beside them.
+
+        Raises:
+            CheckpointError: the other layout's checkpoints are there (names the directory and the way out).
+        """
+        from hpcrl.storage.checkpoint import CheckpointError, CheckpointManager
+
+        assert self._manager is not None
+        mine = self._manager.dir
+        top = mine.parent if self.policy is not None else mine
+        if not top.is_dir():
+            return
+        if self.policy is None:
+            others = sorted(d.name for d in top.iterdir() if d.is_dir() and CheckpointManager(d, directory=d).list())
+            kind, theirs = "a multi-policy run", f"policies {', '.join(others)}"
+        else:
+            others = [p.name for p in CheckpointManager(top.parent).list()]
+            kind, theirs = "a single-policy run", f"{len(others)} checkpoint file(s)"
+        if others:
+            raise CheckpointError(
+                f"{top} holds the checkpoints of {kind} ({theirs}), which this config cannot resume; "
+                f"use another run.dir, or set run.fresh to move them aside and start from scratch"
+            )
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
         """Log how the checkpoint's run differs from this one: rank layout, frames per step, frame budget, specs.

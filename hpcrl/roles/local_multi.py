@@ -242,6 +242,7 @@ def _restore(slots: list[_Slot]) -> int | None:
             files.setdefault(at, path)  # newest first: the highest version of each frame count
         found[s.name] = files
     if listed == 0:
+        slots[0].checkpoints.refuse_other_layout()
         return None
     verified: dict[Path, bool] = {}
 

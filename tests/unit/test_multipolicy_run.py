@@ -331,3 +331,23 @@ def test_policies_with_different_recurrent_states_share_envs(tmp_path: Path) -> 
     assert all(set(seen.tolist()) == {0.0, 2.0} for seen in RecordingPPO.seen)
     tree, _ = load_checkpoint(_newest(tmp_path / "run", "learner"))
     assert int(tree["system"]["frames"]) == summary["frames"]
+
+
+def test_a_run_dir_of_the_other_kind_is_not_restarted_beside_its_checkpoints(tmp_path: Path) -> None:
+    multi = tmp_path / "multi"
+    run_local(config.from_dict(_data(multi, total=64)))
+    single = {
+        "experiment": {"name": "single", "seed": 3, "total_frames": 64},
+        "environment": {"type_": "mp-test-tag", "args": {"n_agents": 2}},
+        "policy": AC,
+        "trainer": {"type_": "ppo", "args": {"epochs": 1, "minibatches": 1}},
+        "actor": {"envs_per_actor": 2, "fragment_length": 8},
+        "run": {"dir": str(multi), "progress": "off", "checkpoint_writer": "inline"},
+    }
+    with pytest.raises(CheckpointError, match=r"holds the checkpoints of a multi-policy run \(policies learner, opp"):
+        run_local(config.from_dict(single))
+    single["run"]["dir"] = str(tmp_path / "single")  # type: ignore[index]
+    run_local(config.from_dict(single))
+    with pytest.raises(CheckpointError, match=r"holds the checkpoints of a single-policy run \(1 checkpoint file"):
+        run_local(config.from_dict(_data(tmp_path / "single", total=128)))
+    assert not (tmp_path / "single" / "checkpoints" / "learner").exists()
