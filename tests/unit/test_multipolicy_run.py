@@ -351,3 +351,10 @@ def test_a_run_dir_of_the_other_kind_is_not_restarted_beside_its_checkpoints(tmp
     with pytest.raises(CheckpointError, match=r"holds the checkpoints of a single-policy run \(1 checkpoint file"):
         run_local(config.from_dict(_data(tmp_path / "single", total=128)))
     assert not (tmp_path / "single" / "checkpoints" / "learner").exists()
+
+
+def test_the_example_config_runs(tmp_path: Path) -> None:
+    path = REPO / "examples" / "quickstart" / "multipolicy.yaml"
+    overrides = ["experiment.total_frames=1024", f"run.dir={tmp_path / 'run'}", "run.progress=off"]
+    summary = run_local(config.load(path, overrides))
+    assert summary["reason"] == "finished" and summary["policy_versions"] == {"learner": 2, "teammate": 0}
