@@ -17,12 +17,15 @@ and ``python -m hpcrl.evaluate`` read it like any other.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
@@ -372,6 +375,7 @@ def _loop(
         session.run_dir,
     )
     sinks: list[Callable[[Any], Any] | None] = [s.learner.add if s.trained else None for s in slots]
+    recent: list[collections.deque[float]] = [collections.deque(maxlen=100) for _ in slots]  # returns per policy
 
     def stats() -> dict[str, float]:
         out: dict[str, float] = {}
@@ -404,6 +408,8 @@ def _loop(
                         sink(fragment)
             if ring.episodes:
                 done = ring.pop_episodes()
+                for e in done:
+                    recent[e.policy].append(e.ret)
                 mine = [e for e in done if slots[e.policy] is shown]
                 progress.add_episodes([e.ret for e in mine], [e.length for e in mine])
                 if trace is not None:
@@ -428,6 +434,7 @@ def _loop(
         reason=reason,
         policy_version=shown.policy.version,
         policy_versions={s.name: s.policy.version for s in slots},
+        mean_return_by_policy={s.name: round(float(np.mean(r)), 4) if r else None for s, r in zip(slots, recent)},
         dropped_fragments=sum(s.learner.batcher.dropped for s in trained),
         env_failures=ring.env_failures,
         checkpoint=checkpoints.last,

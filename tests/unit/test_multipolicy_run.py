@@ -217,6 +217,10 @@ def test_learner_against_frozen_opponent_trains_only_the_learner(tmp_path: Path)
     assert summary["reason"] == "finished" and summary["policy_versions"]["opponent"] == 0
     assert summary["policy_versions"]["learner"] == len(RecordingPPO.seen) > 0
     assert all(set(seen.tolist()) == {0.0} for seen in RecordingPPO.seen)  # agent 0's rows only
+    by_policy = summary["mean_return_by_policy"]  # last 100 episodes of each policy's agents
+    assert set(by_policy) == {"learner", "opponent"} and summary["mean_return_last_100"] == pytest.approx(
+        by_policy["learner"], abs=1e-3
+    )
     ckpts = run1 / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["learner", "opponent"]  # nothing else at the top
     assert _newest(run1, "learner").name == f"ckpt-{summary['policy_versions']['learner']:09d}.h5"
