@@ -81,7 +81,7 @@ def evaluate(
 
     cfg, tree, file = _load(Path(path), config, trust_config)
     components.set_torch_threads(cfg.run.torch_threads)
-    policy = make_policy(cfg.policy)
+    policy = make_policy(cfg.single_policy)
     policy.load_checkpoint(tree["policy"])
     # the evaluation's own envs: ``envs`` of them, seeded from ``seed``, checked on their first steps, never recreated
     actor = dataclasses.replace(
@@ -101,7 +101,7 @@ def evaluate(
         lengths.extend(e.length for e in done)
 
     loop = InlineLoop(
-        ring, policy, f"{cfg.policy.type_!r} ({type(policy).__name__})", fragments=drop, episodes=finished
+        ring, policy, f"{cfg.single_policy.type_!r} ({type(policy).__name__})", fragments=drop, episodes=finished
     )
     try:
         while len(returns) < episodes:

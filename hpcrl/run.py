@@ -179,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     if comm.size == 1:
         _setup_logging(0, "local", args.log_level)
         return _run_local(cfg, stop, args.summary_json)
+    if cfg.multi_policy:  # every rank parsed the same config: all stop here together, before any communication
+        if comm.rank == 0:
+            sys.stderr.write(
+                f"hpcrl: config error: policies: a multi-policy config runs in one process for now "
+                f"(python -m hpcrl.run {args.config} without mpiexec); this job has {comm.size} MPI ranks\n"
+            )
+            sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.Finalize()  # a clean end on every rank: without it, mpi4py turns exit status 2 into an MPI_Abort
+        return 2
     from hpcrl.comm.mpi import node_name
     from hpcrl.comm.nodes import Discover_nodes
     from hpcrl.comm.topology import Topology, TopologyError

@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hpcrl.acting.obs_buffers import Misfit, ObsBuffers
 from hpcrl.acting.trajectory import TrajectoryBuffer
 from hpcrl.api.environment import AVAILABLE_ACTION, Environment, StepResult
 from hpcrl.api.namedarray import NamedArray, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult, result_rows_problem
 from hpcrl.api.trainer import SampleBatch
-from hpcrl.comm.schema import WIRE_DTYPES, Schema, from_flat
 from hpcrl.envs.checks import describe, flag_problem, leaf_problem, reward_problem
 from hpcrl.envs.results import FALSE, TRUE
 
@@ -66,10 +65,6 @@ class PolicyResultError(EnvError):
     """The policy's RolloutResult does not fit the request or the layout fixed by its first result (names it)."""
 
 
-class _Misfit(ValueError):
-    """One field of a step result does not fit the ring's buffers (the message starts with the field)."""
-
-
 @dataclasses.dataclass
 class Episode:
     """A finished episode of one agent."""
@@ -77,107 +72,8 @@ class Episode:
     ret: float
     length: int
     version: int
-
-
-class _ObsBuffers:
-    """Per-slot observation buffers (one array per leaf, ``(S, *shape)``), written as results arrive.
-
-    Built from the first observation, which fixes every field's shape and dtype; every later write
-    checks its leaf against them (one shape and one dtype comparison each) and refuses a mismatch
-    instead of letting numpy broadcast or cast it. A request is a view of the buffers (every slot
-    acting) or one fancy-index copy, instead of stacking per-agent NamedArrays every step.
-
-    Float leaves of one dtype share one allocation (with ``reward_width`` float32 columns for the group's
-    rewards at the end of the float32 one), so the NaN/Inf check is one dot product per float dtype.
-
-    Raises:
-        _Misfit: the first observation has a leaf that is not a numpy array of a wire dtype.
-    """
-
-    def __init__(self, obs: NamedArray, num_slots: int, reward_width: int) -> None:
-        self.flat = all(not isinstance(v, NamedArray) for v in obs.values())
-        self.cls = type(obs)
-        self.keys: list[str] = list(obs.keys())
-        if self.flat:
-            self.paths = [k for k in self.keys if getattr(obs, k) is not None]
-        else:
-            schema = Schema.of(obs, batch_ndim=0)
-            self.paths = [leaf.path for leaf in schema.leaves]
-            self.nodes = schema.nodes
-        flat = dict(obs.flat_items())
-        for p in self.paths:
-            x = flat[p]
-            if not isinstance(x, np.ndarray) or x.dtype.str not in WIRE_DTYPES:
-                raise _Misfit(f"obs field {p!r}: expected a numpy array of a numeric/bool dtype, got {describe(x)}")
-        shapes = {p: (num_slots, *flat[p].shape) for p in self.paths}
-        blocks: dict[np.dtype[Any], list[str]] = {}  # float dtype -> the leaves that share its block
-        for p in self.paths:
-            if flat[p].dtype.kind == "f":
-                blocks.setdefault(flat[p].dtype, []).append(p)
-        by_path: dict[str, np.ndarray] = {}
-        #: one (flat block, zeros) per float dtype: ``block.dot(zeros)`` is 0 unless the block holds NaN/Inf
-        self.finite: list[tuple[np.ndarray, np.ndarray]] = []
-        self.reward = np.zeros((num_slots, reward_width), np.float32)
-        blocks.setdefault(_F32, [])
-        for dtype, paths in blocks.items():
-            sizes = [math.prod(shapes[p]) for p in paths]
-            extra = self.reward.size if dtype == _F32 else 0
-            block = np.zeros(sum(sizes) + extra, dtype)
-            at = 0
-            for p, n in zip(paths, sizes):
-                by_path[p] = block[at : at + n].reshape(shapes[p])
-                at += n
-            if extra:
-                self.reward = block[at:].reshape(num_slots, reward_width)
-            self.finite.append((block, np.zeros(block.size, dtype)))
-        self.bufs = [by_path[p] if p in by_path else np.zeros(shapes[p], flat[p].dtype) for p in self.paths]
-        self.spec = [(p, b, b.shape[1:], b.dtype) for p, b in zip(self.paths, self.bufs)]
-        every = dict(zip(self.paths, self.bufs))
-        self.full_values = [every.get(k) for k in self.keys]  # (flat obs) field values of a full view
-
-    def write(self, slot: int, obs: NamedArray) -> None:
-        """Copy one agent's observation into row ``slot``.
-
-        Raises:
-            _Misfit: a missing or extra field, or a leaf whose type, shape or dtype differs from the first one's.
-        """
-        if self.flat:
-            if obs._keys != self.keys:  # type: ignore[attr-defined]
-                self._keys_misfit(obs.keys())
-            for k, b, shape, dtype in self.spec:
-                x = getattr(obs, k)
-                if x.shape != shape or x.dtype is not dtype:  # no shape/dtype: AttributeError, diagnosed
-                    problem = leaf_problem(x, shape, dtype)
-                    if problem is not None:
-                        raise _Misfit(f"obs field {k!r}: {problem}")
-                b[slot] = x
-            return
-        flat = dict(obs.flat_items())
-        if len(flat) != len(self.paths) or not all(p in flat for p in self.paths):
-            self._keys_misfit(list(flat))
-        for k, b, shape, dtype in self.spec:
-            x = flat[k]
-            problem = leaf_problem(x, shape, dtype)
-            if problem is not None:
-                raise _Misfit(f"obs field {k!r}: {problem}")
-            b[slot] = x
-
-    def _keys_misfit(self, keys: list[str]) -> None:
-        mine = self.keys if self.flat else self.paths
-        if set(keys) == set(mine):
-            return  # the same fields in another order: written by name
-        missing = [k for k in mine if k not in keys]
-        extra = [k for k in keys if k not in mine]
-        raise _Misfit(f"obs fields: expected {mine}, got {keys} (missing {missing}, unexpected {extra})")
-
-    def view(self, idx: np.ndarray | None) -> NamedArray:
-        if idx is None and self.flat:  # every slot acting: the buffers themselves, in field order
-            return self.cls._build(self.keys, self.full_values)
-        arrays = self.bufs if idx is None else [b[idx] for b in self.bufs]
-        if self.flat:
-            by_key = dict(zip(self.paths, arrays))
-            return self.cls._build(self.keys, [by_key.get(k) for k in self.keys])
-        return from_flat(dict(zip(self.paths, arrays)), self.nodes)
+    policy: int = 0
+    """Which of the ring's policies acted for the agent (0 in a ring of one policy)."""
 
 
 class _Group:
@@ -197,14 +93,14 @@ class _Group:
         self.num_slots = n
         self.active = np.zeros(n, np.bool_)  # slot has a staged result and will act
         self.on_reset = np.zeros(n, np.bool_)
-        self.obs: _ObsBuffers | None = None
+        self.obs: ObsBuffers | None = None
         self.reward: np.ndarray | None = None
         self.reward_shape: tuple[int] = (1,)  # one agent's reward row, fixed by the first result
         self.fit_reward: Any = None  # the last reward object found to fit (cached reward arrays repeat)
         self.done = np.zeros((n, 1), np.bool_)
         self.trunc = np.zeros((n, 1), np.bool_)
         self.state: NamedArray | None = None
-        self.finite: list[tuple[np.ndarray, np.ndarray]] = []  # (float block, zeros): see _ObsBuffers
+        self.finite: list[tuple[np.ndarray, np.ndarray]] = []  # (float block, zeros): see ObsBuffers
         self.mask: np.ndarray | None = None  # the ``available_action`` buffer (S, logits), if the obs has one
         self.mask_starts: np.ndarray | None = None  # first logit of each multi-discrete component
         self.traj = TrajectoryBuffer(n, fragment_length)
@@ -345,7 +241,7 @@ class EnvRing:
                     ):
                         problem = reward_problem(rw, g.reward_shape[0])
                         if problem is not None:
-                            raise _Misfit(f"reward: {problem}")
+                            raise Misfit(f"reward: {problem}")
                     g.fit_reward = rw
                 g.reward[s] = rw  # type: ignore[index]
                 d = r.done
@@ -354,7 +250,7 @@ class EnvRing:
                 ):
                     problem = flag_problem(d)
                     if problem is not None:
-                        raise _Misfit(f"done: {problem}")
+                        raise Misfit(f"done: {problem}")
                 g.done[s] = d
                 d = r.truncated
                 if (d is not FALSE and d is not TRUE) and (
@@ -362,9 +258,9 @@ class EnvRing:
                 ):
                     problem = flag_problem(d)
                     if problem is not None:
-                        raise _Misfit(f"truncated: {problem}")
+                        raise Misfit(f"truncated: {problem}")
                 g.trunc[s] = d
-            except _Misfit as e:
+            except Misfit as e:
                 raise self._misfit(g, j, a, step, str(e)) from None
             except (AttributeError, TypeError, ValueError) as e:
                 raise self._misfit(g, j, a, step, self._diagnose(g, r, e)) from e
@@ -406,8 +302,8 @@ class EnvRing:
             raise self._misfit(g, j, agent, step, f"reward: {problem}")
         width = 1 if np.ndim(r.reward) == 0 else int(np.shape(r.reward)[0])
         try:
-            g.obs = _ObsBuffers(r.obs, g.num_slots, width)
-        except _Misfit as e:
+            g.obs = ObsBuffers(r.obs, g.num_slots, width)
+        except Misfit as e:
             raise self._misfit(g, j, agent, step, str(e)) from None
         g.reward_shape = (width,)
         g.reward = g.obs.reward
@@ -640,6 +536,11 @@ class EnvRing:
                 # the terminal row counts as a row, not as a step
                 self.episodes.append(Episode(float(g.ep_return[s]), int(g.ep_length[s]) - 1, version))
                 g.active[s] = False
+        self._advance(g, acting, act)
+
+    def _advance(self, g: _Group, acting: np.ndarray, act: NamedArray) -> None:
+        """Step (or reset) every env of ``g`` with the actions ``act`` (row ``k`` is slot ``acting[k]``'s)."""
+        n = acting.size
         # actions, one NamedArray per acting agent
         cls, keys = type(act), act._keys  # type: ignore[attr-defined]
         flat = all(not isinstance(getattr(act, k), NamedArray) for k in keys)
@@ -685,11 +586,12 @@ class EnvRing:
             self._accept(g, j, results, g.steps[j])
 
     # ------------------------------------------------------------------ policy results
-    def _check_first_result(self, result: RolloutResult, n: int) -> None:
+    def _check_first_result(self, result: RolloutResult, n: int, name: str | None = None) -> None:
         """Before the first result fixes the trajectory layout: one row per request, integer actions where due."""
+        name = self.policy_name if name is None else name
         problem = result_rows_problem(result, n)
         if problem is not None:
-            raise PolicyResultError(f"{self.where}: policy {self.policy_name}: {problem}")
+            raise PolicyResultError(f"{self.where}: policy {name}: {problem}")
         found = self._integer_action_space()
         if found is None:
             return
@@ -703,7 +605,7 @@ class EnvRing:
         dtype = getattr(x, "dtype", None)
         if dtype is not None and getattr(dtype, "kind", "i") not in kinds:
             raise PolicyResultError(
-                f"{self.where}: policy {self.policy_name} returned {dtype} actions for env {self.env_name}, whose "
+                f"{self.where}: policy {name} returned {dtype} actions for env {self.env_name}, whose "
                 f"action space is {space}: expected an integer dtype (int64); float actions would be truncated"
             )
 
@@ -728,15 +630,28 @@ class EnvRing:
                     found = found or sp
         return None if found is None else (found, kinds)
 
-    def _write_state(self, g: _Group, acting: np.ndarray, state: NamedArray | None) -> None:
-        """Store the policy's next state for the acting slots; refuses a missing field or a wrong shape."""
-        assert g.state is not None
+    def _write_state(
+        self,
+        g: _Group,
+        acting: np.ndarray,
+        state: NamedArray | None,
+        into: NamedArray | None = None,
+        policy_name: str | None = None,
+    ) -> None:
+        """Store the policy's next state for the acting slots; refuses a missing field or a wrong shape.
+
+        ``into`` is the state buffer (default: the group's) and ``acting`` indexes its rows; ``policy_name``
+        names the policy in errors (default: the ring's).
+        """
+        target = g.state if into is None else into
+        assert target is not None
+        name = self.policy_name if policy_name is None else policy_name
         if not isinstance(state, NamedArray):
             raise PolicyResultError(
-                f"{self.where}: policy {self.policy_name} has a default_policy_state but returned policy_state "
+                f"{self.where}: policy {name} has a default_policy_state but returned policy_state "
                 f"{describe(state)}; expected the next state, rows like RolloutRequest.policy_state"
             )
-        mine = list(g.state.flat_items())
+        mine = list(target.flat_items())
         theirs = dict(state.flat_items())
         n = acting.size
         for path, dst in mine:
@@ -745,17 +660,17 @@ class EnvRing:
             if src is None or tuple(getattr(src, "shape", ())) != want:
                 got = "nothing" if src is None else describe(np.asarray(src))
                 raise PolicyResultError(
-                    f"{self.where}: policy {self.policy_name} returned policy_state.{path} {got}; expected shape "
+                    f"{self.where}: policy {name} returned policy_state.{path} {got}; expected shape "
                     f"{want} ({n} rows of default_policy_state)"
                 )
-            if n == g.num_slots:
+            if n == len(target):
                 dst[...] = src
             else:
                 dst[acting] = src
         if len(theirs) != len(mine):
             extra = sorted(set(theirs) - {p for p, _ in mine})
             raise PolicyResultError(
-                f"{self.where}: policy {self.policy_name} returned policy_state fields {extra} that "
+                f"{self.where}: policy {name} returned policy_state fields {extra} that "
                 f"default_policy_state does not have"
             )
 

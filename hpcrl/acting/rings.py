@@ -55,6 +55,8 @@ def make_ring(
     num_groups: int = 1,
     evaluation: bool = False,
     build_env: Callable[[int], Environment] | None = None,
+    parts: Any = None,
+    part_of_agent: Callable[[int], int] | None = None,
 ) -> EnvRing:
     """The env ring of one actor as ``cfg`` describes it; every ring of a run, test or evaluation is built here.
 
@@ -72,12 +74,35 @@ def make_ring(
         num_groups: 1, or 2 to alternate halves with remote inference.
         evaluation: mark every request ``is_evaluation`` (deterministic actions).
         build_env: builds env ``i`` instead of ``cfg.environment`` (``test_pipeline`` given an env instance).
+        parts: a multi-policy ring: the :class:`~hpcrl.acting.policy_ring.PartSpec` of every policy (then
+            ``default_state`` is not used and a :class:`~hpcrl.acting.policy_ring.PolicyRing` is returned).
+        part_of_agent: with ``parts``: the index of the policy that acts for agent index ``a``.
 
     Raises:
         EnvError: an env cannot be built, seeded or reset (names it and ``where``).
     """
     actor = cfg.actor
     n = actor.envs_per_actor
+    seeds = [env_seed(cfg.experiment.seed, actor_index * n + i) for i in range(n)]
+    if parts is not None:
+        from hpcrl.acting.policy_ring import PolicyRing
+
+        assert part_of_agent is not None
+        return PolicyRing(
+            build_env or env_factory(cfg.environment),
+            n,
+            num_groups,
+            actor.fragment_length,
+            env_label(cfg.environment),
+            parts,
+            part_of_agent,
+            where=where,
+            seeds=seeds,
+            check=actor.check_env,
+            env_failure=actor.env_failure,
+            max_env_failures=actor.max_env_failures,
+            evaluation=evaluation,
+        )
     return EnvRing(
         build_env or env_factory(cfg.environment),
         n,
@@ -86,10 +111,10 @@ def make_ring(
         default_state,
         env_label(cfg.environment),
         where=where,
-        seeds=[env_seed(cfg.experiment.seed, actor_index * n + i) for i in range(n)],
+        seeds=seeds,
         check=actor.check_env,
         env_failure=actor.env_failure,
         max_env_failures=actor.max_env_failures,
         evaluation=evaluation,
-        policy_name=cfg.policy.type_,
+        policy_name=cfg.single_policy.type_,
     )

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -30,11 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer
+
 __all__ = [
     "ConfigError",
     "Environment",
     "Policy",
     "Trainer",
+    "PolicyEntry",
+    "AgentMatch",
     "Experiment",
     "Actor",
     "Layout",
@@ -46,6 +51,7 @@ __all__ = [
     "load",
     "dump",
     "apply_overrides",
+    "policy_of_agents",
     "parse_yaml",
     "MAX_YAML_VALUES",
     "building",
@@ -95,37 +101,6 @@ class _Section:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             _check_bounds(getattr(self, f.name), f, f"{self._path}.{f.name}" if self._path else f.name)
-
-
-# ============================================================== component specs
-@dataclass(frozen=True)
-class Environment:
-    """Which environment to build: a registered name plus keyword arguments."""
-
-    type_: str
-    """Registered environment name, e.g. ``gym`` or ``quickstart-multiagent``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the environment's constructor."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Which policy to build: a registered name plus keyword arguments."""
-
-    type_: str
-    """Registered policy name, e.g. ``actor-critic-separate``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the policy's constructor."""
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """Which trainer to build: a registered name plus keyword arguments (the policy is passed first)."""
-
-    type_: str
-    """Registered trainer name, e.g. ``ppo``."""
-    args: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the trainer's constructor."""
 
 
 # ============================================================== system sections
@@ -296,10 +271,20 @@ class ExperimentConfig:
 
     environment: Environment
     """Environment spec."""
-    policy: Policy
-    """Policy spec."""
-    trainer: Trainer
-    """Trainer spec."""
+    policy: Policy | None = None
+    """Policy spec of a single-policy run (the policy named ``default``); required unless ``policies`` is given."""
+    trainer: Trainer | None = None
+    """Trainer spec of a single-policy run; required with ``policy``."""
+    policies: dict[str, PolicyEntry] = field(default_factory=dict)
+    """Multi-policy run: policy name -> spec. Names are letters, digits, ``_``, ``-`` and ``.`` (they name the
+    checkpoint directory ``RUN_DIR/checkpoints/<name>``). Give either ``policy``/``trainer`` or
+    ``policies``/``trainers``/``agents``, not both. Multi-policy runs run in one process for now."""
+    trainers: dict[str, Trainer] = field(default_factory=dict)
+    """Multi-policy run: policy name -> its trainer spec. A policy without a trainer is frozen: it acts but is
+    never trained and its version never changes."""
+    agents: list[AgentMatch] = field(default_factory=list)
+    """Multi-policy run: which policy acts for which agent, as a list of ``{match, policy}``; the first entry
+    whose ``match`` fits an agent's index wins, and an agent that no entry matches is an error."""
     experiment: Experiment = field(default_factory=Experiment)
     """Name, seed and length of the run."""
     actor: Actor = field(default_factory=Actor)
@@ -311,10 +296,108 @@ class ExperimentConfig:
     run: Run = field(default_factory=Run)
     """Storage and output settings."""
 
+    def __post_init__(self) -> None:
+        _check_policies(self)
+
+    @property
+    def single_policy(self) -> Policy:
+        """The ``policy`` of a single-policy config (ConfigError naming ``policy`` for a multi-policy one)."""
+        if self.policy is None:
+            raise ConfigError(_MULTI_HERE.format("policy"))
+        return self.policy
+
+    @property
+    def single_trainer(self) -> Trainer:
+        """The ``trainer`` of a single-policy config (ConfigError naming ``trainer`` for a multi-policy one)."""
+        if self.trainer is None:
+            raise ConfigError(_MULTI_HERE.format("trainer"))
+        return self.trainer
+
+    @property
+    def multi_policy(self) -> bool:
+        """Whether this is a multi-policy run (``policies`` given)."""
+        return bool(self.policies)
+
     @property
     def run_dir(self) -> Path:
         """The run directory this config writes to."""
         return Path(self.run.dir) if self.run.dir else Path("runs") / self.experiment.name
+
+
+_MULTI_HERE = (
+    "{}: this is a multi-policy config (policies: ...), which only a one-process run (python -m hpcrl.run "
+    "without mpiexec, hpcrl.run_local) supports for now"
+)
+
+
+#: a policy name: it names a directory (``RUN_DIR/checkpoints/<name>``) and appears in stat keys.
+_POLICY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_policies(cfg: ExperimentConfig) -> None:
+    """The rules of the policy keys: one form or the other, every name known, every regex valid."""
+    if not cfg.policies:
+        for key in ("trainers", "agents"):
+            if getattr(cfg, key):
+                raise ConfigError(f"{key}: only with policies (a multi-policy run); this config has no policies")
+        for key in ("policy", "trainer"):
+            if getattr(cfg, key) is None:
+                raise ConfigError(f"{key}: missing required key (or give policies/trainers/agents)")
+        return
+    for key in ("policy", "trainer"):
+        if getattr(cfg, key) is not None:
+            raise ConfigError(
+                f"{key}: give either the single policy/trainer keys or policies/trainers/agents, not both"
+            )
+    names = list(cfg.policies)
+    known = ", ".join(repr(n) for n in names)
+    for name in names:
+        if not _POLICY_NAME.fullmatch(name):
+            raise ConfigError(
+                f"policies.{name}: bad policy name {name!r}; expected 1-64 letters, digits, '_', '-' or '.', "
+                f"not starting with '-' or '.'"
+            )
+    for name in cfg.trainers:
+        if name not in cfg.policies:
+            raise ConfigError(f"trainers.{name}: no policy named {name!r} in policies (expected one of: {known})")
+    if not cfg.agents:
+        raise ConfigError("agents: missing required key: a multi-policy run maps agents to policies")
+    for i, entry in enumerate(cfg.agents):
+        if entry.policy not in cfg.policies:
+            raise ConfigError(f"agents[{i}].policy: unknown policy {entry.policy!r}; expected one of: {known}")
+        if isinstance(entry.match, int):
+            if entry.match < 0:
+                raise ConfigError(f"agents[{i}].match: an agent index must be >= 0, got {entry.match}")
+            continue
+        try:
+            re.compile(entry.match)
+        except re.error as e:
+            raise ConfigError(f"agents[{i}].match: bad regular expression {entry.match!r}: {e}") from None
+
+
+def policy_of_agents(cfg: ExperimentConfig, agent_count: int, env: str = "the environment") -> list[str]:
+    """The policy name of every agent ``0 .. agent_count - 1`` (first matching ``agents`` entry wins).
+
+    A single-policy config gives ``default`` for every agent.
+
+    Raises:
+        ConfigError: an agent that no entry matches (names the agent, the env and ``agents``).
+    """
+    if not cfg.policies:
+        return ["default"] * agent_count
+    out = []
+    for a in range(agent_count):
+        for entry in cfg.agents:
+            m = entry.match
+            if (a == m) if isinstance(m, int) else re.fullmatch(m, str(a)) is not None:
+                out.append(entry.policy)
+                break
+        else:
+            raise ConfigError(
+                f"agents: agent {a} of {env} (agent_count {agent_count}) is matched by no entry; add an entry "
+                f"whose match is {a} or a regular expression matching {str(a)!r}"
+            )
+    return out
 
 
 # ============================================================== strict conversion
@@ -337,6 +420,9 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(tp) if a is not _NoneType]
+        if value is not None and len(others) == 1 and dataclasses.is_dataclass(others[0]):
+            return _convert(value, others[0], path)  # an optional section: its own message names the inner key
         errors = []
         for arg in typing.get_args(tp):
             try:
@@ -373,6 +459,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         for k in value:
             if not isinstance(k, str):
                 raise ConfigError(f"{path}: keys must be strings, got {k!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is not Any:
+            return {k: _convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -428,8 +517,17 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (round-trips through :func:`from_dict`)."""
-    return dataclasses.asdict(cfg)
+    """Plain nested dict of a config dataclass (round-trips through :func:`from_dict`).
+
+    Of an :class:`ExperimentConfig`, the keys of the form it does not use are left out (a single-policy
+    config has no ``policies``/``trainers``/``agents``, a multi-policy one no ``policy``/``trainer``).
+    """
+    data = dataclasses.asdict(cfg)
+    if isinstance(cfg, ExperimentConfig):
+        unused = ("policy", "trainer") if cfg.policies else ("policies", "trainers", "agents")
+        for key in unused:
+            data.pop(key, None)
+    return data
 
 
 #: A YAML document may expand (through aliases) to at most this many values (scalars, lists, mappings).
@@ -640,6 +738,16 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _section_class(tp: Any) -> type:
+    """The dataclass of a top-level key: ``Policy | None`` -> Policy, ``dict[str, X]`` and ``list[X]`` -> X."""
+    if dataclasses.is_dataclass(tp):
+        return tp  # type: ignore[return-value]
+    for arg in typing.get_args(tp):
+        if arg is not _NoneType and arg is not str:
+            return _section_class(arg)
+    raise TypeError(f"no config section class in {tp!r}")  # pragma: no cover
+
+
 def reference_markdown() -> str:
     """Markdown reference of every config key (``docs/configuration.md`` is generated from this)."""
     lines = [
@@ -654,9 +762,16 @@ def reference_markdown() -> str:
         "",
     ]
     hints = typing.get_type_hints(ExperimentConfig)
+    top_docs = field_docs(ExperimentConfig)
     for top in dataclasses.fields(ExperimentConfig):
-        cls = hints[top.name]
+        cls, prefix = _section_class(hints[top.name]), top.name
+        if typing.get_origin(hints[top.name]) is dict:
+            prefix += ".NAME"
+        elif typing.get_origin(hints[top.name]) is list:
+            prefix += "[i]"
         lines += [f"## `{top.name}`", "", (cls.__doc__ or "").strip(), ""]
+        if prefix != top.name or top.default is not dataclasses.MISSING:
+            lines += [top_docs.get(top.name, ""), ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         sub_hints = typing.get_type_hints(cls)
         docs = field_docs(cls)
@@ -671,7 +786,7 @@ def reference_markdown() -> str:
             if "ge" in f.metadata:
                 tname += f" ({_bound_text(f.metadata)})"
             tname = tname.replace("|", "\\|")
-            lines.append(f"| `{top.name}.{f.name}` | {tname} | `{default}` | {docs.get(f.name, '')} |")
+            lines.append(f"| `{prefix}.{f.name}` | {tname} | `{default}` | {docs.get(f.name, '')} |")
         lines.append("")
     return "\n".join(lines)
 

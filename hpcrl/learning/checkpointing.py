@@ -68,6 +68,7 @@ class Checkpointer:
         extra_attrs: more root attributes for checkpoints (``world_size``, ``layout``, ``trainer_ranks``,
             ``frames_per_step``), compared with a checkpoint's on resume.
         trace: this rank's trace writer, or None.
+        policy: in a multi-policy run, the policy whose checkpoints these are (``RUN_DIR/checkpoints/<policy>``).
     """
 
     def __init__(
@@ -78,12 +79,14 @@ class Checkpointer:
         config_text: str = "",
         extra_attrs: dict[str, Any] | None = None,
         trace: Any = None,
+        policy: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.learner = learner
         self.config_text = config_text
         self.extra_attrs = dict(extra_attrs or {})
         self.trace = trace
+        self.policy = policy
         self.last_checkpoint: Path | None = None
         self.saves_failed = 0
         self.state_time = 0.0
@@ -96,8 +99,13 @@ class Checkpointer:
             from hpcrl.storage.background import make_saver
             from hpcrl.storage.checkpoint import CheckpointManager
 
-            self._manager = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints)
+            self._manager = CheckpointManager(run_dir, keep=cfg.run.keep_checkpoints, policy=policy)
             self._saver = make_saver(self._manager, cfg.run.checkpoint_writer)
+
+    @property
+    def manager(self) -> CheckpointManager | None:
+        """The checkpoint files this checkpointer writes and resumes from (None: it writes none)."""
+        return self._manager
 
     @property
     def writes(self) -> bool:
@@ -253,6 +261,7 @@ class Checkpointer:
             self._manager.sweep_tmp()
             found = self._manager.latest_valid()
             if found is None:
+                self.refuse_other_layout()
                 return None
             path, tree, attrs = found
         else:
@@ -269,6 +278,35 @@ class Checkpointer:
 
             log.debug("restored state of %s: digest %s", path.name, tree_digest(self.learner.checkpoint_tree()))
         return path
+
+    def refuse_other_layout(self) -> None:
+        """Refuse to start afresh beside the checkpoints of a run with the other checkpoint layout.
+
+        A single-policy run keeps ``RUN_DIR/checkpoints/ckpt-*.h5``, a multi-policy run
+        ``RUN_DIR/checkpoints/<policy>/ckpt-*.h5``; a config of one kind finding only the other's checkpoints
+        would otherwise start from scratch beside them.
+
+        Raises:
+            CheckpointError: the other layout's checkpoints are there (names the directory and the way out).
+        """
+        from hpcrl.storage.checkpoint import CheckpointError, CheckpointManager
+
+        assert self._manager is not None
+        mine = self._manager.dir
+        top = mine.parent if self.policy is not None else mine
+        if not top.is_dir():
+            return
+        if self.policy is None:
+            others = sorted(d.name for d in top.iterdir() if d.is_dir() and CheckpointManager(d, directory=d).list())
+            kind, theirs = "a multi-policy run", f"policies {', '.join(others)}"
+        else:
+            others = [p.name for p in CheckpointManager(top.parent).list()]
+            kind, theirs = "a single-policy run", f"{len(others)} checkpoint file(s)"
+        if others:
+            raise CheckpointError(
+                f"{top} holds the checkpoints of {kind} ({theirs}), which this config cannot resume; "
+                f"use another run.dir, or set run.fresh to move them aside and start from scratch"
+            )
 
     def check_compatible(self, path: Path, attrs: dict[str, Any]) -> None:
         """Log how the checkpoint's run differs from this one: rank layout, frames per step, frame budget, specs.

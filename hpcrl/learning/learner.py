@@ -135,13 +135,14 @@ class Learner:
             raise
         except (AttributeError, KeyError, TypeError) as e:
             raise RuntimeError(
-                f"trainer {self.cfg.trainer.type_!r} failed on a batch from policy {self.cfg.policy.type_!r}: "
+                f"trainer {self.cfg.single_trainer.type_!r} failed on a batch from policy "
+                f"{self.cfg.single_policy.type_!r}: "
                 f"{type(e).__name__}: {e} (does the policy's analyze() return what the trainer needs?)"
             ) from e
         if not isinstance(result, TrainerStepResult):
             shown = repr(result) if len(repr(result)) <= 80 else repr(result)[:77] + "..."
             raise RuntimeError(
-                f"trainer {self.cfg.trainer.type_!r} ({type(self.trainer).__name__}).step returned {shown} "
+                f"trainer {self.cfg.single_trainer.type_!r} ({type(self.trainer).__name__}).step returned {shown} "
                 f"({type(result).__name__}); expected a TrainerStepResult"
             )
         dt = time.perf_counter() - t0
@@ -186,14 +187,14 @@ class Learner:
             self.policy.load_checkpoint(tree["policy"])
         except Exception as e:
             raise CheckpointError(
-                f"{path}: its policy does not fit policy {self.cfg.policy.type_!r} as configured: "
+                f"{path}: its policy does not fit policy {self.cfg.single_policy.type_!r} as configured: "
                 f"{type(e).__name__}: {' '.join(str(e).split())}"
             ) from e
         try:
             self.trainer.load_checkpoint(tree.get("trainer", {}))
         except Exception as e:
             raise CheckpointError(
-                f"{path}: its trainer state does not fit trainer {self.cfg.trainer.type_!r}: "
+                f"{path}: its trainer state does not fit trainer {self.cfg.single_trainer.type_!r}: "
                 f"{type(e).__name__}: {' '.join(str(e).split())}"
             ) from e
         system = tree.get("system", {})

@@ -72,7 +72,7 @@ class ActorRank:
         self.loop: InlineLoop | None = None
         if self.policy is not None:
             me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
-            who = f"{cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
+            who = f"{cfg.single_policy.type_!r} ({type(self.policy).__name__}) on {me}"
             self.loop = InlineLoop(self.ring, self.policy, who, fragments=self._send, trace=ctx.trace)
         self.samples = SendChannel(
             ctx.comm,
@@ -112,7 +112,7 @@ class ActorRank:
         frames = int(request.get("frames", 0))
         where = f"actor rank {self.ctx.rank}"
         if self.policy is not None:
-            who = f"{self.ctx.cfg.policy.type_!r} ({type(self.policy).__name__})"
+            who = f"{self.ctx.cfg.single_policy.type_!r} ({type(self.policy).__name__})"
             result = evaluate_inline(self.ctx.cfg, self.policy, who, where, frames, self._stopping)
         else:
             assert pending is not None

@@ -77,7 +77,7 @@ class InferenceRank:
         backoff = ctx.backoff
         t_start = time.monotonic()
         me = f"rank {ctx.rank} ({ctx.role} on {ctx.host})"
-        who = f"{ctx.cfg.policy.type_!r} ({type(self.policy).__name__}) on {me}"
+        who = f"{ctx.cfg.single_policy.type_!r} ({type(self.policy).__name__}) on {me}"
         while not ctx.stopping:
             ctx.service()
             self.weights.update()

@@ -48,6 +48,16 @@ def run_local(cfg: config.ExperimentConfig, stop: StopFlag | None = None) -> Run
 
     require(cfg)  # before the run dir is touched
     components.import_user_modules(cfg)
+    if cfg.multi_policy:
+        from hpcrl.roles.local_multi import build_policies, resolve_policies, train_multi
+
+        cfg, names = resolve_policies(cfg)
+        policies = build_policies(cfg)  # init_from checkpoints are checked before the run dir is touched
+        session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
+        try:
+            return train_multi(cfg, session, stop or StopFlag(), names, policies)
+        finally:
+            session.close()
     cfg, _ = components.resolve_experiment(cfg)
     session = Session(cfg, rank=0, role="local", world_size=1, leader=True)
     try:  # the run dir stays locked until here: release it on every way out
@@ -70,7 +80,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
     n_envs = cfg.actor.envs_per_actor
     batch_size = cfg.training.batch_size or ring.num_slots(0)
     agents = max(1, ring.num_slots(0) // n_envs)
-    trainer = components.build_trainer(cfg.trainer, policy, cfg.training)
+    trainer = components.build_trainer(cfg.single_trainer, policy, cfg.training)
     trace = session.trace
     learner = Learner(cfg, policy, trainer, batch_size, trace=trace)
     checkpoints = Checkpointer(
@@ -102,7 +112,7 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         if schedule.enabled
         else None
     )
-    who = f"{cfg.policy.type_!r} ({type(policy).__name__})"
+    who = f"{cfg.single_policy.type_!r} ({type(policy).__name__})"
 
     def evaluate() -> None:
         assert tracker is not None
@@ -119,8 +129,8 @@ def _loop(cfg: config.ExperimentConfig, session: Session, stop: StopFlag, policy
         cfg.experiment.name,
         rings.env_label(cfg.environment),
         n_envs,
-        cfg.policy.type_,
-        cfg.trainer.type_,
+        cfg.single_policy.type_,
+        cfg.single_trainer.type_,
         cfg.actor.fragment_length,
         batch_size,
         session.run_dir,

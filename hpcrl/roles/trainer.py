@@ -75,7 +75,7 @@ class TrainerRank:
         self.actors = topo.actors_of_trainer(ctx.rank)
         per_actor = cfg.actor.envs_per_actor * agent_count
         columns = cfg.training.batch_size or per_actor * len(self.actors)
-        self.trainer = components.build_trainer(cfg.trainer, self.policy, cfg.training)
+        self.trainer = components.build_trainer(cfg.single_trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
         rows = (cfg.actor.fragment_length + 1) * per_actor
         self.samples = [

@@ -64,8 +64,8 @@ def resolve_experiment(cfg: config.ExperimentConfig) -> tuple[config.ExperimentC
         env = make_env(cfg.environment)
         agents = int(env.agent_count)
     try:
-        with config.building("policy.args", f"policy {cfg.policy.type_!r} does not fit env {label}"):
-            spec = fill_policy_args(cfg.policy, env)
+        with config.building("policy.args", f"policy {cfg.single_policy.type_!r} does not fit env {label}"):
+            spec = fill_policy_args(cfg.single_policy, env)
     finally:
         env.close()
     return dataclasses.replace(cfg, policy=spec), agents
@@ -76,12 +76,12 @@ def resolve_policy_spec(cfg: config.ExperimentConfig) -> config.Policy:
 
     The env is built (and closed) only when the policy class implements the hook.
     """
-    cls = policy_class(cfg.policy.type_)
+    cls = policy_class(cfg.single_policy.type_)
     if cls is None or not _has_args_hook(cls):
-        return cfg.policy
+        return cfg.single_policy
     env = make_env(cfg.environment)
     try:
-        return fill_policy_args(cfg.policy, env)
+        return fill_policy_args(cfg.single_policy, env)
     finally:
         env.close()
 
@@ -206,7 +206,7 @@ def build_role_policy(cfg: config.ExperimentConfig, role: str, seed_globals: boo
         device = "cpu"
     else:
         device = resolve_device(wanted)
-    return build_policy(cfg.policy, device, seed=cfg.experiment.seed), device
+    return build_policy(cfg.single_policy, device, seed=cfg.experiment.seed), device
 
 
 def build_trainer(spec: config.Trainer, policy: Policy, training: config.Training) -> Trainer:

@@ -324,13 +324,23 @@ class CheckpointManager:
     Args:
         run_dir: the run directory (the checkpoints live in its ``checkpoints/`` subdirectory).
         keep: how many valid checkpoints to keep (>= 1).
+        policy: in a multi-policy run, the policy whose checkpoints these are
+            (``RUN_DIR/checkpoints/<policy>/``); ``None`` = the single policy's (``RUN_DIR/checkpoints/``).
+        directory: the directory holding the checkpoint files, when it is not one of those (a
+            ``RUN_DIR/checkpoints/<policy>`` given to :func:`find_checkpoint`); only for reading.
     """
 
-    def __init__(self, run_dir: str | Path, keep: int = 3) -> None:
+    def __init__(
+        self, run_dir: str | Path, keep: int = 3, policy: str | None = None, directory: str | Path | None = None
+    ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "checkpoints"
+        if policy is not None:
+            self.dir = self.dir / policy
+        if directory is not None:
+            self.dir = Path(directory)
         self.keep = int(keep)
 
     def path_for(self, version: int) -> Path:
@@ -481,11 +491,22 @@ def find_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, A
     """
     p = Path(path)
     if p.is_dir():
+        if any(_NAME_RE.fullmatch(c.name) for c in p.iterdir()):  # a directory of checkpoint files
+            found = CheckpointManager(p, directory=p).latest_valid()
+            if found is not None:
+                return found
         is_ckpt_dir = p.name == "checkpoints" and not (p / "checkpoints").is_dir()
         run_dir = p.parent if is_ckpt_dir else p
         found = CheckpointManager(run_dir).latest_valid()
         if found is None:
-            raise CheckpointError(f"no checkpoints in {run_dir / 'checkpoints'}")
+            where = run_dir / "checkpoints"
+            policies = sorted(c.name for c in where.iterdir() if c.is_dir()) if where.is_dir() else []
+            if policies:
+                raise CheckpointError(
+                    f"no checkpoints in {where}: it is a multi-policy run; give the checkpoints of one policy, "
+                    f"{where}/<policy> (policies: {', '.join(policies)})"
+                )
+            raise CheckpointError(f"no checkpoints in {where}")
         return found
     tree, attrs = load_checkpoint(p)
     return p, tree, attrs
@@ -530,10 +551,10 @@ def load_policy(
     if "policy" not in tree or not isinstance(tree["policy"], dict):
         raise CheckpointError(f"{file}: no /policy group in the checkpoint tree (found {sorted(map(str, tree))})")
     cfg = loading_config(file, attrs, config=config, trust_config=trust_config)
-    policy = policy_mod.make(cfg.policy)
+    policy = policy_mod.make(cfg.single_policy)
     policy.load_checkpoint(tree["policy"])
     to = getattr(policy, "to", None)
     if callable(to):
         to(device)
-    log.info("loaded policy %r version %s from %s", cfg.policy.type_, attrs.get("version"), file)
+    log.info("loaded policy %r version %s from %s", cfg.single_policy.type_, attrs.get("version"), file)
     return policy

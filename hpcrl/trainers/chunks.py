@@ -105,7 +105,7 @@ def check_config(cfg: config.ExperimentConfig) -> None:
     Raises:
         ConfigError: a bad value (the message starts with the key path and says what was expected).
     """
-    args = cfg.trainer.args
+    args = cfg.single_trainer.args
     if "chunk_len" not in args and "burn_in" not in args:
         return
     try:
