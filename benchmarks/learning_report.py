@@ -46,10 +46,10 @@ final returns over seeds, with a 95% stratified bootstrap interval (10,000 resam
 Agarwal et al. 2021, rliable). The tests compare hpcrl with SB3: Mann-Whitney U on final returns
 (two-sided) and Fisher's exact test of "hpcrl succeeds less often" (one-sided). The targets: hpcrl's IQM
 is not significantly below the peer's (Mann-Whitney p >= 0.05 or a higher IQM), hpcrl succeeds at least
-as often, and its time to the threshold is <= 0.6x the peer's in one process and <= 0.4x with `mpiexec -n 2`. Seconds to the threshold
-are wall-clock seconds from just before the run builds its envs and model (one process) or from the launch
-of `mpiexec` (MPI), to the episode at which the mean of the last 100 episodes first reaches the
-threshold; medians are over the seeds that reached it.
+as often, and its time to the threshold is <= 0.6x the peer's in one process and <= 0.4x with `mpiexec -n 2`.
+Seconds to the threshold are wall-clock seconds from just before the run builds its envs and model (one
+process) or from the launch of `mpiexec` (MPI), to the episode at which the mean of the last 100 episodes
+first reaches the threshold; medians are over the seeds that reached it.
 """
 
 
