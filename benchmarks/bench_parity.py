@@ -388,7 +388,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 "s",
                 higher_is_better=False,
                 target=target if hs is not None and ps is not None else None,
-                target_text=f"<= {1 / target:.1f}x SB3",
+                target_text=f"<= {1 / target:.1f}x {task.peer}",
                 note=f"over the seeds that reached it: hpcrl {s['reached']}/{s['runs']}, SB3 "
                 f"{ref['reached']}/{ref['runs']}; median frames {s['median_frames_to_threshold']} vs "
                 f"{ref['median_frames_to_threshold']}",

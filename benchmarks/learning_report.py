@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,12 @@ def _draw(task: Task, runs: dict[str, list[dict[str, Any]]], path: Path) -> None
     for system, rs in runs.items():
         frames = np.asarray(rs[0]["curve"]["frames"], np.float64)
         y = np.array([[np.nan if v is None else v for v in r["curve"]["mean_return_last_100"]] for r in rs])
-        mean = np.nanmean(y, axis=0)
         idx = rng.integers(0, len(rs), size=(2000, len(rs)))
-        boot = np.nanmean(y[idx], axis=1)
-        low, high = np.nanquantile(boot, [0.025, 0.975], axis=0)
+        with warnings.catch_warnings():  # grid points before any run's first episode are all-NaN: left blank
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(y, axis=0)
+            boot = np.nanmean(y[idx], axis=1)
+            low, high = np.nanquantile(boot, [0.025, 0.975], axis=0)
         ax.plot(frames, mean, label=f"{_label(task, system)} ({len(rs)} seeds)")
         ax.fill_between(frames, low, high, alpha=0.25)
     ax.axhline(task.threshold, color="grey", lw=0.8, ls="--")
