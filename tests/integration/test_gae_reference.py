@@ -17,6 +17,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
 from hpcrl.api import config
 from hpcrl.api import environment as env_api
@@ -102,10 +103,13 @@ class RecordingPPO(PPOTrainer):
     def step(self, samples: Any) -> Any:
         d = self._prepare(samples)
         adv, ret, _ = self._targets(d)
+        with torch.no_grad():  # the policy never changes here: a fresh evaluation must give the stored values
+            fresh = self.policy.analyze(d["lean"], target="ppo").value[..., 0].numpy()
         BATCHES.append(
             {
                 "obs": np.asarray(samples.obs.obs),
                 "value": d["value"][..., 0].numpy(),
+                "fresh_value": fresh,
                 "adv": adv.numpy(),
                 "ret": ret[..., 0].numpy(),
                 "done": d["done"].numpy(),
@@ -155,6 +159,8 @@ def test_ppo_targets_equal_an_independent_reference_from_the_env_log(tmp_path) -
     checked = ended_term = ended_trunc = 0
     for b in BATCHES:
         t_len, n_cols = b["adv"].shape
+        # each row's stored value is the value of that row's observation (not of a neighbour's)
+        np.testing.assert_allclose(b["value"], b["fresh_value"], rtol=1e-5, atol=1e-6)
         value = {tuple(o): float(v) for o, v in zip(b["obs"].reshape(-1, 4), b["value"].reshape(-1))}
         for col in range(n_cols):
             obs = [tuple(o) for o in b["obs"][:, col]]
