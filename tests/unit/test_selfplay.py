@@ -367,3 +367,13 @@ def test_selfplay_config_under_mpi_is_refused(tmp_path: Path, clean_env: dict[st
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("selfplay: a self-play config runs in one process for now") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_recurrent_learner_plays_its_recurrent_snapshots(tmp_path: Path) -> None:
+    """The opponent part keeps its own recurrent state, answered by snapshots of an LSTM policy."""
+    data = _data(tmp_path / "run", total=320, snapshot_every_frames=32)
+    args = {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8, "num_rnn_layers": 1, "rnn_type": "lstm"}
+    data["policies"]["learner"] = {"type_": "actor-critic-separate", "args": args}
+    summary = run_local(config.from_dict(data))
+    assert summary["reason"] == "finished" and summary["selfplay_games"] == 320 // 4 - 2
+    assert len(summary["selfplay_pool_versions"]) >= 2
