@@ -121,7 +121,24 @@ class VersionPolicy(Policy):
         self.weights = {k: np.array(v) for k, v in state_dict.items()}
 
 
+class FlakyDuel(Duel):
+    """The first instance built raises in the third step of its second episode (once)."""
+
+    built = 0
+
+    def __init__(self, length: int = 4) -> None:
+        super().__init__(length)
+        FlakyDuel.built += 1
+        self.flaky = FlakyDuel.built == 1
+
+    def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
+        if self.flaky and self.episode == 1 and self.t == 2:
+            raise RuntimeError("flaky duel")
+        return super().step(actions)
+
+
 register_env("sp-test-duel", Duel)
+register_env("sp-test-flaky-duel", FlakyDuel)
 register_trainer("sp-test-recording-ppo", RecordingPPO)
 
 AC = {"type_": "actor-critic-separate", "args": {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8}}
@@ -246,10 +263,10 @@ def test_draws_follow_the_documented_rule(sample: str) -> None:
 
 
 # ---------------------------------------------------------------- the ring
-def _ring(pool: SnapshotPool, envs: int = 2, groups: int = 1) -> SelfPlayRing:
+def _ring(pool: SnapshotPool, envs: int = 2, groups: int = 1, **data: Any) -> SelfPlayRing:
     parts = [PartSpec("learner", None), PartSpec("learner@pool", None)]
     extra = {"pool": pool, "learner_part": 0, "opponent_part": 1}
-    cfg = config.from_dict({**_data(), "actor": {"envs_per_actor": envs, "fragment_length": 8}})
+    cfg = config.from_dict({**_data(), "actor": {"envs_per_actor": envs, "fragment_length": 8}, **data})
     ring = rings.make_ring(
         cfg, None, "test", num_groups=groups, parts=parts, part_of_agent=lambda a: a, ring_class=SelfPlayRing,
         ring_args=extra,
@@ -291,6 +308,30 @@ def test_each_episode_keeps_one_opponent_snapshot_and_is_scored() -> None:
     assert outcomes == expected
     assert {(g.learner_return, g.opponent_return) for g in games} <= set(SCRIPT)
     assert sorted(g.opponent_version for g in games) == sorted(ep[0] for ep in logs)
+
+
+def test_an_episode_dropped_by_a_recreated_env_is_no_game() -> None:
+    Duel.instances.clear()
+    FlakyDuel.built = 0
+    pool = SnapshotPool(VersionPolicy, size=2, every_frames=3, sample="uniform", seed=2)
+    learner = _policy(0)
+    pool.take(learner, 0)
+    actor = {"envs_per_actor": 2, "fragment_length": 8, "env_failure": "recreate"}
+    ring = _ring(pool, environment={"type_": "sp-test-flaky-duel"}, actor=actor)
+    games: list[Game] = []
+    for step in range(40):
+        requests = ring.request_parts(0)
+        ring.consume_parts(0, [(learner.rollout(requests[0]), 0), ring.act_opponents(0, requests[1])])  # type: ignore[arg-type]
+        games += ring.pop_games()
+        learner.set_version(step + 1)
+        pool.maybe_take(learner, ring.frames)
+    assert ring.env_failures == 1
+    finished = [k for env in Duel.instances for k in range(len(env.log))]  # the dropped episode was never logged
+    assert len(games) == len(finished) and len(Duel.instances) == 3
+    assert sorted(g.outcome for g in games) == sorted(score(*SCRIPT[k % 5]) for k in finished)
+    distinct = {id(snap): snap for snap in ring.held.values()}
+    assert sum(snap.holders for snap in distinct.values()) == 2  # one per env: the dropped episode's was let go
+    ring.close()
 
 
 def test_scoreboard_against_a_hand_made_log() -> None:
