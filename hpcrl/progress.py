@@ -46,6 +46,8 @@ class Progress:
         self.last_eval: dict[str, Any] | None = None
         self.best_eval = -math.inf
         """Best mean return of the evaluations during training (a resumed run starts from its run dir's)."""
+        self.note = ""
+        """Text shown at the end of the progress line (a self-play run's win rate against its pool)."""
         self.live: Any = None
         """A :class:`~hpcrl.tensorboard.LiveScalars` fed from here (``run.tensorboard``), or None."""
         self.t0 = time.monotonic()
@@ -135,7 +137,7 @@ class Progress:
         text = f"fps {fps:8,.0f}  return {rtxt}  episodes {self.episodes:,}  steps {self.trainer_steps:,}"
         if self.last_eval is not None:
             text += f"  eval {float(self.last_eval.get('mean_return', math.nan)):.2f}"
-        return text
+        return f"{text}  {self.note}" if self.note else text
 
     def line(self) -> str:
         """One progress line."""

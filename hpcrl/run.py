@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run_local(cfg, stop, args.summary_json)
     if cfg.multi_policy:  # every rank parsed the same config: all stop here together, before any communication
         if comm.rank == 0:
+            key, what = ("selfplay", "a self-play config") if cfg.selfplay else ("policies", "a multi-policy config")
             sys.stderr.write(
-                f"hpcrl: config error: policies: a multi-policy config runs in one process for now "
+                f"hpcrl: config error: {key}: {what} runs in one process for now "
                 f"(python -m hpcrl.run {args.config} without mpiexec); this job has {comm.size} MPI ranks\n"
             )
             sys.stderr.flush()

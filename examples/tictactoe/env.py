@@ -1,8 +1,8 @@
 """A PettingZoo classic two-player game against a uniformly random legal opponent, registered as ``vs-random``.
 
 The learner is one of the two players (which one is drawn per episode); the other player's moves are
-drawn uniformly among its legal moves inside this wrapper, so the run trains one policy (self-play and
-league training need several policies per run, which this example does not use). The PettingZoo
+drawn uniformly among its legal moves inside this wrapper, so the run trains one policy. ``two-player``
+gives both players to the run as agents 0 and 1, for self-play (``selfplay.yaml``). The PettingZoo
 adapter maps the game's ``action_mask`` onto the observation field ``available_action``, which the
 actor-critic policy applies to its logits: the learner never plays an illegal move.
 
@@ -23,7 +23,7 @@ from hpcrl.api.environment import AVAILABLE_ACTION, Action, Environment, StepRes
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.envs.pettingzoo_env import PettingZooEnvironment
 
-__all__ = ["VsRandom"]
+__all__ = ["VsRandom", "TwoPlayer"]
 
 
 class VsRandom(Environment):
@@ -116,4 +116,64 @@ class VsRandom(Environment):
         self.game.close()
 
 
+class TwoPlayer(Environment):
+    """Both players of a turn-based two-player PettingZoo game as agents 0 and 1 (for self-play).
+
+    Agent 0 plays the first seat in even-numbered episodes and the second seat in odd ones (or a drawn seat
+    with ``sides: random``); agent 1 plays the other seat. Only the agent to move gets a result; when the
+    game ends both get their final results. Observations and rewards are those of ``vs-random``, so a
+    policy trained here plays ``vs-random`` as it is.
+
+    Args:
+        game: the PettingZoo game, ``"module:env_module"`` (two players, turn-based, with ``action_mask``).
+        seed: seeds the seat draw (``sides: random``) and the game.
+        sides: ``alternate`` (agent 0 moves first every other episode), ``random`` or ``fixed`` (always first).
+    """
+
+    def __init__(self, game: str = "pettingzoo.classic:tictactoe_v3", seed: int = 0, sides: str = "alternate"):
+        if sides not in ("alternate", "random", "fixed"):
+            raise ValueError(f"two-player: sides must be 'alternate', 'random' or 'fixed', got {sides!r}")
+        self.view = VsRandom(game, seed)  # the observation layout and checks of vs-random
+        self.game = self.view.game
+        self.sides = sides
+        self.rng = np.random.default_rng(seed)
+        self.episode = 0
+        self.seat = [0, 1]  # seat[agent] = the game's player index
+
+    @property
+    def agent_count(self) -> int:
+        return 2
+
+    @property
+    def observation_spaces(self) -> list[Any]:
+        return self.view.observation_spaces * 2
+
+    @property
+    def action_spaces(self) -> list[Any]:
+        return [self.game.action_spaces[0]] * 2
+
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.game.seed(seed)
+
+    def reset(self) -> list[StepResult | None]:
+        first = self.episode % 2 == 0 if self.sides == "alternate" else self.sides == "fixed" or self.rng.integers(2)
+        self.episode += 1
+        self.seat = [0, 1] if first else [1, 0]
+        return self._agents(self.game.reset())
+
+    def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
+        moves: list[NamedArray | None] = [None, None]
+        for agent, a in enumerate(actions):
+            moves[self.seat[agent]] = a
+        return self._agents(self.game.step(moves))
+
+    def _agents(self, results: list[StepResult | None]) -> list[StepResult | None]:
+        return [None if results[s] is None else self.view._view(results[s]) for s in self.seat]  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.game.close()
+
+
 register("vs-random", VsRandom)
+register("two-player", TwoPlayer)

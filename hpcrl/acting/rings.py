@@ -57,6 +57,8 @@ def make_ring(
     build_env: Callable[[int], Environment] | None = None,
     parts: Any = None,
     part_of_agent: Callable[[int], int] | None = None,
+    ring_class: Any = None,
+    ring_args: dict[str, Any] | None = None,
 ) -> EnvRing:
     """The env ring of one actor as ``cfg`` describes it; every ring of a run, test or evaluation is built here.
 
@@ -77,6 +79,9 @@ def make_ring(
         parts: a multi-policy ring: the :class:`~hpcrl.acting.policy_ring.PartSpec` of every policy (then
             ``default_state`` is not used and a :class:`~hpcrl.acting.policy_ring.PolicyRing` is returned).
         part_of_agent: with ``parts``: the index of the policy that acts for agent index ``a``.
+        ring_class: with ``parts``: a subclass of ``PolicyRing`` to build instead (a self-play run's
+            :class:`~hpcrl.acting.selfplay.SelfPlayRing`), given ``ring_args`` as extra keyword arguments.
+        ring_args: see ``ring_class``.
 
     Raises:
         EnvError: an env cannot be built, seeded or reset (names it and ``where``).
@@ -88,7 +93,7 @@ def make_ring(
         from hpcrl.acting.policy_ring import PolicyRing
 
         assert part_of_agent is not None
-        return PolicyRing(
+        return (ring_class or PolicyRing)(  # type: ignore[no-any-return]
             build_env or env_factory(cfg.environment),
             n,
             num_groups,
@@ -102,6 +107,7 @@ def make_ring(
             env_failure=actor.env_failure,
             max_env_failures=actor.max_env_failures,
             evaluation=evaluation,
+            **(ring_args or {}),
         )
     return EnvRing(
         build_env or env_factory(cfg.environment),

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from hpcrl.api.selfplay_spec import SelfPlay, check_selfplay
 from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer
 
 __all__ = [
@@ -285,6 +286,8 @@ class ExperimentConfig:
     agents: list[AgentMatch] = field(default_factory=list)
     """Multi-policy run: which policy acts for which agent, as a list of ``{match, policy}``; the first entry
     whose ``match`` fits an agent's index wins, and an agent that no entry matches is an error."""
+    selfplay: SelfPlay | None = None
+    """Multi-policy run: self-play, the opponent agents play snapshots of a trained policy (``None`` = off)."""
     experiment: Experiment = field(default_factory=Experiment)
     """Name, seed and length of the run."""
     actor: Actor = field(default_factory=Actor)
@@ -298,6 +301,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check_policies(self)
+        check_selfplay(self)
 
     @property
     def single_policy(self) -> Policy:
@@ -325,8 +329,7 @@ class ExperimentConfig:
 
 
 _MULTI_HERE = (
-    "{}: this is a multi-policy config (policies: ...), which only a one-process run (python -m hpcrl.run "
-    "without mpiexec, hpcrl.run_local) supports for now"
+    "{}: this is a multi-policy config (policies: ...), which runs in one process only (python -m hpcrl.run) for now"
 )
 
 
@@ -337,7 +340,7 @@ _POLICY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 def _check_policies(cfg: ExperimentConfig) -> None:
     """The rules of the policy keys: one form or the other, every name known, every regex valid."""
     if not cfg.policies:
-        for key in ("trainers", "agents"):
+        for key in ("trainers", "agents", "selfplay"):
             if getattr(cfg, key):
                 raise ConfigError(f"{key}: only with policies (a multi-policy run); this config has no policies")
         for key in ("policy", "trainer"):
@@ -524,7 +527,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     """
     data = dataclasses.asdict(cfg)
     if isinstance(cfg, ExperimentConfig):
-        unused = ("policy", "trainer") if cfg.policies else ("policies", "trainers", "agents")
+        unused = ("policy", "trainer") if cfg.policies else ("policies", "trainers", "agents", "selfplay")
         for key in unused:
             data.pop(key, None)
     return data

@@ -32,6 +32,7 @@ from hpcrl.acting.policy_ring import PartSpec, PolicyRing
 from hpcrl.api import config
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.policy import Policy, check_rollout_result
+from hpcrl.api.selfplay_spec import agent_owners, pool_part_name
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress, RunSummary
@@ -61,6 +62,7 @@ def policy_view(cfg: config.ExperimentConfig, name: str) -> config.ExperimentCon
         policies={},
         trainers={},
         agents=[],
+        selfplay=None,
     )
 
 
@@ -86,7 +88,10 @@ def resolve_policies(cfg: config.ExperimentConfig) -> tuple[config.ExperimentCon
         env = make_env(cfg.environment)
         agents = int(env.agent_count)
     try:
-        names = config.policy_of_agents(cfg, agents, f"env {label}")
+        if cfg.selfplay is not None:
+            names = agent_owners(cfg, agents, f"env {label}")
+        else:
+            names = config.policy_of_agents(cfg, agents, f"env {label}")
         resolved = {}
         for name, entry in cfg.policies.items():
             with config.building(f"policies.{name}.args", f"policy {entry.type_!r} does not fit env {label}"):
@@ -332,17 +337,38 @@ def train_multi(
         policies: the policies, in ``policies`` order (:func:`build_policies`).
     """
     order = list(cfg.policies)
+    parts = [PartSpec(n, rings.default_state_row(p)) for n, p in zip(order, policies)]
+    extra: dict[str, Any] = {}
+    if cfg.selfplay is not None:  # the opponent agents are one more part, acted by the pool's snapshots
+        from hpcrl.acting.selfplay import SelfPlayRing, SnapshotPool
+
+        sp = cfg.selfplay
+        learner = order.index(sp.policy)
+        order.append(pool_part_name(sp.policy))
+        parts.append(PartSpec(order[-1], rings.default_state_row(policies[learner])))
+        spec = config.Policy(cfg.policies[sp.policy].type_, dict(cfg.policies[sp.policy].args))
+        device = components.resolve_device(cfg.training.device)
+        pool = SnapshotPool(
+            lambda: components.build_policy(spec, device, cfg.experiment.seed),
+            sp.pool_size,
+            sp.snapshot_every_frames,
+            sp.sample,
+            cfg.experiment.seed,
+        )
+        pool.take(policies[learner], 0)  # replaced by the restored weights' snapshot once the run has resumed
+        extra = {"ring_class": SelfPlayRing, "ring_args": {"pool": pool, "learner_part": learner}}
+        extra["ring_args"]["opponent_part"] = len(order) - 1
     index = {n: i for i, n in enumerate(order)}
+    owners = agent_owners if cfg.selfplay is not None else config.policy_of_agents
 
     def part_of_agent(a: int) -> int:
-        return index[names[a] if a < len(names) else config.policy_of_agents(cfg, a + 1)[a]]
+        return index[names[a] if a < len(names) else owners(cfg, a + 1)[a]]
 
-    parts = [PartSpec(n, rings.default_state_row(p)) for n, p in zip(order, policies)]
-    ring = rings.make_ring(cfg, None, "local actor", parts=parts, part_of_agent=part_of_agent)
+    ring = rings.make_ring(cfg, None, "local actor", parts=parts, part_of_agent=part_of_agent, **extra)
     try:
         assert isinstance(ring, PolicyRing)
         n_envs = cfg.actor.envs_per_actor
-        sizes = [cfg.training.batch_size or max(1, ring.part_slots(i)) for i in range(len(order))]
+        sizes = [cfg.training.batch_size or max(1, ring.part_slots(i)) for i in range(len(policies))]
         agents = max(1, ring.num_slots(0) // n_envs)
         frames_per_step = budget.frames_per_step(sizes[0], cfg.actor.fragment_length, agents)
         slots = _build_slots(cfg, session, policies, sizes, frames_per_step)
@@ -375,6 +401,7 @@ def _loop(
         session.run_dir,
     )
     sinks: list[Callable[[Any], Any] | None] = [s.learner.add if s.trained else None for s in slots]
+    play = _SelfPlay(cfg, ring, slots, base_frames, trace, progress) if cfg.selfplay is not None else None
     recent: list[collections.deque[float]] = [collections.deque(maxlen=100) for _ in slots]  # returns per policy
 
     def stats() -> dict[str, float]:
@@ -406,11 +433,14 @@ def _loop(
                 if sink is not None:
                     for fragment in fragments:
                         sink(fragment)
+            if play is not None:
+                play.after_act(frames)
             if ring.episodes:
                 done = ring.pop_episodes()
                 for e in done:
-                    recent[e.policy].append(e.ret)
-                mine = [e for e in done if slots[e.policy] is shown]
+                    if e.policy < len(slots):  # not an opponent agent of self-play
+                        recent[e.policy].append(e.ret)
+                mine = [e for e in done if e.policy < len(slots) and slots[e.policy] is shown]
                 progress.add_episodes([e.ret for e in mine], [e.length for e in mine])
                 if trace is not None:
                     wall = time.time()
@@ -420,6 +450,8 @@ def _loop(
                 while s.learner.ready():
                     s.learner.step()
                     checkpoints.after_step()
+            if play is not None:
+                play.pool.maybe_take(play.learner.policy, frames)
             if stop.checkpoint_request is not None:
                 checkpoints.serve(stop.checkpoint_request)
             progress.update(frames, steps(), stats())
@@ -439,6 +471,7 @@ def _loop(
         env_failures=ring.env_failures,
         checkpoint=checkpoints.last,
         run_dir=str(session.run_dir),
+        **(play.summary() if play is not None else {}),
     )
 
 
@@ -447,14 +480,78 @@ def _act(ring: PolicyRing, slots: list[_Slot], trace: Any) -> None:
     t0 = time.perf_counter()
     requests = ring.request_parts(0)
     results: list[Any] = []
-    for s, request in zip(slots, requests):
+    for p, request in enumerate(requests):
         if request is None:
             results.append(None)
-            continue
-        result = check_rollout_result(s.policy.rollout(request), len(request), s.who)
-        results.append((result, s.policy.version))
+        elif p == len(slots):  # the opponent agents of self-play: each env's episode snapshot
+            results.append(ring.act_opponents(0, request))  # type: ignore[attr-defined]
+        else:
+            s = slots[p]
+            result = check_rollout_result(s.policy.rollout(request), len(request), s.who)
+            results.append((result, s.policy.version))
     t1 = time.perf_counter()
     ring.consume_parts(0, results)
     if trace is not None:
         trace.add_time("inference", t1 - t0)
         trace.add_time("env_step", time.perf_counter() - t1)
+
+
+class _SelfPlay:
+    """The self-play side of the loop: the pool's restart after a resume, snapshots, the games' score."""
+
+    def __init__(
+        self, cfg: config.ExperimentConfig, ring: Any, slots: list[_Slot], frames: int, trace: Any, progress: Progress
+    ) -> None:
+        from hpcrl.acting.selfplay import Scoreboard
+
+        assert cfg.selfplay is not None
+        self.ring = ring
+        self.pool = ring.pool
+        self.learner = next(s for s in slots if s.name == cfg.selfplay.policy)
+        self.opponent_part = len(slots)
+        self.trace = trace
+        self.progress = progress
+        self.board = Scoreboard()
+        ring.restart_pool(self.learner.policy, frames)  # a resumed run's pool starts from its restored weights
+
+    def after_act(self, frames: int) -> None:
+        """Drop the opponent rows (never trained on); count, trace and show the games that ended."""
+        self.ring.pop_part_fragments(self.opponent_part)
+        games = self.ring.pop_games()
+        if not games:
+            return
+        version = self.learner.policy.version
+        for game in games:
+            self.board.add(game)
+            if self.trace is not None:
+                self.trace.selfplay_game(
+                    {
+                        "frames": frames,
+                        "learner_version": version,
+                        "opponent_version": game.opponent_version,
+                        "opponent_index": game.opponent_index,
+                        "outcome": game.outcome,
+                        "learner_return": game.learner_return,
+                        "opponent_return": game.opponent_return,
+                    }
+                )
+        rates = self.board.rates()
+        assert rates is not None
+        self.progress.note = (
+            f"vs pool: win {rates['win']:.2f} draw {rates['draw']:.2f} loss {rates['loss']:.2f} "
+            f"(last {len(self.board.recent)} games, pool {len(self.pool.entries)} of v{self.pool.versions[0]}.."
+            f"v{self.pool.versions[-1]})"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary's self-play entries."""
+        rates = self.board.rates() or {}
+        table = self.board.table()
+        return {
+            "selfplay_games": self.board.games,
+            "selfplay_win_rate_last_100": rates.get("win"),
+            "selfplay_draw_rate_last_100": rates.get("draw"),
+            "selfplay_loss_rate_last_100": rates.get("loss"),
+            "selfplay_pool_versions": self.pool.versions,
+            "selfplay_vs_pool": {v: table[v] for v in self.pool.versions if v in table},
+        }

@@ -111,6 +111,7 @@ class _SafeTrace:
         self.episode = writer.episode
         self.trainer_step = writer.trainer_step
         self.evaluation = writer.evaluation
+        self.selfplay_game = writer.selfplay_game
 
     def _guard(self, fn: Any) -> None:
         from hpcrl.storage.trace import TraceError

@@ -15,6 +15,9 @@ Layout of ``RUN_DIR/traces/rank-NNNN.h5`` (mode 0600; all 1-D tables chunked, ``
     /eval/frames, wall_time, policy_version, policy_version_min, episodes, mean_return, std_return,
           mean_length               one row per evaluation during training (``run.eval_episodes``)
     /eval/committed                 int64 (1,): rows of /eval that are complete
+    /selfplay/frames, wall_time, learner_version, opponent_version, opponent_index, outcome, learner_return,
+          opponent_return           one row per finished self-play game (outcome 1 win, 0 draw, -1 loss)
+    /selfplay/committed             int64 (1,): rows of /selfplay that are complete
 
 SWMR forbids creating datasets once readers may be attached, so nothing is written until the
 first flush: records are buffered in memory, and the first flush creates every dataset for
@@ -56,7 +59,7 @@ from hpcrl._version import __version__
 from hpcrl.storage.files import create_exclusive
 from hpcrl.storage.tree import StorageError, decode_key, encode_key, text_value
 
-__all__ = ["TraceError", "TraceWriter", "read_trace", "FORMAT", "EPISODE_FIELDS", "EVAL_FIELDS"]
+__all__ = ["TraceError", "TraceWriter", "read_trace", "FORMAT", "EPISODE_FIELDS", "EVAL_FIELDS", "SELFPLAY_FIELDS"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,17 @@ EVAL_FIELDS: dict[str, str] = {
     "mean_return": "float64",
     "std_return": "float64",
     "mean_length": "float64",
+}
+#: columns of ``/selfplay`` (one row per finished self-play game) and their dtypes.
+SELFPLAY_FIELDS: dict[str, str] = {
+    "frames": "int64",
+    "wall_time": "float64",
+    "learner_version": "int64",
+    "opponent_version": "int64",
+    "opponent_index": "int64",
+    "outcome": "int64",
+    "learner_return": "float64",
+    "opponent_return": "float64",
 }
 _NAME_BYTES = 128
 _CHUNK_ROWS = 1024
@@ -176,6 +190,8 @@ class TraceWriter:
         self._spans: dict[str, list[float]] = {}  # span -> [cumulative seconds, count]
         self._evals: list[dict[str, float]] = []
         self._eval_committed = np.zeros(1, np.int64)
+        self._games: list[dict[str, float]] = []
+        self._games_committed = np.zeros(1, np.int64)
         self._f: Any = None
         self._ds: dict[str, Any] = {}
         self._stat_ds: dict[str, Any] = {}
@@ -224,6 +240,16 @@ class TraceWriter:
         row.setdefault("wall_time", time.time())
         self._evals.append(row)
 
+    def selfplay_game(self, row: dict[str, Any]) -> None:
+        """Record one finished self-play game (a row of ``/selfplay``; see :data:`SELFPLAY_FIELDS`).
+
+        Args:
+            row: the column values; a missing ``wall_time`` is now, other missing values are -1 / NaN.
+        """
+        row = dict(row)
+        row.setdefault("wall_time", time.time())
+        self._games.append(row)
+
     def add_time(self, span: str, seconds: float) -> None:
         """Add ``seconds`` to the timing span ``span`` (cumulative; sampled at every flush)."""
         acc = self._spans.get(span)
@@ -258,9 +284,12 @@ class TraceWriter:
             self._write_timings()
             evals, self._evals = self._evals, []
             self._write_evals(evals)
+            games, self._games = self._games, []
+            self._write_rows("selfplay", SELFPLAY_FIELDS, games, self._games_committed)
             self._f.flush()  # data first ...
             self._ds["committed"][:] = self._committed
             self._ds["eval/committed"][:] = self._eval_committed
+            self._ds["selfplay/committed"][:] = self._games_committed
             self._f.flush()  # ... then the row counts readers trust
         except TraceError:
             raise
@@ -354,6 +383,10 @@ class TraceWriter:
         for name, dt in EVAL_FIELDS.items():
             self._ds[f"eval/{name}"] = _table(ev, name, dt, fill=-1 if dt == "int64" else np.nan)
         self._ds["eval/committed"] = ev.create_dataset("committed", data=np.zeros(1, np.int64))
+        sp = f.create_group("selfplay")
+        for name, dt in SELFPLAY_FIELDS.items():
+            self._ds[f"selfplay/{name}"] = _table(sp, name, dt, fill=-1 if dt == "int64" else np.nan)
+        self._ds["selfplay/committed"] = sp.create_dataset("committed", data=np.zeros(1, np.int64))
 
     def _slot(self, name: str, table: dict[str, int], names_key: str, what: str) -> int | None:
         slot = table.get(name)
@@ -416,6 +449,14 @@ class TraceWriter:
             values = np.array([r.get(name, missing) for r in rows], dtype=dt)
             _append(self._ds[f"eval/{name}"], values)
         self._eval_committed[0] += len(rows)
+
+    def _write_rows(self, group: str, fields: dict[str, str], rows: list[dict[str, Any]], committed: Any) -> None:
+        if not rows:
+            return
+        for name, dt in fields.items():
+            missing = -1 if dt == "int64" else np.nan
+            _append(self._ds[f"{group}/{name}"], np.array([r.get(name, missing) for r in rows], dtype=dt))
+        committed[0] += len(rows)
 
     def _write_timings(self) -> None:
         now = time.time()
@@ -483,8 +524,14 @@ def _read_trace(f: Any, path: Path) -> dict[str, Any]:
         evals = {name: f["eval"][name][:n_ev] for name in EVAL_FIELDS}
     else:  # a trace written before evaluation tables existed
         evals = {name: np.zeros(0, dt) for name, dt in EVAL_FIELDS.items()}
+    if "selfplay" in f:
+        n_sp = int(f["selfplay/committed"][0])
+        games = {name: f["selfplay"][name][:n_sp] for name in SELFPLAY_FIELDS}
+    else:  # a trace written before self-play tables existed
+        games = {name: np.zeros(0, dt) for name, dt in SELFPLAY_FIELDS.items()}
     return {
         "path": str(path),
+        "selfplay": games,
         "attrs": attrs,
         "episodes": episodes,
         "trainer": trainer,
