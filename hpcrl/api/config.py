@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from hpcrl.api.errors import ConfigError
 from hpcrl.api.selfplay_spec import SelfPlay, check_selfplay
 from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer
 
@@ -57,10 +58,6 @@ __all__ = [
     "MAX_YAML_VALUES",
     "building",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range (message names the key path)."""
 
 
 # ============================================================== numeric bounds

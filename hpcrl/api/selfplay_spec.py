@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from hpcrl.api.config import ExperimentConfig
+from hpcrl.api.errors import ConfigError
 
 __all__ = ["SelfPlay", "check_selfplay", "agent_owners", "pool_part_name", "is_opponent"]
 
@@ -53,15 +52,13 @@ def is_opponent(sp: SelfPlay, agent: int) -> bool:
     return any(_matches(m, agent) for m in sp.opponent_agents)
 
 
-def check_selfplay(cfg: ExperimentConfig) -> None:
+def check_selfplay(cfg: Any) -> None:
     """The rules of ``selfplay`` that the config alone decides (ConfigError naming the key path).
 
     Only with ``policies``; ``selfplay.policy`` names a policy that has a trainer; ``opponent_agents`` is a
     non-empty list of agent indices >= 0 and valid regular expressions; ``pool_size >= 1``;
     ``snapshot_every_frames > 0``.
     """
-    from hpcrl.api.config import ConfigError
-
     sp = cfg.selfplay
     if sp is None:
         return
@@ -92,7 +89,7 @@ def check_selfplay(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"selfplay.opponent_agents[{i}]: bad regular expression {m!r}: {e}") from None
 
 
-def agent_owners(cfg: ExperimentConfig, agent_count: int, env: str = "the environment") -> list[str]:
+def agent_owners(cfg: Any, agent_count: int, env: str = "the environment") -> list[str]:
     """Who acts for every agent: a policy name, or :func:`pool_part_name` for the opponent agents of self-play.
 
     An opponent agent (``selfplay.opponent_agents`` matches it) plays the pool; ``agents`` may map it to the
@@ -102,8 +99,6 @@ def agent_owners(cfg: ExperimentConfig, agent_count: int, env: str = "the enviro
         ConfigError: an opponent agent that ``agents`` gives to another policy, an agent that nothing
             matches, no opponent agent or no agent of the self-play policy in the env (names the key path).
     """
-    from hpcrl.api.config import ConfigError
-
     sp = cfg.selfplay
     assert sp is not None
     pool = pool_part_name(sp.policy)

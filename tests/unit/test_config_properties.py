@@ -34,7 +34,7 @@ SECTIONS = {
 SYSTEM_KEYS = [
     f"{name}.{f.name}"
     for name, cls in SECTIONS.items()
-    if name not in ("environment", "policy", "trainer", "policies", "trainers", "agents")
+    if name not in ("environment", "policy", "trainer", "policies", "trainers", "agents", "selfplay")
     for f in dataclasses.fields(cls)
 ]
 SPEC_KEYS = [f"{s}.{k}" for s in ("environment", "policy", "trainer") for k in ("type_", "args")]
