@@ -86,12 +86,26 @@ class ActionDistribution(abc.ABC):
         )
 
     def params(self) -> torch.Tensor:
-        """The distribution's parameters as one tensor ``(*batch, P)`` (what :meth:`kl_from` reads back)."""
-        raise NotImplementedError(f"{type(self).__name__} does not give its parameters (needed by the ppg trainer)")
+        """The distribution's parameters as one tensor ``(*batch, P)`` (what :meth:`kl_from` reads back).
+
+        Raises:
+            TypeError: a distribution class without this optional capability (only PPG needs it).
+        """
+        raise TypeError(
+            f"{type(self).__name__} does not give its parameters: the ppg trainer's clone term needs params() and "
+            f"kl_from() (the built-in categorical, multi-categorical and Gaussian distributions have them)"
+        )
 
     def kl_from(self, old_params: torch.Tensor) -> torch.Tensor:
-        """``KL(old || self)`` per row ``(*batch)``, ``old`` given by an earlier :meth:`params` of the same kind."""
-        raise NotImplementedError(f"{type(self).__name__} has no KL divergence (needed by the ppg trainer)")
+        """``KL(old || self)`` per row ``(*batch)``, ``old`` given by an earlier :meth:`params` of the same kind.
+
+        Raises:
+            TypeError: a distribution class without this optional capability (only PPG needs it).
+        """
+        raise TypeError(
+            f"{type(self).__name__} has no KL divergence: the ppg trainer's clone term needs params() and kl_from() "
+            f"(the built-in categorical, multi-categorical and Gaussian distributions have them)"
+        )
 
 
 def _sample_index(

@@ -207,7 +207,7 @@ class PPGTrainer(PPOTrainer):
         try:
             with torch.no_grad():
                 res = self.policy.analyze(probe, target="ppg_aux")
-        except (ValueError, NotImplementedError) as e:
+        except (ValueError, TypeError) as e:
             raise ValueError(
                 f"ppg trainer: policy {name} cannot answer analyze(target='ppg_aux'): {e} (the built-in "
                 f"actor-critic-separate policy with auxiliary_head: true can)"
