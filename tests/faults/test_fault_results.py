@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from faultkit import fault_env, log_lines, run_job
 from faulty import BAD_DATA, GOOD_DATA, FaultyEnv
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hpcrl.acting.env_ring import CHECK_FIRST_STEPS, EnvError, EnvRing
@@ -90,6 +90,8 @@ def test_a_bad_result_at_any_step_is_a_named_error(defect: str, at_step: int, ch
     at_step=st.integers(1, CHECK_FIRST_STEPS + 60),
     check=st.sampled_from(["first", "always", "off"]),
 )
+@example(variant="truncated_int64", at_step=125, check="first")  # the bent step ends an episode
+@example(variant="done_uint8", at_step=25, check="always")
 def test_accepted_result_variants_are_stored_as_their_canonical_values(variant: str, at_step: int, check: str):
     ring = _ring(f"data:{variant}", at_step, check, 1, 2)
     g = ring.groups[0]
@@ -107,8 +109,10 @@ def test_accepted_result_variants_are_stored_as_their_canonical_values(variant: 
     reward, done = seen[0]
     if variant.startswith("reward"):
         assert reward == (2.0 if variant == "reward_int" else 0.5)
-    else:
+    elif variant.startswith("done"):
         assert done is False
+    else:  # a truncated variant leaves done as the env computed it: the episode ends every 25th step
+        assert done is (at_step % 25 == 0)
 
 
 # ---------------------------------------------------------------------- end to end
