@@ -191,6 +191,7 @@ def sb3_params(cfg: config.ExperimentConfig, seed: int, total_frames: int, thres
         "net_arch": [hidden] * layers,
         "activation": str(pargs.get("activation", "tanh")),
         **({"log_std_init": float(pargs["init_log_std"])} if "init_log_std" in pargs else {}),
+        "ortho_init": bool(pargs.get("ortho_init", True)),
         # rl-zoo's normalize: true = SB3's VecNormalize (docs/normalization.md): hpcrl's policy normalize_obs
         # and trainer normalize_rewards
         "normalize_obs": bool(pargs.get("normalize_obs", False)),

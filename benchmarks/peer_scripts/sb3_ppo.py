@@ -7,8 +7,8 @@ Launched by the single, solve and mpi benchmarks through benchmarks.peers.run_pe
 
     env_id, n_envs, n_steps, batch_size, n_epochs, learning_rate, lr_schedule ("constant"|"linear"),
     gamma, gae_lambda, clip_range, ent_coef, vf_coef, max_grad_norm, normalize_advantage, adam_eps,
-    net_arch (list of ints, used for both pi and vf), activation ("tanh"|"relu"), log_std_init (Gaussian
-    policies; optional), seed, total_frames,
+    net_arch (list of ints, used for both pi and vf), activation ("tanh"|"relu"), ortho_init (bool, default
+    true), log_std_init (Gaussian policies; optional), seed, total_frames,
     threshold (mean return over the last 100 episodes), record_episodes (bool),
     profile (bool: time the phases listed in PHASES in thread CPU time),
     record_curve (bool: add every episode's end frame, return and seconds as "curve"),
@@ -160,6 +160,7 @@ def main() -> int:
             "activation_fn": act,
             "optimizer_kwargs": {"eps": float(p.get("adam_eps", 1e-5))},
             **({"log_std_init": float(p["log_std_init"])} if "log_std_init" in p else {}),
+            "ortho_init": bool(p.get("ortho_init", True)),
         },
         seed=int(p["seed"]),
         device="cpu",

@@ -308,6 +308,10 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         auxiliary_head: PPG-style auxiliary value head on the actor features (separate only).
         state_dependent_std: Gaussian log-std predicted from features instead of learned per dimension.
         init_log_std: initial Gaussian log-std.
+        ortho_init: orthogonal initialisation (hidden layers gain sqrt(2), action head 0.01, value head 1,
+            zero biases; recurrent cells orthogonal). ``False``: every layer keeps PyTorch's default
+            initialisation (SB3's and rl-zoo's ``ortho_init=False``, used by its MuJoCo settings); the
+            Gaussian log-std still starts at ``init_log_std``.
         critic_uses_obs: with ``state_dim``, the separate critic reads the actor inputs too.
         normalize_obs: normalise the ``obs_norm_keys`` inputs by their running mean and variance
             (:mod:`hpcrl.policies.obs_norm`); the stats are part of the weights (published, checkpointed)
@@ -369,6 +373,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
         auxiliary_head: bool = False,
         state_dependent_std: bool = False,
         init_log_std: float = 0.0,
+        ortho_init: bool = True,
         critic_uses_obs: bool = False,
         normalize_obs: bool = False,
         obs_norm_keys: Sequence[str] | None = None,
@@ -379,7 +384,7 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
     ) -> None:
         import torch
 
-        from hpcrl.policies.networks import RNN_TYPES, ActorCriticNet
+        from hpcrl.policies.networks import RNN_TYPES, ActorCriticNet, default_init
 
         if chunk_len is not None:
             raise ValueError(
@@ -388,6 +393,8 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
             )
         if rnn_type not in RNN_TYPES:
             raise ValueError(f"rnn_type must be one of {list(RNN_TYPES)}, got {rnn_type!r}")
+        if not isinstance(ortho_init, bool):
+            raise ValueError(f"ortho_init must be true or false, got {ortho_init!r}")
 
         actor_shapes = input_shapes(obs_dim, "obs_dim")
         if not actor_shapes:
@@ -429,6 +436,8 @@ class ActorCriticPolicy(SingleModelPytorchPolicy):
                 float(init_log_std),
                 rnn_type,
             )
+            if not ortho_init:
+                default_init(net)
         super().__init__(net)
         self._ac_net = net
         self._obs_norm = _obs_normalizer(net, normalize_obs, obs_norm_keys, obs_clip, {**actor_shapes, **critic_shapes})

@@ -16,6 +16,7 @@ from torch import nn
 from hpcrl.policies.distributions import ActionDistribution, linear_forward, make_action_head
 
 __all__ = [
+    "default_init",
     "make_activation",
     "InputEncoder",
     "NatureCNN",
@@ -75,6 +76,18 @@ def _init(layer: _M, gain: float) -> _M:
     if bias is not None:
         nn.init.zeros_(bias)
     return layer
+
+
+def default_init(net: nn.Module) -> None:
+    """Give every dense, convolutional and recurrent layer of ``net`` PyTorch's default initialisation again.
+
+    What SB3 calls ``ortho_init=False``: the layers keep the init ``torch.nn`` gives them (Kaiming-uniform
+    weights, small uniform biases). Parameters outside such layers (a Gaussian head's log-std, the
+    observation normaliser's statistics) are left as they are.
+    """
+    for module in net.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.GRU, nn.LSTM)):
+            module.reset_parameters()
 
 
 class NatureCNN(nn.Module):

@@ -282,6 +282,33 @@ def test_seeded_init_is_reproducible() -> None:
     np.testing.assert_array_equal(xa, xb)
 
 
+@pytest.mark.parametrize("rnn", [0, 1])
+def test_ortho_init_false_keeps_torch_default_init(rnn: int) -> None:
+    """``ortho_init: false`` (SB3's ``ortho_init=False``): every layer as ``torch.nn`` initialises it."""
+    kw: dict[str, Any] = dict(obs_dim=4, action_dim=2, continuous_action=True, init_log_std=-2.0, num_rnn_layers=rnn)
+    ortho = make("actor-critic-separate", seed=3, **kw)
+    plain = make("actor-critic-separate", seed=3, ortho_init=False, **kw)
+    w = dict(ortho.net.named_parameters())["actor.mlp.2.weight"].detach()
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(64), atol=1e-4, rtol=0)  # orthogonal, gain sqrt(2)
+    params = dict(plain.net.named_parameters())
+    for name, p in params.items():
+        if name.endswith("log_std"):
+            assert torch.equal(p, torch.full_like(p, -2.0)), name  # the Gaussian's log-std is not a layer
+            continue
+        if ".gru." in name:  # torch's recurrent init: uniform(-1/sqrt(hidden), 1/sqrt(hidden))
+            bound = 1.0 / np.sqrt(64)
+        else:  # torch's dense init: weights and biases within 1/sqrt(fan_in)
+            bound = 1.0 / np.sqrt(params[name.rsplit(".", 1)[0] + ".weight"].shape[-1])
+        assert float(p.abs().max()) <= bound + 1e-6, name
+        assert bool((p != 0).all()), name  # no zero biases: torch's default, not ours
+    w = params["actor.mlp.2.weight"].detach()
+    assert float((w @ w.T - 2.0 * torch.eye(64)).abs().max()) > 0.5  # not orthogonal
+    again = make("actor-critic-separate", seed=3, ortho_init=False, **kw)  # still seeded
+    assert all(torch.equal(p, q) for p, q in zip(plain.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="ortho_init must be true or false"):
+        make("actor-critic-separate", ortho_init="no", **kw)
+
+
 def test_checkpoint_round_trip_gives_identical_outputs() -> None:
     src = make("actor-critic-separate", obs_dim=4, action_dim=3, num_rnn_layers=1, auxiliary_head=True, seed=1)
     with torch.no_grad():
