@@ -44,7 +44,7 @@ PEERS: dict[str, list[str]] = {
     # SB3 with the Atari extras (ale-py ships the ROMs; opencv for AtariWrapper's resize).
     "sb3_atari": [TORCH_PIN, "stable-baselines3", "gymnasium", "ale-py", "opencv-python-headless"],
     # SB3 with MuJoCo for the HalfCheetah / Hopper tasks of the parity study.
-    "sb3_mujoco": [TORCH_PIN, "stable-baselines3", "gymnasium", "mujoco>=3.0"],
+    "sb3_mujoco": [TORCH_PIN, "stable-baselines3", "gymnasium[mujoco]"],
     # sb3-contrib's RecurrentPPO (LSTM policies) for the memory task of the parity study.
     "sb3_contrib": [TORCH_PIN, "sb3-contrib", "gymnasium"],
     # benchmarks/peer_scripts/cleanrl_ppo.py: a CleanRL-style single-file PPO (torch + gymnasium only).
