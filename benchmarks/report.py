@@ -286,6 +286,41 @@ def _details(res: BenchResult) -> list[str]:
         for lib, runs in d["runs"].items():
             vals = [_fmt(r.get("seconds")) if "error" not in r else "error" for r in runs]
             out.append(f"| {lib} | {', '.join(vals) or '-'} |")
+    elif res.name == "multipolicy" and "throughput" in d:
+        out += [
+            "",
+            f"{d.get('frames', 0):,} frames per run, median of {d.get('repeats')} interleaved runs per variant:",
+            "",
+            "| envs | variant | frames per CPU second | vs one | wall-clock fps | vs one | all runs (per CPU second) |",
+            "|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for envs, entry in d["throughput"].items():
+            med, wall = entry["median_fps"], entry.get("median_wall_fps", {})
+            for name, runs in entry["runs"].items():
+                ratio = med[name] / med["one"] if med.get(name) and med.get("one") else None
+                wratio = wall[name] / wall["one"] if wall.get(name) and wall.get("one") else None
+                each = ", ".join(_fmt(r.get("cpu_fps"), "fps") if "error" not in r else "error" for r in runs)
+                out.append(
+                    f"| {envs} | {name}: {d['variants'].get(name, '')} | {_fmt(med.get(name), 'fps')} | "
+                    f"{f'{ratio:.2f}x' if ratio else '-'} | {_fmt(wall.get(name), 'fps')} | "
+                    f"{f'{wratio:.2f}x' if wratio else '-'} | {each} |"
+                )
+        pool = [p for p in d.get("pool_memory", []) if "error" not in p]
+        if pool:
+            out += [
+                "",
+                f"Self-play pool, `actor-critic-separate` with hidden {pool[0]['hidden']} "
+                f"({pool[0]['state_dict_bytes'] / 2**20:.2f} MiB of weights), one fresh process per K:",
+                "",
+                "| K | RSS before | RSS after | peak RSS | per snapshot | ms per snapshot |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for p in pool:
+                out.append(
+                    f"| {p['k']} | {p['rss_before_kb'] / 1024:.1f} MiB | {p['rss_after_kb'] / 1024:.1f} MiB | "
+                    f"{p['peak_rss_kb'] / 1024:.1f} MiB | {p['per_snapshot_kb'] / 1024:.2f} MiB | "
+                    f"{p['seconds_per_snapshot'] * 1e3:.1f} |"
+                )
     elif res.name == "channel" and d.get("cpu_us_per_message"):
         out += [
             "",

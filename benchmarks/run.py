@@ -59,6 +59,7 @@ BENCHMARKS: dict[str, str] = {
     "startup": "launch to first trained batch: mpiexec -n 4 vs the peers",
     "startup_scale": "launch to first trained batch at 8/32/64 ranks on simulated nodes, rank 0's share",
     "env_step": "env adapters vs the same gymnasium envs stepped directly",
+    "multipolicy": "one process: two policies (or one trained + one frozen) vs one at the same frames; pool memory",
     "policy": "policy rollout and PPO minibatch update vs the same model in plain torch",
     "learning": "learning targets: CartPole 475, memory task, Pendulum, quick-start centralized critic",
     "parity": "learning parity with SB3 at identical settings: many seeds per task, IQM, tests (docs/learning.md)",

@@ -29,6 +29,13 @@ from hpcrl.envs.checks import describe
 __all__ = ["PolicyRing", "PartSpec"]
 
 
+def _rows_like(act: NamedArray, n: int) -> NamedArray:
+    """A fresh NamedArray of ``n`` rows laid out like ``act`` (numpy leaves left unset: every row is written)."""
+    if all(isinstance(x, np.ndarray) for x in act.leaves()):
+        return act.apply(lambda x: np.empty((n, *x.shape[1:]), x.dtype))
+    return stack([act[0]] * n)
+
+
 class PartSpec:
     """One policy of a :class:`PolicyRing`.
 
@@ -51,6 +58,7 @@ class _Part:
         self.slots = np.flatnonzero(mask)
         self.local_of = np.full(mask.size, -1, np.int64)
         self.local_of[self.slots] = np.arange(self.slots.size)
+        self.all_local = np.arange(self.slots.size)  # its slots' local indices when every slot of the group acts
         self.traj = TrajectoryBuffer(self.slots.size, fragment_length)
         self.state = None if spec.default_state is None else stack([spec.default_state] * max(1, self.slots.size))
         self.versions: dict[tuple[int, int], np.ndarray] = {}
@@ -131,21 +139,36 @@ class PolicyRing(EnvRing):
         assert g.pending is not None
         acting = g.pending[0]
         out: list[RolloutRequest | None] = []
+        every = acting.size == g.num_slots  # every slot acts (the common case): no masking, whole states
         for part in self._parts[group]:
-            rows = np.flatnonzero(part.mask[acting])
+            if every:
+                rows, local = part.slots, part.all_local
+            else:
+                rows = np.flatnonzero(part.mask[acting])
+                local = part.local_of[acting[rows]]
             if rows.size == 0:
                 part.pending = None
                 out.append(None)
                 continue
-            local = part.local_of[acting[rows]]
-            state = None if part.state is None else part.state[local]
-            assert req.is_evaluation is not None and req.on_reset is not None
+            if part.state is None:
+                state = None
+            else:  # the whole state array is a view like the single-policy ring's request (valid until consume)
+                state = part.state if every else part.state[local]
+            assert req.on_reset is not None
             preq = RolloutRequest._build(
-                _REQUEST_KEYS, [req.obs[rows], state, req.is_evaluation[rows], req.on_reset[rows]]
+                _REQUEST_KEYS, [req.obs[rows], state, self._flags(rows.size), req.on_reset[rows]]
             )
             part.pending = (rows, local, preq)
             out.append(preq)
         return out
+
+    def _flags(self, n: int) -> np.ndarray:
+        """The read-only ``is_evaluation`` column of ``n`` rows (every row of a ring has the same flag)."""
+        flags = self._eval_flags.get(n)
+        if flags is None:
+            flags = self._eval_flags[n] = np.full((n, 1), self.evaluation, np.bool_)
+            flags.flags.writeable = False
+        return flags
 
     def consume_parts(self, group: int, results: Sequence[tuple[RolloutResult, int] | None]) -> None:
         """Record every policy's rows of the pending requests of ``group``, then step or reset its envs.
@@ -175,7 +198,7 @@ class PolicyRing(EnvRing):
             result, version = answer
             act = self._record(g, part, p, acting, rows, local, preq, result, version, reward, done, trunc)
             if merged is None:
-                merged = stack([act[0]] * acting.size)
+                merged = _rows_like(act, acting.size)
             try:
                 merged[rows] = act
             except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -248,7 +271,7 @@ class PolicyRing(EnvRing):
         if part.state is not None:
             self._write_state(g, local, result.policy_state, into=part.state, policy_name=name)
         slots = acting[rows]
-        g.ep_return[slots] += reward.sum(axis=1)
+        g.ep_return[slots] += reward[:, 0] if reward.shape[1] == 1 else reward.sum(axis=1)
         g.ep_length[slots] += 1
         g.on_reset[slots] = False
         terminal = (done | trunc)[:, 0]

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.acting.env_ring import _Group
-from hpcrl.acting.policy_ring import PolicyRing
-from hpcrl.api.namedarray import stack
+from hpcrl.acting.policy_ring import PolicyRing, _rows_like
 from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult, check_rollout_result
 
 __all__ = ["Snapshot", "SnapshotPool", "Game", "Scoreboard", "SelfPlayRing", "draw_probabilities"]
@@ -279,6 +278,6 @@ class SelfPlayRing(PolicyRing):
             who = f"self-play opponent (snapshot of version {snap.version})"
             res = check_rollout_result(snap.policy.rollout(request[at]), at.size, who)
             if merged is None:
-                merged = stack([res[0]] * n)
+                merged = _rows_like(res, n)
             merged[at] = res
         return merged, -1

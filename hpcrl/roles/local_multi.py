@@ -404,11 +404,16 @@ def _loop(
     play = _SelfPlay(cfg, ring, slots, base_frames, trace, progress) if cfg.selfplay is not None else None
     recent: list[collections.deque[float]] = [collections.deque(maxlen=100) for _ in slots]  # returns per policy
 
+    shown_stats: list[Any] = [-1, {}]  # the trainer steps they were built at, the progress line's stats
+
     def stats() -> dict[str, float]:
-        out: dict[str, float] = {}
-        for s in trained:
-            out.update({f"{s.name}/{k}": v for k, v in s.learner.last_stats.items()})
-        return out
+        n = steps()
+        if n != shown_stats[0]:  # they change only when a trainer steps
+            out: dict[str, float] = {}
+            for s in trained:
+                out.update({f"{s.name}/{k}": v for k, v in s.learner.last_stats.items()})
+            shown_stats[:] = [n, out]
+        return shown_stats[1]  # type: ignore[no-any-return]
 
     def steps() -> int:
         return sum(s.learner.steps for s in trained)

@@ -188,6 +188,70 @@ def test_policy_ring_routes_each_agent_to_its_policy() -> None:
     ring.close()
 
 
+class ObsPolicy(CountingPolicy):
+    """Deterministic: the action, value and state are functions of each row's observation and state only."""
+
+    def rollout(self, request: Any) -> Any:
+        out = super().rollout(request)
+        obs = np.asarray(request.obs.obs)
+        n = np.asarray(request.policy_state.n)[:, 0]
+        out.action = NamedArray(x=((obs[:, 0] + obs[:, 1] * 8 + n).astype(np.int64) // 3) % 2)
+        out.analyzed_result.value = (obs[:, :1] * 0.5 + n[:, None]).astype(out.analyzed_result.value.dtype)
+        return out
+
+
+@pytest.mark.parametrize("agents", [2, 3])
+def test_policy_ring_rows_equal_the_single_policy_rings(agents: int) -> None:
+    """Two parts running the same deterministic policy give exactly the single-policy ring's rows and episodes.
+
+    Each part's fragments are the single-policy ring's fragments restricted to that part's agent slots, leaf
+    by leaf and bit for bit (observations, actions, analysed results, states, rewards, flags, versions); the
+    env sees the same actions, so the episodes (returns, lengths) are the same.
+    """
+    state = NamedArray(n=np.zeros(1, np.float32))
+    over = {"environment": {"type_": "mp-test-tag", "args": {"n_agents": agents, "episode_length": 5}}}
+    single = _data(Path("unused"), **over)
+    for key in ("policies", "trainers", "agents"):
+        single.pop(key)
+    single["policy"] = {"type_": "random", "args": {"action_dim": 2}}
+    single["trainer"] = {"type_": "null"}
+    ring1 = rings.make_ring(config.from_dict(single), state, "test")
+    parts = [PartSpec("a", state), PartSpec("b", state)]
+    ring2 = rings.make_ring(
+        config.from_dict(_data(Path("unused"), **over)), None, "test", parts=parts, part_of_agent=lambda a: a % 2
+    )
+    assert isinstance(ring2, PolicyRing)
+    policy = ObsPolicy(action_dim=2, seed=1)
+    frags1: list[SampleBatch] = []
+    frags2: list[list[SampleBatch]] = [[], []]
+    eps1, eps2 = [], []
+    for _ in range(40):
+        req = ring1.request(0)
+        ring1.consume(0, policy.rollout(req), 4)
+        frags1 += ring1.pop_fragments()
+        eps1 += ring1.pop_episodes()
+        requests = ring2.request_parts(0)
+        ring2.consume_parts(0, [None if r is None else (policy.rollout(r), 4) for r in requests])
+        for p in range(2):
+            frags2[p] += ring2.pop_part_fragments(p)
+        eps2 += ring2.pop_episodes()
+    ring1.close()
+    ring2.close()
+    slots = [[s for s in range(2 * agents) if (s % agents) % 2 == p] for p in range(2)]  # env-major slots
+    assert len(frags1) == 4 and all(len(f) == 4 for f in frags2)
+    for p in range(2):
+        for whole, mine in zip(frags1, frags2[p]):
+            a, b = list(whole.flat_items()), list(mine.flat_items())
+            assert [k for k, _ in a] == [k for k, _ in b] and len(a) == 10
+            for (key, x), (_, y) in zip(a, b):
+                x, y = np.asarray(x)[:, slots[p]], np.asarray(y)
+                assert x.dtype == y.dtype and np.array_equal(x, y), f"part {p}: {key} differs"
+    assert len(eps1) == 12 * agents  # 2 envs x 6 episodes (5 steps and a reset)
+    # the same episodes; within one step the multi-policy ring lists them policy by policy
+    assert sorted((e.ret, e.length, e.version) for e in eps1) == sorted((e.ret, e.length, e.version) for e in eps2)
+    assert sorted({e.policy for e in eps2}) == [0, 1]
+
+
 def test_a_recreated_env_truncates_the_rows_of_every_policy() -> None:
     FlakyTag.built = 0
     data = _data(Path("unused"), environment={"type_": "mp-test-flaky", "args": {"n_agents": 2}})
