@@ -152,6 +152,7 @@ class Group:
         self.others = [r for n, ranks in topo.groups if n != name for r in ranks]  # rank 0's frame forwards
         self.frozen: _Frozen | None = None
         self._last_frames = 0.0
+        self._set_frames = -1  # (rank 0) the frame count of the newest set: no two sets share one
         self.recent: dict[int, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=100)
         )
@@ -193,6 +194,7 @@ class Group:
         elif self.leads and self.cfg.policies[self.name].init_from is not None:
             load_init_weights(rank.policy, self.name, self.cfg.policies[self.name])
         rank.learner.frames = int(state["frames"])
+        self._set_frames = int(state["frames"]) if state["chosen"] else -1
         if self.frozen is not None:
             self.frozen.restore(state["chosen"], self.cfg.run.fresh)
         if self.pcomm.Get_size() > 1:
@@ -222,32 +224,45 @@ class Group:
                     ctx.post(r, {"type": "frames", "frames": int(rank.learner.frames)})
             return
         rank.learner.frames = max(rank.learner.frames, ctx.leader_frames)
-        if self.leads:
-            rank.checkpoints.collect()
-            while ctx.save_requests:
-                msg = ctx.save_requests.pop(0)
-                current, frames = rank.learner.frames, int(msg.get("frames", 0))
-                rank.learner.frames = frames  # the set's frame count: rank 0's when it asked
-                rank.checkpoints.save(str(msg.get("reason", "periodic")))
-                rank.learner.frames = max(current, frames)
-        else:
+        self._serve_saves(rank)
+
+    def _serve_saves(self, rank: TrainerRank) -> None:
+        """(Leads of the other groups) Save as rank 0 asked, each at its set's frame count."""
+        ctx = self.ctx
+        if not self.leads:
             ctx.save_requests.clear()
+            return
+        rank.checkpoints.collect()
+        while ctx.save_requests:
+            msg = ctx.save_requests.pop(0)
+            current, frames = rank.learner.frames, int(msg.get("frames", 0))
+            rank.learner.frames = frames  # the set's frame count: rank 0's when it asked
+            rank.checkpoints.save(str(msg.get("reason", "periodic")))
+            rank.learner.frames = max(current, frames)
 
     def after_step(self, rank: TrainerRank) -> None:
-        """(Rank 0) After a trainer step: a checkpoint set when the cadence says so."""
+        """(Rank 0) After a trainer step: a checkpoint set when the cadence says so.
+
+        A set waits until the frame count has moved on from the newest set's (rank 0 counts the frames the
+        actors report, twice a second), so that every set has a frame count of its own and a resume never
+        mixes the files of two sets.
+        """
         rank.checkpoints.collect()
-        if rank.checkpoints.due():
+        if rank.checkpoints.due() and rank.learner.frames > self._set_frames:
             self.save_all(rank, "periodic")
 
     def serve(self, rank: TrainerRank, request: tuple[str, float]) -> None:
-        """(Rank 0) A checkpoint request (SIGUSR2): a set, unless one was taken after it was made."""
-        if request[1] > rank.checkpoints.state_time:
+        """(Rank 0) A checkpoint request (SIGUSR2): a set, unless one was taken after it was made.
+
+        Like a periodic set, it waits until the frame count has moved on from the newest set's.
+        """
+        if request[1] > rank.checkpoints.state_time and rank.learner.frames > self._set_frames:
             log.info("checkpoint requested by %s", request[0])
             self.save_all(rank, "request")
 
     def save_all(self, rank: TrainerRank, reason: str) -> None:
         """(Rank 0) Save a set: every lead saves its policy at rank 0's frame count; the frozen ones here."""
-        frames = int(rank.learner.frames)
+        frames = self._set_frames = int(rank.learner.frames)
         for r in self.leads_others:
             self.ctx.post(r, {"type": "save", "frames": frames, "reason": reason})
         rank.checkpoints.save(reason)
@@ -261,8 +276,12 @@ class Group:
         Raises:
             WaitTimeout: never (no timeout); a dead rank is named by the heartbeats meanwhile.
         """
+        if not self.ctx.is_leader:
+            self._serve_saves(rank)  # a set rank 0 asked for before it said stop
         mine = int(rank.learner.frames) if self.ctx.is_leader else 0
         done, frames = Iallreduce_step(self.tall, finished and self.ctx.is_leader, mine, idle)
+        if not self.ctx.is_leader:
+            self._serve_saves(rank)  # one that arrived meanwhile (the final set supersedes it anyway)
         reason = "final" if done else "stop"
         if self.leads:
             rank.learner.frames = frames

@@ -122,13 +122,25 @@ def test_two_trained_policies_train_in_their_own_groups_and_resume(
     assert int(attrs[0]["frames"]) == int(attrs[1]["frames"]) == first["frames"]  # one final set
     assert [a["policy_name"] for a in attrs] == ["red", "blue"]
 
+    # every set (periodic ones every 5 red steps, the final one) has a frame count of its own, in both policies
+    sets = {
+        n: {int(read_checkpoint_attrs(p)["frames"]): p for p in (run / "checkpoints" / n).glob("*.h5")}
+        for n in ("red", "blue")
+    }
+    assert len(sets["red"]) == len(list((run / "checkpoints" / "red").glob("*.h5"))) >= 2
+    assert set(sets["red"]) == set(sets["blue"])
+
+    # a stop between the files of the final set (red's is gone): the previous set is resumed, both policies
+    red.unlink()
+    at = max(set(sets["red"]) - {first["frames"]})
+    resumed = {n: int(read_checkpoint_attrs(sets[n][at])["version"]) for n in ("red", "blue")}
     proc, second = _run(clean_env, mpiexec, data, 5, tmp_path)
     assert proc.returncode == 0 and second is not None, explain(proc)
-    assert second["frames"] >= 1200 and second["frames_this_run"] == second["frames"] - first["frames"]
+    assert second["frames"] >= 1200 and second["frames_this_run"] == second["frames"] - at
     for name in ("red", "blue"):  # every policy continues from its own version
-        assert second["policy_versions"][name] > versions[name]
+        assert f"resumed from {sets[name][at]}: version {resumed[name]}, {at} frames" in proc.stderr, explain(proc)
+        assert second["policy_versions"][name] > resumed[name]
         assert int(read_checkpoint_attrs(_newest(run, name))["trainer_steps"]) == second["policy_versions"][name]
-    assert "policy 'blue' resumes at" in proc.stderr and "policy 'red' resumes at" in proc.stderr
 
 
 def test_a_frozen_policy_gets_no_trainer_and_never_changes(
