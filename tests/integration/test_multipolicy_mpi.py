@@ -167,17 +167,24 @@ def test_a_frozen_policy_gets_no_trainer_and_never_changes(
     red_end = _weights(_newest(run, "red"))
     assert any(not np.array_equal(red_end[k], red_start[k]) for k in red_start)
 
-    # a frozen policy loaded from a checkpoint (init_from): rank 0 publishes those weights to every actor
+    # both start from red's checkpoint (init_from): the frozen blue is published by rank 0 with those weights,
+    # red trains on from that version on two trainer ranks (the second one takes weights and version from the first)
     source = _newest(run, "red")
+    start = second["policy_versions"]["red"]
     other = tmp_path / "loaded"
-    policies = {"red": dict(AC), "blue": dict(AC, init_from=str(source))}
-    proc, third = _run(clean_env, mpiexec, _config(other, ("red",), policies=policies), 3, tmp_path)
+    policies = {"red": dict(AC, init_from=str(source)), "blue": dict(AC, init_from=str(source))}
+    data = _config(other, ("red",), policies=policies, layout={"trainers": {"red": 2}})
+    proc, third = _run(clean_env, mpiexec, data, 4, tmp_path)
     assert proc.returncode == 0 and third is not None, explain(proc)
-    assert third["policy_versions"]["blue"] == second["policy_versions"]["red"]
+    assert third["policy_versions"]["blue"] == start and third["policy_versions"]["red"] > start
+    steps = int(read_checkpoint_attrs(_newest(other, "red"))["trainer_steps"])
+    assert third["policy_versions"]["red"] == start + steps
+    assert f"rank 1 trainer: trainer_steps={steps}," in proc.stderr
+    assert f"policy=red, lead=False, policy_version={start + steps}," in proc.stderr, explain(proc)
     loaded = _weights(_newest(other, "blue"))
     assert all(np.array_equal(loaded[k], red_end[k]) for k in red_end)
     acting = [line for line in proc.stderr.splitlines() if " actor: frames=" in line]
-    assert len(acting) == 2 and all(f"'blue': {third['policy_versions']['blue']}" in line for line in acting), acting
+    assert len(acting) == 2 and all(f"'blue': {start}}}" in line for line in acting), acting
 
 
 REFUSALS = [
