@@ -79,3 +79,16 @@ class AgentStatsPPO(PPOTrainer):
 
 register_env("mp-agent-tag", AgentTagEnv)
 register_trainer("mp-agent-stats-ppo", AgentStatsPPO)
+
+
+class FailingPPO(AgentStatsPPO):
+    """:class:`AgentStatsPPO` that raises in its third step."""
+
+    def step(self, samples: SampleBatch) -> TrainerStepResult:
+        self.failing_steps = getattr(self, "failing_steps", 0) + 1
+        if self.failing_steps == 3:
+            raise RuntimeError("injected failure in the third trainer step")
+        return super().step(samples)
+
+
+register_trainer("mp-agent-failing-ppo", FailingPPO)

@@ -187,6 +187,19 @@ def test_a_frozen_policy_gets_no_trainer_and_never_changes(
     assert len(acting) == 2 and all(f"'blue': {start}}}" in line for line in acting), acting
 
 
+def test_a_failing_trainer_group_ends_the_job(tmp_path: Path, clean_env: dict[str, str], mpiexec: str) -> None:
+    """blue's trainer (rank 1) raises: the whole job ends, with one FATAL line naming the rank, none hangs."""
+    data = _config(tmp_path / "fails", ("red", "blue"))
+    data["trainers"]["blue"] = dict(PPO, type_="mp-agent-failing-ppo")
+    proc, summary = _run(clean_env, mpiexec, data, 4, tmp_path, timeout=120)
+    assert proc.returncode != 0 and summary is None, explain(proc)
+    fatal = [line for line in proc.stderr.splitlines() if "FATAL" in line]
+    assert any(
+        line.startswith("[rank 1 trainer") and "RuntimeError: injected failure in the third trainer step" in line
+        for line in fatal
+    ), explain(proc)
+
+
 REFUSALS = [
     ({"layout": {"inference": 1}}, "layout.inference: a multi-policy config under mpiexec runs every policy inline"),
     (
