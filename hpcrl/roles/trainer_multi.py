@@ -93,7 +93,8 @@ class _Frozen:
             publisher = ParamPublisher(ctx.comm, list(ctx.topo.actors), tag=policy_params_tag(i))
             self.entries.append((name, policy, checkpoints, publisher))
 
-    def restore(self, chosen: dict[str, str], fresh: bool) -> None:
+    def restore(self, chosen: dict[str, str]) -> None:
+        """Each frozen policy from its file of the set, else from its ``init_from`` checkpoint (if any)."""
         for name, policy, checkpoints, _ in self.entries:
             if chosen.get(name):
                 checkpoints.restore(Path(chosen[name]))
@@ -196,7 +197,7 @@ class Group:
         rank.learner.frames = int(state["frames"])
         self._set_frames = int(state["frames"]) if state["chosen"] else -1
         if self.frozen is not None:
-            self.frozen.restore(state["chosen"], self.cfg.run.fresh)
+            self.frozen.restore(state["chosen"])
         if self.pcomm.Get_size() > 1:
             if not mine and self.cfg.policies[self.name].init_from is not None:  # the lead's version too
                 version = Bcast_text(self.pcomm, str(rank.policy.version))

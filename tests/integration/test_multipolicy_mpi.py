@@ -8,8 +8,11 @@ every batch, so each trainer rank's trace shows whose rows it trained on.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +201,69 @@ def test_a_failing_trainer_group_ends_the_job(tmp_path: Path, clean_env: dict[st
         line.startswith("[rank 1 trainer") and "RuntimeError: injected failure in the third trainer step" in line
         for line in fatal
     ), explain(proc)
+
+
+def test_a_checkpoint_request_and_a_stop_save_every_policy_at_one_frame_count(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
+    """SIGUSR2 on an actor: a set of every policy; SIGTERM on blue's trainer rank: the run stops with a final set."""
+    run = tmp_path / "signals"
+    data = _config(run, ("red", "blue"))
+    data["experiment"]["total_frames"] = 10**9
+    data["run"].update(checkpoint_every_steps=0, checkpoint_every_seconds=0, progress="log", log_interval_seconds=0.5)
+    path = tmp_path / "signals.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    summary = tmp_path / "signals.json"
+    cmd = [
+        mpiexec,
+        "-n",
+        "4",
+        sys.executable,
+        "-m",
+        "mpi4py",
+        "-m",
+        "hpcrl.run",
+        str(path),
+        "--summary-json",
+        str(summary),
+    ]
+    err = tmp_path / "signals.stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            cmd, env=clean_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+        try:
+
+            def wait(pred: Any, what: str) -> None:
+                deadline = time.monotonic() + 120
+                while not pred():
+                    assert proc.poll() is None, f"the job ended while waiting for {what}: {err.read_text()[-3000:]}"
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    time.sleep(0.1)
+
+            wait(lambda: "hpcrl.progress: frames" in err.read_text(), "the first progress line")
+            pids = {int(e["rank"]): int(e["pid"]) for e in json.loads((run / "ranks.json").read_text())}
+            os.kill(pids[3], signal.SIGUSR2)  # an actor asks for a checkpoint
+            wait(
+                lambda: all(list((run / "checkpoints" / n).glob("*.h5")) for n in ("red", "blue")), "the requested set"
+            )
+            os.kill(pids[1], signal.SIGTERM)  # blue's trainer rank: the whole run stops
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    text = err.read_text()
+    assert rc == 0, text[-5000:]
+    result = json.loads(summary.read_text())
+    assert result["reason"].startswith("SIGTERM on rank 1 (trainer"), result["reason"]
+    sets: dict[str, list[tuple[int, str]]] = {}
+    for name in ("red", "blue"):
+        attrs = [read_checkpoint_attrs(p) for p in sorted((run / "checkpoints" / name).glob("*.h5"))]
+        sets[name] = [(int(a["frames"]), str(a["reason"])) for a in attrs]
+    assert sets["red"] == sets["blue"] and [r for _, r in sets["red"]] == ["request", "stop"], sets
+    assert sets["red"][1][0] == result["frames"]
+    assert "checkpoint requested by SIGUSR2 on rank 3 (actor" in text
 
 
 REFUSALS = [
