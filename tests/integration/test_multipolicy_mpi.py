@@ -147,6 +147,19 @@ def test_two_trained_policies_train_in_their_own_groups_and_resume(
         assert second["policy_versions"][name] > resumed[name]
         assert int(read_checkpoint_attrs(_newest(run, name))["trainer_steps"]) == second["policy_versions"][name]
 
+    # red's checkpoints are gone: never a silent fresh start of red beside blue's; the whole job ends
+    for f in (run / "checkpoints" / "red").glob("*.h5"):
+        f.unlink()
+    blue_files = sorted((run / "checkpoints" / "blue").glob("*.h5"))
+    proc, third = _run(clean_env, mpiexec, data, 5, tmp_path, timeout=120)
+    assert proc.returncode != 0 and third is None, explain(proc)
+    fatal = [line for line in proc.stderr.splitlines() if "FATAL" in line]
+    assert any(
+        line.startswith("[rank 0 trainer") and "no set of checkpoints to resume all policies from" in line
+        for line in fatal
+    ), explain(proc)
+    assert sorted((run / "checkpoints" / "blue").glob("*.h5")) == blue_files
+
 
 def test_a_frozen_policy_gets_no_trainer_and_never_changes(
     tmp_path: Path, clean_env: dict[str, str], mpiexec: str
