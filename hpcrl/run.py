@@ -179,13 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     if comm.size == 1:
         _setup_logging(0, "local", args.log_level)
         return _run_local(cfg, stop, args.summary_json)
-    if cfg.multi_policy:  # every rank parsed the same config: all stop here together, before any communication
+    from hpcrl.api.specs import mpi_refusal, trainer_counts
+
+    refused = mpi_refusal(cfg)  # every rank parsed the same config: all stop here together, before any communication
+    if refused is not None:
         if comm.rank == 0:
-            key, what = ("selfplay", "a self-play config") if cfg.selfplay else ("policies", "a multi-policy config")
-            sys.stderr.write(
-                f"hpcrl: config error: {key}: {what} runs in one process for now "
-                f"(python -m hpcrl.run {args.config} without mpiexec); this job has {comm.size} MPI ranks\n"
-            )
+            sys.stderr.write(f"hpcrl: config error: {refused}; this job has {comm.size} MPI ranks\n")
             sys.stderr.flush()
         from mpi4py import MPI
 
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nodes, node_comm = Discover_nodes(comm, node_name())  # collective: before anything can fail on one rank
     try:
-        topo = Topology.build(cfg.layout, comm.size, nodes)
+        topo = Topology.build(cfg.layout, comm.size, nodes, trainer_counts(cfg) if cfg.multi_policy else None)
     except TopologyError as e:
         if comm.rank == 0:
             sys.stderr.write(f"hpcrl: layout error: {e}\n")

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from hpcrl.api.errors import ConfigError
 from hpcrl.api.selfplay_spec import SelfPlay, check_selfplay
-from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer
+from hpcrl.api.specs import AgentMatch, Environment, Policy, PolicyEntry, Trainer, trainer_counts
 
 __all__ = [
     "ConfigError",
@@ -151,8 +151,9 @@ class Layout(_Section):
 
     _path: ClassVar[str] = "layout"
 
-    trainers: int = field(default=1, metadata=_bounds(ge=1))
-    """Trainer ranks (rank 0 is the trainer leader)."""
+    trainers: int | dict[str, int] = field(default=1, metadata=_bounds(ge=1))
+    """Trainer ranks (rank 0 is the trainer leader). A multi-policy run: ranks per trained policy, as one count
+    for each or a mapping policy -> count (an unnamed trained policy gets 1); frozen policies get none."""
     inference: int = field(default=0, metadata=_bounds(ge=0))
     """Inference ranks; 0 means every actor runs the policy inline."""
     weights: Literal["per_node", "flat"] = "per_node"
@@ -276,7 +277,7 @@ class ExperimentConfig:
     policies: dict[str, PolicyEntry] = field(default_factory=dict)
     """Multi-policy run: policy name -> spec. Names are letters, digits, ``_``, ``-`` and ``.`` (they name the
     checkpoint directory ``RUN_DIR/checkpoints/<name>``). Give either ``policy``/``trainer`` or
-    ``policies``/``trainers``/``agents``, not both. Multi-policy runs run in one process for now."""
+    ``policies``/``trainers``/``agents``, not both (see docs/multipolicy.md)."""
     trainers: dict[str, Trainer] = field(default_factory=dict)
     """Multi-policy run: policy name -> its trainer spec. A policy without a trainer is frozen: it acts but is
     never trained and its version never changes."""
@@ -299,6 +300,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         _check_policies(self)
         check_selfplay(self)
+        trainer_counts(self)  # layout.trainers: a mapping names trained policies
 
     @property
     def single_policy(self) -> Policy:
@@ -326,7 +328,7 @@ class ExperimentConfig:
 
 
 _MULTI_HERE = (
-    "{}: this is a multi-policy config (policies: ...), which runs in one process only (python -m hpcrl.run) for now"
+    "{}: this is a multi-policy config (policies: ...): its policies are under policies/trainers, not policy/trainer"
 )
 
 

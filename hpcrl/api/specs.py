@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Environment", "Policy", "PolicyEntry", "AgentMatch", "Trainer"]
+__all__ = ["Environment", "Policy", "PolicyEntry", "AgentMatch", "Trainer", "trainer_counts", "mpi_refusal"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,73 @@ class Trainer:
     """Registered trainer name, e.g. ``ppo``."""
     args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the trainer's constructor."""
+
+
+def trainer_counts(cfg: Any) -> dict[str, int]:
+    """The trainer ranks of every trained policy of an MPI run, in ``policies`` order (``default`` for one policy).
+
+    ``layout.trainers`` is a count (a multi-policy run: that many ranks for every trained policy) or, in a
+    multi-policy config, a mapping policy name -> count (a trained policy it does not name gets 1). Frozen
+    policies get none.
+
+    Raises:
+        ConfigError: a mapping in a single-policy config, a key that names no policy or a frozen one, a
+            count below 1 (each names ``layout.trainers`` and the key).
+    """
+    from hpcrl.api.errors import ConfigError
+
+    value = cfg.layout.trainers
+    if not cfg.policies:
+        if isinstance(value, dict):
+            raise ConfigError(
+                "layout.trainers: a mapping policy -> count is for multi-policy configs (policies: ...); "
+                "a single-policy config gives a count"
+            )
+        return {"default": int(value)}
+    trained = [n for n in cfg.policies if n in cfg.trainers]
+    if not isinstance(value, dict):
+        return {n: int(value) for n in trained}
+    for name, count in value.items():
+        if name not in cfg.policies:
+            known = ", ".join(repr(n) for n in cfg.policies)
+            raise ConfigError(
+                f"layout.trainers.{name}: no policy named {name!r} in policies (expected one of: {known})"
+            )
+        if name not in cfg.trainers:
+            raise ConfigError(
+                f"layout.trainers.{name}: policy {name!r} is frozen (it has no entry in trainers), so it gets no "
+                "trainer rank; name only trained policies"
+            )
+        if count < 1:
+            raise ConfigError(f"layout.trainers.{name}: must be >= 1, got {count!r}")
+    return {n: int(value.get(n, 1)) for n in trained}
+
+
+def mpi_refusal(cfg: Any) -> str | None:
+    """Why a multi-policy config cannot run on several MPI ranks yet (one line naming the key), or None.
+
+    Under ``mpiexec`` a multi-policy run has trainer ranks per trained policy and actors that run every
+    policy inline; self-play, inference ranks, evaluation during training and a run without any trained
+    policy run in one process only.
+    """
+    if not cfg.policies:
+        return None
+    one = "runs in one process for now (python -m hpcrl.run without mpiexec)"
+    layout = cfg.layout
+    if cfg.selfplay is not None:
+        return f"selfplay: a self-play config {one}"
+    if layout.inference or layout.inference_per_node:
+        key = "layout.inference_per_node" if layout.inference_per_node else "layout.inference"
+        return (
+            f"{key}: a multi-policy config under mpiexec runs every policy inline on the actor ranks "
+            f"(layout.inference: 0, no layout.inference_per_node); inference ranks for several policies are not "
+            f"supported yet"
+        )
+    if cfg.run.eval_episodes or cfg.run.save_best:
+        key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
+        return f"{key}: evaluation during training is not supported in multi-policy runs yet"
+    if not cfg.trainers:
+        return f"trainers: a multi-policy config without any trained policy {one}"
+    if len(cfg.policies) > 100:
+        return f"policies: a multi-policy config under mpiexec has at most 100 policies, this one {len(cfg.policies)}"
+    return None

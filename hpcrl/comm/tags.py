@@ -4,7 +4,8 @@ Tag ranges (MPI guarantees tags up to 32767):
 
 * ``1-99``: control plane: small JSON objects (:mod:`hpcrl.comm.control`).
 * ``100-999``: data plane: one contiguous buffer per message (:mod:`hpcrl.comm.channel`,
-  :mod:`hpcrl.comm.params`). ``900-999`` are free for tests and benchmarks.
+  :mod:`hpcrl.comm.params`). ``200-299``: the parameters of policy ``i`` of a multi-policy run
+  (:func:`policy_params_tag`). ``900-999`` are free for tests and benchmarks.
 * ``1100-1999``: schema handshakes. Every data tag ``T`` has its handshake on ``schema_tag(T) = T + 1000``,
   so two channels between the same pair of ranks never mix up their schemas.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Tag", "SCHEMA_OFFSET", "DATA_TAGS", "schema_tag", "tag_name", "is_data_tag"]
+__all__ = ["Tag", "SCHEMA_OFFSET", "DATA_TAGS", "schema_tag", "tag_name", "is_data_tag", "policy_params_tag"]
 
 #: Distance between a data tag and its schema-handshake tag.
 SCHEMA_OFFSET = 1000
@@ -65,6 +66,26 @@ class Tag(IntEnum):
     """Schema handshake of :attr:`PARAMS`."""
     TEST_SCHEMA = 1900
     """Schema handshake of :attr:`TEST`."""
+
+
+#: The parameters of policy ``i`` (in ``policies`` order) of a multi-policy MPI run go on tag ``POLICY_PARAMS + i``.
+POLICY_PARAMS = 200
+#: At most this many policies per multi-policy MPI run (one parameter tag each).
+MAX_POLICIES = 100
+
+
+def policy_params_tag(index: int) -> int:
+    """The data tag of the parameters of policy number ``index`` of a multi-policy run.
+
+    >>> policy_params_tag(0), policy_params_tag(3)
+    (200, 203)
+
+    Raises:
+        ValueError: ``index`` is outside ``[0, MAX_POLICIES)``.
+    """
+    if not 0 <= index < MAX_POLICIES:
+        raise ValueError(f"policy index {index}: a multi-policy MPI run has at most {MAX_POLICIES} policies")
+    return POLICY_PARAMS + index
 
 
 def is_data_tag(tag: int) -> bool:

@@ -64,6 +64,14 @@ Examples:
     3 of 6 actors send their inference requests to another node: node a [0-3] has no inference rank
     (layout.inference_per_node=1 puts one on every node)
 
+    A multi-policy run: a block of trainer ranks per trained policy; every actor feeds every group.
+
+    >>> topo = Topology.build(Layout(), world_size=6, groups={"red": 2, "blue": 1})
+    >>> topo.describe()
+    '6 ranks: 3 trainers [0-2] (red [0-1], blue [2]), inline inference, 3 actors [3-5]'
+    >>> [(a, topo.trainer_of(a, "red"), topo.trainer_of(a, "blue")) for a in topo.actors]
+    [(3, 0, 2), (4, 1, 2), (5, 0, 2)]
+
     Single process and bad layouts:
 
     >>> Topology.build(Layout(), world_size=2).describe()
@@ -195,6 +203,7 @@ class Topology:
         node_of: node index of every rank (all 0 without a node map).
         node_names: a name per node (for messages; ``''`` when unknown).
         placement: ``'node'`` or ``'round_robin'`` (``layout.placement``).
+        groups: a multi-policy run: ``(policy, its trainer ranks)`` for every trained policy (empty otherwise).
     """
 
     world_size: int
@@ -207,10 +216,13 @@ class Topology:
     node_of: tuple[int, ...] = dataclasses.field(default=(0,), repr=False)
     node_names: tuple[str, ...] = dataclasses.field(default=("",), repr=False)
     placement: str = "node"
+    groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, layout: Layout, world_size: int, nodes: NodeMap | None = None) -> Topology:
+    def build(
+        cls, layout: Layout, world_size: int, nodes: NodeMap | None = None, groups: dict[str, int] | None = None
+    ) -> Topology:
         """Lay out ``world_size`` ranks as ``layout`` asks, on the nodes of ``nodes``.
 
         Args:
@@ -219,6 +231,9 @@ class Topology:
                 mean ``inference_per_node=None``, ``placement='node'``).
             world_size: the communicator size.
             nodes: the node of every rank (:class:`hpcrl.comm.nodes.NodeMap`); ``None`` = all on one node.
+            groups: a multi-policy run: trained policy name -> its trainer rank count, in order (their sum
+                replaces ``layout.trainers``). Each group is a block of consecutive trainer ranks (the first
+                group starts at rank 0), and every actor sends each policy's samples to a rank of its group.
 
         Returns:
             The topology. World size 1 always gives the local (single-process) topology.
@@ -229,7 +244,14 @@ class Topology:
                 explicitly asks for more than one rank at world size 1, an unknown placement, or a node map
                 of another size than ``world_size``.
         """
-        trainers, actors = int(layout.trainers), layout.actors
+        if groups:
+            for name, count in groups.items():
+                if count < 1:
+                    raise TopologyError(f"layout.trainers.{name}={count}: counts must be >= 1")
+            trainers = sum(groups.values())
+        else:
+            trainers = int(layout.trainers)  # type: ignore[arg-type]
+        actors = layout.actors
         per_node = getattr(layout, "inference_per_node", None)
         placement = str(getattr(layout, "placement", "node"))
         if world_size < 1:
@@ -273,7 +295,8 @@ class Topology:
             )
         if actors == 0:
             raise TopologyError(f"layout asks for {asked}: zero actors at world size {world_size}; nothing would act")
-        if trainers > actors:
+        biggest = max(groups.values()) if groups else trainers
+        if biggest > actors:
             raise TopologyError(f"layout asks for {asked}: every trainer rank needs at least one actor")
         if inference > actors:
             raise TopologyError(f"layout asks for {asked}: every inference rank needs at least one actor")
@@ -286,7 +309,25 @@ class Topology:
             a_ranks = tuple(range(trainers + inference, world_size))
             a_inference = tuple(i_ranks[k % inference] for k in range(actors)) if inference else ()
         a_trainer = tuple(t_ranks[k % trainers] for k in range(actors))
-        return cls(world_size, t_ranks, i_ranks, a_ranks, False, a_trainer, a_inference, node_of, names, placement)
+        blocks: list[tuple[str, tuple[int, ...]]] = []
+        for name, count in (groups or {}).items():
+            start = sum(len(b) for _, b in blocks)
+            blocks.append((name, t_ranks[start : start + count]))
+        if blocks:
+            a_trainer = tuple(blocks[0][1][k % len(blocks[0][1])] for k in range(actors))
+        return cls(
+            world_size,
+            t_ranks,
+            i_ranks,
+            a_ranks,
+            False,
+            a_trainer,
+            a_inference,
+            node_of,
+            names,
+            placement,
+            tuple(blocks),
+        )
 
     # ------------------------------------------------------------------ queries
     @property
@@ -328,13 +369,34 @@ class Topology:
             raise TopologyError(f"rank {actor} is {_a(self.role_of(actor))} rank, not an actor ({self.describe()})")
         return self.actors.index(actor)
 
-    def trainer_of(self, actor: int) -> int:
-        """The trainer rank that receives ``actor``'s samples.
+    def trainer_of(self, actor: int, policy: str | None = None) -> int:
+        """The trainer rank that receives ``actor``'s samples (of trained ``policy`` in a multi-policy run).
+
+        Actor ``k`` sends to rank ``k % n`` of the ``n`` trainer ranks (of the policy's group).
 
         Raises:
-            TopologyError: ``actor`` is not an actor rank.
+            TopologyError: ``actor`` is not an actor rank, or ``policy`` has no trainer group.
         """
-        return self._actor_trainer[self.actor_index(actor)]
+        if policy is None or not self.groups:
+            return self._actor_trainer[self.actor_index(actor)]
+        ranks = self.group_ranks(policy)
+        return ranks[self.actor_index(actor) % len(ranks)]
+
+    def group_ranks(self, policy: str) -> tuple[int, ...]:
+        """The trainer ranks of trained ``policy`` of a multi-policy run.
+
+        Raises:
+            TopologyError: the run has no trainer group for ``policy``.
+        """
+        for name, ranks in self.groups:
+            if name == policy:
+                return ranks
+        known = ", ".join(name for name, _ in self.groups) or "none"
+        raise TopologyError(f"no trainer ranks for policy {policy!r} (trainer groups: {known})")
+
+    def group_of(self, trainer: int) -> str | None:
+        """The policy whose trainer group ``trainer`` is in (None: not a trainer of a multi-policy run)."""
+        return next((name for name, ranks in self.groups if trainer in ranks), None)
 
     def inference_of(self, actor: int) -> int | None:
         """The inference rank serving ``actor``, or ``None`` for inline inference.
@@ -356,6 +418,9 @@ class Topology:
             raise TopologyError(
                 f"rank {trainer} is {_a(self.role_of(trainer))} rank, not a trainer ({self.describe()})"
             )
+        policy = self.group_of(trainer)
+        if policy is not None:
+            return tuple(a for a in self.actors if self.trainer_of(a, policy) == trainer)
         return tuple(a for a, t in zip(self.actors, self._actor_trainer) if t == trainer)
 
     def actors_of_inference(self, inference: int) -> tuple[int, ...]:
@@ -442,6 +507,8 @@ class Topology:
         if self.local:
             return "1 rank (local): trainer, inline inference and actor in one process"
         parts = [f"{_plural(len(self.trainers), 'trainer')} [{format_ranks(self.trainers)}]"]
+        if self.groups:
+            parts[0] += " (" + ", ".join(f"{n} [{format_ranks(r)}]" for n, r in self.groups) + ")"
         if self.inference:
             parts.append(f"{_plural(len(self.inference), 'inference')} [{format_ranks(self.inference)}]")
         else:

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,7 +39,19 @@ from hpcrl.progress import Progress, RunSummary
 from hpcrl.runtime import budget, components
 from hpcrl.runtime.session import Session, StopFlag
 
-__all__ = ["resolve_policies", "build_policies", "policy_view", "train_multi", "load_init_weights", "FROZEN_TRAINER"]
+if TYPE_CHECKING:
+    from hpcrl.storage.checkpoint import CheckpointManager
+
+__all__ = [
+    "resolve_policies",
+    "build_policies",
+    "policy_view",
+    "train_multi",
+    "load_init_weights",
+    "choose_resume_set",
+    "PolicyTrace",
+    "FROZEN_TRAINER",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +63,16 @@ def policy_view(cfg: config.ExperimentConfig, name: str) -> config.ExperimentCon
     """The single-policy config of policy ``name`` of a multi-policy config (what its checkpoints store).
 
     Its ``policy`` is the named policy's spec, its ``trainer`` the policy's trainer (``null`` when frozen);
-    every other section is the run's.
+    every other section is the run's (``layout.trainers`` given as a mapping becomes the policy's count).
     """
     entry = cfg.policies[name]
     trainer = cfg.trainers.get(name) or config.Trainer(FROZEN_TRAINER)
+    layout = cfg.layout
+    if isinstance(layout.trainers, dict):
+        layout = dataclasses.replace(layout, trainers=int(layout.trainers.get(name, 1)))
     return dataclasses.replace(
         cfg,
+        layout=layout,
         policy=config.Policy(entry.type_, dict(entry.args)),
         trainer=trainer,
         policies={},
@@ -147,7 +163,7 @@ class _Slot:
         self.who = f"{name!r} ({type(policy).__name__})"
 
 
-class _PolicyTrace:
+class PolicyTrace:
     """The run's trace writer as one policy's learner sees it: stat keys and spans prefixed ``<policy>/``."""
 
     def __init__(self, trace: Any, name: str) -> None:
@@ -155,9 +171,11 @@ class _PolicyTrace:
         self.prefix = f"{name}/"
 
     def trainer_step(self, step: int, frames: int, stats: dict[str, float], wall_time: float | None = None) -> None:
+        """Record a trainer step's stats as ``<policy>/<stat>``."""
         self.trace.trainer_step(step, frames, {self.prefix + k: v for k, v in stats.items()}, wall_time)
 
     def add_time(self, span: str, seconds: float) -> None:
+        """Add time to the span ``<policy>/<span>``."""
         self.trace.add_time(self.prefix + span, seconds)
 
 
@@ -193,7 +211,7 @@ def _build_slots(
     for name, policy, size in zip(cfg.policies, policies, batch_sizes):
         view = policy_view(cfg, name)
         trained = name in cfg.trainers
-        trace = None if session.trace is None else _PolicyTrace(session.trace, name)
+        trace = None if session.trace is None else PolicyTrace(session.trace, name)
         if trained:
             try:
                 trainer = components.build_trainer(view.single_trainer, policy, cfg.training)
@@ -216,16 +234,19 @@ def _build_slots(
     return slots
 
 
-def _restore(slots: list[_Slot]) -> int | None:
-    """Resume every policy from the newest set of checkpoints taken at the same frames; the frames, or None.
+def choose_resume_set(managers: dict[str, CheckpointManager], trained: set[str]) -> tuple[int | None, dict[str, Path]]:
+    """The checkpoint of every policy to resume from: the newest set taken at the same frames.
 
     Frozen policies take their newest valid checkpoint (their weights never change); trained ones the newest
     valid checkpoints that share one frame count (a stop between the files of one save leaves the newer
-    files of some policies: the previous set is used; a corrupt file is skipped with a WARNING). Frozen
-    policies are restored first so that the RNG state is the trained set's.
+    files of some policies: the previous set is used; a corrupt file is skipped with a WARNING).
+
+    Args:
+        managers: the checkpoint files of every policy, in ``policies`` order.
+        trained: the names of the trained policies.
 
     Returns:
-        The frames of the resumed set, or None when there are no checkpoint files at all.
+        ``(frames, {policy: file})`` of the set, or ``(None, {})`` when there are no checkpoint files at all.
 
     Raises:
         CheckpointError: checkpoint files exist but no set can be resumed (never a silent fresh start; names
@@ -235,9 +256,7 @@ def _restore(slots: list[_Slot]) -> int | None:
 
     found: dict[str, dict[int, Path]] = {}
     listed = 0
-    for s in slots:
-        manager = s.checkpoints.manager
-        assert manager is not None
+    for name, manager in managers.items():
         manager.sweep_tmp()
         files: dict[int, Path] = {}
         for path in manager.list():
@@ -248,10 +267,9 @@ def _restore(slots: list[_Slot]) -> int | None:
                 log.warning("checkpoint %s is corrupt, skipped: %s", path, e)
                 continue
             files.setdefault(at, path)  # newest first: the highest version of each frame count
-        found[s.name] = files
+        found[name] = files
     if listed == 0:
-        slots[0].checkpoints.refuse_other_layout()
-        return None
+        return None, {}
     verified: dict[Path, bool] = {}
 
     def valid(path: Path) -> bool:
@@ -264,19 +282,19 @@ def _restore(slots: list[_Slot]) -> int | None:
                 verified[path] = False
         return verified[path]
 
-    trained = [s for s in slots if s.trained]
-    common = set.intersection(*(set(found[s.name]) for s in trained)) if trained else set()
-    frames = next((f for f in sorted(common, reverse=True) if all(valid(found[s.name][f]) for s in trained)), None)
-    chosen: dict[str, Path] = {s.name: found[s.name][frames] for s in trained} if frames is not None else {}
-    for s in slots:
-        if not s.trained:
-            newest = next((p for _, p in sorted(found[s.name].items(), reverse=True) if valid(p)), None)
+    learners = [n for n in managers if n in trained]
+    common = set.intersection(*(set(found[n]) for n in learners)) if learners else set()
+    frames = next((f for f in sorted(common, reverse=True) if all(valid(found[n][f]) for n in learners)), None)
+    chosen: dict[str, Path] = {n: found[n][frames] for n in learners} if frames is not None else {}
+    for n in managers:
+        if n not in trained:
+            newest = next((p for _, p in sorted(found[n].items(), reverse=True) if valid(p)), None)
             if newest is not None:
-                chosen[s.name] = newest
-    missing = [s.name for s in slots if s.name not in chosen]
+                chosen[n] = newest
+    missing = [n for n in managers if n not in chosen]
     if missing:
         have = "; ".join(f"{n}: {sorted(f)}" for n, f in found.items())
-        where = slots[0].checkpoints.manager.dir.parent  # type: ignore[union-attr]
+        where = next(iter(managers.values())).dir.parent
         raise CheckpointError(
             f"no set of checkpoints to resume all policies from in {where}: no valid checkpoint of "
             f"{', '.join(missing)} in a set; frames of the readable checkpoints of each policy: {have} (trained "
@@ -284,6 +302,23 @@ def _restore(slots: list[_Slot]) -> int | None:
         )
     if frames is None:  # only frozen policies
         frames = max(int(read_checkpoint_attrs(p).get("frames", 0)) for p in chosen.values())
+    return frames, chosen
+
+
+def _restore(slots: list[_Slot]) -> int | None:
+    """Resume every policy from the newest set of checkpoints (:func:`choose_resume_set`); the frames, or None.
+
+    Frozen policies are restored first so that the RNG state is the trained set's.
+
+    Raises:
+        CheckpointError: checkpoint files exist but no set can be resumed.
+    """
+    managers = {s.name: s.checkpoints.manager for s in slots}
+    assert all(m is not None for m in managers.values())
+    frames, chosen = choose_resume_set(managers, {s.name for s in slots if s.trained})  # type: ignore[arg-type]
+    if frames is None:
+        slots[0].checkpoints.refuse_other_layout()
+        return None
     for s in sorted(slots, key=lambda s: s.trained):
         s.checkpoints.restore(chosen[s.name])
     for s in slots:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcrl.acting.evaluation import EvalSchedule
+from hpcrl.api import config
 from hpcrl.comm.agreement import Iallreduce_step
 from hpcrl.comm.channel import RecvChannel
 from hpcrl.comm.fanin import poll_any
@@ -26,6 +27,9 @@ from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress
 from hpcrl.runtime import budget, components
 from hpcrl.runtime.rank import RankContext
+
+if TYPE_CHECKING:
+    from hpcrl.roles.trainer_multi import Group
 
 __all__ = ["TrainerRank"]
 
@@ -58,22 +62,26 @@ class TrainerRank:
 
     Args:
         ctx: the rank context.
-        tcomm: the trainer-only communicator.
+        tcomm: the trainer-only communicator (in a multi-policy run: the communicator of this rank's group).
         agent_count: agents per env (sizes buffers and the default batch).
+        group: in a multi-policy run, this rank's trainer group (``ctx.cfg`` is then its policy's config).
     """
 
-    def __init__(self, ctx: RankContext, tcomm: Any, agent_count: int) -> None:
+    def __init__(self, ctx: RankContext, tcomm: Any, agent_count: int, group: Group | None = None) -> None:
         from hpcrl.comm.collectives import make_gradient_sync
 
         self.ctx = ctx
         self.tcomm = tcomm
+        self.group = group
+        self.leads = ctx.is_leader if group is None else group.leads
+        """This rank publishes the weights and writes the checkpoints (of its group's policy)."""
         cfg = ctx.cfg
         topo = ctx.topo
         self.policy, device = components.build_role_policy(cfg, "trainer")
-        if ctx.is_leader and topo.param_subscribers:
+        if self.leads and topo.param_subscribers:
             components.check_publishes(self.policy, topo.describe())
         self.actors = topo.actors_of_trainer(ctx.rank)
-        per_actor = cfg.actor.envs_per_actor * agent_count
+        per_actor = cfg.actor.envs_per_actor * (agent_count if group is None else group.agents)
         columns = cfg.training.batch_size or per_actor * len(self.actors)
         self.trainer = components.build_trainer(cfg.single_trainer, self.policy, cfg.training)
         self.trainer.sync = make_gradient_sync(tcomm, cfg.training.grad_backend, device)
@@ -91,31 +99,40 @@ class TrainerRank:
             for a in self.actors
         ]
         batch_size = columns
-        self.learner = Learner(cfg, self.policy, self.trainer, batch_size, trace=ctx.trace)
+        trace = ctx.trace
+        if group is not None and trace is not None:
+            from hpcrl.roles.local_multi import PolicyTrace
+
+            trace = PolicyTrace(trace, group.name)  # stats and spans as <policy>/<name>
+        self.learner = Learner(cfg, self.policy, self.trainer, batch_size, trace=trace)
+        n_trainers = int(tcomm.Get_size())
+        attrs: dict[str, Any] = {
+            "world_size": topo.world_size,
+            "layout": topo.describe(),
+            "trainer_ranks": n_trainers,
+            "frames_per_step": budget.frames_per_step(
+                cfg.training.batch_size * n_trainers if cfg.training.batch_size else per_actor * len(topo.actors),
+                cfg.actor.fragment_length,
+                agent_count if group is None else group.agents,
+            ),
+        }
         self.checkpoints = Checkpointer(
             cfg,
             self.learner,
-            ctx.session.run_dir if ctx.is_leader else None,
-            ctx.session.config_text,
-            extra_attrs={
-                "world_size": topo.world_size,
-                "layout": topo.describe(),
-                "trainer_ranks": len(topo.trainers),
-                "frames_per_step": budget.frames_per_step(
-                    cfg.training.batch_size * len(topo.trainers)
-                    if cfg.training.batch_size
-                    else per_actor * len(topo.actors),
-                    cfg.actor.fragment_length,
-                    agent_count,
-                ),
-            },
-            trace=ctx.trace,
+            ctx.session.run_dir if self.leads else None,
+            ctx.session.config_text if group is None else config.dump(cfg),
+            extra_attrs=attrs if group is None else {**attrs, "policy_name": group.name},
+            trace=trace,
+            policy=None if group is None else group.name,
         )
+        if group is not None:
+            group.make_frozen(attrs)
         self.publisher: Any = None
-        if ctx.is_leader:
+        if self.leads:
             from hpcrl.comm.params import ParamPublisher
 
-            self.publisher = ParamPublisher(ctx.comm, publish_targets(ctx))
+            tag = Tag.PARAMS if group is None else group.tag
+            self.publisher = ParamPublisher(ctx.comm, publish_targets(ctx), tag=tag)
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
         self._actor_frames_sum = 0
@@ -144,6 +161,8 @@ class TrainerRank:
                 self.learner.frames = self._base_frames + self._actor_frames_sum
                 self._check_budget()  # also while waiting in the step agreement
         eps = msg.get("episodes")
+        if eps and self.group is not None:
+            eps = self.group.episodes(eps)
         if eps and self.progress is not None:
             self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
         result = msg.get("eval")
@@ -174,6 +193,9 @@ class TrainerRank:
     def _restore(self) -> None:
         """Leader picks the checkpoint; every trainer loads the same file; weights are then broadcast."""
         ctx = self.ctx
+        if self.group is not None:
+            self.group.restore(self)
+            return
         path = None
         if not ctx.cfg.run.fresh and ctx.is_leader:
             used = self.checkpoints.restore()
@@ -229,6 +251,8 @@ class TrainerRank:
             return self._train()
         finally:
             self.checkpoints.close()  # an exception left a background save in flight: finish it (nothing is lost)
+            if self.group is not None:
+                self.group.close()
 
     def _train(self) -> dict[str, Any]:
         ctx = self.ctx
@@ -254,9 +278,12 @@ class TrainerRank:
                 )
             log.info("run dir %s", ctx.session.run_dir)
             self._send_budgets(base_frames)  # before the first parameters, which actors wait for
+        if self.leads:
             t0 = time.perf_counter()
             self.publisher.publish(self.policy.state_dict(), self.policy.version)
-            if trace is not None:  # start-up at rank 0: the first weights go to every subscriber
+            if self.group is not None:
+                self.group.publish_first()
+            if trace is not None and ctx.is_leader:  # start-up at rank 0: the first weights go to every subscriber
                 trace.add_time("startup_first_publish", time.perf_counter() - t0)
         multi = self.tcomm.Get_size() > 1
         backoff = ctx.backoff
@@ -265,8 +292,13 @@ class TrainerRank:
         last_progress = 0.0
         while True:
             ctx.service()
+            if self.group is not None:
+                self.group.service(self)
             if ctx.stop.checkpoint_request is not None and ctx.is_leader:  # SIGUSR2 on any rank: a checkpoint
-                self.checkpoints.serve(ctx.stop.checkpoint_request)  # at this step boundary; the run goes on
+                if self.group is not None:
+                    self.group.serve(self, ctx.stop.checkpoint_request)
+                else:
+                    self.checkpoints.serve(ctx.stop.checkpoint_request)  # at this step boundary; the run goes on
             if self.publisher is not None and time.monotonic() - last_progress > 0.005:
                 last_progress = time.monotonic()
                 self.publisher.progress()  # a subscriber that was busy gets the newest version
@@ -299,12 +331,16 @@ class TrainerRank:
             if not multi and want_stop:
                 break
             self.learner.step()
-            if ctx.is_leader:
+            if self.leads:
                 t1 = time.perf_counter()
                 self.publisher.publish(self.policy.state_dict(), self.policy.version)
                 if trace is not None:
                     trace.add_time("publish_params", time.perf_counter() - t1)
-                self.checkpoints.after_step()
+            if ctx.is_leader:
+                if self.group is not None:
+                    self.group.after_step(self)
+                else:
+                    self.checkpoints.after_step()
                 assert self.progress is not None
                 self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
                 self._maybe_evaluate()
@@ -314,7 +350,11 @@ class TrainerRank:
             reason = str(ctx.stop.reason)
             # the newest count (a step may have used an older, agreed one): the checkpoint counts every frame
             self.learner.frames = max(self.learner.frames, self._base_frames + self._actor_frames_sum)
+        if self.group is not None:  # every trainer rank: the final set, at rank 0's frame count
+            self.group.final(self, reason == "total_frames reached", self._idle)
+        elif ctx.is_leader:
             self.checkpoints.save("final" if reason == "total_frames reached" else "stop")
+        if ctx.is_leader:
             ctx.broadcast_stop(reason)
         return self._shutdown(reason)
 
@@ -325,16 +365,16 @@ class TrainerRank:
         (frames only grow, and no other rank's count is ahead of the leader's), which becomes this step's
         ``learner.frames`` everywhere: schedules see the same progress on every trainer rank.
         """
-
-        def idle() -> None:
-            self.ctx.service()
-            for _, msg in poll_any(self.samples, copy=True):
-                self._add(msg)
-
-        stop, frames = Iallreduce_step(self.tcomm, want_stop, self.learner.frames, idle)
+        stop, frames = Iallreduce_step(self.tcomm, want_stop, self.learner.frames, self._idle)
         if not stop:  # the step's progress, the same on every rank (the leader's count may have grown meanwhile)
             self.learner.frames = frames
         return stop
+
+    def _idle(self) -> None:
+        """While waiting in an agreement: service control messages, keep receiving samples."""
+        self.ctx.service()
+        for _, msg in poll_any(self.samples, copy=True):
+            self._add(msg)
 
     def _shutdown(self, reason: str) -> dict[str, Any]:
         ctx = self.ctx
@@ -345,12 +385,16 @@ class TrainerRank:
             "dropped_fragments": self.learner.batcher.dropped,
             "skipped_steps": self.learner.skipped_steps,
         }
+        if self.group is not None:
+            final.update(self.group.final_stats(self))
         ctx.send_stats(final)
 
         def finish(idle: Any) -> None:
             if self.publisher is not None:
                 self.publisher.flush(timeout=60.0, on_idle=idle)
                 self.publisher.close()
+            if self.group is not None:
+                self.group.finish(idle)
 
         ctx.drain(self.samples, [], None, finish)
         self.trainer.sync.destroy()
@@ -360,15 +404,18 @@ class TrainerRank:
         self.progress.update(self.learner.frames, self.learner.steps, self.learner.last_stats)
         self.progress.close()
         _log_roles(self.finals, ctx)
+        extra = self.group.summary(self, self.finals) if self.group is not None else {}
         return self.progress.summary(
             reason=reason,
             policy_version=self.policy.version,
             dropped_fragments=self.learner.batcher.dropped,
-            checkpoint=str(self.checkpoints.last_checkpoint) if self.checkpoints.last_checkpoint else None,
+            checkpoint=extra.pop("checkpoint", None)
+            or (str(self.checkpoints.last_checkpoint) if self.checkpoints.last_checkpoint else None),
             run_dir=str(ctx.session.run_dir),
             world_size=ctx.topo.world_size,
             layout=ctx.topo.describe(),
             **_request_counts(self.finals, ctx),
+            **extra,
         )
 
 

@@ -81,13 +81,20 @@ def run_rank(
     if nodes is None or node_comm is None:
         nodes, node_comm = Discover_nodes(comm, node_name())
     import_user_modules(cfg)
-    cfg, agents = resolve_experiment(cfg)
+    names: list[str] = []
+    if cfg.multi_policy:
+        from hpcrl.roles.local_multi import resolve_policies
+
+        cfg, names = resolve_policies(cfg)
+        agents = len(names)
+    else:
+        cfg, agents = resolve_experiment(cfg)
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     session = Session(cfg, rank, role, topo.world_size, leader=topo.is_leader(rank), open_trace=False, prepare=False)
     try:
         _prepare_together(comm, topo, session)
-        result = _run_role(cfg, comm, topo, stop, session, agents, nodes, node_comm)
+        result = _run_role(cfg, comm, topo, stop, session, agents, nodes, node_comm, names)
     except BaseException:
         session.close(release=False)  # the abort hook appends to RUN_DIR/errors.log, then releases the lock
         raise
@@ -104,14 +111,25 @@ def _run_role(
     agents: int,
     nodes: NodeMap,
     node_comm: Any,
+    names: list[str],
 ) -> dict[str, Any] | None:
     rank = int(comm.Get_rank())
     role = topo.role_of(rank)
     tcomm = Split_trainers(comm, topo.trainers)
+    pcomm = None
+    policy = topo.group_of(rank)
+    if cfg.multi_policy and tcomm is not None:  # the communicator of this rank's trainer group (collective)
+        assert policy is not None
+        pcomm = tcomm.Split([n for n, _ in topo.groups].index(policy), rank)
     t0 = time.perf_counter()
     table = _rank_table(comm, role, nodes)
     session.open_trace()
-    ctx = RankContext(cfg, comm, topo, stop, session, nodes, node_comm)
+    ctx_cfg = cfg
+    if policy is not None:
+        from hpcrl.roles.trainer_multi import trainer_view
+
+        ctx_cfg = trainer_view(cfg, policy, len(topo.group_ranks(policy)))
+    ctx = RankContext(ctx_cfg, comm, topo, stop, session, nodes, node_comm)
     if table is not None:
         ctx.hosts.update({int(e["rank"]): str(e["host"]) for e in table})
         # the launcher names dead processes by pid and host only: ranks.json maps them to ranks and roles
@@ -135,7 +153,15 @@ def _run_role(
             log.warning("%s", warning)
         if ctx.trace is not None:  # the one start-up step whose work at rank 0 grows with the ranks
             ctx.trace.add_time("startup_rank_table", time.perf_counter() - t0)
-    if tcomm is not None:
+    if tcomm is not None and pcomm is not None:
+        from hpcrl.roles.trainer import TrainerRank
+        from hpcrl.roles.trainer_multi import Group
+
+        group = Group(cfg, ctx, names, tcomm, pcomm)
+        result = TrainerRank(ctx, pcomm, agents, group).run()
+        pcomm.Free()
+        tcomm.Free()
+    elif tcomm is not None:
         from hpcrl.roles.trainer import TrainerRank
 
         result = TrainerRank(ctx, tcomm, agents).run()
@@ -144,6 +170,10 @@ def _run_role(
         from hpcrl.roles.inference import InferenceRank
 
         result = InferenceRank(ctx, agents).run()
+    elif cfg.multi_policy:
+        from hpcrl.roles.actor_multi import MultiActorRank
+
+        result = MultiActorRank(ctx, names).run()
     else:
         from hpcrl.roles.actor import ActorRank
 

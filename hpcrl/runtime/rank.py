@@ -196,6 +196,10 @@ class RankContext:
         self.eval_request: dict[str, Any] | None = None
         """(The evaluating actor) the leader's newest request for an evaluation during training, until taken."""
         """Called by every :meth:`service` poll (e.g. a node's weight receiver feeding its window)."""
+        self.leader_frames = 0
+        """(Multi-policy trainer ranks outside the leader's group) the newest frame count the leader forwarded."""
+        self.save_requests: list[dict[str, Any]] = []
+        """(Multi-policy group leaders) the leader's requests for a checkpoint at one frame count, until taken."""
 
     def announce_frames_left(self, frames: int) -> None:
         """(Leader) Broadcast the frames left to run; each actor takes its share (:func:`budget.actor_share`)."""
@@ -243,6 +247,10 @@ class RankContext:
                 self._checkpoint_requested(src, msg)
             elif kind == "evaluate":
                 self.eval_request = msg
+            elif kind == "frames":
+                self.leader_frames = max(self.leader_frames, int(msg.get("frames", 0)))
+            elif kind == "save":
+                self.save_requests.append(msg)
             elif kind in ("stats", "final") and self.on_stats is not None:
                 self.on_stats(src, msg)
         if self.stop.is_set() and not self.is_leader and not self._stop_forwarded:

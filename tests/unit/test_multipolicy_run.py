@@ -365,15 +365,17 @@ def test_init_from_that_does_not_fit_is_refused_before_the_run_dir(tmp_path: Pat
     assert not (tmp_path / "run2").exists()
 
 
-def test_multi_policy_config_under_mpi_is_refused(tmp_path: Path, clean_env: dict[str, str], mpiexec: str) -> None:
-    data = _data(tmp_path / "run")
+def test_multi_policy_config_with_inference_ranks_is_refused_under_mpi(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
+    data = _data(tmp_path / "run", layout={"inference": 1})
     data["environment"] = {"type_": "quickstart-multiagent"}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
     cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(path)]
     proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("policies: a multi-policy config runs in one process for now") == 1
+    assert proc.stderr.count("layout.inference: a multi-policy config under mpiexec runs every policy inline") == 1
     assert "this job has 2 MPI ranks" in proc.stderr
     assert not (tmp_path / "run").exists()
 
