@@ -17,7 +17,6 @@ from hpcrl.acting.evaluation import evaluate_inline, make_eval_ring, run_evaluat
 from hpcrl.acting.inline import InlineLoop
 from hpcrl.api.trainer import SampleBatch
 from hpcrl.comm.channel import RecvChannel, SendChannel
-from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, WeightsFollower, stats_interval
@@ -209,20 +208,6 @@ class ActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
-    def _wait_budget(self) -> int:
-        """Wait (servicing control messages) for this rank's share of the frames, sent by the leader at start."""
-        ctx = self.ctx
-        run = ctx.cfg.run
-        limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
-        wait_for(
-            lambda: True if ctx.frame_budget is not None or ctx.stopping else None,
-            "the frame budget from the trainer leader",
-            ctx.leader,
-            limit,
-            ctx.service,
-        )
-        return ctx.frame_budget if ctx.frame_budget is not None else 0
-
     def _spent(self, pending: collections.deque[int] | None = None) -> None:
         """This rank stepped its share: ship what is complete, report at once, and idle until the stop.
 
@@ -246,11 +231,11 @@ class ActorRank:
         ctx = self.ctx
         t_start = time.monotonic()
         if self.remote:
-            self._run_remote(self._wait_budget())
+            self._run_remote(self.ctx.wait_frame_budget())
         else:
             assert self.weights is not None and self.loop is not None
             self.weights.wait_first()
-            budget = self._wait_budget()
+            budget = self.ctx.wait_frame_budget()
             while not ctx.stopping:
                 if self.ring.frames >= budget:
                     self._spent()

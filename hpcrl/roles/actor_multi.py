@@ -20,7 +20,6 @@ from hpcrl.api import config
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import SendChannel
 from hpcrl.comm.params import ParamSubscriber
-from hpcrl.comm.polling import wait_for
 from hpcrl.comm.tags import Tag, policy_params_tag
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval
@@ -159,26 +158,13 @@ class MultiActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
-    def _wait_budget(self) -> int:
-        ctx = self.ctx
-        run = ctx.cfg.run
-        limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
-        wait_for(
-            lambda: True if ctx.frame_budget is not None or ctx.stopping else None,
-            "the frame budget from the trainer leader",
-            ctx.leader,
-            limit,
-            ctx.service,
-        )
-        return ctx.frame_budget if ctx.frame_budget is not None else 0
-
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Act until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
         t_start = time.monotonic()
         self._wait_first()
-        budget = self._wait_budget()
+        budget = self.ctx.wait_frame_budget()
         while not ctx.stopping:
             if self.ring.frames >= budget:  # this rank's share is stepped: report it, then idle until the stop
                 self._ship()

@@ -206,6 +206,25 @@ class RankContext:
         self._frames_left.announce(frames)
 
     # ------------------------------------------------------------------ naming
+    def wait_frame_budget(self) -> int:
+        """Wait (servicing control messages) for this actor's share of the frames, sent by the leader at start.
+
+        Returns 0 when the run stops first.
+
+        Raises:
+            WaitTimeout: no budget within ``run.startup_seconds + run.heartbeat_seconds`` (names the leader).
+        """
+        run = self.cfg.run
+        limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
+        wait_for(
+            lambda: True if self.frame_budget is not None or self.stopping else None,
+            "the frame budget from the trainer leader",
+            self.leader,
+            limit,
+            self.service,
+        )
+        return self.frame_budget if self.frame_budget is not None else 0
+
     def who(self, rank: int) -> str:
         """``rank 3 (actor on host)`` for messages."""
         host = self.hosts.get(rank)
