@@ -78,9 +78,10 @@ def test_pipeline(
 
     Two forms: ``test_pipeline(env, policy, trainer)`` checks one env, policy and trainer;
     ``test_pipeline(experiment)`` checks an experiment given as an ``ExperimentConfig`` or the path of its
-    YAML file. A multi-policy experiment (``policies``, see ``docs/multipolicy.md``) runs as a one-process run
-    would (see :mod:`hpcrl.testing.pipeline_multi` and the config form below); a single-policy one checks its
-    ``environment``, ``policy`` and ``trainer`` as the first form does.
+    YAML file (importing its ``experiment.imports`` as a run does). A multi-policy experiment (``policies``,
+    see ``docs/multipolicy.md``) runs as a one-process run would (see :mod:`hpcrl.testing.pipeline_multi`
+    and the config form below); a single-policy one checks its ``environment``, ``policy`` and ``trainer``
+    as the first form does.
 
     Steps until ``episodes`` and ``trainer_steps`` are done, then replays what ``mpirun`` adds to a
     one-process run on a second policy instance (see :mod:`hpcrl.testing.roundtrip`): the publish path
@@ -128,6 +129,10 @@ def test_pipeline(
                 "the path of its YAML file) alone; got only one of policy and trainer"
             )
         cfg = _as_experiment(env)
+        try:
+            components.import_user_modules(cfg)  # as a run does: they register the experiment's components
+        except config.ConfigError as e:
+            raise PipelineError(str(e)) from e
         if cfg.multi_policy:
             from hpcrl.testing.pipeline_multi import test_multi_pipeline
 

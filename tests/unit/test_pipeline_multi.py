@@ -225,5 +225,7 @@ def test_the_forms_are_told_apart(tmp_path: Path) -> None:
         test_pipeline("pipe-multi-pair")
     with pytest.raises(PipelineError, match="got only one of policy and trainer"):
         test_pipeline("pipe-multi-pair", "random")
+    with pytest.raises(PipelineError, match=r"^experiment\.imports\[0\]: cannot import module 'no_such_mod_pipe'"):
+        test_pipeline(config.from_dict({**single, "experiment": {"name": "x", "imports": ["no_such_mod_pipe"]}}))
     with pytest.raises(PipelineError, match="pass it alone"):
         test_pipeline(config.from_dict(single), "random", "null")
