@@ -229,3 +229,9 @@ def test_the_forms_are_told_apart(tmp_path: Path) -> None:
         test_pipeline(config.from_dict({**single, "experiment": {"name": "x", "imports": ["no_such_mod_pipe"]}}))
     with pytest.raises(PipelineError, match="pass it alone"):
         test_pipeline(config.from_dict(single), "random", "null")
+
+
+@pytest.mark.parametrize("example", ["quickstart/multipolicy.yaml", "tictactoe/selfplay.yaml"])
+def test_the_multi_policy_examples_pass(example: str) -> None:
+    out = test_pipeline(Path(__file__).resolve().parents[2] / "examples" / example)
+    assert all(n >= 2 for n in out["trainer_steps"].values()) and all(n >= 2 for n in out["episodes"].values())
