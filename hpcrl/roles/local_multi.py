@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "resolve_policies",
     "build_policies",
+    "make_multi_ring",
     "policy_view",
     "train_multi",
     "load_init_weights",
@@ -359,17 +360,20 @@ class _Checkpoints:
         }
 
 
-def train_multi(
-    cfg: config.ExperimentConfig, session: Session, stop: StopFlag, names: list[str], policies: list[Policy]
-) -> RunSummary:
-    """The one-process loop of a multi-policy run (``cfg`` resolved by :func:`resolve_policies`).
+def make_multi_ring(cfg: config.ExperimentConfig, names: list[str], policies: list[Policy], where: str) -> PolicyRing:
+    """The env ring of a one-process multi-policy run: one part per policy, plus self-play's opponent part.
+
+    With ``selfplay`` the ring is a :class:`~hpcrl.acting.selfplay.SelfPlayRing` whose pool holds one snapshot
+    of the self-play policy's current weights; its opponent part is the last one (index ``len(policies)``).
 
     Args:
-        cfg: the resolved multi-policy experiment.
-        session: the run's session (run dir locked).
-        stop: the stop flag (signals).
+        cfg: the resolved multi-policy experiment (:func:`resolve_policies`).
         names: the policy name of every agent index of the env (:func:`resolve_policies`).
         policies: the policies, in ``policies`` order (:func:`build_policies`).
+        where: who runs the ring, for messages.
+
+    Raises:
+        EnvError: an env cannot be built, seeded or reset.
     """
     order = list(cfg.policies)
     parts = [PartSpec(n, rings.default_state_row(p)) for n, p in zip(order, policies)]
@@ -399,9 +403,25 @@ def train_multi(
     def part_of_agent(a: int) -> int:
         return index[names[a] if a < len(names) else owners(cfg, a + 1)[a]]
 
-    ring = rings.make_ring(cfg, None, "local actor", parts=parts, part_of_agent=part_of_agent, **extra)
+    ring = rings.make_ring(cfg, None, where, parts=parts, part_of_agent=part_of_agent, **extra)
+    assert isinstance(ring, PolicyRing)
+    return ring
+
+
+def train_multi(
+    cfg: config.ExperimentConfig, session: Session, stop: StopFlag, names: list[str], policies: list[Policy]
+) -> RunSummary:
+    """The one-process loop of a multi-policy run (``cfg`` resolved by :func:`resolve_policies`).
+
+    Args:
+        cfg: the resolved multi-policy experiment.
+        session: the run's session (run dir locked).
+        stop: the stop flag (signals).
+        names: the policy name of every agent index of the env (:func:`resolve_policies`).
+        policies: the policies, in ``policies`` order (:func:`build_policies`).
+    """
+    ring = make_multi_ring(cfg, names, policies, "local actor")
     try:
-        assert isinstance(ring, PolicyRing)
         n_envs = cfg.actor.envs_per_actor
         sizes = [cfg.training.batch_size or max(1, ring.part_slots(i)) for i in range(len(policies))]
         agents = max(1, ring.num_slots(0) // n_envs)

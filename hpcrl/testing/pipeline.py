@@ -39,16 +39,49 @@ def _as_env_factory(env: Any) -> tuple[Callable[[int], Environment], config.Envi
     return (lambda i: make_env(spec)), spec, 2
 
 
+def _as_experiment(experiment: Any) -> config.ExperimentConfig:
+    """An ``ExperimentConfig`` as given, or loaded from the YAML file at ``experiment``.
+
+    Raises:
+        PipelineError: not a config or a path, or the file cannot be loaded (the message names it).
+    """
+    from pathlib import Path
+
+    if isinstance(experiment, config.ExperimentConfig):
+        return experiment
+    if not isinstance(experiment, (str, Path)):
+        raise PipelineError(
+            f"test_pipeline({type(experiment).__name__}) without policy and trainer needs an experiment: an "
+            f"ExperimentConfig or the path of its YAML file"
+        )
+    if not Path(experiment).is_file():
+        raise PipelineError(
+            f"test_pipeline({str(experiment)!r}): no such experiment file; to check an env by its registered "
+            f"name, pass a policy and a trainer too"
+        )
+    try:
+        return config.load(experiment)
+    except config.ConfigError as e:
+        raise PipelineError(str(e)) from e
+
+
 def test_pipeline(
     env: Any,
-    policy: Any,
-    trainer: Any,
+    policy: Any = None,
+    trainer: Any = None,
     episodes: int = 2,
     trainer_steps: int = 2,
     fragment_length: int = 16,
     max_frames: int = 20_000,
 ) -> dict[str, Any]:
     """Run actor, inference and trainer in this process, then check that the trained policy deploys.
+
+    Two forms: ``test_pipeline(env, policy, trainer)`` checks one env, policy and trainer;
+    ``test_pipeline(experiment)`` checks an experiment given as an ``ExperimentConfig`` or the path of its
+    YAML file (importing its ``experiment.imports`` as a run does). A multi-policy experiment (``policies``,
+    see ``docs/multipolicy.md``) runs as a one-process run would (see :mod:`hpcrl.testing.pipeline_multi`
+    and the config form below); a single-policy one checks its ``environment``, ``policy`` and ``trainer``
+    as the first form does.
 
     Steps until ``episodes`` and ``trainer_steps`` are done, then replays what ``mpirun`` adds to a
     one-process run on a second policy instance (see :mod:`hpcrl.testing.roundtrip`): the publish path
@@ -57,23 +90,64 @@ def test_pipeline(
     give a policy that acts like the trained one on deterministic (``is_evaluation``) rows and reports
     its version. Passing this means the same env/policy/trainer will run under ``mpirun``.
 
+    The config form of a multi-policy experiment first maps every agent to its policy and fits every
+    policy to the env (errors name the key path: ``agents``, ``policies.NAME.args``, ``trainers.NAME``). It
+    then steps the experiment's env ring (``actor.envs_per_actor`` envs, fragments of
+    ``actor.fragment_length``) with one learner per trained policy (``training.batch_size``); frozen
+    policies act and never step, and self-play's opponent agents are acted by the snapshot pool. Nothing is
+    written to ``run.dir``. It stops once every policy's agents finished ``episodes`` episodes and every
+    trained policy made ``trainer_steps`` steps, each of which must increment that policy's version. Every
+    policy then goes through the publish and checkpoint round trips above (on a request of its own agents),
+    and every frozen policy must have kept its weights and version.
+
     Args:
-        env: an Environment, a ``config.Environment`` or a registered name.
+        env: an Environment, a ``config.Environment`` or a registered name; or, with ``policy`` and
+            ``trainer`` left out, an ``ExperimentConfig`` or the path of an experiment YAML file.
         policy: a Policy, a ``config.Policy`` or a registered name. The second instance is built from the
             spec, or deep-copied from the given instance before training.
         trainer: a Trainer, a ``config.Trainer`` or a registered name (built for ``policy``).
-        episodes: finished episodes required.
-        trainer_steps: trainer steps required.
-        fragment_length: ``T`` of the fragments.
+        episodes: finished episodes required (in the multi-policy form: of every policy's agents).
+        trainer_steps: trainer steps required (in the multi-policy form: of every trained policy).
+        fragment_length: ``T`` of the fragments (the config form uses ``actor.fragment_length``).
         max_frames: give up (with an error) after this many env steps.
 
     Returns:
-        ``{"frames", "episodes", "trainer_steps", "mean_return", "policy_version", "last_stats"}``.
+        ``{"frames", "episodes", "trainer_steps", "mean_return", "policy_version", "last_stats"}``; for a
+        multi-policy experiment ``{"frames", "episodes", "trainer_steps", "mean_return_by_policy",
+        "policy_versions", "last_stats"}`` whose values but ``frames`` map policy names to that policy's
+        value (``trainer_steps`` and ``last_stats`` of the trained policies only), plus ``selfplay_games``
+        with self-play.
 
     Raises:
         PipelineError: the parts do not fit; the message names the part (policy, trainer, env), the method at
             fault and what went wrong.
     """
+    if policy is None or trainer is None:
+        if policy is not None or trainer is not None:
+            raise PipelineError(
+                "test_pipeline takes an env, a policy and a trainer, or one experiment (an ExperimentConfig or "
+                "the path of its YAML file) alone; got only one of policy and trainer"
+            )
+        cfg = _as_experiment(env)
+        try:
+            components.import_user_modules(cfg)  # as a run does: they register the experiment's components
+        except config.ConfigError as e:
+            raise PipelineError(str(e)) from e
+        if cfg.multi_policy:
+            from hpcrl.testing.pipeline_multi import test_multi_pipeline
+
+            return test_multi_pipeline(cfg, episodes, trainer_steps, max_frames)
+        return test_pipeline(
+            cfg.environment,
+            cfg.single_policy,
+            cfg.single_trainer,
+            episodes=episodes,
+            trainer_steps=trainer_steps,
+            fragment_length=cfg.actor.fragment_length,
+            max_frames=max_frames,
+        )
+    if isinstance(env, config.ExperimentConfig):
+        raise PipelineError("test_pipeline(experiment) takes the policy and trainer from the experiment: pass it alone")
     from hpcrl.api.policy import publish_problem
     from hpcrl.testing import roundtrip
 
