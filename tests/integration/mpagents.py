@@ -19,11 +19,11 @@ from hpcrl.api.trainer import register as register_trainer
 from hpcrl.trainers.ppo import PPOTrainer
 
 
-class AgentTagEnv(Environment):
-    """``n_agents`` agents; agent ``a`` sees ``[a, t / episode_length]`` and earns ``a + 1`` for action 1.
+class IndexedAgentsEnv(Environment):
+    """``n_agents`` agents; agent ``a`` sees ``[a, t / episode_length]``; an episode lasts ``episode_length`` steps.
 
-    Every agent's reward is its own index plus one when it is earned, so the rewards a trainer sees tell
-    which agents' rows it trained on.
+    Subclasses say what an action earns (:meth:`reward`). Shared by the multi-policy tests (one process,
+    ``test_pipeline`` and MPI).
     """
 
     def __init__(self, n_agents: int = 2, episode_length: int = 8) -> None:
@@ -46,6 +46,10 @@ class AgentTagEnv(Environment):
     def seed(self, seed: int) -> None:
         pass
 
+    def reward(self, agent: int, action: int) -> float:
+        """What ``action`` earns ``agent`` (nothing here; subclasses say)."""
+        return 0.0
+
     def _results(self, rewards: list[float]) -> list[StepResult | None]:
         done = self.t >= self.length
         return [
@@ -64,7 +68,18 @@ class AgentTagEnv(Environment):
 
     def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
         self.t += 1
-        return self._results([float(a + 1) * float(int(x.x) == 1) for a, x in enumerate(actions)])  # type: ignore[union-attr]
+        return self._results([self.reward(a, int(x.x)) for a, x in enumerate(actions)])  # type: ignore[union-attr]
+
+
+class AgentTagEnv(IndexedAgentsEnv):
+    """Agent ``a`` earns ``a + 1`` for action 1.
+
+    Every agent's reward is its own index plus one when it is earned, so the rewards a trainer sees tell
+    which agents' rows it trained on.
+    """
+
+    def reward(self, agent: int, action: int) -> float:
+        return float(agent + 1) * float(action == 1)
 
 
 class AgentStatsPPO(PPOTrainer):

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from gymnasium import spaces
 
 from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
 from hpcrl.api import config
-from hpcrl.api.environment import Environment, StepResult
+from hpcrl.api.environment import StepResult
 from hpcrl.api.environment import register as register_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.trainer import SampleBatch, TrainerStepResult
@@ -26,52 +25,16 @@ from hpcrl.roles.local import run_local
 from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint
 from hpcrl.storage.trace import read_trace
 from hpcrl.trainers.ppo import PPOTrainer
+from tests.integration.mpagents import IndexedAgentsEnv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class TagEnv(Environment):
-    """``n_agents`` agents; each sees ``[its agent index, t / episode_length]``; agent 0 earns 1 for action 1."""
+class TagEnv(IndexedAgentsEnv):
+    """Agent 0 earns 1 for action 1, every other agent 1 for action 0."""
 
-    def __init__(self, n_agents: int = 2, episode_length: int = 8) -> None:
-        self.n = n_agents
-        self.length = episode_length
-        self.t = 0
-
-    @property
-    def agent_count(self) -> int:
-        return self.n
-
-    @property
-    def observation_spaces(self) -> list[Any]:
-        return [spaces.Dict(obs=spaces.Box(-np.inf, np.inf, (2,), np.float32))] * self.n
-
-    @property
-    def action_spaces(self) -> list[Any]:
-        return [spaces.Discrete(2)] * self.n
-
-    def seed(self, seed: int) -> None:
-        pass
-
-    def _results(self, rewards: list[float]) -> list[StepResult | None]:
-        done = self.t >= self.length
-        return [
-            StepResult(
-                obs=NamedArray(obs=np.array([a, self.t / self.length], np.float32)),
-                reward=np.array([rewards[a]], np.float32),
-                done=np.array([done]),
-                truncated=np.array([False]),
-            )
-            for a in range(self.n)
-        ]
-
-    def reset(self) -> list[StepResult | None]:
-        self.t = 0
-        return self._results([0.0] * self.n)
-
-    def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
-        self.t += 1
-        return self._results([float(int(a.x) == (1 if i == 0 else 0)) for i, a in enumerate(actions)])  # type: ignore[union-attr]
+    def reward(self, agent: int, action: int) -> float:
+        return float(action == (1 if agent == 0 else 0))
 
 
 class RecordingPPO(PPOTrainer):

@@ -8,62 +8,26 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from gymnasium import spaces
 
 from hpcrl.api import config
-from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.environment import register as register_env
-from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import register as register_policy
 from hpcrl.api.trainer import SampleBatch, TrainerStepResult
 from hpcrl.api.trainer import register as register_trainer
 from hpcrl.policies.actor_critic import ActorCriticPolicy
 from hpcrl.testing import PipelineError, test_pipeline
 from hpcrl.trainers.null import NullTrainer
+from tests.integration.mpagents import IndexedAgentsEnv
 
 
-class PairEnv(Environment):
-    """``n_agents`` agents; each sees ``[its agent index, t / length]``; agent ``a`` earns 1 for action ``a % 2``."""
+class PairEnv(IndexedAgentsEnv):
+    """Agent ``a`` earns 1 for action ``a % 2``; episodes of ``length`` steps."""
 
     def __init__(self, n_agents: int = 2, length: int = 6) -> None:
-        self.n = n_agents
-        self.length = length
-        self.t = 0
+        super().__init__(n_agents, length)
 
-    @property
-    def agent_count(self) -> int:
-        return self.n
-
-    @property
-    def observation_spaces(self) -> list[Any]:
-        return [spaces.Dict(obs=spaces.Box(-np.inf, np.inf, (2,), np.float32))] * self.n
-
-    @property
-    def action_spaces(self) -> list[Any]:
-        return [spaces.Discrete(2)] * self.n
-
-    def seed(self, seed: int) -> None:
-        pass
-
-    def _results(self, rewards: list[float]) -> list[StepResult | None]:
-        done = np.array([self.t >= self.length])
-        return [
-            StepResult(
-                NamedArray(obs=np.array([a, self.t / self.length], np.float32)),
-                np.array([rewards[a]], np.float32),
-                done,
-                np.array([False]),
-            )
-            for a in range(self.n)
-        ]
-
-    def reset(self) -> list[StepResult | None]:
-        self.t = 0
-        return self._results([0.0] * self.n)
-
-    def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
-        self.t += 1
-        return self._results([float(int(x.x) == a % 2) for a, x in enumerate(actions)])  # type: ignore[union-attr]
+    def reward(self, agent: int, action: int) -> float:
+        return float(action == agent % 2)
 
 
 class StuckTrainer(NullTrainer):
