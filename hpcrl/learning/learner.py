@@ -70,6 +70,8 @@ class Learner:
         trainer: the trainer (its ``sync`` already injected).
         batch_size: columns per trainer step.
         trace: this rank's trace writer, or None.
+        name: the policy's name in a multi-policy run (``cfg`` is then the policy's own view): errors name it
+            besides the types.
 
     Attributes:
         frames: the run's env frames (resumes included). The caller keeps it current before every
@@ -83,8 +85,11 @@ class Learner:
         trainer: Trainer,
         batch_size: int,
         trace: Any = None,
+        name: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self._trainer_label = f"trainer {cfg.single_trainer.type_!r}" + ("" if name is None else f" of policy {name!r}")
+        self._policy_label = f"policy {cfg.single_policy.type_!r}" + ("" if name is None else f" (policies.{name})")
         self.policy = policy
         self.trainer = trainer
         self.batcher = Batcher(batch_size, cfg.training.max_staleness)
@@ -135,14 +140,13 @@ class Learner:
             raise
         except (AttributeError, KeyError, TypeError) as e:
             raise RuntimeError(
-                f"trainer {self.cfg.single_trainer.type_!r} failed on a batch from policy "
-                f"{self.cfg.single_policy.type_!r}: "
+                f"{self._trainer_label} failed on a batch from {self._policy_label}: "
                 f"{type(e).__name__}: {e} (does the policy's analyze() return what the trainer needs?)"
             ) from e
         if not isinstance(result, TrainerStepResult):
             shown = repr(result) if len(repr(result)) <= 80 else repr(result)[:77] + "..."
             raise RuntimeError(
-                f"trainer {self.cfg.single_trainer.type_!r} ({type(self.trainer).__name__}).step returned {shown} "
+                f"{self._trainer_label} ({type(self.trainer).__name__}).step returned {shown} "
                 f"({type(result).__name__}); expected a TrainerStepResult"
             )
         dt = time.perf_counter() - t0
@@ -187,14 +191,14 @@ class Learner:
             self.policy.load_checkpoint(tree["policy"])
         except Exception as e:
             raise CheckpointError(
-                f"{path}: its policy does not fit policy {self.cfg.single_policy.type_!r} as configured: "
+                f"{path}: its policy does not fit {self._policy_label} as configured: "
                 f"{type(e).__name__}: {' '.join(str(e).split())}"
             ) from e
         try:
             self.trainer.load_checkpoint(tree.get("trainer", {}))
         except Exception as e:
             raise CheckpointError(
-                f"{path}: its trainer state does not fit trainer {self.cfg.single_trainer.type_!r}: "
+                f"{path}: its trainer state does not fit {self._trainer_label}: "
                 f"{type(e).__name__}: {' '.join(str(e).split())}"
             ) from e
         system = tree.get("system", {})

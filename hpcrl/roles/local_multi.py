@@ -220,7 +220,7 @@ def _build_slots(
                 raise config.ConfigError(f"trainers.{name}: {e}") from None
         else:
             trainer = NullTrainer(policy)
-        learner = Learner(view, policy, trainer, size, trace=trace)
+        learner = Learner(view, policy, trainer, size, trace=trace, name=name)
         attrs = {
             "world_size": 1,
             "layout": "local",

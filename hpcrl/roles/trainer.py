@@ -104,7 +104,9 @@ class TrainerRank:
             from hpcrl.roles.local_multi import PolicyTrace
 
             trace = PolicyTrace(trace, group.name)  # stats and spans as <policy>/<name>
-        self.learner = Learner(cfg, self.policy, self.trainer, batch_size, trace=trace)
+        self.learner = Learner(
+            cfg, self.policy, self.trainer, batch_size, trace=trace, name=None if group is None else group.name
+        )
         n_trainers = int(tcomm.Get_size())
         attrs: dict[str, Any] = {
             "world_size": topo.world_size,

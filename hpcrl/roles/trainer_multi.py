@@ -81,7 +81,7 @@ class _Frozen:
                 policy = components.build_policy(spec, "cpu", cfg.experiment.seed + i)
             except config.ConfigError as e:
                 raise config.ConfigError(f"policies.{name}: {e}") from None
-            learner = Learner(view, policy, NullTrainer(policy), 1)
+            learner = Learner(view, policy, NullTrainer(policy), 1, name=name)
             checkpoints = Checkpointer(
                 view,
                 learner,

@@ -125,7 +125,9 @@ def _learners(cfg: config.ExperimentConfig, built: list[tuple[str, Policy, Any]]
                 raise PipelineError(f"trainers.{name}: {e}") from e
         else:
             trainer = NullTrainer(policy)
-        checked.append(_Checked(name, policy, Learner(view, policy, trainer, batch_size=size), trained, twins))
+        checked.append(
+            _Checked(name, policy, Learner(view, policy, trainer, batch_size=size, name=name), trained, twins)
+        )
     return checked
 
 

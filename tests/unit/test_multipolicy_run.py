@@ -67,6 +67,16 @@ register_env("mp-test-tag", TagEnv)
 register_env("mp-test-flaky", FlakyTag)
 register_trainer("mp-test-recording-ppo", RecordingPPO)
 
+
+class BrokenPPO(PPOTrainer):
+    """PPO whose step fails the way a trainer that does not fit its policy's analyze() does."""
+
+    def step(self, samples: SampleBatch) -> TrainerStepResult:
+        raise KeyError("value")
+
+
+register_trainer("mp-test-broken-ppo", BrokenPPO)
+
 AC = {"type_": "actor-critic-separate", "args": {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8}}
 
 
@@ -304,6 +314,17 @@ def test_a_policy_without_any_checkpoint_is_not_resumed_silently(tmp_path: Path)
     (run / "checkpoints" / "learner" / "ckpt-000000001.h5").write_bytes(b"not hdf5")
     with pytest.raises(CheckpointError, match=r"no valid checkpoint of learner, opponent in a set"):
         run_local(config.from_dict(_data(run, total=128)))
+
+
+def test_a_failing_trainer_is_named_with_its_policy(tmp_path: Path) -> None:
+    """In a multi-policy run, a trainer's failure names the policy it trains, not only the types."""
+    data = _data(tmp_path / "run", trainers={"learner": {"type_": "mp-test-broken-ppo", "args": {}}})
+    with pytest.raises(RuntimeError) as info:
+        run_local(config.from_dict(data))
+    assert str(info.value).startswith(
+        "trainer 'mp-test-broken-ppo' of policy 'learner' failed on a batch from policy 'actor-critic-separate' "
+        "(policies.learner): KeyError: 'value'"
+    ), info.value
 
 
 def test_an_agent_matched_by_nothing_stops_the_run_before_its_dir(tmp_path: Path) -> None:
