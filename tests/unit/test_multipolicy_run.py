@@ -25,7 +25,7 @@ from hpcrl.roles.local import run_local
 from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint
 from hpcrl.storage.trace import read_trace
 from hpcrl.trainers.ppo import PPOTrainer
-from tests.integration.mpagents import IndexedAgentsEnv
+from tests.integration.indexed_env import IndexedAgentsEnv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from hpcrl.api.trainer import register as register_trainer
 from hpcrl.policies.actor_critic import ActorCriticPolicy
 from hpcrl.testing import PipelineError, test_pipeline
 from hpcrl.trainers.null import NullTrainer
-from tests.integration.mpagents import IndexedAgentsEnv
+from tests.integration.indexed_env import IndexedAgentsEnv
 
 
 class PairEnv(IndexedAgentsEnv):
