@@ -299,7 +299,7 @@ def test_ortho_init_false_keeps_torch_default_init(rnn: int) -> None:
             bound = 1.0 / np.sqrt(64)
         else:  # torch's dense init: weights and biases within 1/sqrt(fan_in)
             bound = 1.0 / np.sqrt(params[name.rsplit(".", 1)[0] + ".weight"].shape[-1])
-        assert float(p.abs().max()) <= bound + 1e-6, name
+        assert float(p.detach().abs().max()) <= bound + 1e-6, name
         assert bool((p != 0).all()), name  # no zero biases: torch's default, not ours
     w = params["actor.mlp.2.weight"].detach()
     assert float((w @ w.T - 2.0 * torch.eye(64)).abs().max()) > 0.5  # not orthogonal
