@@ -1,11 +1,12 @@
-"""A multi-agent test env whose agents see their own index: the base of the multi-policy tests' envs.
+"""Shared pieces of the multi-policy tests: an env whose agents see their own index, a recording PPO, weights.
 
 Registers nothing (pytest's doctest collection imports test helper modules under a second name), so the
-one-process, ``test_pipeline`` and MPI tests can all subclass it and register their own variants.
+one-process, self-play, ``test_pipeline`` and MPI tests can all subclass or register these themselves.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,11 @@ from gymnasium import spaces
 
 from hpcrl.api.environment import Environment, StepResult
 from hpcrl.api.namedarray import NamedArray
+from hpcrl.api.trainer import SampleBatch, TrainerStepResult
+from hpcrl.storage.checkpoint import load_checkpoint
+from hpcrl.trainers.ppo import PPOTrainer
 
-__all__ = ["IndexedAgentsEnv"]
+__all__ = ["IndexedAgentsEnv", "RecordingPPO", "checkpoint_weights"]
 
 
 class IndexedAgentsEnv(Environment):
@@ -67,3 +71,29 @@ class IndexedAgentsEnv(Environment):
     def step(self, actions: list[NamedArray | None]) -> list[StepResult | None]:
         self.t += 1
         return self._results([self.reward(a, int(x.x)) for a, x in enumerate(actions)])  # type: ignore[union-attr]
+
+
+class RecordingPPO(PPOTrainer):
+    """PPO that records the agent indices (obs column 0) of every batch it trains on."""
+
+    seen: list[np.ndarray] = []
+
+    def step(self, samples: SampleBatch) -> TrainerStepResult:
+        RecordingPPO.seen.append(np.unique(np.asarray(samples.obs.obs)[..., 0]))  # type: ignore[union-attr]
+        return super().step(samples)
+
+
+def checkpoint_weights(path: Path) -> dict[str, np.ndarray]:
+    """Every float array of the policy part of checkpoint ``path``, by its path in the tree."""
+    tree, _ = load_checkpoint(path)
+    out: dict[str, np.ndarray] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}")
+        elif np.asarray(node).dtype.kind == "f":
+            out[prefix] = np.asarray(node)
+
+    walk(tree["policy"], "")
+    return out

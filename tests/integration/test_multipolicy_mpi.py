@@ -22,8 +22,9 @@ import yaml
 from conftest import REPO
 from helpers import explain
 
-from hpcrl.storage.checkpoint import load_checkpoint, read_checkpoint_attrs
+from hpcrl.storage.checkpoint import read_checkpoint_attrs
 from hpcrl.storage.trace import read_trace
+from tests.integration.indexed_env import checkpoint_weights
 
 AC = {"type_": "actor-critic-separate", "args": {"obs_dim": {"obs": 2}, "action_dim": 2, "hidden_dim": 8}}
 PPO = {"type_": "mp-agent-stats-ppo", "args": {"epochs": 1, "minibatches": 1}}
@@ -76,21 +77,6 @@ def _newest(run_dir: Path, policy: str) -> Path:
     files = sorted((run_dir / "checkpoints" / policy).glob("ckpt-*.h5"))
     assert files, f"no checkpoints of {policy} in {run_dir}"
     return files[-1]
-
-
-def _weights(path: Path) -> dict[str, np.ndarray]:
-    tree, _ = load_checkpoint(path)
-    out: dict[str, np.ndarray] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}")
-        elif np.asarray(node).dtype.kind == "f":
-            out[prefix] = np.asarray(node)
-
-    walk(tree["policy"], "")
-    return out
 
 
 def _agents_seen(run_dir: Path, rank: int) -> dict[str, set[float]]:
@@ -176,15 +162,15 @@ def test_a_frozen_policy_gets_no_trainer_and_never_changes(
     assert "1 trainer [0] (red [0])" in first["layout"] and first["policy_versions"]["blue"] == 0
     assert _agents_seen(run, 0) == {"red": {0.0}}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["blue", "red"]
-    frozen = _weights(_newest(run, "blue"))
-    red_start = _weights(_newest(run, "red"))
+    frozen = checkpoint_weights(_newest(run, "blue"))
+    red_start = checkpoint_weights(_newest(run, "red"))
     proc, second = _run(clean_env, mpiexec, data, 3, tmp_path)
     assert proc.returncode == 0 and second is not None, explain(proc)
     assert second["policy_versions"]["blue"] == 0 and second["policy_versions"]["red"] > first["policy_versions"]["red"]
     assert second["frames_this_run"] == second["frames"] - first["frames"]
-    after = _weights(_newest(run, "blue"))
+    after = checkpoint_weights(_newest(run, "blue"))
     assert after.keys() == frozen.keys() and all(np.array_equal(after[k], frozen[k]) for k in frozen)
-    red_end = _weights(_newest(run, "red"))
+    red_end = checkpoint_weights(_newest(run, "red"))
     assert any(not np.array_equal(red_end[k], red_start[k]) for k in red_start)
 
     # both start from red's checkpoint (init_from): the frozen blue is published by rank 0 with those weights,
@@ -201,7 +187,7 @@ def test_a_frozen_policy_gets_no_trainer_and_never_changes(
     assert third["policy_versions"]["red"] == start + steps
     assert f"rank 1 trainer: trainer_steps={steps}," in proc.stderr
     assert f"policy=red, lead=False, policy_version={start + steps}," in proc.stderr, explain(proc)
-    loaded = _weights(_newest(other, "blue"))
+    loaded = checkpoint_weights(_newest(other, "blue"))
     assert all(np.array_equal(loaded[k], red_end[k]) for k in red_end)
     acting = [line for line in proc.stderr.splitlines() if " actor: frames=" in line]
     assert len(acting) == 2 and all(f"'blue': {start}}}" in line for line in acting), acting

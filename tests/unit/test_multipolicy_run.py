@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from hpcrl.acting import rings
@@ -25,7 +24,7 @@ from hpcrl.roles.local import run_local
 from hpcrl.storage.checkpoint import CheckpointError, load_checkpoint
 from hpcrl.storage.trace import read_trace
 from hpcrl.trainers.ppo import PPOTrainer
-from tests.integration.indexed_env import IndexedAgentsEnv
+from tests.integration.indexed_env import IndexedAgentsEnv, RecordingPPO, checkpoint_weights
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,16 +34,6 @@ class TagEnv(IndexedAgentsEnv):
 
     def reward(self, agent: int, action: int) -> float:
         return float(action == (1 if agent == 0 else 0))
-
-
-class RecordingPPO(PPOTrainer):
-    """PPO that records the agent indices (obs column 0) of every batch it trains on."""
-
-    seen: list[np.ndarray] = []
-
-    def step(self, samples: SampleBatch) -> TrainerStepResult:
-        RecordingPPO.seen.append(np.unique(np.asarray(samples.obs.obs)[..., 0]))  # type: ignore[union-attr]
-        return super().step(samples)
 
 
 class FlakyTag(TagEnv):
@@ -92,21 +81,6 @@ def _data(run_dir: Path, total: int = 256, **over: Any) -> dict[str, Any]:
     }
     data.update(over)
     return data
-
-
-def _weights(path: Path) -> dict[str, np.ndarray]:
-    tree, _ = load_checkpoint(path)
-    out: dict[str, np.ndarray] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}/{k}")
-        elif isinstance(node, (np.ndarray, torch.Tensor)) and np.asarray(node).dtype.kind == "f":
-            out[prefix] = np.asarray(node)
-
-    walk(tree["policy"], "")
-    return out
 
 
 def _newest(run_dir: Path, policy: str) -> Path:
@@ -268,7 +242,7 @@ def test_learner_against_frozen_opponent_trains_only_the_learner(tmp_path: Path)
 
     # both start from run 1's learner; only the learner moves; a stop and a resume restore both
     source = _newest(run1, "learner")
-    start = _weights(source)
+    start = checkpoint_weights(source)
     version0 = int(load_checkpoint(source)[1]["version"])
     policies = {
         "learner": dict(AC, init_from=str(run1 / "checkpoints" / "learner")),
@@ -289,8 +263,8 @@ def test_learner_against_frozen_opponent_trains_only_the_learner(tmp_path: Path)
     assert int(final["trainer_steps"]) > stopped and second["policy_versions"]["learner"] == version0 + int(
         final["trainer_steps"]
     )
-    opponent = _weights(_newest(run2, "opponent"))
-    learner = _weights(_newest(run2, "learner"))
+    opponent = checkpoint_weights(_newest(run2, "opponent"))
+    learner = checkpoint_weights(_newest(run2, "learner"))
     assert opponent.keys() == start.keys() and all(np.array_equal(opponent[k], start[k]) for k in start)
     assert any(not np.array_equal(learner[k], start[k]) for k in start)
 

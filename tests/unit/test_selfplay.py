@@ -22,11 +22,10 @@ from hpcrl.api.environment import register as register_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import Policy
 from hpcrl.api.selfplay_spec import agent_owners
-from hpcrl.api.trainer import SampleBatch, TrainerStepResult
 from hpcrl.api.trainer import register as register_trainer
 from hpcrl.roles.local import run_local
 from hpcrl.storage.trace import read_trace
-from hpcrl.trainers.ppo import PPOTrainer
+from tests.integration.indexed_env import RecordingPPO
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,16 +82,6 @@ class Duel(Environment):
         self.current.append(int(actions[1].x))  # type: ignore[union-attr]
         self.t += 1
         return self._results(SCRIPT[self.episode % len(SCRIPT)] if self.t == self.length else (0.0, 0.0))
-
-
-class RecordingPPO(PPOTrainer):
-    """PPO that records the agent indices (obs column 0) of every batch it trains on."""
-
-    seen: list[np.ndarray] = []
-
-    def step(self, samples: SampleBatch) -> TrainerStepResult:
-        RecordingPPO.seen.append(np.unique(np.asarray(samples.obs.obs)[..., 0]))  # type: ignore[union-attr]
-        return super().step(samples)
 
 
 class VersionPolicy(Policy):
