@@ -4,8 +4,9 @@ Tag ranges (MPI guarantees tags up to 32767):
 
 * ``1-99``: control plane: small JSON objects (:mod:`hpcrl.comm.control`).
 * ``100-999``: data plane: one contiguous buffer per message (:mod:`hpcrl.comm.channel`,
-  :mod:`hpcrl.comm.params`). ``200-299``: the parameters of policy ``i`` of a multi-policy run
-  (:func:`policy_params_tag`). ``900-999`` are free for tests and benchmarks.
+  :mod:`hpcrl.comm.params`). ``200-299``, ``300-399``, ``400-499``: the parameters, the rollout requests and
+  the rollout results of policy ``i`` of a multi-policy run (:func:`policy_params_tag`,
+  :func:`policy_request_tag`, :func:`policy_result_tag`). ``900-999`` are free for tests and benchmarks.
 * ``1100-1999``: schema handshakes. Every data tag ``T`` has its handshake on ``schema_tag(T) = T + 1000``,
   so two channels between the same pair of ranks never mix up their schemas.
 
@@ -23,7 +24,17 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Tag", "SCHEMA_OFFSET", "DATA_TAGS", "schema_tag", "tag_name", "is_data_tag", "policy_params_tag"]
+__all__ = [
+    "Tag",
+    "SCHEMA_OFFSET",
+    "DATA_TAGS",
+    "schema_tag",
+    "tag_name",
+    "is_data_tag",
+    "policy_params_tag",
+    "policy_request_tag",
+    "policy_result_tag",
+]
 
 #: Distance between a data tag and its schema-handshake tag.
 SCHEMA_OFFSET = 1000
@@ -70,8 +81,18 @@ class Tag(IntEnum):
 
 #: The parameters of policy ``i`` (in ``policies`` order) of a multi-policy MPI run go on tag ``POLICY_PARAMS + i``.
 POLICY_PARAMS = 200
-#: At most this many policies per multi-policy MPI run (one parameter tag each).
+#: Actor -> inference: the rollout requests of policy ``i`` go on tag ``POLICY_REQUEST + i``.
+POLICY_REQUEST = 300
+#: Inference -> actor: the rollout results of policy ``i`` go on tag ``POLICY_RESULT + i``.
+POLICY_RESULT = 400
+#: At most this many policies per multi-policy MPI run (one tag of each kind each).
 MAX_POLICIES = 100
+
+
+def _policy_tag(base: int, index: int) -> int:
+    if not 0 <= index < MAX_POLICIES:
+        raise ValueError(f"policy index {index}: a multi-policy MPI run has at most {MAX_POLICIES} policies")
+    return base + index
 
 
 def policy_params_tag(index: int) -> int:
@@ -83,9 +104,31 @@ def policy_params_tag(index: int) -> int:
     Raises:
         ValueError: ``index`` is outside ``[0, MAX_POLICIES)``.
     """
-    if not 0 <= index < MAX_POLICIES:
-        raise ValueError(f"policy index {index}: a multi-policy MPI run has at most {MAX_POLICIES} policies")
-    return POLICY_PARAMS + index
+    return _policy_tag(POLICY_PARAMS, index)
+
+
+def policy_request_tag(index: int) -> int:
+    """The data tag of the rollout requests of policy number ``index`` (actor -> inference rank).
+
+    >>> policy_request_tag(0), schema_tag(policy_request_tag(2))
+    (300, 1302)
+
+    Raises:
+        ValueError: ``index`` is outside ``[0, MAX_POLICIES)``.
+    """
+    return _policy_tag(POLICY_REQUEST, index)
+
+
+def policy_result_tag(index: int) -> int:
+    """The data tag of the rollout results of policy number ``index`` (inference rank -> actor).
+
+    >>> policy_result_tag(1)
+    401
+
+    Raises:
+        ValueError: ``index`` is outside ``[0, MAX_POLICIES)``.
+    """
+    return _policy_tag(POLICY_RESULT, index)
 
 
 def is_data_tag(tag: int) -> bool:

@@ -1,14 +1,18 @@
-"""Actor rank of a multi-policy MPI run: every policy acts inline, each policy's fragments go to its trainers.
+"""Actor rank of a multi-policy MPI run: each policy's agents act, each policy's fragments go to its trainers.
 
 The env ring (:class:`~hpcrl.acting.policy_ring.PolicyRing`) keeps one part per policy, as in one process.
-Each step every policy answers the request of its own agents; the completed fragments of a trained policy
-go to this actor's trainer rank of that policy's group (:meth:`~hpcrl.comm.topology.Topology.trainer_of`),
-those of a frozen policy are dropped. Each policy's weights come from its publisher (the lead of its
-trainer group; rank 0 for the frozen ones) on the policy's own tag.
+Each step every policy answers the request of its own agents: inline, where this rank holds every policy
+(:class:`~hpcrl.roles.policy_set.PolicySet`; each policy's weights come from its publisher on the policy's
+own tag), or on this actor's inference rank, where the request of policy ``i`` goes on its own tag
+(:class:`~hpcrl.roles.inference_multi.MultiInferenceRank`; then this rank never imports torch and, with
+``actor.ring_halves``, one half of the envs steps while the other half's requests are answered). The
+completed fragments of a trained policy go to this actor's trainer rank of that policy's group
+(:meth:`~hpcrl.comm.topology.Topology.trainer_of`), those of a frozen policy are dropped.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import time
@@ -18,9 +22,9 @@ from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
 from hpcrl.api import config
 from hpcrl.api.policy import check_rollout_result
-from hpcrl.comm.channel import SendChannel
-from hpcrl.comm.params import ParamSubscriber
-from hpcrl.comm.tags import Tag, policy_params_tag
+from hpcrl.comm.channel import RecvChannel, SendChannel
+from hpcrl.comm.tags import Tag, policy_request_tag, policy_result_tag
+from hpcrl.roles.policy_set import PolicySet
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval
 
@@ -30,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class MultiActorRank:
-    """The actor role of a multi-policy run on one MPI rank (inline inference).
+    """The actor role of a multi-policy run on one MPI rank (inline or remote inference).
 
     Args:
         ctx: the rank context (``ctx.cfg`` is the resolved multi-policy config).
@@ -43,20 +47,21 @@ class MultiActorRank:
         topo = ctx.topo
         self.index = topo.actors.index(ctx.rank)
         self.order = list(cfg.policies)
-        components.set_torch_threads(cfg.run.torch_threads)
-        self.policies: list[Any] = []
-        self.subscribers: list[ParamSubscriber] = []
+        inference = topo.inference_of(ctx.rank)
+        self.remote = inference is not None
+        n = cfg.actor.envs_per_actor
+        self.set: PolicySet | None = None
+        self.requests: list[SendChannel] = []
+        self.results: list[RecvChannel] = []
+        if inference is not None:
+            defaults = self._connect(inference, n * max(1, len(names)))
+        else:
+            components.set_torch_threads(cfg.run.torch_threads)
+            self.set = PolicySet(ctx, "cpu", f"rank {ctx.rank}")
+            defaults = [rings.default_state_row(p) for p in self.set.policies]
         self.samples: dict[int, SendChannel] = {}
-        for i, (name, entry) in enumerate(cfg.policies.items()):
-            spec = config.Policy(entry.type_, dict(entry.args))
-            try:
-                self.policies.append(components.build_policy(spec, "cpu", cfg.experiment.seed + i))
-            except config.ConfigError as e:
-                raise config.ConfigError(f"policies.{name}: {e}") from None
-            trained = name in cfg.trainers
-            source = topo.group_ranks(name)[0] if trained else topo.leader
-            self.subscribers.append(ParamSubscriber(ctx.comm, source, tag=policy_params_tag(i)))
-            if trained:
+        for i, name in enumerate(self.order):
+            if name in cfg.trainers:
                 self.samples[i] = SendChannel(
                     ctx.comm,
                     topo.trainer_of(ctx.rank, name),
@@ -65,15 +70,21 @@ class MultiActorRank:
                     batch_ndim=2,
                     synchronous=cfg.training.queue_batches > 0,  # back-pressure from a trainer that is behind
                 )
-        self.who = [f"{n!r} ({type(p).__name__}) on rank {ctx.rank}" for n, p in zip(self.order, self.policies)]
-        parts = [PartSpec(n, rings.default_state_row(p)) for n, p in zip(self.order, self.policies)]
-        index = {n: i for i, n in enumerate(self.order)}
+        parts = [PartSpec(n_, d) for n_, d in zip(self.order, defaults)]
+        index = {n_: i for i, n_ in enumerate(self.order)}
 
         def part_of_agent(a: int) -> int:
             return index[names[a] if a < len(names) else config.policy_of_agents(cfg, a + 1)[a]]
 
+        groups = 2 if self.remote and cfg.actor.ring_halves and n >= 2 else 1
         ring = rings.make_ring(
-            cfg, None, f"actor rank {ctx.rank}", actor_index=self.index, parts=parts, part_of_agent=part_of_agent
+            cfg,
+            None,
+            f"actor rank {ctx.rank}",
+            actor_index=self.index,
+            num_groups=groups,
+            parts=parts,
+            part_of_agent=part_of_agent,
         )
         assert isinstance(ring, PolicyRing)
         self.ring = ring
@@ -81,44 +92,63 @@ class MultiActorRank:
         self._stats_interval = stats_interval(topo.world_size)
         self.sent_fragments = 0
         self.send_wait_seconds = 0.0
+        self.wait_seconds = 0.0
 
-    # ------------------------------------------------------------------ weights
-    def _apply(self, i: int, got: tuple[int, dict[str, Any]] | None) -> None:
-        if got is not None:
-            self.policies[i].load_state_dict(got[1])
-            self.policies[i].set_version(got[0])
+    def _connect(self, inference: int, rows: int) -> list[Any]:
+        """(Remote inference) Open each policy's request and result channels; returns each default state.
 
-    def _wait_first(self) -> None:
-        run = self.ctx.cfg.run
-        timeout = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
-        for i, sub in enumerate(self.subscribers):
-            self._apply(i, sub.wait(timeout=timeout, on_idle=self.ctx.service))
-
-    def _update(self) -> None:
-        for i, sub in enumerate(self.subscribers):
-            self._apply(i, sub.poll())
-
-    def _discard(self) -> None:
-        for sub in self.subscribers:
-            sub.poll()
+        The inference rank's first message on every result channel is its policy's default state.
+        """
+        ctx = self.ctx
+        run = ctx.cfg.run
+        limit = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
+        defaults: list[Any] = []
+        for i, name in enumerate(self.order):
+            self.requests.append(
+                SendChannel(
+                    ctx.comm, inference, policy_request_tag(i), f"requests of policy {name} of actor {ctx.rank}"
+                )
+            )
+            results = RecvChannel(
+                ctx.comm,
+                inference,
+                policy_result_tag(i),
+                f"results of policy {name} for actor {ctx.rank}",
+                max_rows=rows,
+            )
+            self.results.append(results)
+            first = results.recv(timeout=limit, copy=True, on_idle=ctx.service, backoff=ctx.backoff)
+            defaults.append(first.data["state"][0] if bool(first.data["has_state"][0, 0]) else None)
+        return defaults
 
     # ------------------------------------------------------------------ acting
     def _act(self) -> None:
-        """One act step: every policy answers its agents' request, then the envs step."""
+        """(Inline inference) One act step: every policy answers its agents' request, then the envs step."""
+        assert self.set is not None
         t0 = time.perf_counter()
         results: list[Any] = []
         for p, request in enumerate(self.ring.request_parts(0)):
             if request is None:
                 results.append(None)
                 continue
-            policy = self.policies[p]
-            results.append((check_rollout_result(policy.rollout(request), len(request), self.who[p]), policy.version))
+            policy = self.set.policies[p]
+            label = self.set.labels[p]
+            results.append((check_rollout_result(policy.rollout(request), len(request), label), policy.version))
         t1 = time.perf_counter()
         self.ring.consume_parts(0, results)
         trace = self.ctx.trace
         if trace is not None:
             trace.add_time("inference", t1 - t0)
             trace.add_time("env_step", time.perf_counter() - t1)
+
+    def _request(self, group: int) -> list[Any]:
+        """(Remote inference) Send every policy's request of ``group``; per policy, None where it sent none."""
+        answers: list[Any] = []
+        for p, request in enumerate(self.ring.request_parts(group)):
+            if request is not None:
+                self.requests[p].send(request)
+            answers.append(None if request is None else False)  # False: awaited
+        return answers
 
     def _ship(self) -> None:
         """Send every completed fragment of a trained policy to its trainer rank; drop a frozen one's."""
@@ -159,26 +189,79 @@ class MultiActorRank:
             trace.maybe_flush()
 
     # ------------------------------------------------------------------ loop
+    def _spent(self) -> None:
+        """This rank stepped its share: ship what is complete, report at once, and idle until the stop."""
+        ctx = self.ctx
+        self._ship()
+        self._report(force=True)  # the leader stops the run once every actor reported its share done
+        while not ctx.stopping:
+            ctx.service()
+            if self.set is not None:
+                self.set.update()
+            ctx.backoff.idle()
+
+    def _run_inline(self, budget: int) -> None:
+        ctx = self.ctx
+        assert self.set is not None
+        while not ctx.stopping:
+            if self.ring.frames >= budget:
+                self._spent()
+                break
+            ctx.service()
+            self.set.update()
+            self._act()
+            self._ship()
+            self._report()
+
+    def _run_remote(self, budget: int) -> None:
+        """Alternate the ring's groups: a group steps once every policy answered its request."""
+        ctx = self.ctx
+        trace = ctx.trace
+        backoff = ctx.backoff
+        pending: collections.deque[tuple[int, list[Any]]] = collections.deque()
+        for g in range(self.ring.num_groups):
+            pending.append((g, self._request(g)))
+        t0 = time.perf_counter()
+        while not ctx.stopping:
+            if self.ring.frames >= budget:
+                self._spent()  # the replies to requests still pending are discarded by the drain
+                break
+            g, answers = pending[0]
+            for p, answer in enumerate(answers):
+                if answer is False:  # a result channel's message stays valid until its next receive call
+                    msg = self.results[p].test()
+                    if msg is not None:
+                        answers[p] = (msg.data, msg.version)
+            if any(a is False for a in answers):
+                ctx.service()
+                backoff.idle()
+                continue
+            backoff.reset()
+            pending.popleft()
+            t1 = time.perf_counter()
+            self.ring.consume_parts(g, answers)
+            t2 = time.perf_counter()
+            pending.append((g, self._request(g)))
+            self.wait_seconds += t1 - t0
+            if trace is not None:
+                trace.add_time("env_step", t2 - t1)
+                trace.add_time("wait_inference", t1 - t0)
+            self._ship()
+            self._report()
+            ctx.service()
+            t0 = time.perf_counter()
+
     def run(self) -> dict[str, Any]:
         """Act until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
         t_start = time.monotonic()
-        self._wait_first()
-        budget = self.ctx.wait_frame_budget()
-        while not ctx.stopping:
-            if self.ring.frames >= budget:  # this rank's share is stepped: report it, then idle until the stop
-                self._ship()
-                self._report(force=True)
-                while not ctx.stopping:
-                    ctx.service()
-                    self._update()
-                    ctx.backoff.idle()
-                break
-            ctx.service()
-            self._update()
-            self._act()
-            self._ship()
-            self._report()
+        if self.set is not None:
+            self.set.wait_first()
+        budget = ctx.wait_frame_budget()
+        if self.remote:
+            self._run_remote(budget)
+        else:
+            self._run_inline(budget)
         self._report(force=True)
         elapsed = time.monotonic() - t_start
         final = {
@@ -187,14 +270,21 @@ class MultiActorRank:
             "frames": self.ring.frames,
             "fps": self.ring.frames / elapsed if elapsed > 0 else 0.0,
             "fragments": self.sent_fragments,
+            "requests": sum(ch.messages for ch in self.requests),
+            "wait_seconds": round(self.wait_seconds, 3),
             "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,
-            "policy_versions": {n: int(p.version) for n, p in zip(self.order, self.policies)},
             "torch_loaded": "torch" in sys.modules,
         }
+        if self.set is not None:
+            final["policy_versions"] = self.set.versions()
         ctx.send_stats(final)
-        ctx.drain([], list(self.samples.values()), self._discard)
-        for sub in self.subscribers:
-            sub.close()
+        ctx.drain(
+            self.results,
+            list(self.samples.values()) + self.requests,
+            self.set.discard if self.set is not None else None,
+        )
+        if self.set is not None:
+            self.set.close()
         self.ring.close()
         return final

@@ -21,9 +21,34 @@ from hpcrl.comm.tags import Tag
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, WeightsFollower, stats_interval
 
-__all__ = ["InferenceRank"]
+__all__ = ["InferenceRank", "default_state_message", "join_requests"]
 
 log = logging.getLogger(__name__)
+
+
+def default_state_message(policy: Any) -> NamedArray:
+    """The first message to every actor: the policy's default state in row layout (a batch of 1), if it has one."""
+    row = rings.default_state_row(policy)
+    if row is None:
+        return NamedArray(has_state=np.zeros((1, 1), np.bool_), state=None)
+    return NamedArray(has_state=np.ones((1, 1), np.bool_), state=row.apply(lambda x: np.asarray(x)[None]))
+
+
+def join_requests(ctx: RankContext, got: list[Any]) -> tuple[Any, list[int]]:
+    """One request from the messages of several actors (they must have the same layout), and their sizes.
+
+    Raises:
+        ValueError: the requests do not fit together (names the actor ranks).
+    """
+    parts = [m.data for _, m in got]
+    sizes = [len(p) for p in parts]
+    if len(parts) == 1:
+        return parts[0], sizes
+    try:
+        return concat(parts), sizes
+    except (ValueError, TypeError) as e:
+        who = ", ".join(ctx.who(m.source) for _, m in got)
+        raise ValueError(f"inference rank {ctx.rank}: the requests of {who} do not fit together: {e}") from e
 
 
 class InferenceRank:
@@ -52,21 +77,9 @@ class InferenceRank:
         self._stats_interval = stats_interval(ctx.topo.world_size)
 
     def _send_default_state(self) -> None:
-        row = rings.default_state_row(self.policy)
-        if row is None:
-            first = NamedArray(has_state=np.zeros((1, 1), np.bool_), state=None)
-        else:
-            first = NamedArray(has_state=np.ones((1, 1), np.bool_), state=row.apply(lambda x: np.asarray(x)[None]))
+        first = default_state_message(self.policy)
         for ch in self.results.values():
             ch.send(first, version=-1)
-
-    def _concat(self, got: list[Any], parts: list[Any]) -> Any:
-        """One request from the requests of several actors (they must have the same layout)."""
-        try:
-            return concat(parts)
-        except (ValueError, TypeError) as e:
-            who = ", ".join(self.ctx.who(m.source) for _, m in got)
-            raise ValueError(f"inference rank {self.ctx.rank}: the requests of {who} do not fit together: {e}") from e
 
     def run(self) -> dict[str, Any]:
         """Serve requests until the leader says stop; returns this rank's final stats."""
@@ -90,9 +103,7 @@ class InferenceRank:
                 continue
             backoff.reset()
             t1 = time.perf_counter()
-            parts = [m.data for _, m in got]
-            sizes = [len(p) for p in parts]
-            request = parts[0] if len(parts) == 1 else self._concat(got, parts)
+            request, sizes = join_requests(ctx, got)
             result = self.policy.rollout(request)  # type: ignore[arg-type]
             check_rollout_result(result, sum(sizes), who)  # before replying: a short reply would fail on an actor
             t2 = time.perf_counter()

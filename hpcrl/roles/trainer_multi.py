@@ -90,7 +90,7 @@ class _Frozen:
                 extra_attrs={**attrs, "trainer_ranks": 0, "policy_name": name},
                 policy=name,
             )
-            publisher = ParamPublisher(ctx.comm, list(ctx.topo.actors), tag=policy_params_tag(i))
+            publisher = ParamPublisher(ctx.comm, list(ctx.topo.param_subscribers), tag=policy_params_tag(i))
             self.entries.append((name, policy, checkpoints, publisher))
 
     def restore(self, chosen: dict[str, str]) -> None:

@@ -166,6 +166,10 @@ def _run_role(
 
         result = TrainerRank(ctx, tcomm, agents).run()
         tcomm.Free()
+    elif role == "inference" and cfg.multi_policy:
+        from hpcrl.roles.inference_multi import MultiInferenceRank
+
+        result = MultiInferenceRank(ctx, names).run()
     elif role == "inference":
         from hpcrl.roles.inference import InferenceRank
 

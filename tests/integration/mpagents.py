@@ -27,12 +27,17 @@ class AgentTagEnv(IndexedAgentsEnv):
 
 
 class AgentStatsPPO(PPOTrainer):
-    """PPO whose stats also give the smallest and largest agent index (obs column 0) of every batch."""
+    """PPO whose stats also give the smallest and largest agent index (obs column 0) of every batch.
+
+    And ``acted_version``: the newest policy version that acted a row of the batch (a batch acted by
+    another policy than the trained one shows that policy's versions).
+    """
 
     def step(self, samples: SampleBatch) -> TrainerStepResult:
         agents = np.asarray(samples.obs.obs)[..., 0]  # type: ignore[union-attr]
+        acted = float(np.max(samples.policy_version)) if samples.policy_version is not None else -1.0
         result = super().step(samples)
-        stats = dict(result.stats, agent_min=float(agents.min()), agent_max=float(agents.max()))
+        stats = dict(result.stats, agent_min=float(agents.min()), agent_max=float(agents.max()), acted_version=acted)
         return TrainerStepResult(stats, result.step, result.skipped)
 
 

@@ -275,12 +275,59 @@ def test_a_checkpoint_request_and_a_stop_save_every_policy_at_one_frame_count(
     assert "checkpoint requested by SIGUSR2 on rank 3 (actor" in text
 
 
+def _acted_versions(run_dir: Path, rank: int, policy: str) -> np.ndarray:
+    """The newest version that acted a row of each batch trainer ``rank`` trained on (from its trace)."""
+    stats = read_trace(run_dir / "traces" / f"rank-{rank:04d}.h5")["trainer"]["stats"]
+    values = np.asarray(stats[f"{policy}/acted_version"])
+    return values[np.isfinite(values)]
+
+
+def _role_line(stderr: str, rank: int, role: str) -> str:
+    """The final stats line of ``rank`` in rank 0's per-role table."""
+    lines = [line for line in stderr.splitlines() if f"hpcrl.roles.trainer: rank {rank} {role}: " in line]
+    assert len(lines) == 1, stderr[-5000:]
+    return lines[0]
+
+
+def test_inference_ranks_serve_every_policy_in_batches_of_its_own(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
+    """layout.inference: the inference rank holds every policy; each policy's rows reach only that policy.
+
+    blue is a frozen ``random`` policy: its results have another layout than red's actor-critic ones, so a
+    request answered by the wrong policy fails the ring's result check and ends the run.
+    """
+    run = tmp_path / "remote"
+    policies = {"red": dict(AC), "blue": {"type_": "random", "args": {"action_dim": 2}}}
+    data = _config(run, ("red",), policies=policies, layout={"inference": 1})
+    proc, summary = _run(clean_env, mpiexec, data, 4, tmp_path)
+    assert proc.returncode == 0 and summary is not None, explain(proc)
+    assert "1 trainer [0] (red [0]), 1 inference [1], 2 actors [2-3]" in summary["layout"]
+    assert summary["policy_versions"]["red"] > 0 and summary["policy_versions"]["blue"] == 0
+    assert summary["inference_requests"] > 0
+    assert _agents_seen(run, 0) == {"red": {0.0}}
+    # red's rows were acted by red's published versions (a mix-up would show blue's version 0 throughout)
+    acted = _acted_versions(run, 0, "red")
+    final = summary["policy_versions"]["red"]
+    assert acted.max() >= max(1, final // 2) and np.all(acted <= final)
+    line = _role_line(proc.stderr, 1, "inference")
+    assert "mean_batch_by_policy={'red': " in line and "policy_versions={'red': " in line and "'blue': 0}" in line
+    for actor in (2, 3):  # remote inference: the actors ask for both policies' actions
+        assert "requests=" in _role_line(proc.stderr, actor, "actor")
+
+    # two trained policies on one inference rank per node, red with two trainer ranks: each group trains on
+    # its own agents' rows, the inference rank follows both groups' publications
+    run = tmp_path / "remote-two"
+    data = _config(run, ("red", "blue"), layout={"trainers": {"red": 2}, "inference_per_node": 1})
+    proc, summary = _run(clean_env, mpiexec, data, 6, tmp_path)
+    assert proc.returncode == 0 and summary is not None, explain(proc)
+    assert "3 trainers [0-2] (red [0-1], blue [2]), 1 inference" in summary["layout"], summary["layout"]
+    assert _agents_seen(run, 0) == {"red": {0.0}} and _agents_seen(run, 2) == {"blue": {1.0}}
+    assert all(v > 0 for v in summary["policy_versions"].values())
+    assert "policy_versions={'red': " in _role_line(proc.stderr, 3, "inference")
+
+
 REFUSALS = [
-    ({"layout": {"inference": 1}}, "layout.inference: a multi-policy config under mpiexec runs every policy inline"),
-    (
-        {"layout": {"inference_per_node": 1}},
-        "layout.inference_per_node: a multi-policy config under mpiexec runs every policy inline",
-    ),
     ({"run__eval_episodes": 2}, "run.eval_episodes: evaluation during training is not supported in multi-policy"),
     ({"trainers": {}}, "trainers: a multi-policy config without any trained policy runs in one process for now"),
     (
@@ -290,7 +337,7 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["inference", "per_node", "eval", "frozen", "selfplay"])
+@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["eval", "frozen", "selfplay"])
 def test_what_does_not_run_under_mpi_is_refused_before_any_communication(
     tmp_path: Path, clean_env: dict[str, str], mpiexec: str, over: dict[str, Any], message: str
 ) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
@@ -321,21 +318,6 @@ def test_init_from_that_does_not_fit_is_refused_before_the_run_dir(tmp_path: Pat
     with pytest.raises(config.ConfigError, match=r"^policies\.opponent\.init_from: .*nowhere"):
         run_local(config.from_dict(_data(tmp_path / "run2", policies=policies)))
     assert not (tmp_path / "run2").exists()
-
-
-def test_multi_policy_config_with_inference_ranks_is_refused_under_mpi(
-    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
-) -> None:
-    data = _data(tmp_path / "run", layout={"inference": 1})
-    data["environment"] = {"type_": "quickstart-multiagent"}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(path)]
-    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("layout.inference: a multi-policy config under mpiexec runs every policy inline") == 1
-    assert "this job has 2 MPI ranks" in proc.stderr
-    assert not (tmp_path / "run").exists()
 
 
 def test_policies_with_different_recurrent_states_share_envs(tmp_path: Path) -> None:
