@@ -18,12 +18,10 @@ import sys
 import time
 from typing import Any
 
-from hpcrl.acting import rings
-from hpcrl.acting.policy_ring import PartSpec, PolicyRing
-from hpcrl.api import config
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag, policy_request_tag, policy_result_tag
+from hpcrl.roles.local_multi import make_multi_ring
 from hpcrl.roles.policy_set import PolicySet
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval
@@ -53,12 +51,13 @@ class MultiActorRank:
         self.set: PolicySet | None = None
         self.requests: list[SendChannel] = []
         self.results: list[RecvChannel] = []
+        defaults: list[Any] | None
         if inference is not None:
             defaults = self._connect(inference, n * max(1, len(names)))
         else:
             components.set_torch_threads(cfg.run.torch_threads)
             self.set = PolicySet(ctx, "cpu", f"rank {ctx.rank}")
-            defaults = [rings.default_state_row(p) for p in self.set.policies]
+            defaults = None  # the ring asks the policies
         self.samples: dict[int, SendChannel] = {}
         for i, name in enumerate(self.order):
             if name in cfg.trainers:
@@ -70,24 +69,21 @@ class MultiActorRank:
                     batch_ndim=2,
                     synchronous=cfg.training.queue_batches > 0,  # back-pressure from a trainer that is behind
                 )
-        parts = [PartSpec(n_, d) for n_, d in zip(self.order, defaults)]
-        index = {n_: i for i, n_ in enumerate(self.order)}
-
-        def part_of_agent(a: int) -> int:
-            return index[names[a] if a < len(names) else config.policy_of_agents(cfg, a + 1)[a]]
-
         groups = 2 if self.remote and cfg.actor.ring_halves and n >= 2 else 1
-        ring = rings.make_ring(
+        self.ring = make_multi_ring(
             cfg,
-            None,
+            names,
+            self.set.policies if self.set is not None else None,
             f"actor rank {ctx.rank}",
+            defaults=defaults,
             actor_index=self.index,
             num_groups=groups,
-            parts=parts,
-            part_of_agent=part_of_agent,
+            device="cpu",
         )
-        assert isinstance(ring, PolicyRing)
-        self.ring = ring
+        self.play: _ActorSelfPlay | None = None
+        if cfg.selfplay is not None:
+            assert self.set is not None
+            self.play = _ActorSelfPlay(cfg, self.ring, self.set, topo)
         self._last_stats = 0.0
         self._stats_interval = stats_interval(topo.world_size)
         self.sent_fragments = 0
@@ -130,6 +126,9 @@ class MultiActorRank:
         for p, request in enumerate(self.ring.request_parts(0)):
             if request is None:
                 results.append(None)
+                continue
+            if p == len(self.order):  # the opponent agents of self-play: each env's episode snapshot
+                results.append(self.ring.act_opponents(0, request))  # type: ignore[attr-defined]
                 continue
             policy = self.set.policies[p]
             label = self.set.labels[p]
@@ -174,13 +173,17 @@ class MultiActorRank:
             return
         self._last_stats = now
         eps = self.ring.pop_episodes()
-        self.ctx.send_stats(
-            {
-                "frames": self.ring.frames,
-                "episodes": [[e.ret, e.length, e.version, e.policy] for e in eps],
-                "env_failures": self.ring.env_failures,
-            }
-        )
+        mine = len(self.order)  # a higher part index: the opponent agents of self-play (no policy's returns)
+        msg: dict[str, Any] = {
+            "frames": self.ring.frames,
+            "episodes": [[e.ret, e.length, e.version, e.policy] for e in eps if e.policy < mine],
+            "env_failures": self.ring.env_failures,
+        }
+        if self.play is not None:
+            msg["games"] = self.play.pop_games()
+            while self.play.games:  # a long interval's games: more messages (each within the control-plane cap)
+                self.ctx.send_stats({"games": self.play.pop_games()})
+        self.ctx.send_stats(msg)
         trace = self.ctx.trace
         if trace is not None:
             wall = time.time()
@@ -210,6 +213,8 @@ class MultiActorRank:
             ctx.service()
             self.set.update()
             self._act()
+            if self.play is not None:
+                self.play.after_act(self.ring.frames)
             self._ship()
             self._report()
 
@@ -257,6 +262,8 @@ class MultiActorRank:
         t_start = time.monotonic()
         if self.set is not None:
             self.set.wait_first()
+        if self.play is not None:
+            self.play.start()
         budget = ctx.wait_frame_budget()
         if self.remote:
             self._run_remote(budget)
@@ -270,14 +277,16 @@ class MultiActorRank:
             "frames": self.ring.frames,
             "fps": self.ring.frames / elapsed if elapsed > 0 else 0.0,
             "fragments": self.sent_fragments,
-            "requests": sum(ch.messages for ch in self.requests),
-            "wait_seconds": round(self.wait_seconds, 3),
             "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,
             "torch_loaded": "torch" in sys.modules,
         }
+        if self.remote:
+            final.update(requests=sum(ch.messages for ch in self.requests), wait_seconds=round(self.wait_seconds, 3))
         if self.set is not None:
             final["policy_versions"] = self.set.versions()
+        if self.play is not None:
+            final["selfplay_pool_versions"] = self.play.ring.pool.versions
         ctx.send_stats(final)
         ctx.drain(
             self.results,
@@ -288,3 +297,46 @@ class MultiActorRank:
             self.set.close()
         self.ring.close()
         return final
+
+
+class _ActorSelfPlay:
+    """Self-play on an actor rank: a pool of its own, from the weights it receives; the games it scores.
+
+    Each actor keeps the newest ``selfplay.pool_size`` snapshots of the self-play policy's weights as they
+    reach it, one every ``snapshot_every_frames`` frames of the run (this actor's frames times the number of
+    actors: every actor steps an equal share). Its opponent rows are dropped, its games go to rank 0 with the
+    stats (rank 0 keeps the score, the trace's ``/selfplay`` rows and the progress line).
+    """
+
+    #: at most this many game rows per stats message (the control plane caps a message at 64 KiB).
+    GAMES_PER_MESSAGE = 400
+
+    def __init__(self, cfg: Any, ring: Any, policies: PolicySet, topo: Any) -> None:
+        assert cfg.selfplay is not None
+        self.ring = ring
+        self.learner = policies.policies[policies.names.index(cfg.selfplay.policy)]
+        self.opponent_part = len(policies.names)
+        self.actors = len(topo.actors)
+        self.games: list[list[float]] = []
+
+    def start(self) -> None:
+        """Once the first weights arrived: the pool starts from them (a resumed run's restored weights)."""
+        self.ring.restart_pool(self.learner, 0)
+
+    def after_act(self, frames: int) -> None:
+        """Drop the opponent rows, keep the games that ended, take a snapshot when one is due."""
+        self.ring.pop_part_fragments(self.opponent_part)
+        version = int(self.learner.version)
+        for g in self.ring.pop_games():
+            row = [g.outcome, g.learner_return, g.opponent_return, g.opponent_version, g.opponent_index, version]
+            self.games.append(row)
+        self.ring.pool.maybe_take(self.learner, frames * self.actors)
+
+    def pop_games(self) -> list[list[float]]:
+        """Up to :attr:`GAMES_PER_MESSAGE` games, oldest first.
+
+        Each row: ``[outcome, learner return, opponent return, opponent version, opponent index, learner
+        version]``.
+        """
+        out, self.games = self.games[: self.GAMES_PER_MESSAGE], self.games[self.GAMES_PER_MESSAGE :]
+        return out

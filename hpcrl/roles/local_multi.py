@@ -360,39 +360,58 @@ class _Checkpoints:
         }
 
 
-def make_multi_ring(cfg: config.ExperimentConfig, names: list[str], policies: list[Policy], where: str) -> PolicyRing:
-    """The env ring of a one-process multi-policy run: one part per policy, plus self-play's opponent part.
+def make_multi_ring(
+    cfg: config.ExperimentConfig,
+    names: list[str],
+    policies: list[Policy] | None,
+    where: str,
+    *,
+    defaults: list[Any] | None = None,
+    actor_index: int = 0,
+    num_groups: int = 1,
+    device: str | None = None,
+) -> PolicyRing:
+    """The env ring of a multi-policy actor: one part per policy, plus self-play's opponent part.
 
     With ``selfplay`` the ring is a :class:`~hpcrl.acting.selfplay.SelfPlayRing` whose pool holds one snapshot
-    of the self-play policy's current weights; its opponent part is the last one (index ``len(policies)``).
+    of the self-play policy's current weights; its opponent part is the last one (index ``len(cfg.policies)``).
 
     Args:
         cfg: the resolved multi-policy experiment (:func:`resolve_policies`).
         names: the policy name of every agent index of the env (:func:`resolve_policies`).
-        policies: the policies, in ``policies`` order (:func:`build_policies`).
+        policies: the policies, in ``policies`` order (:func:`build_policies`); None where they act on
+            inference ranks (then ``defaults`` gives their default states, and there is no self-play).
         where: who runs the ring, for messages.
+        defaults: without ``policies``: each policy's default state in row layout (or None).
+        actor_index: this actor's index among the run's actors (its envs' seeds).
+        num_groups: 1, or 2 to alternate halves with remote inference.
+        device: where the self-play snapshots go (default: ``training.device``).
 
     Raises:
         EnvError: an env cannot be built, seeded or reset.
     """
     order = list(cfg.policies)
-    parts = [PartSpec(n, rings.default_state_row(p)) for n, p in zip(order, policies)]
+    if policies is not None:
+        defaults = [rings.default_state_row(p) for p in policies]
+    assert defaults is not None
+    parts = [PartSpec(n, d) for n, d in zip(order, defaults)]
     extra: dict[str, Any] = {}
     if cfg.selfplay is not None:  # the opponent agents are one more part, acted by the pool's snapshots
         from hpcrl.acting.selfplay import SelfPlayRing, SnapshotPool
 
+        assert policies is not None
         sp = cfg.selfplay
         learner = order.index(sp.policy)
         order.append(pool_part_name(sp.policy))
-        parts.append(PartSpec(order[-1], rings.default_state_row(policies[learner])))
+        parts.append(PartSpec(order[-1], defaults[learner]))
         spec = config.Policy(cfg.policies[sp.policy].type_, dict(cfg.policies[sp.policy].args))
-        device = components.resolve_device(cfg.training.device)
+        where_to = device or components.resolve_device(cfg.training.device)
         pool = SnapshotPool(
-            lambda: components.build_policy(spec, device, cfg.experiment.seed),
+            lambda: components.build_policy(spec, where_to, cfg.experiment.seed),
             sp.pool_size,
             sp.snapshot_every_frames,
             sp.sample,
-            cfg.experiment.seed,
+            cfg.experiment.seed + actor_index,
         )
         pool.take(policies[learner], 0)  # replaced by the restored weights' snapshot once the run has resumed
         extra = {"ring_class": SelfPlayRing, "ring_args": {"pool": pool, "learner_part": learner}}
@@ -403,7 +422,16 @@ def make_multi_ring(cfg: config.ExperimentConfig, names: list[str], policies: li
     def part_of_agent(a: int) -> int:
         return index[names[a] if a < len(names) else owners(cfg, a + 1)[a]]
 
-    ring = rings.make_ring(cfg, None, where, parts=parts, part_of_agent=part_of_agent, **extra)
+    ring = rings.make_ring(
+        cfg,
+        None,
+        where,
+        actor_index=actor_index,
+        num_groups=num_groups,
+        parts=parts,
+        part_of_agent=part_of_agent,
+        **extra,
+    )
     assert isinstance(ring, PolicyRing)
     return ring
 

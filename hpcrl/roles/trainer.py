@@ -165,6 +165,9 @@ class TrainerRank:
         eps = msg.get("episodes")
         if eps and self.group is not None:
             eps = self.group.episodes(eps)
+        games = msg.get("games")
+        if games and self.group is not None:
+            self.group.games(games, self.learner.frames, self.progress)
         if eps and self.progress is not None:
             self.progress.add_episodes([float(e[0]) for e in eps], [int(e[1]) for e in eps])
         result = msg.get("eval")

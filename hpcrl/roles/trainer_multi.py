@@ -157,6 +157,11 @@ class Group:
         self.recent: dict[int, collections.deque[float]] = collections.defaultdict(
             lambda: collections.deque(maxlen=100)
         )
+        self.board: Any = None  # (rank 0, self-play) the score of the games the actors report
+        if cfg.selfplay is not None and ctx.is_leader:
+            from hpcrl.acting.selfplay import Scoreboard
+
+            self.board = Scoreboard()
 
     def make_frozen(self, attrs: dict[str, Any]) -> None:
         """(Rank 0) Build the frozen policies (their checkpoints and publishers)."""
@@ -311,6 +316,56 @@ class Group:
                 mine.append(e)
         return mine
 
+    def games(self, rows: list[Any], frames: int, progress: Any) -> None:
+        """(Rank 0) Count the self-play games an actor reported; trace them and show the score.
+
+        Args:
+            rows: ``[outcome, learner return, opponent return, opponent version, opponent index, learner
+                version]`` per game.
+            frames: the run's frame count now.
+            progress: the progress line (None when off).
+        """
+        if self.board is None:
+            return
+        from hpcrl.acting.selfplay import Game
+
+        trace = self.ctx.trace
+        for outcome, mine, theirs, version, index, learner in rows:
+            self.board.add(Game(int(outcome), float(mine), float(theirs), int(version), int(index)))
+            if trace is not None:
+                trace.selfplay_game(
+                    {
+                        "frames": frames,
+                        "learner_version": int(learner),
+                        "opponent_version": int(version),
+                        "opponent_index": int(index),
+                        "outcome": int(outcome),
+                        "learner_return": float(mine),
+                        "opponent_return": float(theirs),
+                    }
+                )
+        rates = self.board.rates()
+        if progress is not None and rates is not None:
+            progress.note = (
+                f"vs pool: win {rates['win']:.2f} draw {rates['draw']:.2f} loss {rates['loss']:.2f} "
+                f"(last {len(self.board.recent)} games)"
+            )
+
+    def _selfplay_summary(self, finals: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """(Rank 0) The run summary's self-play entries; the pool is the first actor's (each actor keeps its own)."""
+        rates = self.board.rates() or {}
+        table = self.board.table()
+        first = finals.get(self.ctx.topo.actors[0], {})
+        pool = [int(v) for v in first.get("selfplay_pool_versions", [])]
+        return {
+            "selfplay_games": self.board.games,
+            "selfplay_win_rate_last_100": rates.get("win"),
+            "selfplay_draw_rate_last_100": rates.get("draw"),
+            "selfplay_loss_rate_last_100": rates.get("loss"),
+            "selfplay_pool_versions": pool,
+            "selfplay_vs_pool": {v: table[v] for v in pool if v in table},
+        }
+
     def summary(self, rank: TrainerRank, finals: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """(Rank 0) The run summary's per-policy entries: versions, mean returns, newest checkpoints."""
         versions: dict[str, int | None] = {n: None for n in self.order}
@@ -330,7 +385,10 @@ class Group:
             n: round(float(np.mean(self.recent[i])), 4) if self.recent.get(i) else None
             for i, n in enumerate(self.order)
         }
-        return {"policy_versions": versions, "mean_return_by_policy": returns, "checkpoint": checkpoints}
+        out = {"policy_versions": versions, "mean_return_by_policy": returns, "checkpoint": checkpoints}
+        if self.board is not None:
+            out.update(self._selfplay_summary(finals))
+        return out
 
     def final_stats(self, rank: TrainerRank) -> dict[str, Any]:
         """This rank's entries in its ``final`` stats message (the leads' go into rank 0's summary)."""

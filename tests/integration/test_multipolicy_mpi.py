@@ -327,12 +327,47 @@ def test_inference_ranks_serve_every_policy_in_batches_of_its_own(
     assert "policy_versions={'red': " in _role_line(proc.stderr, 3, "inference")
 
 
+def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
+    """Self-play under mpiexec: each actor plays snapshots of the weights it received; rank 0 keeps the score.
+
+    Agent 1 is the opponent: its rows never reach the trainer; every game is in rank 0's ``/selfplay`` trace;
+    a resumed run's pools start from the restored weights (no game against an older version after it).
+    """
+    run = tmp_path / "selfplay"
+    data = _config(run, ("red",), policies={"red": dict(AC)}, agents=[{"match": 0, "policy": "red"}])
+    data["selfplay"] = {"policy": "red", "opponent_agents": [1], "pool_size": 3, "snapshot_every_frames": 160}
+    proc, first = _run(clean_env, mpiexec, data, 3, tmp_path, "run.stop_at_frames=600")
+    assert proc.returncode == 0 and first is not None, explain(proc)
+    assert _agents_seen(run, 0) == {"red": {0.0}}  # the opponent's rows were dropped on the actors
+    games = read_trace(run / "traces" / "rank-0000.h5")["selfplay"]
+    n = len(games["outcome"])
+    assert n == first["selfplay_games"] > 0 and first["episodes"] - 4 <= n <= first["episodes"]
+    assert np.all(games["opponent_version"] <= games["learner_version"]) and games["opponent_version"].max() > 0
+    assert 2 <= len(first["selfplay_pool_versions"]) <= 3
+    assert {int(v) for v in first["selfplay_vs_pool"]} <= set(first["selfplay_pool_versions"])  # JSON keys
+    for actor in (1, 2):  # each actor keeps a pool of its own (of the newest 3 snapshots)
+        pool = _role_line(proc.stderr, actor, "actor").partition("selfplay_pool_versions=[")[2].partition("]")[0]
+        assert len(pool.split(", ")) == 3, pool
+
+    restored = first["policy_versions"]["red"]
+    proc, second = _run(clean_env, mpiexec, data, 3, tmp_path)
+    assert proc.returncode == 0 and second is not None, explain(proc)
+    games = read_trace(run / "traces" / "rank-0000.r1.h5")["selfplay"]  # the resumed run's trace
+    assert len(games["outcome"]) == second["selfplay_games"] > 0
+    assert games["opponent_version"].min() == restored, explain(proc)
+
+
 REFUSALS = [
     ({"run__eval_episodes": 2}, "run.eval_episodes: evaluation during training is not supported in multi-policy"),
     ({"trainers": {}}, "trainers: a multi-policy config without any trained policy runs in one process for now"),
     (
-        {"selfplay": {"policy": "red", "opponent_agents": [1], "pool_size": 2, "snapshot_every_frames": 100}},
-        "selfplay: a self-play config runs in one process for now",
+        {
+            "selfplay": {"policy": "red", "opponent_agents": [1], "pool_size": 2, "snapshot_every_frames": 100},
+            "layout": {"inference": 1},
+        },
+        "layout.inference: under mpiexec a self-play config runs every policy inline on the actor ranks",
     ),
 ]
 

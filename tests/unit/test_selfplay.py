@@ -387,15 +387,19 @@ def test_the_tictactoe_example_runs(tmp_path: Path) -> None:
     assert summary["selfplay_win_rate_last_100"] is not None and len(summary["selfplay_pool_versions"]) >= 2
 
 
-def test_selfplay_config_under_mpi_is_refused(tmp_path: Path, clean_env: dict[str, str], mpiexec: str) -> None:
+def test_selfplay_config_with_inference_ranks_is_refused(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
     data = _data(tmp_path / "run")
     data["environment"] = {"type_": "quickstart-multiagent"}
+    data["layout"] = {"inference": 1}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(data))
     cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(path)]
     proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("selfplay: a self-play config runs in one process for now") == 1
+    message = "layout.inference: under mpiexec a self-play config runs every policy inline on the actor ranks"
+    assert proc.stderr.count(message) == 1
     assert not (tmp_path / "run").exists()
 
 
