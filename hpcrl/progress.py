@@ -167,11 +167,14 @@ class Progress:
         if not self.evaluations and self.best_eval == -math.inf:
             return {}
         last = self.last_eval
-        return {
+        out = {
             "evaluations": self.evaluations,
             "last_eval_return": round(float(last["mean_return"]), 3) if last is not None else None,
             "best_eval_return": round(self.best_eval, 3) if self.best_eval > -math.inf else None,
         }
+        if last is not None and "mean_return_by_policy" in last:  # a multi-policy run: every policy's agents
+            out["last_eval_return_by_policy"] = last["mean_return_by_policy"]
+        return out
 
     def close(self) -> None:
         """Stop the live bar and close the live scalars."""

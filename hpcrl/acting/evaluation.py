@@ -31,7 +31,10 @@ __all__ = [
     "EVAL_SEED_KEY",
     "eval_seed",
     "make_eval_ring",
+    "eval_config",
     "run_evaluation",
+    "run_multi_evaluation",
+    "summarize_multi",
     "evaluate_inline",
     "summarize",
     "EvalSchedule",
@@ -52,6 +55,18 @@ def eval_env_count(cfg: config.ExperimentConfig, limit: int | None = None) -> in
     return max(1, n if limit is None else min(n, limit))
 
 
+def eval_config(cfg: config.ExperimentConfig, limit: int | None = None) -> config.ExperimentConfig:
+    """``cfg`` as an evaluation ring sees it: :func:`eval_env_count` envs, seeded by :func:`eval_seed`.
+
+    Args:
+        cfg: the experiment.
+        limit: at most this many envs (an actor with remote inference: the rows its channels hold).
+    """
+    actor = dataclasses.replace(cfg.actor, envs_per_actor=eval_env_count(cfg, limit), fragment_length=16)
+    experiment = dataclasses.replace(cfg.experiment, seed=eval_seed(cfg.experiment.seed))
+    return dataclasses.replace(cfg, actor=actor, experiment=experiment)
+
+
 def make_eval_ring(
     cfg: config.ExperimentConfig, default_state: NamedArray | None, where: str, limit: int | None = None
 ) -> EnvRing:
@@ -66,14 +81,7 @@ def make_eval_ring(
     Raises:
         EnvError: an env cannot be built, seeded or reset (names it and ``where``).
     """
-    actor = dataclasses.replace(cfg.actor, envs_per_actor=eval_env_count(cfg, limit), fragment_length=16)
-    experiment = dataclasses.replace(cfg.experiment, seed=eval_seed(cfg.experiment.seed))
-    return rings.make_ring(
-        dataclasses.replace(cfg, actor=actor, experiment=experiment),
-        default_state,
-        f"{where} (evaluation)",
-        evaluation=True,
-    )
+    return rings.make_ring(eval_config(cfg, limit), default_state, f"{where} (evaluation)", evaluation=True)
 
 
 def summarize(episodes: list[Episode], frames: int) -> dict[str, Any]:
@@ -126,6 +134,58 @@ def run_evaluation(
         if ring.episodes:
             done.extend(ring.pop_episodes())
     return done[:episodes]
+
+
+def run_multi_evaluation(
+    ring: Any,
+    episodes: int,
+    act: Callable[[int, RolloutRequest], tuple[Any, int]],
+    shown: int,
+    stopping: Callable[[], bool] = lambda: False,
+) -> dict[int, list[Episode]] | None:
+    """Step a multi-policy evaluation ring until policy ``shown``'s agents have finished ``episodes`` episodes.
+
+    Args:
+        ring: a :class:`~hpcrl.acting.policy_ring.PolicyRing` built on :func:`eval_config` with
+            ``evaluation=True`` (closed by the caller).
+        episodes: episodes of policy ``shown``'s agents to finish.
+        act: runs policy ``p`` on its request and returns ``(result, version)``.
+        shown: the index of the policy whose episodes count (the run's first trained policy).
+        stopping: polled every step: True abandons the evaluation.
+
+    Returns:
+        Every policy's finished episodes (by policy index; policy ``shown``'s first ``episodes``), or None
+        when ``stopping`` said so first.
+
+    Raises:
+        EnvError: an env failed (names it).
+    """
+    done: dict[int, list[Episode]] = {}
+    while len(done.get(shown, ())) < episodes:
+        if stopping():
+            return None
+        requests = ring.request_parts(0)
+        ring.consume_parts(0, [None if r is None else act(p, r) for p, r in enumerate(requests)])
+        for p in range(len(requests)):
+            ring.pop_part_fragments(p)  # evaluation data is never trained on
+        for e in ring.pop_episodes():
+            done.setdefault(e.policy, []).append(e)
+    done[shown] = done[shown][:episodes]
+    return done
+
+
+def summarize_multi(done: dict[int, list[Episode]], shown: int, names: list[str], frames: int) -> dict[str, Any]:
+    """A multi-policy evaluation's result: :func:`summarize` of policy ``shown``'s episodes, and more.
+
+    The :func:`summarize` keys (the ``/eval`` row of the trace) describe policy ``shown``'s agents;
+    ``mean_return_by_policy`` gives every policy's agents' mean return over the episodes they finished.
+    """
+    out = summarize(done.get(shown, []), frames)
+    out["mean_return_by_policy"] = {
+        name: round(float(np.mean([e.ret for e in done[p]])), 4) if done.get(p) else None
+        for p, name in enumerate(names)
+    }
+    return out
 
 
 def evaluate_inline(

@@ -57,7 +57,7 @@ def check_selfplay(cfg: Any) -> None:
 
     Only with ``policies``; ``selfplay.policy`` names a policy that has a trainer; ``opponent_agents`` is a
     non-empty list of agent indices >= 0 and valid regular expressions; ``pool_size >= 1``;
-    ``snapshot_every_frames > 0``.
+    ``snapshot_every_frames > 0``; no evaluation during training (``run.eval_episodes``, ``run.save_best``).
     """
     sp = cfg.selfplay
     if sp is None:
@@ -76,6 +76,13 @@ def check_selfplay(cfg: Any) -> None:
         raise ConfigError(f"selfplay.pool_size: must be >= 1, got {sp.pool_size}")
     if sp.snapshot_every_frames <= 0:
         raise ConfigError(f"selfplay.snapshot_every_frames: must be > 0, got {sp.snapshot_every_frames}")
+    if cfg.run.eval_episodes or cfg.run.save_best:
+        key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
+        raise ConfigError(
+            f"{key}: evaluation during training is not supported in self-play runs (their opponents are "
+            "snapshots, not a fixed opponent); evaluate a checkpoint against a fixed opponent with "
+            "python -m hpcrl.evaluate"
+        )
     if not sp.opponent_agents:
         raise ConfigError("selfplay.opponent_agents: empty; list the agents that play the pool's snapshots")
     for i, m in enumerate(sp.opponent_agents):

@@ -111,8 +111,8 @@ def mpi_refusal(cfg: Any) -> str | None:
     """Why a multi-policy config cannot run on several MPI ranks yet (one line naming the key), or None.
 
     Under ``mpiexec`` a multi-policy run has trainer ranks per trained policy, and actors that run every
-    policy inline or inference ranks that serve every policy; self-play runs with inline inference only;
-    evaluation during training and a run without any trained policy run in one process only.
+    policy inline or inference ranks that serve every policy; self-play runs with inline inference only; a
+    run without any trained policy runs in one process only.
     """
     if not cfg.policies:
         return None
@@ -123,9 +123,6 @@ def mpi_refusal(cfg: Any) -> str | None:
             f"{key}: under mpiexec a self-play config runs every policy inline on the actor ranks "
             f"(layout.inference: 0, no layout.inference_per_node)"
         )
-    if cfg.run.eval_episodes or cfg.run.save_best:
-        key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
-        return f"{key}: evaluation during training is not supported in multi-policy runs yet"
     if not cfg.trainers:
         return f"trainers: a multi-policy config without any trained policy {one}"
     if len(cfg.policies) > 100:

@@ -34,17 +34,21 @@ def _clone(tree: Any) -> Any:
     return copy.deepcopy(tree)
 
 
-def previous_best(run_dir: Path) -> float:
+def previous_best(run_dir: Path, path: Path | None = None) -> float:
     """The best mean evaluation return a run dir has recorded (``-inf`` if none).
 
     The larger of ``best.h5``'s ``eval_return`` attribute and the best ``/eval`` row of the trainer leader's
     traces (``rank-0000*.h5``).
+
+    Args:
+        run_dir: the run directory.
+        path: where its ``best.h5`` is (default ``RUN_DIR/checkpoints/best.h5``).
     """
     from hpcrl.storage.checkpoint import CheckpointError, read_checkpoint_attrs
     from hpcrl.storage.trace import TraceError, read_trace
 
     best = -math.inf
-    path = run_dir / "checkpoints" / BEST_NAME
+    path = path or run_dir / "checkpoints" / BEST_NAME
     if path.is_file():
         try:
             best = float(read_checkpoint_attrs(path).get("eval_return", best))
@@ -72,6 +76,8 @@ class EvalTracker:
         trace: this rank's trace writer, or None.
         progress: the :class:`~hpcrl.progress.Progress` that shows the results, or None.
         resume: take ``best_eval_return`` from the run dir (a resumed run).
+        best_path: where ``best.h5`` goes (default ``RUN_DIR/checkpoints/best.h5``; a multi-policy run:
+            ``RUN_DIR/checkpoints/<policy>/best.h5``).
     """
 
     def __init__(
@@ -82,14 +88,16 @@ class EvalTracker:
         trace: Any = None,
         progress: Any = None,
         resume: bool = False,
+        best_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.best_path = best_path or (run_dir / "checkpoints" / BEST_NAME if run_dir is not None else None)
         self.run_dir = run_dir
         self.config_text = config_text
         self.trace = trace
         self.progress = progress
         self.save_best = bool(cfg.run.save_best) and run_dir is not None
-        self.best = previous_best(run_dir) if (resume and run_dir is not None) else -math.inf
+        self.best = previous_best(run_dir, self.best_path) if (resume and run_dir is not None) else -math.inf
         if self.best > -math.inf:
             log.info("evaluation: best mean return so far %.4g (from the run dir)", self.best)
         if self.progress is not None and self.best > -math.inf:
@@ -108,12 +116,14 @@ class EvalTracker:
         if self.progress is not None:
             self.progress.add_eval(result)
         ret = float(result.get("mean_return", math.nan))
+        by_policy = result.get("mean_return_by_policy")
         log.info(
-            "evaluation at %s frames: mean return %.4g over %d episodes (policy version %s)",
+            "evaluation at %s frames: mean return %.4g over %d episodes (policy version %s)%s",
             f"{int(result.get('frames', 0)):,}",
             ret,
             int(result.get("episodes", 0)),
             result.get("policy_version"),
+            f"; by policy {by_policy}" if by_policy else "",
         )
         if not ret > self.best:  # NaN never is
             return False
@@ -126,7 +136,7 @@ class EvalTracker:
         from hpcrl._version import __version__
         from hpcrl.storage.checkpoint import CheckpointError, save_checkpoint
 
-        assert self.run_dir is not None and self._snapshot is not None
+        assert self.best_path is not None and self._snapshot is not None
         tree, meta = self._snapshot
         attrs = {
             **meta,
@@ -139,7 +149,7 @@ class EvalTracker:
             "eval_episodes": int(result.get("episodes", 0)),
             "eval_frames": int(result.get("frames", 0)),
         }
-        path = self.run_dir / "checkpoints" / BEST_NAME
+        path = self.best_path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             save_checkpoint(path, {"policy": tree}, attrs)

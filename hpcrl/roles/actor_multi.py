@@ -21,7 +21,7 @@ from typing import Any
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag, policy_request_tag, policy_result_tag
-from hpcrl.roles.local_multi import make_multi_ring
+from hpcrl.roles.local_multi import evaluate_policies, make_multi_ring
 from hpcrl.roles.policy_set import PolicySet
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval
@@ -45,6 +45,7 @@ class MultiActorRank:
         topo = ctx.topo
         self.index = topo.actors.index(ctx.rank)
         self.order = list(cfg.policies)
+        self.names = names
         inference = topo.inference_of(ctx.rank)
         self.remote = inference is not None
         n = cfg.actor.envs_per_actor
@@ -70,6 +71,9 @@ class MultiActorRank:
                     synchronous=cfg.training.queue_batches > 0,  # back-pressure from a trainer that is behind
                 )
         groups = 2 if self.remote and cfg.actor.ring_halves and n >= 2 else 1
+        self.defaults = defaults
+        self.pending: collections.deque[tuple[int, list[Any]]] = collections.deque()  # remote: groups asked
+        self.evaluations = 0
         self.ring = make_multi_ring(
             cfg,
             names,
@@ -191,14 +195,110 @@ class MultiActorRank:
                 trace.episode(e.ret, e.length, self.ring.frames, wall, e.version)
             trace.maybe_flush()
 
+    # ------------------------------------------------------------------ evaluation during training
+    def _stopping(self) -> bool:
+        """Polled while waiting and by every evaluation step: keeps the control plane going meanwhile."""
+        self.ctx.service()
+        return self.ctx.stopping
+
+    def _evaluate(self, resume: bool = True) -> None:
+        """Run the evaluation the leader asked for (if it did) and report its result; the training envs wait.
+
+        With remote inference the replies to the training requests in flight are taken first (their envs
+        step as usual, unless this rank has stepped its share: ``resume`` False drops them) and, when
+        ``resume``, the training requests are sent again afterwards.
+        """
+        request = self.ctx.eval_request
+        if request is None:
+            return
+        self.ctx.eval_request = None
+        t0 = time.perf_counter()
+        frames = int(request.get("frames", 0))
+        where = f"actor rank {self.ctx.rank}"
+        if self.set is not None:
+            result = evaluate_policies(
+                self.ctx.cfg, self.names, self.set.policies, self.set.labels, where, frames, self._stopping
+            )
+        else:
+            result = self._evaluate_remote(frames, where, resume)
+        if result is None:
+            return  # the run is stopping
+        self.evaluations += 1
+        self.ctx.send_stats({"type": "stats", "eval": result})
+        if self.ctx.trace is not None:
+            self.ctx.trace.add_time("evaluation", time.perf_counter() - t0)
+
+    def _answers(self, answers: list[Any], wait: bool) -> bool:
+        """(Remote inference) Take the replies that arrived for ``answers``; True once every one is in.
+
+        With ``wait``, wait for them (False only when the run stops meanwhile).
+        """
+        while True:
+            for p, answer in enumerate(answers):
+                if answer is False:  # a result channel's message stays valid until its next receive call
+                    msg = self.results[p].test()
+                    if msg is not None:
+                        answers[p] = (msg.data, msg.version)
+            if all(a is not False for a in answers):
+                self.ctx.backoff.reset()
+                return True
+            if not wait or self._stopping():
+                return False
+            self.ctx.backoff.idle()
+
+    def _evaluate_remote(self, frames: int, where: str, resume: bool) -> dict[str, Any] | None:
+        from hpcrl.acting.evaluation import eval_config, run_multi_evaluation, summarize_multi
+
+        cfg = self.ctx.cfg
+        while self.pending:  # the training requests in flight: take their replies, send no new ones yet
+            g, answers = self.pending[0]
+            if not self._answers(answers, wait=True):
+                return None
+            self.pending.popleft()
+            if resume:
+                self.ring.consume_parts(g, answers)
+        if resume:
+            self._ship()
+        limit = cfg.actor.envs_per_actor  # the rows the channels hold
+        ring = make_multi_ring(
+            eval_config(cfg, limit), self.names, None, f"{where} (evaluation)", defaults=self.defaults, evaluation=True
+        )
+
+        class _Stopped(Exception):
+            pass
+
+        def act(p: int, request: Any) -> tuple[Any, int]:
+            self.requests[p].send(request)
+            answers: list[Any] = [None] * len(self.order)
+            answers[p] = False
+            if not self._answers(answers, wait=True):
+                raise _Stopped
+            return answers[p]  # type: ignore[no-any-return]
+
+        shown = self.order.index(next(n for n in self.order if n in cfg.trainers))
+        try:
+            done = run_multi_evaluation(ring, cfg.run.eval_episodes, act, shown, self._stopping)
+        except _Stopped:
+            return None
+        finally:
+            ring.close()
+            for g in range(self.ring.num_groups if resume else 0):  # training resumes
+                self.pending.append((g, self._request(g)))
+        return None if done is None else summarize_multi(done, shown, self.order, frames)
+
     # ------------------------------------------------------------------ loop
     def _spent(self) -> None:
-        """This rank stepped its share: ship what is complete, report at once, and idle until the stop."""
+        """This rank stepped its share: ship what is complete, report at once, and idle until the stop.
+
+        An evaluation the leader asks for meanwhile still runs.
+        """
         ctx = self.ctx
         self._ship()
         self._report(force=True)  # the leader stops the run once every actor reported its share done
         while not ctx.stopping:
             ctx.service()
+            if ctx.eval_request is not None:
+                self._evaluate(resume=False)
             if self.set is not None:
                 self.set.update()
             ctx.backoff.idle()
@@ -217,36 +317,30 @@ class MultiActorRank:
                 self.play.after_act(self.ring.frames)
             self._ship()
             self._report()
+            if ctx.eval_request is not None:
+                self._evaluate()
 
     def _run_remote(self, budget: int) -> None:
         """Alternate the ring's groups: a group steps once every policy answered its request."""
         ctx = self.ctx
         trace = ctx.trace
-        backoff = ctx.backoff
-        pending: collections.deque[tuple[int, list[Any]]] = collections.deque()
         for g in range(self.ring.num_groups):
-            pending.append((g, self._request(g)))
+            self.pending.append((g, self._request(g)))
         t0 = time.perf_counter()
         while not ctx.stopping:
             if self.ring.frames >= budget:
                 self._spent()  # the replies to requests still pending are discarded by the drain
                 break
-            g, answers = pending[0]
-            for p, answer in enumerate(answers):
-                if answer is False:  # a result channel's message stays valid until its next receive call
-                    msg = self.results[p].test()
-                    if msg is not None:
-                        answers[p] = (msg.data, msg.version)
-            if any(a is False for a in answers):
+            g, answers = self.pending[0]
+            if not self._answers(answers, wait=False):
                 ctx.service()
-                backoff.idle()
+                ctx.backoff.idle()
                 continue
-            backoff.reset()
-            pending.popleft()
+            self.pending.popleft()
             t1 = time.perf_counter()
             self.ring.consume_parts(g, answers)
             t2 = time.perf_counter()
-            pending.append((g, self._request(g)))
+            self.pending.append((g, self._request(g)))
             self.wait_seconds += t1 - t0
             if trace is not None:
                 trace.add_time("env_step", t2 - t1)
@@ -254,6 +348,8 @@ class MultiActorRank:
             self._ship()
             self._report()
             ctx.service()
+            if ctx.eval_request is not None:
+                self._evaluate()
             t0 = time.perf_counter()
 
     def run(self) -> dict[str, Any]:
@@ -279,6 +375,7 @@ class MultiActorRank:
             "fragments": self.sent_fragments,
             "send_wait_seconds": round(self.send_wait_seconds, 3),
             "env_failures": self.ring.env_failures,
+            "evaluations": self.evaluations,
             "torch_loaded": "torch" in sys.modules,
         }
         if self.remote:

@@ -88,13 +88,10 @@ def resolve_policies(cfg: config.ExperimentConfig) -> tuple[config.ExperimentCon
 
     Raises:
         ConfigError: the env cannot be built, an agent is matched by no ``agents`` entry (names it), a
-            policy does not fit the env (names ``policies.NAME.args``), evaluation during training is on.
+            policy does not fit the env (names ``policies.NAME.args``).
     """
     from hpcrl.trainers.chunks import check_config as check_chunks
 
-    if cfg.run.eval_episodes or cfg.run.save_best:
-        key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
-        raise config.ConfigError(f"{key}: evaluation during training is not supported in multi-policy runs yet")
     for name in cfg.trainers:
         try:
             check_chunks(policy_view(cfg, name))
@@ -370,6 +367,7 @@ def make_multi_ring(
     actor_index: int = 0,
     num_groups: int = 1,
     device: str | None = None,
+    evaluation: bool = False,
 ) -> PolicyRing:
     """The env ring of a multi-policy actor: one part per policy, plus self-play's opponent part.
 
@@ -386,6 +384,8 @@ def make_multi_ring(
         actor_index: this actor's index among the run's actors (its envs' seeds).
         num_groups: 1, or 2 to alternate halves with remote inference.
         device: where the self-play snapshots go (default: ``training.device``).
+        evaluation: mark every request ``is_evaluation`` (an evaluation ring, built on
+            :func:`~hpcrl.acting.evaluation.eval_config`).
 
     Raises:
         EnvError: an env cannot be built, seeded or reset.
@@ -428,12 +428,56 @@ def make_multi_ring(
         where,
         actor_index=actor_index,
         num_groups=num_groups,
+        evaluation=evaluation,
         parts=parts,
         part_of_agent=part_of_agent,
         **extra,
     )
     assert isinstance(ring, PolicyRing)
     return ring
+
+
+def evaluate_policies(
+    cfg: config.ExperimentConfig,
+    names: list[str],
+    policies: list[Policy],
+    labels: list[str],
+    where: str,
+    frames: int,
+    stopping: Callable[[], bool] = lambda: False,
+) -> dict[str, Any] | None:
+    """One evaluation during training of a multi-policy run: every policy plays its agents, deterministically.
+
+    A fresh evaluation ring (:func:`~hpcrl.acting.evaluation.eval_config`: its own seeds, every request
+    ``is_evaluation``) steps until the first trained policy's agents finished ``run.eval_episodes`` episodes.
+
+    Args:
+        cfg: the resolved multi-policy experiment (no self-play: config validation refuses it).
+        names: the policy name of every agent index.
+        policies: the policies, in ``policies`` order (not updated meanwhile).
+        labels: name each policy in the errors of result checks.
+        where: who runs it, for messages.
+        frames: the run's frames, recorded with the result.
+        stopping: polled every step: True abandons the evaluation (returns None).
+
+    Returns:
+        :func:`~hpcrl.acting.evaluation.summarize_multi`'s result, or None when abandoned.
+    """
+    from hpcrl.acting.evaluation import eval_config, run_multi_evaluation, summarize_multi
+
+    order = list(cfg.policies)
+    shown = order.index(next(n for n in order if n in cfg.trainers))
+    ring = make_multi_ring(eval_config(cfg), names, policies, f"{where} (evaluation)", evaluation=True)
+    try:
+
+        def act(p: int, request: Any) -> tuple[Any, int]:
+            policy = policies[p]
+            return check_rollout_result(policy.rollout(request), len(request), labels[p]), int(policy.version)
+
+        done = run_multi_evaluation(ring, cfg.run.eval_episodes, act, shown, stopping)
+    finally:
+        ring.close()
+    return None if done is None else summarize_multi(done, shown, order, frames)
 
 
 def train_multi(
@@ -455,13 +499,18 @@ def train_multi(
         agents = max(1, ring.num_slots(0) // n_envs)
         frames_per_step = budget.frames_per_step(sizes[0], cfg.actor.fragment_length, agents)
         slots = _build_slots(cfg, session, policies, sizes, frames_per_step)
-        return _loop(cfg, session, stop, ring, slots)
+        return _loop(cfg, session, stop, ring, slots, names)
     finally:
         ring.close()
 
 
 def _loop(
-    cfg: config.ExperimentConfig, session: Session, stop: StopFlag, ring: PolicyRing, slots: list[_Slot]
+    cfg: config.ExperimentConfig,
+    session: Session,
+    stop: StopFlag,
+    ring: PolicyRing,
+    slots: list[_Slot],
+    names: list[str],
 ) -> RunSummary:
     checkpoints = _Checkpoints(slots)
     try:
@@ -485,6 +534,7 @@ def _loop(
     )
     sinks: list[Callable[[Any], Any] | None] = [s.learner.add if s.trained else None for s in slots]
     play = _SelfPlay(cfg, ring, slots, base_frames, trace, progress) if cfg.selfplay is not None else None
+    evaluation = _Evaluation(cfg, session, names, slots, shown, base_frames, progress) if trained else None
     recent: list[collections.deque[float]] = [collections.deque(maxlen=100) for _ in slots]  # returns per policy
 
     shown_stats: list[Any] = [-1, {}]  # the trainer steps they were built at, the progress line's stats
@@ -540,6 +590,8 @@ def _loop(
                     checkpoints.after_step()
             if play is not None:
                 play.pool.maybe_take(play.learner.policy, frames)
+            if evaluation is not None:
+                evaluation.maybe(frames, stop.is_set)
             if stop.checkpoint_request is not None:
                 checkpoints.serve(stop.checkpoint_request)
             progress.update(frames, steps(), stats())
@@ -643,3 +695,51 @@ class _SelfPlay:
             "selfplay_pool_versions": self.pool.versions,
             "selfplay_vs_pool": {v: table[v] for v in self.pool.versions if v in table},
         }
+
+
+class _Evaluation:
+    """Evaluation during training of a one-process multi-policy run (``run.eval_episodes`` > 0).
+
+    The ``/eval`` row, the progress line, ``best_eval_return`` and ``best.h5`` follow the first trained policy
+    (the one the progress line shows); its ``best.h5`` goes to ``RUN_DIR/checkpoints/<policy>/best.h5``.
+    """
+
+    def __init__(
+        self,
+        cfg: config.ExperimentConfig,
+        session: Session,
+        names: list[str],
+        slots: list[_Slot],
+        shown: _Slot,
+        frames: int,
+        progress: Progress,
+    ) -> None:
+        from hpcrl.acting.evaluation import EvalSchedule
+        from hpcrl.learning.evaltrack import BEST_NAME, EvalTracker
+
+        self.cfg = cfg
+        self.names = names
+        self.slots = slots
+        self.shown = shown
+        self.trace = session.trace
+        self.schedule = EvalSchedule(cfg, frames)
+        self.tracker = None
+        if self.schedule.enabled:
+            best = session.run_dir / "checkpoints" / shown.name / BEST_NAME
+            resume = not cfg.run.fresh
+            text = config.dump(policy_view(cfg, shown.name))  # best.h5 loads like the policy's checkpoints
+            self.tracker = EvalTracker(cfg, session.run_dir, text, self.trace, progress, resume, best)
+
+    def maybe(self, frames: int, stopping: Callable[[], bool]) -> None:
+        """Evaluate every policy when the run is due (no trainer steps meanwhile); record the result."""
+        if self.tracker is None or not self.schedule.due(frames):
+            return
+        t0 = time.perf_counter()
+        self.tracker.snapshot(self.shown.policy, frames)
+        policies = [s.policy for s in self.slots]
+        labels = [s.who for s in self.slots]
+        result = evaluate_policies(self.cfg, self.names, policies, labels, "local actor", frames, stopping)
+        if result is not None:
+            self.tracker.record(result)
+        if self.trace is not None:
+            self.trace.add_time("evaluation", time.perf_counter() - t0)

@@ -273,13 +273,19 @@ class TrainerRank:
             schedule = EvalSchedule(cfg, base_frames)
             if schedule.enabled and ctx.topo.actors:
                 self.eval_schedule = schedule
+                best = None
+                if self.group is not None:  # the first trained policy's best, beside its checkpoints
+                    from hpcrl.learning.evaltrack import BEST_NAME
+
+                    best = ctx.session.run_dir / "checkpoints" / self.group.name / BEST_NAME
                 self.eval_tracker = EvalTracker(
                     cfg,
                     ctx.session.run_dir,
-                    ctx.session.config_text,
+                    ctx.session.config_text if self.group is None else config.dump(cfg),
                     trace,
                     self.progress,
                     resume=not cfg.run.fresh,
+                    best_path=best,
                 )
             log.info("run dir %s", ctx.session.run_dir)
             self._send_budgets(base_frames)  # before the first parameters, which actors wait for

@@ -29,8 +29,8 @@ EVAL_REWARD = 1000.0
 class EvalGuardEnv(NullEnvironment):
     """A :class:`NullEnvironment` whose reward says whether it is an evaluation env of a run seeded ``run_seed``."""
 
-    def __init__(self, run_seed: int = 1, episode_length: int = 10) -> None:
-        super().__init__(obs_dim=2, n_actions=2, episode_length=episode_length)
+    def __init__(self, run_seed: int = 1, episode_length: int = 10, agents: int = 1) -> None:
+        super().__init__(obs_dim=2, n_actions=2, episode_length=episode_length, agents=agents)
         self._eval_seeds = {env_seed(eval_seed(run_seed), i) for i in range(64)}
         self._reward = np.ones(1, np.float32)
 

@@ -7,10 +7,15 @@ episodes ran (their mean return is 1000 per step) and that none of their steps r
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
 from helpers import explain, run_hpcrl
 
 GUARD = [
@@ -76,6 +81,68 @@ def test_evaluation_never_reaches_a_trainer(
     assert summary["best_eval_return"] == pytest.approx(10_000.0)
     best = run_dir / "checkpoints" / "best.h5"
     assert best.is_file()
+
+
+def _multi_guard(run_dir: Path) -> dict[str, object]:
+    """Two agents, two trained policies (red: agent 0, blue: agent 1), both with the guard trainer."""
+    small = {"type_": "actor-critic-separate", "args": {"hidden_dim": 8}}
+    return {
+        "experiment": {"name": "mguard", "seed": 1, "total_frames": 20000, "imports": ["tests.integration.evalguard"]},
+        "environment": {"type_": "eval-guard-env", "args": {"run_seed": 1, "episode_length": 10, "agents": 2}},
+        "policies": {"red": small, "blue": small},
+        "trainers": {"red": {"type_": "eval-guard-trainer"}, "blue": {"type_": "eval-guard-trainer"}},
+        "agents": [{"match": 0, "policy": "red"}, {"match": 1, "policy": "blue"}],
+        "actor": {"envs_per_actor": 2, "fragment_length": 16},
+        "run": {
+            "dir": str(run_dir),
+            "progress": "off",
+            "heartbeat_seconds": 60,
+            "eval_envs": 1,
+            "eval_episodes": 3,
+            "eval_every_frames": 4000,
+            "save_best": True,
+            "trace_flush_seconds": 0.5,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "layout,ranks",
+    [({}, 0), ({"inference": 1}, 5), ({}, 4)],
+    ids=["local", "mpi-remote", "mpi-inline"],
+)
+def test_multi_policy_evaluation_never_reaches_a_trainer(
+    tmp_path: Path, clean_env: dict[str, str], layout: dict[str, int], ranks: int
+) -> None:
+    """Every policy plays its agents in the evaluation envs; none of their steps reaches either trainer."""
+    run_dir = tmp_path / "run"
+    data = _multi_guard(run_dir)
+    data["layout"] = layout
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    summary_path = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(path), "--summary-json", str(summary_path)]
+    if ranks:
+        cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), *cmd]
+    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, explain(proc)
+    summary = json.loads(summary_path.read_text())
+    rows = _eval_rows(run_dir)
+    assert len(rows["frames"]) >= 1 and summary["evaluations"] == len(rows["frames"]), (rows, explain(proc))
+    # the /eval rows follow red (the first trained policy): 3 deterministic episodes of 10 x 1000 each
+    assert all(r == pytest.approx(10 * 1000.0) for r in rows["mean_return"]), rows
+    assert all(n == 3 for n in rows["episodes"]), rows
+    assert summary["last_eval_return_by_policy"] == {"red": pytest.approx(10_000.0), "blue": pytest.approx(10_000.0)}
+    train = _training_returns(run_dir)
+    assert train and max(train) == pytest.approx(10.0), max(train)
+    best = run_dir / "checkpoints" / "red" / "best.h5"
+    assert best.is_file() and not (run_dir / "checkpoints" / "best.h5").exists()
+    import hpcrl
+
+    assert hpcrl.load_policy(str(best)).version >= 0  # loads like red's own checkpoints
+    from hpcrl.learning.evaltrack import previous_best
+
+    assert previous_best(run_dir, best) == pytest.approx(10_000.0)  # what a resumed run starts from
 
 
 def test_best_checkpoint_loads_and_resume_keeps_best(tmp_path: Path, clean_env: dict[str, str]) -> None:

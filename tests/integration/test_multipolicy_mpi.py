@@ -360,7 +360,6 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
 
 
 REFUSALS = [
-    ({"run__eval_episodes": 2}, "run.eval_episodes: evaluation during training is not supported in multi-policy"),
     ({"trainers": {}}, "trainers: a multi-policy config without any trained policy runs in one process for now"),
     (
         {
@@ -372,7 +371,7 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["eval", "frozen", "selfplay"])
+@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["frozen", "selfplay"])
 def test_what_does_not_run_under_mpi_is_refused_before_any_communication(
     tmp_path: Path, clean_env: dict[str, str], mpiexec: str, over: dict[str, Any], message: str
 ) -> None:

@@ -85,4 +85,4 @@ def test_what_mpi_does_not_run_yet_is_named() -> None:
     assert mpi_refusal(_cfg()) is None
     assert mpi_refusal(_cfg(layout={"inference": 2})) is None  # inference ranks serve every policy
     assert str(mpi_refusal(_cfg(trained=()))).startswith("trainers: a multi-policy config without any trained")
-    assert str(mpi_refusal(_cfg(run={"save_best": True, "eval_episodes": 0}))).startswith("run.save_best:")
+    assert mpi_refusal(_cfg(run={"save_best": True, "eval_episodes": 2})) is None  # evaluation runs on actor 0

@@ -173,6 +173,12 @@ def test_selfplay_config_rules_name_the_key_path() -> None:
     single = {k: v for k, v in _data().items() if k not in ("policies", "trainers", "agents")}
     single.update(policy=AC, trainer={"type_": "ppo"})
     assert _error(single).startswith("selfplay: only with policies")
+    for key, value in (("eval_episodes", 4), ("save_best", True)):
+        evaluated = _data()
+        evaluated["run"][key] = value
+        message = _error(evaluated)
+        assert message.startswith(f"run.{key}: evaluation during training is not supported in self-play runs")
+        assert "python -m hpcrl.evaluate" in message
 
 
 def test_opponent_agents_and_the_agents_mapping() -> None:
