@@ -103,25 +103,16 @@ class ActorRank:
         step as usual; once this rank has stepped its share, ``resume`` is False and they are dropped) and
         the training requests are sent again afterwards (``pending`` is refilled) when ``resume``.
         """
-        request = self.ctx.eval_request
-        if request is None:
-            return
-        self.ctx.eval_request = None
-        t0 = time.perf_counter()
-        frames = int(request.get("frames", 0))
-        where = f"actor rank {self.ctx.rank}"
-        if self.policy is not None:
-            who = f"{self.ctx.cfg.single_policy.type_!r} ({type(self.policy).__name__})"
-            result = evaluate_inline(self.ctx.cfg, self.policy, who, where, frames, self._stopping)
-        else:
+
+        def evaluate(frames: int, where: str) -> dict[str, Any] | None:
+            if self.policy is not None:
+                who = f"{self.ctx.cfg.single_policy.type_!r} ({type(self.policy).__name__})"
+                return evaluate_inline(self.ctx.cfg, self.policy, who, where, frames, self._stopping)
             assert pending is not None
-            result = self._evaluate_remote(pending, frames, where, resume)
-        if result is None:
-            return  # the run is stopping
-        self.evaluations += 1
-        self.ctx.send_stats({"type": "stats", "eval": result})
-        if self.ctx.trace is not None:
-            self.ctx.trace.add_time("evaluation", time.perf_counter() - t0)
+            return self._evaluate_remote(pending, frames, where, resume)
+
+        if self.ctx.serve_eval_request(evaluate):
+            self.evaluations += 1
 
     def _reply(self) -> Any:
         """(Remote inference) The next reply of the inference rank, or None once the run is stopping."""

@@ -208,25 +208,15 @@ class MultiActorRank:
         step as usual, unless this rank has stepped its share: ``resume`` False drops them) and, when
         ``resume``, the training requests are sent again afterwards.
         """
-        request = self.ctx.eval_request
-        if request is None:
-            return
-        self.ctx.eval_request = None
-        t0 = time.perf_counter()
-        frames = int(request.get("frames", 0))
-        where = f"actor rank {self.ctx.rank}"
-        if self.set is not None:
-            result = evaluate_policies(
-                self.ctx.cfg, self.names, self.set.policies, self.set.labels, where, frames, self._stopping
-            )
-        else:
-            result = self._evaluate_remote(frames, where, resume)
-        if result is None:
-            return  # the run is stopping
-        self.evaluations += 1
-        self.ctx.send_stats({"type": "stats", "eval": result})
-        if self.ctx.trace is not None:
-            self.ctx.trace.add_time("evaluation", time.perf_counter() - t0)
+
+        def evaluate(frames: int, where: str) -> dict[str, Any] | None:
+            if self.set is not None:
+                policies, labels = self.set.policies, self.set.labels
+                return evaluate_policies(self.ctx.cfg, self.names, policies, labels, where, frames, self._stopping)
+            return self._evaluate_remote(frames, where, resume)
+
+        if self.ctx.serve_eval_request(evaluate):
+            self.evaluations += 1
 
     def _answers(self, answers: list[Any], wait: bool) -> bool:
         """(Remote inference) Take the replies that arrived for ``answers``; True once every one is in.

@@ -359,6 +359,30 @@ class RankContext:
             f"{names}; they are hung or dead{hint}; aborting the job"
         )
 
+    # ------------------------------------------------------------------ evaluation during training
+    def serve_eval_request(self, evaluate: Callable[[int, str], dict[str, Any] | None]) -> bool:
+        """(Actor) Run the evaluation the leader asked for, if it did, and report its result to the leader.
+
+        Args:
+            evaluate: runs the evaluation, given the run's frames and who runs it (``actor rank 3``);
+                returns the result, or None when the run stopped meanwhile.
+
+        Returns:
+            Whether a result was reported.
+        """
+        request = self.eval_request
+        if request is None:
+            return False
+        self.eval_request = None
+        t0 = time.perf_counter()
+        result = evaluate(int(request.get("frames", 0)), f"actor rank {self.rank}")
+        if result is None:
+            return False  # the run is stopping
+        self.send_stats({"type": "stats", "eval": result})
+        if self.trace is not None:
+            self.trace.add_time("evaluation", time.perf_counter() - t0)
+        return True
+
     # ------------------------------------------------------------------ stats
     def send_stats(self, msg: dict[str, Any]) -> None:
         """Report statistics to the leader (JSON)."""
