@@ -327,6 +327,25 @@ def test_inference_ranks_serve_every_policy_in_batches_of_its_own(
     assert "policy_versions={'red': " in _role_line(proc.stderr, 3, "inference")
 
 
+def test_inference_ranks_carry_each_policys_own_recurrent_state(
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+) -> None:
+    """An LSTM learner (agents 0 and 2) and a frozen GRU (agent 1) on one inference rank: each keeps its layout."""
+
+    def rnn(kind: str) -> dict[str, Any]:
+        return {"type_": "actor-critic-separate", "args": {**AC["args"], "num_rnn_layers": 1, "rnn_type": kind}}
+
+    run = tmp_path / "rnn"
+    agents = [{"match": "0|2", "policy": "red"}, {"match": ".*", "policy": "blue"}]
+    data = _config(run, ("red",), policies={"red": rnn("lstm"), "blue": rnn("gru")}, agents=agents)
+    data["environment"]["args"]["n_agents"] = 3
+    data["layout"] = {"inference": 1}
+    proc, summary = _run(clean_env, mpiexec, data, 4, tmp_path)
+    assert proc.returncode == 0 and summary is not None, explain(proc)
+    assert summary["policy_versions"]["red"] > 0 and summary["policy_versions"]["blue"] == 0
+    assert _agents_seen(run, 0) == {"red": {0.0, 2.0}}
+
+
 def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
     tmp_path: Path, clean_env: dict[str, str], mpiexec: str
 ) -> None:
