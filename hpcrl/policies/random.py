@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from hpcrl.api.data import RolloutRequest, RolloutResult, SampleBatch
-from hpcrl.api.environment import Action
+from hpcrl.api.environment import AVAILABLE_ACTION, Action
 from hpcrl.api.policy import Policy
 from hpcrl.policies.actor_critic import RolloutAnalysis
 
@@ -23,11 +23,16 @@ _BLOCK = 1024
 
 
 class RandomPolicy(Policy):
-    """Uniformly random actions; ``is_evaluation`` rows get the all-zero action.
+    """Uniformly random actions; ``is_evaluation`` rows get the all-zero action (the first legal one, masked).
 
     Discrete actions are int64 ``(B,)`` in ``[0, n)``, multi-discrete int64 ``(B, k)``,
     continuous float32 ``(B, dim)`` uniform in ``[-1, 1]``. The analysed result carries the
     uniform log-probability and a zero value.
+
+    With an observation field ``available_action`` (one 0/1 or bool entry per action; for multi-discrete
+    actions the choices of component 0 first, then component 1, ...), each (component's) action is drawn
+    uniformly among the legal ones and the log-probability is that of this masked draw. A row (or
+    component) with no legal action draws among all.
 
     Args:
         action_dim: number of actions, a list of choices per component, or the number of
@@ -71,8 +76,8 @@ class RandomPolicy(Policy):
     def rollout(self, request: RolloutRequest, **kwargs: Any) -> RolloutResult:
         """Random actions for every row of ``request``.
 
-        The analysed result (uniform log-probability, zero value) is the same for every call with the
-        same batch size: it is built once per size and returned read-only.
+        Without a mask, the analysed result (uniform log-probability, zero value) is the same for every
+        call with the same batch size: it is built once per size and returned read-only.
         """
         leaves = request.obs.leaves() if request.obs is not None else []
         if leaves:
@@ -81,11 +86,23 @@ class RandomPolicy(Policy):
             if request.is_evaluation is None:
                 raise ValueError("RandomPolicy.rollout: cannot tell the batch size (no obs leaves)")
             b = int(np.shape(request.is_evaluation)[0])
-        x = self._draw(b)
-        if request.is_evaluation is not None:
-            ev = np.asarray(request.is_evaluation, bool).reshape(b)
-            if ev.any():
+        ev = np.asarray(request.is_evaluation, bool).reshape(b) if request.is_evaluation is not None else None
+        obs = request.obs
+        if obs is not None and not self.continuous_action and AVAILABLE_ACTION in obs:
+            x, log_prob = self._masked(np.asarray(obs[AVAILABLE_ACTION]), b, ev)
+            analysis = [log_prob, np.zeros((b, 1), np.float32)]
+        else:
+            x = self._draw(b)
+            if ev is not None and ev.any():
                 x[ev] = 0
+            analysis = self._uniform_analysis(b)
+        return RolloutResult._build(
+            _RESULT_KEYS,
+            [Action._build(_ACTION_KEYS, [x]), request.policy_state, RolloutAnalysis._build(_ANALYSIS_KEYS, analysis)],
+        )
+
+    def _uniform_analysis(self, b: int) -> list[np.ndarray]:
+        """The read-only (uniform log-probability, zero value) of ``b`` rows, built once per batch size."""
         analysis = self._analysis.get(b)
         if analysis is None:
             if len(self._analysis) >= 64:
@@ -93,10 +110,40 @@ class RandomPolicy(Policy):
             log_prob, value = np.full((b, 1), self._log_prob, np.float32), np.zeros((b, 1), np.float32)
             log_prob.flags.writeable = value.flags.writeable = False
             analysis = self._analysis[b] = [log_prob, value]
-        return RolloutResult._build(
-            _RESULT_KEYS,
-            [Action._build(_ACTION_KEYS, [x]), request.policy_state, RolloutAnalysis._build(_ANALYSIS_KEYS, analysis)],
-        )
+        return analysis
+
+    def _segments(self) -> list[int]:
+        return self._nvec if self._nvec is not None else [self._n]
+
+    def _masked(self, mask: np.ndarray, b: int, ev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Actions drawn uniformly among the legal ones of ``mask`` ``(b, logits)``, and their log-probability.
+
+        Raises:
+            ValueError: the mask's shape is not ``(b, logits)``.
+        """
+        sizes = self._segments()
+        if mask.shape != (b, sum(sizes)):
+            raise ValueError(
+                f"RandomPolicy: observation field {AVAILABLE_ACTION!r} has shape {mask.shape}, expected "
+                f"{(b, sum(sizes))} (one 0/1 entry per action, action_dim={self._nvec or self._n})"
+            )
+        legal = mask.astype(bool)
+        cols: list[np.ndarray] = []
+        log_prob = np.zeros(b, np.float64)
+        start = 0
+        for n in sizes:
+            seg = legal[:, start : start + n]
+            seg = np.where(seg.any(axis=1, keepdims=True), seg, True)  # no legal choice: draw among all
+            count = seg.sum(axis=1)
+            pick = np.minimum((self._rng.random(b) * count).astype(np.int64), count - 1)  # k-th legal choice
+            choice = (np.cumsum(seg, axis=1) <= pick[:, None]).sum(axis=1)
+            if ev is not None and ev.any():
+                choice[ev] = seg[ev].argmax(axis=1)  # the first legal choice
+            cols.append(choice.astype(np.int64))
+            log_prob -= np.log(count)
+            start += n
+        x = cols[0] if self._nvec is None else np.stack(cols, axis=1)
+        return x, log_prob.astype(np.float32)[:, None]
 
     def _draw(self, b: int) -> np.ndarray:
         """``b`` fresh random actions, taken from a block drawn ahead (one generator call per block)."""
@@ -114,11 +161,21 @@ class RandomPolicy(Policy):
         return self._block[pos : pos + b].copy()
 
     def analyze(self, sample: SampleBatch, target: str = "ppo", **kwargs: Any) -> RolloutAnalysis:
-        """The uniform log-probability and zero value for every ``(T + 1, B)`` row (numpy ``(T + 1, B, 1)``)."""
+        """The log-probability of a (masked) uniform draw and zero value per ``(T + 1, B)`` row (``(T + 1, B, 1)``)."""
         leaf = next((leaf for _, leaf in sample.flat_items()), None)
         if leaf is None or np.ndim(leaf) < 2:
             raise ValueError("RandomPolicy.analyze: the sample has no (T + 1, B, ...) leaves")
         shape = (*np.shape(leaf)[:2], 1)
+        obs = sample.obs
+        if obs is not None and not self.continuous_action and AVAILABLE_ACTION in obs:
+            legal = np.asarray(obs[AVAILABLE_ACTION]).astype(bool)
+            log_prob = np.zeros(shape[:2], np.float64)
+            start = 0
+            for n in self._segments():
+                count = legal[..., start : start + n].sum(axis=-1)
+                log_prob -= np.log(np.where(count > 0, count, n))  # no legal choice: drawn among all
+                start += n
+            return RolloutAnalysis(log_prob=log_prob.astype(np.float32)[..., None], value=np.zeros(shape, np.float32))
         return RolloutAnalysis(log_prob=np.full(shape, self._log_prob, np.float32), value=np.zeros(shape, np.float32))
 
     def get_checkpoint(self) -> dict[str, Any]:

@@ -270,3 +270,34 @@ def test_checker_refuses_mask_values_and_shapes():
         match=r"'available_action': expected shape \(4,\) \(one entry per action of Discrete\(4\)\), got \(3,\)",
     ):
         chk2.check([good], "reset")
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.uint8])
+def test_the_random_policy_draws_uniformly_among_legal_actions(dtype):
+    """1e5 draws: only legal actions, each about equally often; the log-prob is the masked draw's."""
+    from hpcrl.policies.random import RandomPolicy
+
+    n = 100_000
+    mask = np.zeros((n, 5), dtype)
+    mask[:, [1, 3, 4]] = 1
+    mask[0] = 0  # no legal action: drawn among all
+    obs = NamedArray(obs=np.zeros((n, 2), np.float32), available_action=mask)
+    is_eval = np.zeros((n, 1), bool)
+    is_eval[1] = True
+    out = RandomPolicy(action_dim=5, seed=7).rollout(RolloutRequest(obs=obs, is_evaluation=is_eval))
+    x, lp = out.action.x, out.analyzed_result.log_prob[:, 0]
+    counts = np.bincount(x[2:], minlength=5)
+    assert counts[[0, 2]].sum() == 0 and np.allclose(counts[[1, 3, 4]] / (n - 2), 1 / 3, atol=0.01)
+    assert x[1] == 1  # an evaluation row takes the first legal action
+    assert lp[0] == pytest.approx(-np.log(5)) and np.allclose(lp[1:], -np.log(3))
+    sample = SampleBatch(obs=NamedArray(obs=np.zeros((2, n, 2), np.float32), available_action=np.stack([mask, mask])))
+    again = RandomPolicy(action_dim=5).analyze(sample).log_prob[..., 0]
+    assert np.allclose(again, np.stack([lp, lp]))
+
+    multi = np.array([[1, 0, 0, 1, 1]] * 30_000, dtype)  # components of 2 and 3 choices
+    obs = NamedArray(obs=np.zeros((30_000, 2), np.float32), available_action=multi)
+    out = RandomPolicy(action_dim=[2, 3], seed=7).rollout(RolloutRequest(obs=obs))
+    assert np.all(out.action.x[:, 0] == 0) and set(np.unique(out.action.x[:, 1])) == {1, 2}
+    assert np.allclose(out.analyzed_result.log_prob, -np.log(2))
+    with pytest.raises(ValueError, match=r"'available_action' has shape \(30000, 5\), expected \(30000, 6\)"):
+        RandomPolicy(action_dim=6).rollout(RolloutRequest(obs=obs))
