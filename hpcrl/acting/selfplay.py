@@ -33,12 +33,14 @@ WIN, DRAW, LOSS = 1, 0, -1
 
 @dataclasses.dataclass
 class Snapshot:
-    """One entry of the pool: a frozen copy of the trained policy's weights."""
+    """One entry of the pool: a frozen copy of the trained policy's weights (or a fixed opponent)."""
 
     index: int
-    """Snapshots taken before this one in the run (0 = the weights the run started from)."""
+    """Snapshots taken before this one in the run (0 = the weights the run started from); a fixed opponent
+    ``k`` has -1 - k."""
     version: int
-    """The trained policy's version when it was taken (the opponent version of its games)."""
+    """The trained policy's version when it was taken (the opponent version of its games); a fixed opponent
+    ``k`` has -1 - k (:func:`~hpcrl.api.selfplay_spec.fixed_opponent_version`)."""
     frames: int
     """The run's frames when it was taken."""
     policy: Policy
@@ -69,10 +71,24 @@ class SnapshotPool:
         every_frames: F, frames between snapshots.
         sample: ``uniform`` or ``latest_weighted`` (:func:`draw_probabilities`).
         seed: seeds the draws.
+        fixed: fixed opponents (frozen policies), drawn instead of a snapshot in a ``fixed_fraction`` of the
+            episodes, uniformly among them.
+        fixed_fraction: see ``fixed``.
     """
 
-    def __init__(self, build: Callable[[], Policy], size: int, every_frames: int, sample: str, seed: int) -> None:
+    def __init__(
+        self,
+        build: Callable[[], Policy],
+        size: int,
+        every_frames: int,
+        sample: str,
+        seed: int,
+        fixed: list[Policy] | None = None,
+        fixed_fraction: float = 0.0,
+    ) -> None:
         self.build = build
+        self.fixed = [Snapshot(-1 - k, -1 - k, 0, p) for k, p in enumerate(fixed or [])]
+        self.fixed_fraction = float(fixed_fraction)
         self.size = int(size)
         self.every = int(every_frames)
         self.sample = sample
@@ -115,7 +131,15 @@ class SnapshotPool:
             return self.build()
 
     def draw(self) -> Snapshot:
-        """One snapshot for a new episode, drawn as ``sample`` says; the caller holds it until :meth:`release`."""
+        """One opponent for a new episode; the caller holds it until :meth:`release`.
+
+        A fixed opponent (uniformly among them) with probability ``fixed_fraction``, else a snapshot drawn as
+        ``sample`` says.
+        """
+        if self.fixed and self.rng.random() < self.fixed_fraction:
+            snap = self.fixed[int(self.rng.integers(len(self.fixed)))]
+            snap.holders += 1
+            return snap
         n = len(self.entries)
         k = int(self.rng.choice(n, p=draw_probabilities(n, self.sample))) if n > 1 else 0
         snap = self.entries[k]
@@ -125,7 +149,7 @@ class SnapshotPool:
     def release(self, snap: Snapshot) -> None:
         """An episode that played ``snap`` ended; an evicted snapshot's memory is reused once nobody holds it."""
         snap.holders -= 1
-        if snap.holders == 0 and all(e is not snap for e in self.entries):
+        if snap.holders == 0 and snap.index >= 0 and all(e is not snap for e in self.entries):
             self._spare.append(snap.policy)
 
     @property
@@ -246,6 +270,8 @@ class SelfPlayRing(PolicyRing):
         for key in self.held:
             self.held[key] = snap
         snap.holders = len(self.held)
+        for fixed in self.pool.fixed:
+            fixed.holders = 0
 
     def pop_games(self) -> list[Game]:
         """Self-play games finished since the last call."""

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from hpcrl.api.errors import ConfigError
 
-__all__ = ["SelfPlay", "check_selfplay", "agent_owners", "pool_part_name", "is_opponent"]
+__all__ = ["SelfPlay", "check_selfplay", "agent_owners", "pool_part_name", "is_opponent", "fixed_opponent_version"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,22 @@ class SelfPlay:
     """How an episode's opponent snapshot is drawn from the pool of n snapshots: ``uniform`` = each with
     probability 1/n; ``latest_weighted`` = the i-th oldest (i = 1 .. n) with probability i / (n (n + 1) / 2),
     so the newest is n times as likely as the oldest."""
+    fixed_opponents: list[str] = field(default_factory=list)
+    """Frozen policies (keys of ``policies`` without a trainer, e.g. a ``random`` one) that also play the
+    opponent agents, in a ``fixed_fraction`` of the episodes; they need not act for any agent otherwise. Their
+    results must have the self-play policy's layout (its action, state and analysed-result fields)."""
+    fixed_fraction: float = field(default=0.0, metadata={"ge": 0.0, "gt": None, "le": 1.0})
+    """The probability that an episode's opponents are a fixed opponent (drawn uniformly among
+    ``fixed_opponents``) instead of a snapshot from the pool; 0 with no fixed opponents."""
+
+
+def fixed_opponent_version(k: int) -> int:
+    """The opponent version that names fixed opponent ``k`` in the score, the trace and the summary: -1 - k.
+
+    >>> fixed_opponent_version(0), fixed_opponent_version(2)
+    (-1, -3)
+    """
+    return -1 - k
 
 
 def pool_part_name(policy: str) -> str:
@@ -57,7 +73,9 @@ def check_selfplay(cfg: Any) -> None:
 
     Only with ``policies``; ``selfplay.policy`` names a policy that has a trainer; ``opponent_agents`` is a
     non-empty list of agent indices >= 0 and valid regular expressions; ``pool_size >= 1``;
-    ``snapshot_every_frames > 0``; no evaluation during training (``run.eval_episodes``, ``run.save_best``).
+    ``snapshot_every_frames > 0``; ``fixed_opponents`` are distinct frozen policies and come with a
+    ``fixed_fraction`` > 0 (and the other way round); no evaluation during training (``run.eval_episodes``,
+    ``run.save_best``).
     """
     sp = cfg.selfplay
     if sp is None:
@@ -76,6 +94,29 @@ def check_selfplay(cfg: Any) -> None:
         raise ConfigError(f"selfplay.pool_size: must be >= 1, got {sp.pool_size}")
     if sp.snapshot_every_frames <= 0:
         raise ConfigError(f"selfplay.snapshot_every_frames: must be > 0, got {sp.snapshot_every_frames}")
+    if not 0.0 <= sp.fixed_fraction <= 1.0:  # NaN fails too
+        raise ConfigError(f"selfplay.fixed_fraction: must be >= 0 and <= 1, got {sp.fixed_fraction!r}")
+    for i, name in enumerate(sp.fixed_opponents):
+        if name not in cfg.policies:
+            known = ", ".join(repr(n) for n in cfg.policies)
+            raise ConfigError(f"selfplay.fixed_opponents[{i}]: unknown policy {name!r}; expected one of: {known}")
+        if name in cfg.trainers:
+            raise ConfigError(
+                f"selfplay.fixed_opponents[{i}]: policy {name!r} has a trainer (trainers.{name}); a fixed opponent "
+                "is a frozen policy"
+            )
+    if len(set(sp.fixed_opponents)) != len(sp.fixed_opponents):
+        raise ConfigError(f"selfplay.fixed_opponents: a policy is listed twice in {sp.fixed_opponents}")
+    if sp.fixed_fraction > 0 and not sp.fixed_opponents:
+        raise ConfigError(
+            f"selfplay.fixed_fraction: {sp.fixed_fraction} needs fixed_opponents (frozen policies that play the "
+            "opponent agents in that share of the episodes)"
+        )
+    if sp.fixed_opponents and sp.fixed_fraction == 0:
+        raise ConfigError(
+            "selfplay.fixed_fraction: 0 with fixed_opponents, which would never play; give the share of the "
+            "episodes they play (0 < fixed_fraction <= 1)"
+        )
     if cfg.run.eval_episodes or cfg.run.save_best:
         key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
         raise ConfigError(

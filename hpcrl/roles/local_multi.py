@@ -113,8 +113,9 @@ def resolve_policies(cfg: config.ExperimentConfig) -> tuple[config.ExperimentCon
             resolved[name] = dataclasses.replace(entry, args=spec.args)
     finally:
         env.close()
+    fixed = set(cfg.selfplay.fixed_opponents) if cfg.selfplay is not None else set()
     for name in cfg.policies:
-        if name not in names:
+        if name not in names and name not in fixed:
             log.warning("policy %r acts for no agent of env %s (agent_count %d): it is never used", name, label, agents)
     return dataclasses.replace(cfg, policies=resolved), names
 
@@ -412,6 +413,8 @@ def make_multi_ring(
             sp.snapshot_every_frames,
             sp.sample,
             cfg.experiment.seed + actor_index,
+            fixed=[policies[order.index(n)] for n in sp.fixed_opponents],
+            fixed_fraction=sp.fixed_fraction,
         )
         pool.take(policies[learner], 0)  # replaced by the restored weights' snapshot once the run has resumed
         extra = {"ring_class": SelfPlayRing, "ring_args": {"pool": pool, "learner_part": learner}}
@@ -649,6 +652,7 @@ class _SelfPlay:
         self.pool = ring.pool
         self.learner = next(s for s in slots if s.name == cfg.selfplay.policy)
         self.opponent_part = len(slots)
+        self.fixed = list(cfg.selfplay.fixed_opponents)
         self.trace = trace
         self.progress = progress
         self.board = Scoreboard()
@@ -685,16 +689,7 @@ class _SelfPlay:
 
     def summary(self) -> dict[str, Any]:
         """The run summary's self-play entries."""
-        rates = self.board.rates() or {}
-        table = self.board.table()
-        return {
-            "selfplay_games": self.board.games,
-            "selfplay_win_rate_last_100": rates.get("win"),
-            "selfplay_draw_rate_last_100": rates.get("draw"),
-            "selfplay_loss_rate_last_100": rates.get("loss"),
-            "selfplay_pool_versions": self.pool.versions,
-            "selfplay_vs_pool": {v: table[v] for v in self.pool.versions if v in table},
-        }
+        return selfplay_summary(self.board, self.pool.versions, self.fixed)
 
 
 class _Evaluation:
@@ -743,3 +738,26 @@ class _Evaluation:
             self.tracker.record(result)
         if self.trace is not None:
             self.trace.add_time("evaluation", time.perf_counter() - t0)
+
+
+def selfplay_summary(board: Any, pool: list[int], fixed: list[str]) -> dict[str, Any]:
+    """The run summary's self-play entries, from the score and the pool's versions.
+
+    Args:
+        board: the :class:`~hpcrl.acting.selfplay.Scoreboard`.
+        pool: the versions in the pool (oldest first).
+        fixed: the names of ``selfplay.fixed_opponents`` (fixed opponent ``k`` scores as version -1 - k).
+    """
+    rates = board.rates() or {}
+    table = board.table()
+    out = {
+        "selfplay_games": board.games,
+        "selfplay_win_rate_last_100": rates.get("win"),
+        "selfplay_draw_rate_last_100": rates.get("draw"),
+        "selfplay_loss_rate_last_100": rates.get("loss"),
+        "selfplay_pool_versions": pool,
+        "selfplay_vs_pool": {v: table[v] for v in pool if v in table},
+    }
+    if fixed:
+        out["selfplay_vs_fixed"] = {n: table.get(-1 - k) for k, n in enumerate(fixed)}
+    return out

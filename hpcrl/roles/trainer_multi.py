@@ -38,7 +38,7 @@ from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import policy_params_tag
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
-from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view
+from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view, selfplay_summary
 from hpcrl.runtime import components
 
 if TYPE_CHECKING:
@@ -353,18 +353,10 @@ class Group:
 
     def _selfplay_summary(self, finals: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """(Rank 0) The run summary's self-play entries; the pool is the first actor's (each actor keeps its own)."""
-        rates = self.board.rates() or {}
-        table = self.board.table()
+        assert self.cfg.selfplay is not None
         first = finals.get(self.ctx.topo.actors[0], {})
         pool = [int(v) for v in first.get("selfplay_pool_versions", [])]
-        return {
-            "selfplay_games": self.board.games,
-            "selfplay_win_rate_last_100": rates.get("win"),
-            "selfplay_draw_rate_last_100": rates.get("draw"),
-            "selfplay_loss_rate_last_100": rates.get("loss"),
-            "selfplay_pool_versions": pool,
-            "selfplay_vs_pool": {v: table[v] for v in pool if v in table},
-        }
+        return selfplay_summary(self.board, pool, list(self.cfg.selfplay.fixed_opponents))
 
     def summary(self, rank: TrainerRank, finals: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """(Rank 0) The run summary's per-policy entries: versions, mean returns, newest checkpoints."""

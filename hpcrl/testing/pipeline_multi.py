@@ -56,7 +56,8 @@ def _resolve(cfg: config.ExperimentConfig, max_frames: int) -> tuple[config.Expe
         cfg, names = resolve_policies(cfg)
     except config.ConfigError as e:
         raise PipelineError(str(e)) from e
-    unused = [n for n in cfg.policies if n not in names]
+    fixed = set(cfg.selfplay.fixed_opponents) if cfg.selfplay is not None else set()
+    unused = [n for n in cfg.policies if n not in names and n not in fixed]
     if unused:
         raise PipelineError(
             f"policies.{unused[0]}: policy {unused[0]!r} acts for no agent of env "
