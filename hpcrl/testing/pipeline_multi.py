@@ -161,12 +161,15 @@ def _train(s: _Checked) -> None:
             )
 
 
-def _missing(checked: list[_Checked], frames: int, episodes: int, trainer_steps: int) -> str | None:
-    """What the run still lacks (per policy), or None when every policy is done."""
+def _missing(checked: list[_Checked], frames: int, episodes: int, trainer_steps: int, acting: set[str]) -> str | None:
+    """What the run still lacks (per policy), or None when every policy is done.
+
+    A policy not in ``acting`` (a self-play fixed opponent that acts for no agent) needs no episodes.
+    """
     lacking = []
     for s in checked:
         what = []
-        if len(s.returns) < episodes:
+        if len(s.returns) < episodes and s.name in acting:
             what.append(f"{len(s.returns)}/{episodes} episodes")
         if s.trained and s.learner.steps < trainer_steps:
             what.append(f"{s.learner.steps}/{trainer_steps} trainer steps")
@@ -230,6 +233,7 @@ def test_multi_pipeline(
     from hpcrl.acting.env_ring import PolicyResultError
     from hpcrl.comm.params import published_copy
     from hpcrl.roles.local_multi import make_multi_ring
+    from hpcrl.testing import roundtrip
 
     if not cfg.multi_policy:
         raise PipelineError("test_multi_pipeline needs a multi-policy config (policies, trainers, agents)")
@@ -244,9 +248,10 @@ def test_multi_pipeline(
         sizes = [cfg.training.batch_size or max(1, ring.part_slots(i)) for i in range(len(policies))]
         checked = _learners(cfg, built, sizes)
         learner_of_play = next((s for s in checked if play is not None and s.name == play.policy), None)
+        fixed_checked = [s for s in checked if play is not None and s.name in play.fixed_opponents]
         n = len(checked)
         while True:
-            missing = _missing(checked, ring.frames, episodes, trainer_steps)
+            missing = _missing(checked, ring.frames, episodes, trainer_steps, set(names))
             if missing is None:
                 break
             if ring.frames >= max_frames:
@@ -257,6 +262,9 @@ def test_multi_pipeline(
                 if request is None:
                     results.append(None)
                 elif p == n:  # self-play's opponent agents: each env's snapshot of the self-play policy
+                    for fixed in fixed_checked:  # a fixed opponent plays these agents: probe it with their rows
+                        if fixed.probe is None:
+                            fixed.probe = roundtrip.evaluation_request(request)
                     try:
                         results.append(ring.act_opponents(0, request))  # type: ignore[attr-defined]
                     except Exception as e:

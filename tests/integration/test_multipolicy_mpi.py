@@ -352,11 +352,14 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
     """Self-play under mpiexec: each actor plays snapshots of the weights it received; rank 0 keeps the score.
 
     Agent 1 is the opponent: its rows never reach the trainer; every game is in rank 0's ``/selfplay`` trace;
-    a resumed run's pools start from the restored weights (no game against an older version after it).
+    a frozen random policy plays a quarter of the games (a fixed opponent); a resumed run's pools start from
+    the restored weights (no game against an older snapshot after it).
     """
     run = tmp_path / "selfplay"
-    data = _config(run, ("red",), policies={"red": dict(AC)}, agents=[{"match": 0, "policy": "red"}])
+    policies = {"red": dict(AC), "rnd": {"type_": "random", "args": {"action_dim": 2}}}
+    data = _config(run, ("red",), policies=policies, agents=[{"match": 0, "policy": "red"}])
     data["selfplay"] = {"policy": "red", "opponent_agents": [1], "pool_size": 3, "snapshot_every_frames": 160}
+    data["selfplay"].update(fixed_opponents=["rnd"], fixed_fraction=0.25)  # rank 0 publishes the frozen rnd
     proc, first = _run(clean_env, mpiexec, data, 3, tmp_path, "run.stop_at_frames=600")
     assert proc.returncode == 0 and first is not None, explain(proc)
     assert _agents_seen(run, 0) == {"red": {0.0}}  # the opponent's rows were dropped on the actors
@@ -364,6 +367,8 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
     n = len(games["outcome"])
     assert n == first["selfplay_games"] > 0 and first["episodes"] - 4 <= n <= first["episodes"]
     assert np.all(games["opponent_version"] <= games["learner_version"]) and games["opponent_version"].max() > 0
+    fixed = int((games["opponent_version"] == -1).sum())  # the fixed opponent's games: about a quarter
+    assert fixed == first["selfplay_vs_fixed"]["rnd"]["games"] and 0.1 * n < fixed < 0.45 * n
     assert 2 <= len(first["selfplay_pool_versions"]) <= 3
     assert {int(v) for v in first["selfplay_vs_pool"]} <= set(first["selfplay_pool_versions"])  # JSON keys
     for actor in (1, 2):  # each actor keeps a pool of its own (of the newest 3 snapshots)
@@ -375,7 +380,8 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
     assert proc.returncode == 0 and second is not None, explain(proc)
     games = read_trace(run / "traces" / "rank-0000.r1.h5")["selfplay"]  # the resumed run's trace
     assert len(games["outcome"]) == second["selfplay_games"] > 0
-    assert games["opponent_version"].min() == restored, explain(proc)
+    snapshots = games["opponent_version"][games["opponent_version"] >= 0]
+    assert snapshots.min() == restored, explain(proc)
 
 
 REFUSALS = [

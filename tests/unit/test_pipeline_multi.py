@@ -114,6 +114,12 @@ def test_selfplay_experiment_is_checked_with_its_pool(tmp_path: Path) -> None:
     assert out["trainer_steps"] == {"learner": 2} and set(out["episodes"]) == {"learner"}
     assert out["selfplay_games"] >= 2
 
+    # a frozen random fixed opponent acts for no agent: it is checked on the opponent agents' rows
+    data["policies"]["rnd"] = {"type_": "random", "args": {"action_dim": 2}}
+    data["selfplay"] = {**sp, "fixed_opponents": ["rnd"], "fixed_fraction": 0.5}
+    out = test_pipeline(config.from_dict(data), episodes=2, trainer_steps=2)
+    assert out["episodes"]["rnd"] == 0 and out["policy_versions"]["rnd"] == 0 and out["selfplay_games"] >= 2
+
 
 def test_a_policy_that_does_not_fit_the_env_obs_is_named(tmp_path: Path) -> None:
     bad = {**AC, "args": {**AC["args"], "obs_dim": {"obs": 5}}}

@@ -257,6 +257,52 @@ def test_draws_follow_the_documented_rule(sample: str) -> None:
     assert np.abs(counts / n - expected).max() < 0.015  # 4 standard errors at most, for a fixed seed
 
 
+def test_fixed_opponents_are_drawn_in_their_share_and_never_recycled() -> None:
+    """fixed_fraction of the draws go to the fixed opponents (uniformly); their policies are never overwritten."""
+    fixed = [_policy(100), _policy(200)]
+    pool = SnapshotPool(VersionPolicy, size=2, every_frames=1, sample="uniform", seed=3, fixed=fixed,
+                        fixed_fraction=0.3)  # fmt: skip
+    pool.take(_policy(0), 0)
+    n = 20_000
+    versions = []
+    for i in range(n):
+        snap = pool.draw()
+        versions.append(snap.version)
+        pool.release(snap)
+        if i % 1000 == 0:
+            pool.take(_policy(i // 1000 + 1), i)  # evictions meanwhile: spare memory is reused
+    v = np.asarray(versions)
+    assert abs(np.mean(v == -1) - 0.15) < 0.01 and abs(np.mean(v == -2) - 0.15) < 0.01  # 4 standard errors
+    assert [float(p.weights["w"][0]) for p in fixed] == [100.0, 200.0]  # never a snapshot's target
+    assert all(e.policy not in fixed for e in pool.entries) and all(p not in fixed for p in pool._spare)
+    assert [(f.index, f.version) for f in pool.fixed] == [(-1, -1), (-2, -2)]
+
+
+def test_fixed_opponent_config_rules() -> None:
+    def with_fixed(**sp: Any) -> dict[str, Any]:
+        data = _data(**sp)
+        data["policies"]["rnd"] = {"type_": "random", "args": {"action_dim": 2}}
+        return data
+
+    cfg = config.from_dict(with_fixed(fixed_opponents=["rnd"], fixed_fraction=0.25))
+    assert cfg.selfplay is not None and cfg.selfplay.fixed_opponents == ["rnd"]
+    assert config.from_dict(yaml.safe_load(config.dump(cfg))) == cfg
+    assert _error(with_fixed(fixed_opponents=["nope"], fixed_fraction=0.2)).startswith(
+        "selfplay.fixed_opponents[0]: unknown policy 'nope'"
+    )
+    assert _error(with_fixed(fixed_opponents=["learner"], fixed_fraction=0.2)).startswith(
+        "selfplay.fixed_opponents[0]: policy 'learner' has a trainer (trainers.learner)"
+    )
+    assert _error(with_fixed(fixed_opponents=["rnd", "rnd"], fixed_fraction=0.2)).startswith(
+        "selfplay.fixed_opponents: a policy is listed twice"
+    )
+    assert _error(with_fixed(fixed_fraction=0.2)).startswith("selfplay.fixed_fraction: 0.2 needs fixed_opponents")
+    assert _error(with_fixed(fixed_opponents=["rnd"])).startswith("selfplay.fixed_fraction: 0 with fixed_opponents")
+    for bad in (1.5, -0.1, float("nan")):
+        message = _error(with_fixed(fixed_opponents=["rnd"], fixed_fraction=bad))
+        assert message.startswith("selfplay.fixed_fraction: must be >= 0 and <= 1"), message
+
+
 # ---------------------------------------------------------------- the ring
 def _ring(pool: SnapshotPool, envs: int = 2, groups: int = 1, **data: Any) -> SelfPlayRing:
     parts = [PartSpec("learner", None), PartSpec("learner@pool", None)]
@@ -361,6 +407,20 @@ def test_a_selfplay_run_never_trains_on_opponent_rows(tmp_path: Path) -> None:
     assert (sp["opponent_version"] <= sp["learner_version"]).all()
     # the episodes table holds the learner's and the opponents' episodes
     assert len(trace["episodes"]["return"]) == 2 * summary["selfplay_games"]
+
+
+def test_a_fixed_opponent_plays_its_share_of_the_games(tmp_path: Path) -> None:
+    """A frozen random policy as a fixed opponent: it acts for no agent otherwise, plays about half the games."""
+    data = _data(tmp_path / "run", total=1280, fixed_opponents=["rnd"], fixed_fraction=0.5)
+    data["policies"]["rnd"] = {"type_": "random", "args": {"action_dim": 2}}
+    summary = run_local(config.from_dict(data))
+    assert summary["selfplay_games"] == 1280 // 4 - 2
+    fixed = summary["selfplay_vs_fixed"]["rnd"]
+    assert 0.35 < fixed["games"] / summary["selfplay_games"] < 0.65
+    games = read_trace(next((tmp_path / "run" / "traces").glob("rank-*.h5")))["selfplay"]
+    assert int((games["opponent_version"] == -1).sum()) == fixed["games"]
+    assert set(games["opponent_index"][games["opponent_version"] == -1].tolist()) == {-1}
+    assert summary["policy_versions"]["rnd"] == 0 and summary["mean_return_by_policy"]["rnd"] is None
 
 
 def test_resume_restarts_the_pool_from_the_restored_weights(tmp_path: Path) -> None:
