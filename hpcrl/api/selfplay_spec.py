@@ -74,8 +74,8 @@ def check_selfplay(cfg: Any) -> None:
     Only with ``policies``; ``selfplay.policy`` names a policy that has a trainer; ``opponent_agents`` is a
     non-empty list of agent indices >= 0 and valid regular expressions; ``pool_size >= 1``;
     ``snapshot_every_frames > 0``; ``fixed_opponents`` are distinct frozen policies and come with a
-    ``fixed_fraction`` > 0 (and the other way round); no evaluation during training (``run.eval_episodes``,
-    ``run.save_best``).
+    ``fixed_fraction`` > 0 (and the other way round); evaluation during training (``run.eval_episodes``,
+    ``run.save_best``) only with a fixed opponent to play.
     """
     sp = cfg.selfplay
     if sp is None:
@@ -117,12 +117,12 @@ def check_selfplay(cfg: Any) -> None:
             "selfplay.fixed_fraction: 0 with fixed_opponents, which would never play; give the share of the "
             "episodes they play (0 < fixed_fraction <= 1)"
         )
-    if cfg.run.eval_episodes or cfg.run.save_best:
+    if (cfg.run.eval_episodes or cfg.run.save_best) and not sp.fixed_opponents:
         key = "run.eval_episodes" if cfg.run.eval_episodes else "run.save_best"
         raise ConfigError(
-            f"{key}: evaluation during training is not supported in self-play runs (their opponents are "
-            "snapshots, not a fixed opponent); evaluate a checkpoint against a fixed opponent with "
-            "python -m hpcrl.evaluate"
+            f"{key}: a self-play run evaluates against its first fixed opponent, and this one has none; give "
+            "selfplay.fixed_opponents (e.g. a frozen random policy), or evaluate a checkpoint against a fixed "
+            "opponent with python -m hpcrl.evaluate"
         )
     if not sp.opponent_agents:
         raise ConfigError("selfplay.opponent_agents: empty; list the agents that play the pool's snapshots")

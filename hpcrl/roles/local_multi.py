@@ -31,7 +31,7 @@ from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
 from hpcrl.api import config
 from hpcrl.api.environment import make as make_env
-from hpcrl.api.policy import Policy, check_rollout_result
+from hpcrl.api.policy import Policy, RolloutRequest, check_rollout_result
 from hpcrl.api.selfplay_spec import agent_owners, pool_part_name
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
@@ -374,6 +374,7 @@ def make_multi_ring(
 
     With ``selfplay`` the ring is a :class:`~hpcrl.acting.selfplay.SelfPlayRing` whose pool holds one snapshot
     of the self-play policy's current weights; its opponent part is the last one (index ``len(cfg.policies)``).
+    An evaluation ring of a self-play run has that part too, without a pool: the caller acts for it.
 
     Args:
         cfg: the resolved multi-policy experiment (:func:`resolve_policies`).
@@ -397,7 +398,11 @@ def make_multi_ring(
     assert defaults is not None
     parts = [PartSpec(n, d) for n, d in zip(order, defaults)]
     extra: dict[str, Any] = {}
-    if cfg.selfplay is not None:  # the opponent agents are one more part, acted by the pool's snapshots
+    if cfg.selfplay is not None and evaluation:  # the opponent agents are one more part, acted by the caller
+        learner = order.index(cfg.selfplay.policy)
+        order.append(pool_part_name(cfg.selfplay.policy))
+        parts.append(PartSpec(order[-1], defaults[learner]))
+    elif cfg.selfplay is not None:  # the opponent agents are one more part, acted by the pool's snapshots
         from hpcrl.acting.selfplay import SelfPlayRing, SnapshotPool
 
         assert policies is not None
@@ -453,9 +458,11 @@ def evaluate_policies(
 
     A fresh evaluation ring (:func:`~hpcrl.acting.evaluation.eval_config`: its own seeds, every request
     ``is_evaluation``) steps until the first trained policy's agents finished ``run.eval_episodes`` episodes.
+    In a self-play run the opponent agents play the first of ``selfplay.fixed_opponents``, as in training
+    (their requests are not marked ``is_evaluation``: a random opponent stays random).
 
     Args:
-        cfg: the resolved multi-policy experiment (no self-play: config validation refuses it).
+        cfg: the resolved multi-policy experiment.
         names: the policy name of every agent index.
         policies: the policies, in ``policies`` order (not updated meanwhile).
         labels: name each policy in the errors of result checks.
@@ -470,11 +477,26 @@ def evaluate_policies(
 
     order = list(cfg.policies)
     shown = order.index(next(n for n in order if n in cfg.trainers))
+    acting = list(policies)
+    labels = list(labels)
+    if cfg.selfplay is not None:  # the opponent agents play the first fixed opponent (config rules ask for one)
+        fixed = order.index(cfg.selfplay.fixed_opponents[0])
+        acting.append(policies[fixed])
+        labels.append(f"{labels[fixed]} (fixed opponent)")
     ring = make_multi_ring(eval_config(cfg), names, policies, f"{where} (evaluation)", evaluation=True)
     try:
 
         def act(p: int, request: Any) -> tuple[Any, int]:
-            policy = policies[p]
+            policy = acting[p]
+            if p == len(order):  # the fixed opponent plays as in training (a random one stays random)
+                n = len(request)
+                unmarked = np.zeros((n, 1), np.bool_)
+                request = RolloutRequest(
+                    obs=request.obs,
+                    policy_state=request.policy_state,
+                    is_evaluation=unmarked,
+                    on_reset=request.on_reset,
+                )
             return check_rollout_result(policy.rollout(request), len(request), labels[p]), int(policy.version)
 
         done = run_multi_evaluation(ring, cfg.run.eval_episodes, act, shown, stopping)

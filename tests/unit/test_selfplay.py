@@ -21,8 +21,10 @@ from hpcrl.api.environment import Action, Environment, StepResult
 from hpcrl.api.environment import register as register_env
 from hpcrl.api.namedarray import NamedArray
 from hpcrl.api.policy import Policy
+from hpcrl.api.policy import register as register_policy
 from hpcrl.api.selfplay_spec import agent_owners
 from hpcrl.api.trainer import register as register_trainer
+from hpcrl.policies.random import RandomPolicy
 from hpcrl.roles.local import run_local
 from hpcrl.storage.trace import read_trace
 from tests.integration.indexed_env import RecordingPPO
@@ -173,12 +175,12 @@ def test_selfplay_config_rules_name_the_key_path() -> None:
     single = {k: v for k, v in _data().items() if k not in ("policies", "trainers", "agents")}
     single.update(policy=AC, trainer={"type_": "ppo"})
     assert _error(single).startswith("selfplay: only with policies")
-    for key, value in (("eval_episodes", 4), ("save_best", True)):
+    for key, value in (("eval_episodes", 4), ("save_best", True)):  # evaluation needs a fixed opponent
         evaluated = _data()
         evaluated["run"][key] = value
         message = _error(evaluated)
-        assert message.startswith(f"run.{key}: evaluation during training is not supported in self-play runs")
-        assert "python -m hpcrl.evaluate" in message
+        assert message.startswith(f"run.{key}: a self-play run evaluates against its first fixed opponent")
+        assert "selfplay.fixed_opponents" in message
 
 
 def test_opponent_agents_and_the_agents_mapping() -> None:
@@ -421,6 +423,36 @@ def test_a_fixed_opponent_plays_its_share_of_the_games(tmp_path: Path) -> None:
     assert int((games["opponent_version"] == -1).sum()) == fixed["games"]
     assert set(games["opponent_index"][games["opponent_version"] == -1].tolist()) == {-1}
     assert summary["policy_versions"]["rnd"] == 0 and summary["mean_return_by_policy"]["rnd"] is None
+
+
+class FirstActionPolicy(RandomPolicy):
+    """Acts 1 in every row, except 0 in rows marked ``is_evaluation`` (results laid out like the learner's)."""
+
+    def rollout(self, request: Any, **kwargs: Any) -> RolloutResult:
+        out = super().rollout(request, **kwargs)
+        out.action.x[:] = np.where(np.asarray(request.is_evaluation, bool).reshape(-1), 0, 1)  # type: ignore[union-attr]
+        return out
+
+
+register_policy("sp-test-first-action", FirstActionPolicy)
+
+
+def test_evaluation_plays_the_first_fixed_opponent_unmarked(tmp_path: Path) -> None:
+    """Evaluation in a self-play run: the learner's deterministic episodes against fixed opponent 0, which acts
+    as in training (its rows are not marked is_evaluation); nothing of it reaches the trainer."""
+    Duel.instances.clear()
+    RecordingPPO.seen.clear()
+    data = _data(tmp_path / "run", total=640, fixed_opponents=["fixed"], fixed_fraction=0.01)
+    data["policies"]["fixed"] = {"type_": "sp-test-first-action", "args": {"action_dim": 2}}
+    data["run"].update(eval_episodes=5, eval_envs=1, eval_every_frames=200, save_best=True)
+    summary = run_local(config.from_dict(data))
+    assert summary["evaluations"] == 3 and summary["last_eval_return_by_policy"]["learner"] is not None
+    # one eval env, fresh each time: the scripted Duel pays the learner 1, .5, -1, 2, 0 in episodes 0-4 -> 0.5
+    assert summary["last_eval_return"] == pytest.approx(0.5)
+    evals = [env for env in Duel.instances if len(env.log) in (5, 6)]  # the training envs play far more
+    assert len(evals) == 3 and all(a == 1 for env in evals for ep in env.log for a in ep)  # unmarked: action 1
+    assert (tmp_path / "run" / "checkpoints" / "learner" / "best.h5").is_file()
+    assert all(set(s.tolist()) == {0.0} for s in RecordingPPO.seen)
 
 
 def test_resume_restarts_the_pool_from_the_restored_weights(tmp_path: Path) -> None:
