@@ -24,7 +24,7 @@ from hpcrl.acting.env_ring import _Group
 from hpcrl.acting.policy_ring import PolicyRing, _rows_like
 from hpcrl.api.policy import Policy, RolloutRequest, RolloutResult, check_rollout_result
 
-__all__ = ["Snapshot", "SnapshotPool", "Game", "Scoreboard", "SelfPlayRing", "draw_probabilities"]
+__all__ = ["Snapshot", "SnapshotPool", "Game", "Scoreboard", "SelfPlayRing", "draw_probabilities", "selfplay_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -307,3 +307,26 @@ class SelfPlayRing(PolicyRing):
                 merged = _rows_like(res, n)
             merged[at] = res
         return merged, -1
+
+
+def selfplay_summary(board: Scoreboard, pool: list[int], fixed: list[str]) -> dict[str, Any]:
+    """The run summary's self-play entries, from the score and the pool's versions.
+
+    Args:
+        board: the :class:`Scoreboard`.
+        pool: the versions in the pool (oldest first).
+        fixed: the names of ``selfplay.fixed_opponents`` (fixed opponent ``k`` scores as version -1 - k).
+    """
+    rates = board.rates() or {}
+    table = board.table()
+    out: dict[str, Any] = {
+        "selfplay_games": board.games,
+        "selfplay_win_rate_last_100": rates.get("win"),
+        "selfplay_draw_rate_last_100": rates.get("draw"),
+        "selfplay_loss_rate_last_100": rates.get("loss"),
+        "selfplay_pool_versions": pool,
+        "selfplay_vs_pool": {v: table[v] for v in pool if v in table},
+    }
+    if fixed:
+        out["selfplay_vs_fixed"] = {n: table.get(-1 - k) for k, n in enumerate(fixed)}
+    return out

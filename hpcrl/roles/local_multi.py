@@ -711,6 +711,8 @@ class _SelfPlay:
 
     def summary(self) -> dict[str, Any]:
         """The run summary's self-play entries."""
+        from hpcrl.acting.selfplay import selfplay_summary
+
         return selfplay_summary(self.board, self.pool.versions, self.fixed)
 
 
@@ -760,26 +762,3 @@ class _Evaluation:
             self.tracker.record(result)
         if self.trace is not None:
             self.trace.add_time("evaluation", time.perf_counter() - t0)
-
-
-def selfplay_summary(board: Any, pool: list[int], fixed: list[str]) -> dict[str, Any]:
-    """The run summary's self-play entries, from the score and the pool's versions.
-
-    Args:
-        board: the :class:`~hpcrl.acting.selfplay.Scoreboard`.
-        pool: the versions in the pool (oldest first).
-        fixed: the names of ``selfplay.fixed_opponents`` (fixed opponent ``k`` scores as version -1 - k).
-    """
-    rates = board.rates() or {}
-    table = board.table()
-    out = {
-        "selfplay_games": board.games,
-        "selfplay_win_rate_last_100": rates.get("win"),
-        "selfplay_draw_rate_last_100": rates.get("draw"),
-        "selfplay_loss_rate_last_100": rates.get("loss"),
-        "selfplay_pool_versions": pool,
-        "selfplay_vs_pool": {v: table[v] for v in pool if v in table},
-    }
-    if fixed:
-        out["selfplay_vs_fixed"] = {n: table.get(-1 - k) for k, n in enumerate(fixed)}
-    return out

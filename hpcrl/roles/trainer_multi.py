@@ -38,7 +38,7 @@ from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import policy_params_tag
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
-from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view, selfplay_summary
+from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view
 from hpcrl.runtime import components
 
 if TYPE_CHECKING:
@@ -353,6 +353,8 @@ class Group:
 
     def _selfplay_summary(self, finals: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """(Rank 0) The run summary's self-play entries; the pool is the first actor's (each actor keeps its own)."""
+        from hpcrl.acting.selfplay import selfplay_summary
+
         assert self.cfg.selfplay is not None
         first = finals.get(self.ctx.topo.actors[0], {})
         pool = [int(v) for v in first.get("selfplay_pool_versions", [])]
