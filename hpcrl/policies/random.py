@@ -48,6 +48,29 @@ class RandomPolicy(Policy):
         ((3,), dtype('int64'), (3, 1))
     """
 
+    @classmethod
+    def args_from_spaces(cls, args: dict[str, Any], observation_space: Any, action_space: Any) -> dict[str, Any]:
+        """``action_dim``/``continuous_action`` from the env's action space where ``args`` omits them.
+
+        Given arguments are kept and checked against the space (a random policy whose actions do not fit the
+        env would send out-of-range actions into it); an ``available_action`` mask must have one entry per
+        action. Without declared spaces the args are used as given.
+
+        Raises:
+            ValueError: an unsupported action space, or ``action_dim``/``continuous_action`` that do not fit it
+                (names both).
+        """
+        if action_space is None:
+            return args
+        from hpcrl.policies.spaces import action_args_from_space, check_policy_against_spaces
+
+        filled = dict(args)
+        for key, value in action_args_from_space(action_space).items():
+            filled.setdefault(key, value)
+        actions = {k: filled[k] for k in ("action_dim", "continuous_action")}
+        check_policy_against_spaces(actions, observation_space, action_space)
+        return filled
+
     def __init__(self, action_dim: int | Sequence[int] = 2, continuous_action: bool = False, seed: int = 0) -> None:
         self.continuous_action = bool(continuous_action)
         if isinstance(action_dim, (int, np.integer)) and not isinstance(action_dim, bool):

@@ -368,3 +368,28 @@ def test_the_example_config_runs(tmp_path: Path) -> None:
     overrides = ["experiment.total_frames=1024", f"run.dir={tmp_path / 'run'}", "run.progress=off"]
     summary = run_local(config.load(path, overrides))
     assert summary["reason"] == "finished" and summary["policy_versions"] == {"learner": 2, "teammate": 0}
+
+
+def test_a_random_policy_must_fit_the_env_actions(tmp_path: Path) -> None:
+    """A random policy whose actions do not fit the env is refused before the run (never out-of-range actions)."""
+    policies = {"learner": dict(AC), "opponent": {"type_": "random", "args": {"action_dim": 3}}}
+    with pytest.raises(
+        config.ConfigError, match=r"^policies\.opponent\.args: .*action_dim=3.*Discrete\(2\).*action_dim=2"
+    ):
+        run_local(config.from_dict(_data(tmp_path / "run", policies=policies)))
+    assert not (tmp_path / "run").exists()
+    single = {k: v for k, v in _data(tmp_path / "one").items() if k not in ("policies", "trainers", "agents")}
+    single.update(policy={"type_": "random", "args": {"continuous_action": True, "action_dim": 2}})
+    single.update(trainer={"type_": "null", "args": {}})
+    with pytest.raises(config.ConfigError, match=r"^policy\.args: .*continuous_action=True.*Discrete\(2\)"):
+        run_local(config.from_dict(single))
+    # without action_dim, the env's action space gives it (not the default of 2 when the env has 3)
+    from hpcrl.policies.random import RandomPolicy
+
+    assert RandomPolicy.args_from_spaces({}, None, None) == {}
+    import gymnasium as gym
+
+    box = gym.spaces.Dict(obs=gym.spaces.Box(-1, 1, (2,)))
+    filled = RandomPolicy.args_from_spaces({"seed": 4}, box, gym.spaces.Discrete(3))
+    assert filled == {"seed": 4, "action_dim": 3, "continuous_action": False}
+    assert RandomPolicy.args_from_spaces({}, box, gym.spaces.MultiDiscrete([2, 5]))["action_dim"] == [2, 5]
