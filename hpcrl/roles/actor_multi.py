@@ -18,10 +18,10 @@ import sys
 import time
 from typing import Any
 
+from hpcrl.acting.multi_ring import evaluate_policies, make_multi_ring
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag, policy_request_tag, policy_result_tag
-from hpcrl.roles.local_multi import evaluate_policies, make_multi_ring
 from hpcrl.roles.policy_set import PolicySet
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval

@@ -3,7 +3,7 @@
 :func:`hpcrl.testing.test_pipeline` hands a multi-policy config (``policies``/``trainers``/``agents``, see
 ``docs/multipolicy.md``) here. The env is probed and every agent mapped to its policy as a run does it
 (:func:`~hpcrl.roles.local_multi.resolve_policies`); the env ring is the run's
-(:func:`~hpcrl.roles.local_multi.make_multi_ring`: one part per policy, self-play's opponent part acted by
+(:func:`~hpcrl.acting.multi_ring.make_multi_ring`: one part per policy, self-play's opponent part acted by
 the snapshot pool) and every trained policy has its own :class:`~hpcrl.learning.learner.Learner`, while
 frozen policies act and never step. Nothing is written to a run directory. Afterwards every policy goes
 through the publish and checkpoint round trips of :mod:`hpcrl.testing.roundtrip`, and every frozen policy
@@ -231,8 +231,8 @@ def test_multi_pipeline(
         PipelineError: a part does not fit; the message names the policy (and key path or trainer).
     """
     from hpcrl.acting.env_ring import PolicyResultError
+    from hpcrl.acting.multi_ring import make_multi_ring
     from hpcrl.comm.params import published_copy
-    from hpcrl.roles.local_multi import make_multi_ring
     from hpcrl.testing import roundtrip
 
     if not cfg.multi_policy:
