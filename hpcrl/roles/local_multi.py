@@ -33,7 +33,7 @@ from hpcrl.acting.policy_ring import PolicyRing
 from hpcrl.api import config
 from hpcrl.api.environment import make as make_env
 from hpcrl.api.policy import Policy, check_rollout_result
-from hpcrl.api.selfplay_spec import agent_owners
+from hpcrl.api.selfplay_spec import agent_owners, pool_part_name
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import Progress, RunSummary
@@ -107,13 +107,18 @@ def resolve_policies(cfg: config.ExperimentConfig) -> tuple[config.ExperimentCon
         else:
             names = config.policy_of_agents(cfg, agents, f"env {label}")
         resolved = {}
+        fixed = set(cfg.selfplay.fixed_opponents) if cfg.selfplay is not None else set()
         for name, entry in cfg.policies.items():
+            # the agents it acts for: snapshots of the self-play policy and its fixed opponents play the opponents
+            owners = {name}
+            if cfg.selfplay is not None and name in (fixed | {cfg.selfplay.policy}):
+                owners = {pool_part_name(cfg.selfplay.policy)} | ({name} - fixed)
+            acting = [a for a, n in enumerate(names) if n in owners] or [0]
             with config.building(f"policies.{name}.args", f"policy {entry.type_!r} does not fit env {label}"):
-                spec = components.fill_policy_args(config.Policy(entry.type_, dict(entry.args)), env)
+                spec = components.fill_policy_args(config.Policy(entry.type_, dict(entry.args)), env, acting)
             resolved[name] = dataclasses.replace(entry, args=spec.args)
     finally:
         env.close()
-    fixed = set(cfg.selfplay.fixed_opponents) if cfg.selfplay is not None else set()
     for name in cfg.policies:
         if name not in names and name not in fixed:
             log.warning("policy %r acts for no agent of env %s (agent_count %d): it is never used", name, label, agents)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -113,26 +114,48 @@ def _has_args_hook(cls: type[Policy]) -> bool:
     return getattr(cls.args_from_spaces, "__func__", None) is not Policy.args_from_spaces.__func__  # type: ignore[attr-defined]
 
 
-def fill_policy_args(spec: config.Policy, env: Environment) -> config.Policy:
-    """``spec`` with its args completed and checked against ``env``'s first agent's declared spaces.
+def fill_policy_args(spec: config.Policy, env: Environment, agents: Sequence[int] = (0,)) -> config.Policy:
+    """``spec`` with its args completed and checked against the declared spaces of the agents it acts for.
 
-    Calls the policy class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces` (with ``None`` spaces when
-    the env declares none); a policy without the hook keeps its args.
+    Calls the policy class's :meth:`~hpcrl.api.policy.Policy.args_from_spaces` with the spaces of each of
+    ``agents`` (``None`` spaces when the env declares none); they must all give the same args (one policy acts
+    for them all with one network). A policy without the hook keeps its args.
+
+    Args:
+        spec: the policy spec.
+        env: a built env.
+        agents: the agent indices the policy acts for (default: agent 0, as for a single-policy run).
 
     Raises:
-        ValueError: the hook refused the args (its message), or returned something other than a dict.
+        ValueError: the hook refused the args (its message), returned something other than a dict, or two of
+            ``agents`` give different args (names both agents and the args).
     """
     cls = policy_class(spec.type_)
     if cls is None or not _has_args_hook(cls):
         return spec
     obs_spaces, act_spaces = env.observation_spaces, env.action_spaces
-    observation_space = obs_spaces[0] if obs_spaces else None
-    action_space = act_spaces[0] if act_spaces else None
-    args = cls.args_from_spaces(dict(spec.args), observation_space, action_space)
+    first = agents[0] if agents else 0
+
+    def space(spaces: list[Any] | None, agent: int) -> Any:
+        return spaces[agent] if spaces and agent < len(spaces) else None
+
+    args = cls.args_from_spaces(dict(spec.args), space(obs_spaces, first), space(act_spaces, first))
     if not isinstance(args, dict):
         raise ValueError(
             f"{cls.__name__}.args_from_spaces returned {type(args).__name__}; expected a dict of constructor arguments"
         )
+    for a in agents[1:]:
+        try:
+            other = cls.args_from_spaces(dict(spec.args), space(obs_spaces, a), space(act_spaces, a))
+        except ValueError as e:
+            raise ValueError(f"agent {a} (acting with the same policy as agent {first}): {e}") from None
+        if other != args:
+            diff = sorted(k for k in set(args) | set(other) if args.get(k) != other.get(k))
+            shown = ", ".join(f"{k}: {args.get(k)!r} vs {other.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"agents {first} and {a} act with one policy but their spaces give it different args ({shown}); "
+                f"map them to different policies"
+            )
     return spec if args == spec.args else dataclasses.replace(spec, args=args)
 
 

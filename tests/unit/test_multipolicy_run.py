@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gymnasium import spaces
 
 from hpcrl.acting import rings
 from hpcrl.acting.policy_ring import PartSpec, PolicyRing
@@ -49,7 +50,19 @@ class FlakyTag(TagEnv):
         return super().step(actions)
 
 
+class MixedTeam(TagEnv):
+    """Agent 0 picks 1 of 2 actions (earns 1 for 1), agent 1 picks 1 of 4 (earns 1 for 3)."""
+
+    @property
+    def action_spaces(self) -> list[Any]:
+        return [spaces.Discrete(2), spaces.Discrete(4)]
+
+    def reward(self, agent: int, action: int) -> float:
+        return float(action == (1 if agent == 0 else 3))
+
+
 register_env("mp-test-tag", TagEnv)
+register_env("mp-test-mixed", MixedTeam)
 register_env("mp-test-flaky", FlakyTag)
 register_trainer("mp-test-recording-ppo", RecordingPPO)
 
@@ -393,3 +406,28 @@ def test_a_random_policy_must_fit_the_env_actions(tmp_path: Path) -> None:
     filled = RandomPolicy.args_from_spaces({"seed": 4}, box, gym.spaces.Discrete(3))
     assert filled == {"seed": 4, "action_dim": 3, "continuous_action": False}
     assert RandomPolicy.args_from_spaces({}, box, gym.spaces.MultiDiscrete([2, 5]))["action_dim"] == [2, 5]
+
+
+def test_each_policy_takes_the_spaces_of_its_own_agents(tmp_path: Path) -> None:
+    """Heterogeneous teams: every policy's args come from the agents it acts for, not from agent 0."""
+    bare = {"type_": "actor-critic-separate", "args": {"hidden_dim": 8}}
+    data = _data(
+        tmp_path / "run",
+        total=128,
+        environment={"type_": "mp-test-mixed", "args": {"n_agents": 2}},
+        policies={"learner": dict(bare), "opponent": {"type_": "random", "args": {}}},
+    )
+    summary = run_local(config.from_dict(data))
+    assert summary["reason"] == "finished"
+    stored = config.load(tmp_path / "run" / "config.yaml")
+    assert stored.policies["learner"].args["action_dim"] == 2
+    assert stored.policies["opponent"].args["action_dim"] == 4  # agent 1's Discrete(4), not agent 0's
+    # one policy for both agents: their spaces give it different args, named before the run dir is made
+    data = dict(data, agents=[{"match": ".*", "policy": "learner"}], run=dict(data["run"], dir=str(tmp_path / "b")))
+    data["policies"] = {"learner": dict(bare)}
+    with pytest.raises(config.ConfigError, match=r"^policies\.learner\.args: .*agents 0 and 1 act with one policy"):
+        run_local(config.from_dict(data))
+    data["policies"] = {"learner": {"type_": "actor-critic-separate", "args": {"hidden_dim": 8, "action_dim": 2}}}
+    with pytest.raises(config.ConfigError, match=r"^policies\.learner\.args: .*agent 1 \(acting with the same policy"):
+        run_local(config.from_dict(data))
+    assert not (tmp_path / "b").exists()
