@@ -7,9 +7,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Progress", "RunSummary"]
+__all__ = ["Progress", "RunSummary", "policy_returns_note"]
 
 log = logging.getLogger("hpcrl.progress")
 
@@ -186,6 +187,17 @@ class Progress:
             self._bar.update(self._task, completed=min(self.frames, self.total), info=self._info())
             self._bar.stop()
             self._bar = None
+
+
+def policy_returns_note(names: Sequence[str], recent: Sequence[Sequence[float]]) -> str:
+    """The progress line's note in a multi-policy run: each policy's mean return over its last episodes.
+
+    Examples:
+        >>> policy_returns_note(["learner", "opponent"], [[1.0, 2.0], []])
+        'by policy: learner 1.50, opponent n/a'
+    """
+    parts = [f"{n} {sum(r) / len(r):.2f}" if len(r) else f"{n} n/a" for n, r in zip(names, recent)]
+    return "by policy: " + ", ".join(parts)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from hpcrl.api.policy import Policy, check_rollout_result
 from hpcrl.api.selfplay_spec import agent_owners, pool_part_name
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
-from hpcrl.progress import Progress, RunSummary
+from hpcrl.progress import Progress, RunSummary, policy_returns_note
 from hpcrl.runtime import budget, components
 from hpcrl.runtime.session import Session, StopFlag
 
@@ -463,6 +463,8 @@ def _loop(
                         recent[e.policy].append(e.ret)
                 mine = [e for e in done if e.policy < len(slots) and slots[e.policy] is shown]
                 progress.add_episodes([e.ret for e in mine], [e.length for e in mine])
+                if play is None and len(slots) > 1:  # self-play's note is the score
+                    progress.note = policy_returns_note([s.name for s in slots], recent)
                 if trace is not None:
                     wall = time.time()
                     for e in done:

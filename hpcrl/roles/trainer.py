@@ -164,7 +164,7 @@ class TrainerRank:
                 self._check_budget()  # also while waiting in the step agreement
         eps = msg.get("episodes")
         if eps and self.group is not None:
-            eps = self.group.episodes(eps)
+            eps = self.group.episodes(eps, self.progress)
         games = msg.get("games")
         if games and self.group is not None:
             self.group.games(games, self.learner.frames, self.progress)

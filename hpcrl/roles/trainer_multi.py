@@ -38,6 +38,7 @@ from hpcrl.comm.startup import Bcast_state_dict, Bcast_text
 from hpcrl.comm.tags import policy_params_tag
 from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
+from hpcrl.progress import policy_returns_note
 from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view
 from hpcrl.runtime import components
 
@@ -306,14 +307,19 @@ class Group:
             self.frozen.close()
 
     # ------------------------------------------------------------------ rank 0's bookkeeping
-    def episodes(self, eps: list[Any]) -> list[Any]:
-        """(Rank 0) Keep every policy's returns; give back the episodes of this group's policy (progress line)."""
+    def episodes(self, eps: list[Any], progress: Any = None) -> list[Any]:
+        """(Rank 0) Keep every policy's returns; give back the episodes of this group's policy (progress line).
+
+        Outside self-play (whose note is the score), ``progress``'s note shows every policy's mean return.
+        """
         mine = []
         for e in eps:
             p = int(e[3]) if len(e) > 3 else self.index
             self.recent[p].append(float(e[0]))
             if p == self.index:
                 mine.append(e)
+        if progress is not None and self.board is None and len(self.order) > 1:
+            progress.note = policy_returns_note(self.order, [self.recent.get(i, ()) for i in range(len(self.order))])
         return mine
 
     def games(self, rows: list[Any], frames: int, progress: Any) -> None:

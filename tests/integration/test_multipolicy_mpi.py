@@ -273,6 +273,8 @@ def test_a_checkpoint_request_and_a_stop_save_every_policy_at_one_frame_count(
     assert len(requested) == 1 and requested.pop() < result["frames"], sets
     assert all([r for _, r in sets[name]] in (["request", "stop"], ["stop"]) for name in ("red", "blue")), sets
     assert "checkpoint requested by SIGUSR2 on rank 3 (actor" in text
+    progress = [line for line in text.splitlines() if "hpcrl.progress: frames" in line]
+    assert "by policy: red " in progress[-1] and ", blue " in progress[-1], progress[-1:]  # both policies' returns
 
 
 def _acted_versions(run_dir: Path, rank: int, policy: str) -> np.ndarray:

@@ -431,3 +431,14 @@ def test_each_policy_takes_the_spaces_of_its_own_agents(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match=r"^policies\.learner\.args: .*agent 1 \(acting with the same policy"):
         run_local(config.from_dict(data))
     assert not (tmp_path / "b").exists()
+
+
+def test_the_progress_line_shows_every_policys_return(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = _data(tmp_path / "run", total=512)
+    data["run"].update(progress="log", log_interval_seconds=0.001)
+    with caplog.at_level("INFO", logger="hpcrl.progress"):
+        summary = run_local(config.from_dict(data))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frames ")]
+    assert lines and "by policy: learner " in lines[-1] and ", opponent " in lines[-1], lines[-1:]
+    by_policy = summary["mean_return_by_policy"]
+    assert f"opponent {by_policy['opponent']:.2f}" in lines[-1]
