@@ -20,7 +20,7 @@ from hpcrl.api.policy import Policy, RolloutRequest, check_rollout_result
 from hpcrl.api.selfplay_spec import agent_owners, pool_part_name
 from hpcrl.runtime import components
 
-__all__ = ["evaluate_policies", "make_multi_ring"]
+__all__ = ["evaluate_policies", "fixed_opponent_acts", "make_multi_ring"]
 
 
 def make_multi_ring(
@@ -45,9 +45,11 @@ def make_multi_ring(
         cfg: the resolved multi-policy experiment (:func:`resolve_policies`).
         names: the policy name of every agent index of the env (:func:`resolve_policies`).
         policies: the policies, in ``policies`` order (:func:`build_policies`); None where they act on
-            inference ranks (then ``defaults`` gives their default states, and there is no self-play).
+            inference ranks (then ``defaults`` gives their default states). With inference ranks and
+            ``selfplay``, the list holds the self-play policy and its fixed opponents (None for the others):
+            the ring's pool is built from them.
         where: who runs the ring, for messages.
-        defaults: without ``policies``: each policy's default state in row layout (or None).
+        defaults: each policy's default state in row layout (or None); default: from ``policies``.
         actor_index: this actor's index among the run's actors (its envs' seeds).
         num_groups: 1, or 2 to alternate halves with remote inference.
         device: where the self-play snapshots go (default: ``training.device``).
@@ -58,9 +60,9 @@ def make_multi_ring(
         EnvError: an env cannot be built, seeded or reset.
     """
     order = list(cfg.policies)
-    if policies is not None:
+    if defaults is None:
+        assert policies is not None
         defaults = [rings.default_state_row(p) for p in policies]
-    assert defaults is not None
     parts = [PartSpec(n, d) for n, d in zip(order, defaults)]
     extra: dict[str, Any] = {}
     if cfg.selfplay is not None and evaluation:  # the opponent agents are one more part, acted by the caller
@@ -110,6 +112,21 @@ def make_multi_ring(
     return ring
 
 
+def fixed_opponent_acts(policy: Policy, label: str, request: Any) -> tuple[Any, int]:
+    """A fixed self-play opponent's answer to the opponent rows of an evaluation ring, and its version.
+
+    It plays as in training: the rows are not marked ``is_evaluation`` (a random opponent stays random).
+    """
+    n = len(request)
+    unmarked = RolloutRequest(
+        obs=request.obs,
+        policy_state=request.policy_state,
+        is_evaluation=np.zeros((n, 1), np.bool_),
+        on_reset=request.on_reset,
+    )
+    return check_rollout_result(policy.rollout(unmarked), n, label), int(policy.version)
+
+
 def evaluate_policies(
     cfg: config.ExperimentConfig,
     names: list[str],
@@ -154,14 +171,7 @@ def evaluate_policies(
         def act(p: int, request: Any) -> tuple[Any, int]:
             policy = acting[p]
             if p == len(order):  # the fixed opponent plays as in training (a random one stays random)
-                n = len(request)
-                unmarked = np.zeros((n, 1), np.bool_)
-                request = RolloutRequest(
-                    obs=request.obs,
-                    policy_state=request.policy_state,
-                    is_evaluation=unmarked,
-                    on_reset=request.on_reset,
-                )
+                return fixed_opponent_acts(policy, labels[p], request)
             return check_rollout_result(policy.rollout(request), len(request), labels[p]), int(policy.version)
 
         done = run_multi_evaluation(ring, cfg.run.eval_episodes, act, shown, stopping)

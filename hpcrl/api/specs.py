@@ -111,18 +111,12 @@ def mpi_refusal(cfg: Any) -> str | None:
     """Why a multi-policy config cannot run on several MPI ranks yet (one line naming the key), or None.
 
     Under ``mpiexec`` a multi-policy run has trainer ranks per trained policy, and actors that run every
-    policy inline or inference ranks that serve every policy; self-play runs with inline inference only; a
-    run without any trained policy runs in one process only.
+    policy inline or inference ranks that serve every policy (in self-play, the actors play the opponents
+    themselves); a run without any trained policy runs in one process only.
     """
     if not cfg.policies:
         return None
     one = "runs in one process for now (python -m hpcrl.run without mpiexec)"
-    if cfg.selfplay is not None and (cfg.layout.inference or cfg.layout.inference_per_node):
-        key = "layout.inference_per_node" if cfg.layout.inference_per_node else "layout.inference"
-        return (
-            f"{key}: under mpiexec a self-play config runs every policy inline on the actor ranks "
-            f"(layout.inference: 0, no layout.inference_per_node)"
-        )
     if not cfg.trainers:
         return f"trainers: a multi-policy config without any trained policy {one}"
     if len(cfg.policies) > 100:

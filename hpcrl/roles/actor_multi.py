@@ -18,11 +18,11 @@ import sys
 import time
 from typing import Any
 
-from hpcrl.acting.multi_ring import evaluate_policies, make_multi_ring
+from hpcrl.acting.multi_ring import evaluate_policies, fixed_opponent_acts, make_multi_ring
 from hpcrl.api.policy import check_rollout_result
 from hpcrl.comm.channel import RecvChannel, SendChannel
 from hpcrl.comm.tags import Tag, policy_request_tag, policy_result_tag
-from hpcrl.roles.policy_set import PolicySet
+from hpcrl.roles.policy_set import PolicySet, pool_policies
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext, stats_interval
 
@@ -50,15 +50,20 @@ class MultiActorRank:
         self.remote = inference is not None
         n = cfg.actor.envs_per_actor
         self.set: PolicySet | None = None
+        self.pool_set: PolicySet | None = None  # remote self-play: the policies this rank plays the opponents with
         self.requests: list[SendChannel] = []
         self.results: list[RecvChannel] = []
         defaults: list[Any] | None
         if inference is not None:
             defaults = self._connect(inference, n * max(1, len(names)))
+            if cfg.selfplay is not None:
+                components.set_torch_threads(cfg.run.torch_threads)
+                self.pool_set = PolicySet(ctx, "cpu", f"rank {ctx.rank}", only=pool_policies(cfg))
         else:
             components.set_torch_threads(cfg.run.torch_threads)
             self.set = PolicySet(ctx, "cpu", f"rank {ctx.rank}")
             defaults = None  # the ring asks the policies
+        held = self.set or self.pool_set
         self.samples: dict[int, SendChannel] = {}
         for i, name in enumerate(self.order):
             if name in cfg.trainers:
@@ -77,7 +82,7 @@ class MultiActorRank:
         self.ring = make_multi_ring(
             cfg,
             names,
-            self.set.policies if self.set is not None else None,
+            held.policies if held is not None else None,
             f"actor rank {ctx.rank}",
             defaults=defaults,
             actor_index=self.index,
@@ -86,8 +91,8 @@ class MultiActorRank:
         )
         self.play: _ActorSelfPlay | None = None
         if cfg.selfplay is not None:
-            assert self.set is not None
-            self.play = _ActorSelfPlay(cfg, self.ring, self.set, topo)
+            assert held is not None
+            self.play = _ActorSelfPlay(cfg, self.ring, held, topo)
         self._last_stats = 0.0
         self._stats_interval = stats_interval(topo.world_size)
         self.sent_fragments = 0
@@ -145,12 +150,19 @@ class MultiActorRank:
             trace.add_time("env_step", time.perf_counter() - t1)
 
     def _request(self, group: int) -> list[Any]:
-        """(Remote inference) Send every policy's request of ``group``; per policy, None where it sent none."""
+        """(Remote inference) Send every policy's request of ``group``; per policy, None where it sent none.
+
+        The opponent rows of self-play are answered here at once (each env's snapshot or fixed opponent).
+        """
         answers: list[Any] = []
         for p, request in enumerate(self.ring.request_parts(group)):
-            if request is not None:
+            if request is None:
+                answers.append(None)
+            elif p == len(self.order):
+                answers.append(self.ring.act_opponents(group, request))  # type: ignore[attr-defined]
+            else:
                 self.requests[p].send(request)
-            answers.append(None if request is None else False)  # False: awaited
+                answers.append(False)  # awaited
         return answers
 
     def _ship(self) -> None:
@@ -258,6 +270,11 @@ class MultiActorRank:
             pass
 
         def act(p: int, request: Any) -> tuple[Any, int]:
+            if p == len(self.order):  # self-play: the first fixed opponent, held here
+                assert self.pool_set is not None and cfg.selfplay is not None
+                fixed = self.order.index(cfg.selfplay.fixed_opponents[0])
+                label = f"{self.pool_set.labels[fixed]} (fixed opponent)"
+                return fixed_opponent_acts(self.pool_set.policies[fixed], label, request)
             self.requests[p].send(request)
             answers: list[Any] = [None] * len(self.order)
             answers[p] = False
@@ -289,8 +306,9 @@ class MultiActorRank:
             ctx.service()
             if ctx.eval_request is not None:
                 self._evaluate(resume=False)
-            if self.set is not None:
-                self.set.update()
+            for held in (self.set, self.pool_set):
+                if held is not None:
+                    held.update()
             ctx.backoff.idle()
 
     def _run_inline(self, budget: int) -> None:
@@ -330,6 +348,10 @@ class MultiActorRank:
             t1 = time.perf_counter()
             self.ring.consume_parts(g, answers)
             t2 = time.perf_counter()
+            if self.play is not None:
+                assert self.pool_set is not None
+                self.pool_set.update()
+                self.play.after_act(self.ring.frames)
             self.pending.append((g, self._request(g)))
             self.wait_seconds += t1 - t0
             if trace is not None:
@@ -346,8 +368,9 @@ class MultiActorRank:
         """Act until the leader says stop; returns this rank's final stats."""
         ctx = self.ctx
         t_start = time.monotonic()
-        if self.set is not None:
-            self.set.wait_first()
+        for held in (self.set, self.pool_set):
+            if held is not None:
+                held.wait_first()
         if self.play is not None:
             self.play.start()
         budget = ctx.wait_frame_budget()
@@ -375,13 +398,15 @@ class MultiActorRank:
         if self.play is not None:
             final["selfplay_pool_versions"] = self.play.ring.pool.versions
         ctx.send_stats(final)
-        ctx.drain(
-            self.results,
-            list(self.samples.values()) + self.requests,
-            self.set.discard if self.set is not None else None,
-        )
-        if self.set is not None:
-            self.set.close()
+        holders = [h for h in (self.set, self.pool_set) if h is not None]
+
+        def discard() -> None:
+            for h in holders:
+                h.discard()
+
+        ctx.drain(self.results, list(self.samples.values()) + self.requests, discard if holders else None)
+        for h in holders:
+            h.close()
         self.ring.close()
         return final
 

@@ -7,6 +7,7 @@ those of a frozen one from rank 0, each on the policy's own tag (:func:`~hpcrl.c
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from hpcrl.api import config
@@ -15,7 +16,30 @@ from hpcrl.comm.tags import policy_params_tag
 from hpcrl.runtime import components
 from hpcrl.runtime.rank import RankContext
 
-__all__ = ["PolicySet"]
+__all__ = ["PolicySet", "policy_subscribers", "pool_policies"]
+
+
+def pool_policies(cfg: config.ExperimentConfig) -> set[str]:
+    """The policies a self-play actor holds beside inference ranks: the self-play policy and its fixed opponents.
+
+    Empty without ``selfplay``.
+    """
+    sp = cfg.selfplay
+    return set() if sp is None else {sp.policy, *sp.fixed_opponents}
+
+
+def policy_subscribers(cfg: config.ExperimentConfig, topo: Any, name: str) -> list[int]:
+    """The ranks the weights of policy ``name`` are published to.
+
+    The acting ranks (:attr:`~hpcrl.comm.topology.Topology.param_subscribers`: the inference ranks, or every
+    actor with inline inference); with inference ranks, a self-play run's actors too for the self-play policy
+    and its fixed opponents (:func:`pool_policies`: the actors play the snapshots and the fixed opponents
+    themselves).
+    """
+    subscribers = list(topo.param_subscribers)
+    if topo.inference and name in pool_policies(cfg):
+        subscribers += [a for a in topo.actors if a not in subscribers]
+    return subscribers
 
 
 class PolicySet:
@@ -25,16 +49,21 @@ class PolicySet:
         ctx: the rank context (``ctx.cfg`` is the resolved multi-policy config).
         device: where the policies' models go (``cpu`` on actors).
         where: names this rank in the policies' labels (``rank 3``).
+        only: hold just these policies (``policies`` and ``subscribers`` have None for the others); default all.
     """
 
-    def __init__(self, ctx: RankContext, device: str, where: str) -> None:
+    def __init__(self, ctx: RankContext, device: str, where: str, only: Collection[str] | None = None) -> None:
         cfg = ctx.cfg
         topo = ctx.topo
         self.ctx = ctx
         self.names = list(cfg.policies)
         self.policies: list[Any] = []
-        self.subscribers: list[ParamSubscriber] = []
+        self.subscribers: list[ParamSubscriber | None] = []
         for i, (name, entry) in enumerate(cfg.policies.items()):
+            if only is not None and name not in only:
+                self.policies.append(None)
+                self.subscribers.append(None)
+                continue
             spec = config.Policy(entry.type_, dict(entry.args))
             try:
                 self.policies.append(components.build_policy(spec, device, cfg.experiment.seed + i))
@@ -55,23 +84,27 @@ class PolicySet:
         run = self.ctx.cfg.run
         timeout = (run.startup_seconds + run.heartbeat_seconds) if run.heartbeat_seconds else None
         for i, sub in enumerate(self.subscribers):
-            self._apply(i, sub.wait(timeout=timeout, on_idle=self.ctx.service))
+            if sub is not None:
+                self._apply(i, sub.wait(timeout=timeout, on_idle=self.ctx.service))
 
     def update(self) -> None:
         """Load the newest weights that arrived for any policy (never blocks)."""
         for i, sub in enumerate(self.subscribers):
-            self._apply(i, sub.poll())
+            if sub is not None:
+                self._apply(i, sub.poll())
 
     def discard(self) -> None:
         """Take in what arrived without loading it (while the run drains)."""
         for sub in self.subscribers:
-            sub.poll()
+            if sub is not None:
+                sub.poll()
 
     def versions(self) -> dict[str, int]:
-        """Every policy's current version, by name."""
-        return {n: int(p.version) for n, p in zip(self.names, self.policies)}
+        """Every held policy's current version, by name."""
+        return {n: int(p.version) for n, p in zip(self.names, self.policies) if p is not None}
 
     def close(self) -> None:
         """Cancel the posted receives."""
         for sub in self.subscribers:
-            sub.close()
+            if sub is not None:
+                sub.close()

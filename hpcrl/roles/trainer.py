@@ -134,7 +134,8 @@ class TrainerRank:
             from hpcrl.comm.params import ParamPublisher
 
             tag = Tag.PARAMS if group is None else group.tag
-            self.publisher = ParamPublisher(ctx.comm, publish_targets(ctx), tag=tag)
+            targets = publish_targets(ctx) if group is None else group.subscribers()
+            self.publisher = ParamPublisher(ctx.comm, targets, tag=tag)
         # leader-side bookkeeping of the actors' reports
         self.actor_frames: dict[int, int] = {}
         self._actor_frames_sum = 0

@@ -40,6 +40,7 @@ from hpcrl.learning.checkpointing import Checkpointer
 from hpcrl.learning.learner import Learner
 from hpcrl.progress import policy_returns_note
 from hpcrl.roles.local_multi import choose_resume_set, load_init_weights, policy_view
+from hpcrl.roles.policy_set import policy_subscribers
 from hpcrl.runtime import components
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class _Frozen:
                 extra_attrs={**attrs, "trainer_ranks": 0, "policy_name": name},
                 policy=name,
             )
-            publisher = ParamPublisher(ctx.comm, list(ctx.topo.param_subscribers), tag=policy_params_tag(i))
+            publisher = ParamPublisher(ctx.comm, policy_subscribers(cfg, ctx.topo, name), tag=policy_params_tag(i))
             self.entries.append((name, policy, checkpoints, publisher))
 
     def restore(self, chosen: dict[str, str]) -> None:
@@ -163,6 +164,10 @@ class Group:
             from hpcrl.acting.selfplay import Scoreboard
 
             self.board = Scoreboard()
+
+    def subscribers(self) -> list[int]:
+        """(Lead) The ranks this group's weights go to (:func:`~hpcrl.roles.policy_set.policy_subscribers`)."""
+        return policy_subscribers(self.cfg, self.ctx.topo, self.name)
 
     def make_frozen(self, attrs: dict[str, Any]) -> None:
         """(Rank 0) Build the frozen policies (their checkpoints and publishers)."""

@@ -214,3 +214,35 @@ def test_tensorboard_missing_is_a_clear_startup_error(tmp_path: Path, clean_env:
     assert proc.returncode == 2, explain(proc)
     assert "run.tensorboard" in proc.stderr and "pip install" in proc.stderr, proc.stderr
     assert not run_dir.exists()  # nothing was started
+
+
+@pytest.mark.parametrize(("layout", "ranks"), [({}, 3), ({"inference": 1}, 4)], ids=["mpi-inline", "mpi-remote"])
+def test_selfplay_evaluation_under_mpi_plays_the_fixed_opponent(
+    tmp_path: Path, clean_env: dict[str, str], layout: dict[str, int], ranks: int
+) -> None:
+    """A self-play run under mpiexec evaluates the learner against its first fixed opponent (held by the actors
+    when inference ranks serve the learner); none of the evaluation steps reaches the trainer."""
+    run_dir = tmp_path / "run"
+    data = _multi_guard(run_dir)
+    data["policies"] = {"red": data["policies"]["red"], "rnd": {"type_": "random"}}  # type: ignore[index]
+    data["trainers"] = {"red": {"type_": "eval-guard-trainer"}}
+    data["agents"] = [{"match": 0, "policy": "red"}]
+    data["selfplay"] = {"policy": "red", "opponent_agents": [1], "pool_size": 2, "snapshot_every_frames": 2000}
+    data["selfplay"].update(fixed_opponents=["rnd"], fixed_fraction=0.2)
+    data["layout"] = layout
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    summary_path = tmp_path / "summary.json"
+    cmd = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "mpi4py"]
+    cmd += ["-m", "hpcrl.run", str(path), "--summary-json", str(summary_path)]
+    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, explain(proc)
+    summary = json.loads(summary_path.read_text())
+    rows = _eval_rows(run_dir)
+    assert len(rows["frames"]) >= 1 and summary["evaluations"] == len(rows["frames"]), (rows, explain(proc))
+    assert all(r == pytest.approx(10 * 1000.0) for r in rows["mean_return"]), rows  # red's agent, eval envs
+    assert summary["last_eval_return_by_policy"]["red"] == pytest.approx(10_000.0)
+    train = _training_returns(run_dir)
+    assert train and max(train) == pytest.approx(10.0), max(train)
+    assert summary["selfplay_games"] > 0 and summary["selfplay_vs_fixed"]["rnd"]["games"] > 0
+    assert (run_dir / "checkpoints" / "red" / "best.h5").is_file()

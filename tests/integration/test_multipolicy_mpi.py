@@ -348,21 +348,26 @@ def test_inference_ranks_carry_each_policys_own_recurrent_state(
     assert _agents_seen(run, 0) == {"red": {0.0, 2.0}}
 
 
+@pytest.mark.parametrize("inference", [False, True], ids=["inline", "inference-rank"])
 def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
-    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
+    tmp_path: Path, clean_env: dict[str, str], mpiexec: str, inference: bool
 ) -> None:
     """Self-play under mpiexec: each actor plays snapshots of the weights it received; rank 0 keeps the score.
 
     Agent 1 is the opponent: its rows never reach the trainer; every game is in rank 0's ``/selfplay`` trace;
     a frozen random policy plays a quarter of the games (a fixed opponent); a resumed run's pools start from
-    the restored weights (no game against an older snapshot after it).
+    the restored weights (no game against an older snapshot after it). With an inference rank, it serves the
+    learner's rows while the actors play the opponents themselves (it never sees an opponent row).
     """
     run = tmp_path / "selfplay"
     policies = {"red": dict(AC), "rnd": {"type_": "random", "args": {"action_dim": 2}}}
     data = _config(run, ("red",), policies=policies, agents=[{"match": 0, "policy": "red"}])
     data["selfplay"] = {"policy": "red", "opponent_agents": [1], "pool_size": 3, "snapshot_every_frames": 160}
     data["selfplay"].update(fixed_opponents=["rnd"], fixed_fraction=0.25)  # rank 0 publishes the frozen rnd
-    proc, first = _run(clean_env, mpiexec, data, 3, tmp_path, "run.stop_at_frames=600")
+    ranks, actors = (4, (2, 3)) if inference else (3, (1, 2))
+    if inference:
+        data["layout"] = {"inference": 1}
+    proc, first = _run(clean_env, mpiexec, data, ranks, tmp_path, "run.stop_at_frames=600")
     assert proc.returncode == 0 and first is not None, explain(proc)
     assert _agents_seen(run, 0) == {"red": {0.0}}  # the opponent's rows were dropped on the actors
     games = read_trace(run / "traces" / "rank-0000.h5")["selfplay"]
@@ -373,12 +378,18 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
     assert fixed == first["selfplay_vs_fixed"]["rnd"]["games"] and 0.1 * n < fixed < 0.45 * n
     assert 2 <= len(first["selfplay_pool_versions"]) <= 3
     assert {int(v) for v in first["selfplay_vs_pool"]} <= set(first["selfplay_pool_versions"])  # JSON keys
-    for actor in (1, 2):  # each actor keeps a pool of its own (of the newest 3 snapshots)
-        pool = _role_line(proc.stderr, actor, "actor").partition("selfplay_pool_versions=[")[2].partition("]")[0]
+    for actor in actors:  # each actor keeps a pool of its own (of the newest 3 snapshots)
+        line = _role_line(proc.stderr, actor, "actor")
+        pool = line.partition("selfplay_pool_versions=[")[2].partition("]")[0]
         assert len(pool.split(", ")) == 3, pool
+        assert ("requests=" in line) == inference, line
+    if inference:  # the learner's rows only: no opponent row (of a snapshot or of rnd) reached it
+        line = _role_line(proc.stderr, 1, "inference")
+        batches = line.partition("mean_batch_by_policy={")[2].partition("}")[0]
+        assert batches.startswith("'red': ") and batches.endswith("'rnd': 0.0"), line
 
     restored = first["policy_versions"]["red"]
-    proc, second = _run(clean_env, mpiexec, data, 3, tmp_path)
+    proc, second = _run(clean_env, mpiexec, data, ranks, tmp_path)
     assert proc.returncode == 0 and second is not None, explain(proc)
     games = read_trace(run / "traces" / "rank-0000.r1.h5")["selfplay"]  # the resumed run's trace
     assert len(games["outcome"]) == second["selfplay_games"] > 0
@@ -388,17 +399,10 @@ def test_selfplay_runs_on_the_actors_and_resumes_from_the_restored_weights(
 
 REFUSALS = [
     ({"trainers": {}}, "trainers: a multi-policy config without any trained policy runs in one process for now"),
-    (
-        {
-            "selfplay": {"policy": "red", "opponent_agents": [1], "pool_size": 2, "snapshot_every_frames": 100},
-            "layout": {"inference": 1},
-        },
-        "layout.inference: under mpiexec a self-play config runs every policy inline on the actor ranks",
-    ),
 ]
 
 
-@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["frozen", "selfplay"])
+@pytest.mark.parametrize(("over", "message"), REFUSALS, ids=["frozen"])
 def test_what_does_not_run_under_mpi_is_refused_before_any_communication(
     tmp_path: Path, clean_env: dict[str, str], mpiexec: str, over: dict[str, Any], message: str
 ) -> None:

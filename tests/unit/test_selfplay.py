@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -483,22 +481,6 @@ def test_the_tictactoe_example_runs(tmp_path: Path) -> None:
     summary = run_local(cfg)
     assert summary["reason"] == "finished" and summary["selfplay_games"] > 100
     assert summary["selfplay_win_rate_last_100"] is not None and len(summary["selfplay_pool_versions"]) >= 2
-
-
-def test_selfplay_config_with_inference_ranks_is_refused(
-    tmp_path: Path, clean_env: dict[str, str], mpiexec: str
-) -> None:
-    data = _data(tmp_path / "run")
-    data["environment"] = {"type_": "quickstart-multiagent"}
-    data["layout"] = {"inference": 1}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(data))
-    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpcrl.run", str(path)]
-    proc = subprocess.run(cmd, env=clean_env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    message = "layout.inference: under mpiexec a self-play config runs every policy inline on the actor ranks"
-    assert proc.stderr.count(message) == 1
-    assert not (tmp_path / "run").exists()
 
 
 def test_a_recurrent_learner_plays_its_recurrent_snapshots(tmp_path: Path) -> None:
