@@ -1,6 +1,6 @@
 """Multi-policy runs in one process: two policies vs one at the same frames (target >= 0.9x), and self-play pool memory.
 
-    python -m benchmarks.bench_multipolicy [--quick] [--frames 40000] [--repeats 4] [--envs 8 32] [--pool 1 4 16 64]
+    python -m benchmarks.bench_multipolicy [--quick] [--frames 40000] [--repeats 4] [--envs 8 32 128] [--pool 1 4 16 64]
 
 Throughput. The two-agent quick-start task (``quickstart-multiagent``, examples/quickstart/exp.yaml: PPO,
 ``actor-critic-separate`` with hidden 64, 4 epochs x 4 minibatches, ``fragment_length`` 64) is trained for
@@ -197,7 +197,7 @@ def run(ctx: Context) -> BenchResult:
     """Throughput rows (two / one, frozen / one, per envs count) and the pool memory rows."""
     frames = ctx.opt("frames", 10_000 if ctx.quick else 40_000)
     repeats = ctx.opt("repeats", 1 if ctx.quick else 4)
-    envs_list = ctx.opt("envs", [8] if ctx.quick else [8, 32])
+    envs_list = ctx.opt("envs", [8] if ctx.quick else [8, 32, 128])
     pool_ks = ctx.opt("pool", [1, 4] if ctx.quick else [1, 4, 16, 64])
     res = BenchResult("multipolicy")
     data: dict[str, Any] = {"frames": frames, "repeats": repeats, "variants": VARIANTS, "throughput": {}}
