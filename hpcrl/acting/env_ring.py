@@ -479,46 +479,7 @@ class EnvRing:
         acting, req, reward, done, trunc = g.pending
         g.pending = None
         n = acting.size
-        act = result.action
-        if not isinstance(act, NamedArray) or len(act) != n:
-            got = f"{len(act)} actions" if isinstance(act, NamedArray) else f"action {describe(act)}"
-            raise PolicyResultError(f"{self.where}: policy {self.policy_name} returned {got} for {n} requests")
-        versions = g.versions.get((n, version))
-        if versions is None:
-            if len(g.versions) > 64:
-                g.versions.clear()
-            versions = g.versions[(n, version)] = np.full((n, 1), version, np.int64)
-        if not g.traj.allocated:
-            self._check_first_result(result, n)
-            g.traj.allocate(
-                SampleBatch(
-                    obs=req.obs,
-                    policy_state=req.policy_state,
-                    action=act,
-                    analyzed_result=result.analyzed_result,
-                    reward=reward,
-                    done=done,
-                    truncated=trunc,
-                    policy_version=versions,
-                    on_reset=req.on_reset,
-                )
-            )
-        leaves = req.obs.leaves()
-        if req.policy_state is not None:
-            req.policy_state.leaves(leaves)
-        first = len(leaves)  # the policy's leaves: the others are the ring's own buffers, built to the layout
-        act.leaves(leaves)
-        if result.analyzed_result is not None:
-            result.analyzed_result.leaves(leaves)
-        policy_leaves = range(first, len(leaves))
-        leaves += (reward, done, trunc, versions, req.on_reset)
-        try:
-            g.traj.add_leaves(acting, leaves, policy_leaves)
-        except ValueError as e:
-            raise PolicyResultError(
-                f"{self.where}: policy {self.policy_name}: its RolloutResult does not fit the layout fixed by its "
-                f"first result: {e}"
-            ) from e
+        act = self._write_rows(g.traj, g.versions, acting, req, result, version, reward, done, trunc)
         if g.state is not None:
             self._write_state(g, acting, result.policy_state)
         if n == g.num_slots:  # every slot acted (the common case): whole-array updates, no fancy indexing
@@ -586,6 +547,70 @@ class EnvRing:
             self._accept(g, j, results, g.steps[j])
 
     # ------------------------------------------------------------------ policy results
+    def _write_rows(
+        self,
+        traj: TrajectoryBuffer,
+        cache: dict[tuple[int, int], np.ndarray],
+        slots: np.ndarray,
+        req: RolloutRequest,
+        result: RolloutResult,
+        version: int,
+        reward: np.ndarray,
+        done: np.ndarray,
+        trunc: np.ndarray,
+        name: str | None = None,
+    ) -> NamedArray:
+        """Write one row per slot of ``slots`` into ``traj``: the request, the policy's result and the step flags.
+
+        The first result fixes the trajectory layout (checked first); later ones must fit it. ``cache`` keeps the
+        ``policy_version`` column per (rows, version). Returns the result's actions.
+
+        Raises:
+            PolicyResultError: the result has another row count, or does not fit the layout (names the policy).
+        """
+        name = self.policy_name if name is None else name
+        n = slots.size
+        act = result.action
+        if not isinstance(act, NamedArray) or len(act) != n:
+            got = f"{len(act)} actions" if isinstance(act, NamedArray) else f"action {describe(act)}"
+            raise PolicyResultError(f"{self.where}: policy {name} returned {got} for {n} requests")
+        versions = cache.get((n, version))
+        if versions is None:
+            if len(cache) > 64:
+                cache.clear()
+            versions = cache[(n, version)] = np.full((n, 1), version, np.int64)
+        if not traj.allocated:
+            self._check_first_result(result, n, name)
+            traj.allocate(
+                SampleBatch(
+                    obs=req.obs,
+                    policy_state=req.policy_state,
+                    action=act,
+                    analyzed_result=result.analyzed_result,
+                    reward=reward,
+                    done=done,
+                    truncated=trunc,
+                    policy_version=versions,
+                    on_reset=req.on_reset,
+                )
+            )
+        leaves = req.obs.leaves()
+        if req.policy_state is not None:
+            req.policy_state.leaves(leaves)
+        first = len(leaves)  # the policy's leaves: the others are the ring's own buffers, built to the layout
+        act.leaves(leaves)
+        if result.analyzed_result is not None:
+            result.analyzed_result.leaves(leaves)
+        policy_leaves = range(first, len(leaves))
+        leaves += (reward, done, trunc, versions, req.on_reset)
+        try:
+            traj.add_leaves(slots, leaves, policy_leaves)
+        except ValueError as e:
+            raise PolicyResultError(
+                f"{self.where}: policy {name}: its RolloutResult does not fit the layout fixed by its first result: {e}"
+            ) from e
+        return act
+
     def _check_first_result(self, result: RolloutResult, n: int, name: str | None = None) -> None:
         """Before the first result fixes the trajectory layout: one row per request, integer actions where due."""
         name = self.policy_name if name is None else name

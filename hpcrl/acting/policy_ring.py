@@ -24,7 +24,6 @@ from hpcrl.api.environment import Environment
 from hpcrl.api.namedarray import NamedArray, stack
 from hpcrl.api.policy import RolloutRequest, RolloutResult
 from hpcrl.api.trainer import SampleBatch
-from hpcrl.envs.checks import describe
 
 __all__ = ["PolicyRing", "PartSpec"]
 
@@ -226,48 +225,9 @@ class PolicyRing(EnvRing):
     ) -> NamedArray:
         """Write one policy's rows into its trajectory buffer and state; count rewards and finished episodes."""
         name = part.spec.name
-        n = rows.size
-        act = result.action
-        if not isinstance(act, NamedArray) or len(act) != n:
-            got = f"{len(act)} actions" if isinstance(act, NamedArray) else f"action {describe(act)}"
-            raise PolicyResultError(f"{self.where}: policy {name} returned {got} for {n} requests")
-        versions = part.versions.get((n, version))
-        if versions is None:
-            if len(part.versions) > 64:
-                part.versions.clear()
-            versions = part.versions[(n, version)] = np.full((n, 1), version, np.int64)
         reward, done, trunc = reward[rows], done[rows], trunc[rows]
         assert req.on_reset is not None
-        if not part.traj.allocated:
-            self._check_first_result(result, n, name)
-            part.traj.allocate(
-                SampleBatch(
-                    obs=req.obs,
-                    policy_state=req.policy_state,
-                    action=act,
-                    analyzed_result=result.analyzed_result,
-                    reward=reward,
-                    done=done,
-                    truncated=trunc,
-                    policy_version=versions,
-                    on_reset=req.on_reset,
-                )
-            )
-        leaves = req.obs.leaves()
-        if req.policy_state is not None:
-            req.policy_state.leaves(leaves)
-        first = len(leaves)
-        act.leaves(leaves)
-        if result.analyzed_result is not None:
-            result.analyzed_result.leaves(leaves)
-        policy_leaves = range(first, len(leaves))
-        leaves += (reward, done, trunc, versions, req.on_reset)
-        try:
-            part.traj.add_leaves(local, leaves, policy_leaves)
-        except ValueError as e:
-            raise PolicyResultError(
-                f"{self.where}: policy {name}: its RolloutResult does not fit the layout fixed by its first result: {e}"
-            ) from e
+        act = self._write_rows(part.traj, part.versions, local, req, result, version, reward, done, trunc, name)
         if part.state is not None:
             self._write_state(g, local, result.policy_state, into=part.state, policy_name=name)
         slots = acting[rows]
