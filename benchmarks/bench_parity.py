@@ -104,12 +104,13 @@ TASKS: dict[str, Task] = {
         "acrobot",
         CONFIGS / "acrobot_ppo.yaml",
         seeds=10,
-        frames=200_000,
+        frames=200_704,  # 49 batches of 16 x 256: what SB3 trains for a 200k budget (it finishes the last batch)
         threshold=-100.0,
         source="rl-zoo3 2.9.2's tuned PPO settings for Acrobot-v1 with normalize: true (observation and reward "
         "normalisation: SB3's VecNormalize, hpcrl's normalize_obs / normalize_rewards)",
         notes=(
-            "rl-zoo trains 1M steps; the budget here is 200k frames, where both systems are near their final level. "
+            "rl-zoo trains 1M steps; the budget here is 200k frames (rounded up to whole batches of 4,096 rows, as "
+            "SB3 runs it, so both systems make 49 updates), where both systems are near their final level. "
             "hpcrl's reward normalisation accumulates the discounted return within each fragment (trainer side) "
             "where VecNormalize carries it across rollouts per env (docs/normalization.md).",
         ),
@@ -133,11 +134,15 @@ TASKS: dict[str, Task] = {
     "pendulum": Task(
         "pendulum",
         CONFIGS / "pendulum_ppo.yaml",
-        seeds=10,
-        frames=100_000,
+        seeds=30,
+        frames=102_400,  # 25 batches of 4 x 1024: what SB3 trains for rl-zoo's 1e5 (it finishes the last batch)
         threshold=-200.0,
         source="rl-zoo3 2.9.2's tuned PPO settings for Pendulum-v1, without gSDE (hpcrl has no gSDE)",
-        notes=("rl-zoo uses gSDE (state-dependent exploration) for Pendulum; both systems run without it here.",),
+        notes=(
+            "rl-zoo uses gSDE (state-dependent exploration) for Pendulum; both systems run without it here.",
+            "The budget is rl-zoo's 1e5 frames rounded up to whole batches of 4,096 rows, as SB3 runs it: both "
+            "systems make 25 updates.",
+        ),
     ),
     "hopper": Task(
         "hopper",
@@ -389,7 +394,8 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 target=None,
                 note=f"{s['successes']}/{s['runs']} vs {ref['successes']}/{ref['runs']} seeds; one-sided Fisher "
                 f"p = {s['p_fisher_less']:.3f} (hpcrl succeeds less often)",
-                passed=s["successes"] >= ref["successes"] and s["p_fisher_less"] >= 0.05,
+                # at least the peer's success rate (the systems may have different seed counts)
+                passed=s["successes"] * ref["runs"] >= ref["successes"] * s["runs"] and s["p_fisher_less"] >= 0.05,
             ).finish()
         )
         rows.append(

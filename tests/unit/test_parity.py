@@ -86,3 +86,29 @@ def test_committed_learning_page_is_what_the_run_files_give() -> None:
     assert learning_report.PAGE.read_text() == learning_report.expected_page(), (
         "regenerate: python -m benchmarks.learning_report"
     )
+
+
+@pytest.mark.parametrize("name", sorted(bench_parity.TASKS))
+def test_both_systems_train_the_same_batches(name: str) -> None:
+    """SB3 finishes the batch in which the budget runs out, hpcrl trains whole batches within it.
+
+    A budget that is not a whole number of batches gives SB3 one more update than hpcrl. It must be a whole
+    number, or the extra update must not matter: at the end of a linear learning-rate schedule (its rate is
+    then about 0), or 0.1% or less of the run's updates.
+    """
+    from hpcrl.api import config
+
+    task = bench_parity.TASKS[name]
+    cfg = config.load(task.yaml)
+    batch = cfg.actor.envs_per_actor * cfg.actor.fragment_length
+    hpcrl_updates = task.frames // batch
+    sb3_updates = -(-task.frames // batch)
+    assert hpcrl_updates >= 1
+    if sb3_updates == hpcrl_updates:
+        return
+    linear = (cfg.trainer.args or {}).get("lr_schedule", "constant") == "linear"
+    sb3_last_rate = max(0.0, 1.0 - sb3_updates * batch / task.frames)  # SB3 anneals by the frames after the rollout
+    assert (linear and sb3_last_rate < 0.01) or 1 / sb3_updates <= 0.001, (
+        f"{name}: a budget of {task.frames} frames is {task.frames / batch:.2f} batches of {batch}: SB3 makes "
+        f"{sb3_updates} updates, hpcrl {hpcrl_updates}; round the budget to whole batches"
+    )
