@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_parity import RUNS, TASKS, Task, load_runs, summarize
+from benchmarks.bench_parity import RUNS, SYSTEMS, TASKS, Task, load_runs, summarize
 from benchmarks.common import ROOT
 
 __all__ = ["PAGE", "expected_page", "main", "render", "write_page"]
@@ -27,7 +27,12 @@ __all__ = ["PAGE", "expected_page", "main", "render", "write_page"]
 PAGE = ROOT / "docs" / "learning.md"
 IMG_DIR = ROOT / "docs" / "img"
 ANALYSIS = ROOT / "benchmarks" / "learning_analysis.md"
-LABELS = {"hpcrl": "hpcrl (one process)", "hpcrl-mpi2": "hpcrl (mpiexec -n 2)", "sb3": "SB3"}
+LABELS = {
+    "hpcrl": "hpcrl (one process)",
+    "hpcrl-mpi2": "hpcrl (mpiexec -n 2)",
+    "sb3": "SB3",
+    "cleanrl": "CleanRL-style PPO",
+}
 
 INTRO = """\
 # Learning parity
@@ -41,7 +46,10 @@ is written by hand, in `benchmarks/learning_analysis.md`. To add or redo runs:
 hpcrl and Stable-Baselines3 (sb3-contrib's RecurrentPPO for the recurrent task) get the same
 hyperparameters and network shapes (the hpcrl config under `benchmarks/configs/` is translated for the
 peer), seeds interleaved in one sitting, each run in a fresh process
-with one torch thread. **Final return** is the mean return of the last 100 episodes of the run; a run
+with one torch thread. On CartPole a third implementation runs with the same settings: a CleanRL-style
+single-file PPO (`benchmarks/peer_scripts/cleanrl_ppo.py`, written for these benchmarks the way CleanRL's
+`ppo.py` is; it anneals the learning rate before each rollout, as CleanRL does, and divides the advantages
+by their sample standard deviation). **Final return** is the mean return of the last 100 episodes of the run; a run
 **succeeds** when its final return reaches the task's threshold. **IQM** is the interquartile mean of the
 final returns over seeds, with a 95% stratified bootstrap interval (10,000 resamples; the method of
 Agarwal et al. 2021, rliable). The tests compare hpcrl with SB3: Mann-Whitney U on final returns
@@ -81,7 +89,7 @@ def _task_section(task: Task, runs: dict[str, list[dict[str, Any]]], chart: str 
         f"| median s to threshold | median run s | vs {task.peer}: Mann-Whitney p | Fisher p (fewer successes) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for system in ("hpcrl", "hpcrl-mpi2", "sb3"):
+    for system in SYSTEMS:
         s = summary.get(system)
         if s is None:
             continue

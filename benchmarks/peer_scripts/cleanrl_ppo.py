@@ -12,12 +12,15 @@ critic's value of its final observation, as SB3 and hpcrl do.
 
 ``--params`` takes the same JSON keys as sb3_ppo.py (env_id, n_envs, n_steps, batch_size, n_epochs,
 learning_rate, lr_schedule, gamma, gae_lambda, clip_range, ent_coef, vf_coef, max_grad_norm,
-normalize_advantage, adam_eps, net_arch, activation, seed, total_frames, threshold). ``vf_coef`` multiplies
-``mean((V - R)^2)`` (SB3's convention).
+normalize_advantage, adam_eps, net_arch, activation, seed, total_frames, threshold, record_curve). ``vf_coef``
+multiplies ``mean((V - R)^2)`` (SB3's convention). Settings this script does not implement (observation or
+reward normalisation, ``ortho_init: false``, a log-std) are refused, naming the key, rather than ignored.
+The learning rate follows CleanRL's schedule: ``lr * (1 - update / updates)`` before each rollout.
 
 Output: {"frames", "wall_seconds", "learn_seconds", "cpu_seconds", "import_seconds", "fps", "episodes",
-"mean_return_last_100", "frames_to_threshold", "seconds_to_threshold", "first_update_epoch", "versions"};
-``first_update_epoch`` is ``time.time()`` when the first PPO update finished (start-up benchmark).
+"mean_return_last_100", "frames_to_threshold", "seconds_to_threshold", "first_update_epoch", "versions"},
+and with ``record_curve`` every episode's end frame, return and seconds as "curve"; ``first_update_epoch``
+is ``time.time()`` when the first PPO update finished (start-up benchmark).
 """
 
 from __future__ import annotations
@@ -79,6 +82,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--params", required=True, help="JSON object of hyperparameters (see the module docstring)")
     p: dict[str, Any] = json.loads(ap.parse_args().params)
+    implemented = {"normalize_obs": False, "normalize_reward": False, "ortho_init": True}
+    for key, supported in implemented.items():
+        if key in p and p[key] != supported:
+            raise SystemExit(f"cleanrl_ppo.py: {key}={p[key]!r} is not implemented here (only {supported!r})")
+    if "log_std_init" in p:
+        raise SystemExit("cleanrl_ppo.py: log_std_init: this script has discrete actions only")
     torch.set_num_threads(1)
     t0, c0 = time.time(), time.process_time()
 
@@ -116,6 +125,7 @@ def main() -> int:
     hit_frames: int | None = None
     hit_seconds: float | None = None
     first_update: float | None = None
+    curve: dict[str, list[float]] = {"frames": [], "returns": [], "seconds": []}
     t_learn = time.time()
 
     for update in range(updates):
@@ -142,6 +152,10 @@ def main() -> int:
                 if term or trunc:
                     window.append(float(ep_ret[i]))
                     episodes += 1
+                    if p.get("record_curve"):
+                        curve["frames"].append(frames + (t + 1) * n_envs)
+                        curve["returns"].append(float(ep_ret[i]))
+                        curve["seconds"].append(round(time.time() - t0, 3))
                     ep_ret[i], ep_len[i] = 0.0, 0
                     o, _ = env.reset()
                     if hit_frames is None and len(window) == 100 and sum(window) / 100.0 >= threshold:
@@ -204,6 +218,8 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
         },
     }
+    if p.get("record_curve"):
+        out["curve"] = curve
     for env in envs:
         env.close()
     print(json.dumps(out), flush=True)

@@ -61,7 +61,8 @@ def test_curve_grid_takes_the_last_100_episodes_ended_by_each_point() -> None:
 
 def test_run_files_are_checked_and_summarised(tmp_path) -> None:
     task = bench_parity.TASKS["cartpole"]
-    for system, finals in (("hpcrl", [500.0, 480.0, 300.0]), ("sb3", [500.0, 500.0, 490.0])):
+    three = (("cleanrl", [500.0, 200.0, 490.0]), ("hpcrl", [500.0, 480.0, 300.0]), ("sb3", [500.0, 500.0, 490.0]))
+    for system, finals in three:
         for seed, final in enumerate(finals, 1):
             frames, returns = np.arange(1, 201) * 1000, np.full(200, final)
             d = bench_parity._result(task, system, seed, frames.tolist(), returns.tolist(), (frames / 1e4).tolist())
@@ -69,12 +70,17 @@ def test_run_files_are_checked_and_summarised(tmp_path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**d, "machine": {"cpu_model": "x", "cpus": 2}, "date": "2026-12-05"}))
     runs = bench_parity.load_runs("cartpole", tmp_path)
+    assert list(runs) == ["hpcrl", "sb3", "cleanrl"]  # the systems' order, not the files' names
     s = bench_parity.summarize(task, runs)
     assert s["hpcrl"]["successes"] == 2 and s["sb3"]["successes"] == 3
     assert s["hpcrl"]["median_frames_to_threshold"] == 100_000  # the 100th episode ends at 100k frames
     assert 0 < s["hpcrl"]["p_fisher_less"] <= 1
     page = learning_report.render(tmp_path)
     assert "| hpcrl (one process) | 3 | 2/3 |" in page and "| SB3 | 3 | 3/3 |" in page
+    assert "| CleanRL-style PPO | 3 | 2/3 |" in page
+    assert "| seed | hpcrl (one process) | SB3 | CleanRL-style PPO |" in page
+    success = next(r for r in bench_parity._rows(task, s) if "success rate" in r.measure)
+    assert "CleanRL-style PPO 2/3" in success.note
     (tmp_path / "cartpole" / "bad.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ValueError, match="bad.json"):
         bench_parity.load_runs("cartpole", tmp_path)
