@@ -128,7 +128,9 @@ TASKS: dict[str, Task] = {
         "LSTMs of 64 units straight into the heads; 16 envs x 32 steps, 4 epochs x 4 minibatches, lr 1e-3 linear",
         notes=(
             "The peer is sb3-contrib's RecurrentPPO with the same shape (lstm_hidden_size 64, net_arch [], "
-            "separate critic LSTM). The initialisation of the LSTMs differs: hpcrl's are orthogonal with a forget-gate "
+            "separate critic LSTM). RecurrentPPO has LSTM cells only, so hpcrl runs its LSTM policy here (the same "
+            "cell on both sides; hpcrl's default GRU policy learns the task too: docs/recurrent.md). The "
+            "initialisation of the LSTMs differs: hpcrl's are orthogonal with a forget-gate "
             "bias of 1, RecurrentPPO keeps PyTorch's default. Final return = success rate of the last 100 episodes.",
         ),
         peer="sb3-contrib RecurrentPPO",
