@@ -300,20 +300,13 @@ def recurrent_params(task: Task, seed: int) -> dict[str, Any]:
     }
 
 
-def _run_sb3(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
-    from hpcrl.api import config
-
-    if task.recurrent:
-        params = recurrent_params(task, seed)
-        peer, script = "sb3_contrib", "sb3_recurrent_ppo.py"
-    else:
-        params = dict(sb3_params(config.load(task.yaml), seed, task.frames, task.threshold), record_curve=True)
-        peer, script = task.sb3_venv, "sb3_ppo.py"
-    out = peers.run_peer(peer, script, ["--params", json.dumps(params)], timeout=7200, quiet=True)
+def _run_peer(task: Task, system: str, seed: int, venv: str, script: str, params: dict, mode: str, peer: str) -> dict:
+    """One peer run in its own venv, stored like hpcrl's (the script prints its episodes as ``curve``)."""
+    out = peers.run_peer(venv, script, ["--params", json.dumps(params)], timeout=7200, quiet=True)
     c = out["curve"]
     return _result(
         task,
-        "sb3",
+        system,
         seed,
         c["frames"],
         c["returns"],
@@ -321,9 +314,22 @@ def _run_sb3(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
         wall_seconds=out["wall_seconds"],
         fps=out["fps"],
         versions=out.get("versions"),
-        mode="one process (DummyVecEnv), seconds from just before the env and model are built",
-        peer=task.peer,
+        mode=mode,
+        peer=peer,
     )
+
+
+def _run_sb3(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
+    from hpcrl.api import config
+
+    if task.recurrent:
+        params = recurrent_params(task, seed)
+        venv, script = "sb3_contrib", "sb3_recurrent_ppo.py"
+    else:
+        params = dict(sb3_params(config.load(task.yaml), seed, task.frames, task.threshold), record_curve=True)
+        venv, script = task.sb3_venv, "sb3_ppo.py"
+    mode = "one process (DummyVecEnv), seconds from just before the env and model are built"
+    return _run_peer(task, "sb3", seed, venv, script, params, mode, task.peer)
 
 
 def _run_cleanrl(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
@@ -332,21 +338,8 @@ def _run_cleanrl(task: Task, seed: int, tmp: Path) -> dict[str, Any]:
     if task.recurrent:
         raise ValueError(f"{task.name}: the CleanRL-style peer has no recurrent policy")
     params = dict(sb3_params(config.load(task.yaml), seed, task.frames, task.threshold), record_curve=True)
-    out = peers.run_peer("cleanrl", "cleanrl_ppo.py", ["--params", json.dumps(params)], timeout=7200, quiet=True)
-    c = out["curve"]
-    return _result(
-        task,
-        "cleanrl",
-        seed,
-        c["frames"],
-        c["returns"],
-        c["seconds"],
-        wall_seconds=out["wall_seconds"],
-        fps=out["fps"],
-        versions=out.get("versions"),
-        mode="one process (a plain loop over gymnasium envs), seconds from just before the envs and model are built",
-        peer="CleanRL-style PPO",
-    )
+    mode = "one process (a plain loop over gymnasium envs), seconds from just before the envs and model are built"
+    return _run_peer(task, "cleanrl", seed, "cleanrl", "cleanrl_ppo.py", params, mode, "CleanRL-style PPO")
 
 
 RUNNERS = {"hpcrl": _run_hpcrl, "hpcrl-mpi2": _run_hpcrl_mpi2, "sb3": _run_sb3, "cleanrl": _run_cleanrl}
