@@ -418,6 +418,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 ref["successes"] / ref["runs"],
                 "",
                 target=None,
+                target_text=f">= {task.peer}'s rate",
                 note=f"{s['successes']}/{s['runs']} vs {ref['successes']}/{ref['runs']} seeds; one-sided Fisher "
                 f"p = {s['p_fisher_less']:.3f} (hpcrl succeeds less often)" + third,
                 # at least the peer's success rate (the systems may have different seed counts)
@@ -432,6 +433,7 @@ def _rows(task: Task, summary: dict[str, dict[str, Any]]) -> list[Row]:
                 task.peer,
                 ref["iqm"],
                 "",
+                target_text=f"not significantly below {task.peer}",
                 note=f"95% CI hpcrl [{s['ci'][0]:.1f}, {s['ci'][1]:.1f}], "
                 f"SB3 [{ref['ci'][0]:.1f}, {ref['ci'][1]:.1f}]; "
                 f"Mann-Whitney p = {s['p_mann_whitney']:.3f}",

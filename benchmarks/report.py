@@ -114,7 +114,7 @@ def render_markdown(results: list[BenchResult], quick: bool = False, charts: lis
         out.append(
             f"- **{r.bench} / {r.measure}** ({_measured(res)}): hpcrl {_value(r.hpcrl, r.unit)} vs {peer}"
             + (f" = {r.ratio:.2f}x" if r.ratio else "")
-            + f"; target {r.target_text}."
+            + (f"; target {r.target_text}." if r.target_text else ".")
         )
     out.append("")
     missing = [name for name in _suite() if name not in {res.name for res in results}]
