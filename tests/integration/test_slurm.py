@@ -295,10 +295,18 @@ class SlurmJobs:
         self.root = root
         self.env = dict(clean_env, HPCRL_RUN_ROOT=str(root), HPCRL_PYTHON=sys.executable)
 
-    def submit(self, template: str, name: str, *args: str, sbatch: tuple[str, ...] = (), **env: str):
+    def submit(
+        self,
+        template: str,
+        name: str,
+        *args: str,
+        sbatch: tuple[str, ...] = (),
+        config: str = "examples/cartpole/ppo.yaml",
+        **env: str,
+    ):
         """sbatch the template (no waiting unless ``sbatch`` has --wait); returns (job id, sbatch process)."""
         cmd = ["sbatch", "--parsable", "--ntasks=4", "--time=00:05:00", f"--output={self.out(name)}", *sbatch]
-        cmd += [str(SLURM_DIR / template), "examples/cartpole/ppo.yaml", *TINY_JOB, *args]
+        cmd += [str(SLURM_DIR / template), config, *TINY_JOB, *args]
         proc = subprocess.run(
             cmd, env=dict(self.env, HPCRL_RUN_NAME=name, **env), cwd=REPO, capture_output=True, text=True, timeout=300
         )
@@ -407,15 +415,29 @@ def test_scancel_term_checkpoints_and_a_resubmission_resumes(jobs):
 
 
 @pytest.mark.slurm
-def test_time_limit_signal_stops_requeues_and_resumes(jobs):
-    """What ``--signal=B:USR1@120`` does near the time limit, sent now: USR1 to the batch shell."""
-    job, _ = jobs.submit("cpu-single-node.sbatch", "rq", "layout.inference=1", "experiment.total_frames=6000")
+def test_time_limit_signal_stops_requeues_and_resumes(jobs, tmp_path):
+    """What ``--signal=B:USR1@120`` does near the time limit, sent now: USR1 to the batch shell.
+
+    The requeued job runs the same command line, so the frame budget lives in a config file that the test
+    rewrites between the two legs: the first leg cannot reach its budget before the signal (a fixed small
+    budget raced the signal on a fast machine), the second has 2,000 frames left after resuming.
+    """
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "examples/cartpole/ppo.yaml").read_text())
+    cfg["experiment"]["total_frames"] = 10_000_000
+    cfg_path = tmp_path / "rq.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    job, _ = jobs.submit("cpu-single-node.sbatch", "rq", "layout.inference=1", config=str(cfg_path))
     jobs.wait_for_training("rq", job)
     subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], check=True, timeout=20)
     st = jobs.wait(job, timeout=60, until={"PENDING", *FINAL_STATES})
     assert st["JobState"] == "PENDING" and st["Restarts"] == "1", (st, jobs.text("rq")[-4000:])
     first = jobs.summary("rq", job)
-    assert first["reason"] == "SIGUSR1" and first["frames"] < 6000
+    assert first["reason"] == "SIGUSR1" and first["frames"] < 10_000_000
+    target = first["frames"] + 2000
+    cfg["experiment"]["total_frames"] = target
+    cfg_path.write_text(yaml.safe_dump(cfg))
     # SLURM holds a requeued job ~2 min (BeginTime); release it now, but not within the second of the
     # requeue: slurmd refuses a credential created in the same second as the revocation ("Job credential
     # revoked", seen here), and the job then FAILS instead of running again
@@ -427,7 +449,8 @@ def test_time_limit_signal_stops_requeues_and_resumes(jobs):
     assert "batch shell got SIGUSR1" in text and f"requeueing job {job} (restart 1)" in text
     assert f"job {job} (restart 1)" in text and f"resumed from {first['checkpoint']}" in text
     final = jobs.summary("rq", job)  # the requeued run rewrote it
-    assert final["reason"] == "total_frames reached" and final["frames"] >= 6000
+    assert final["reason"] == "total_frames reached" and final["frames"] >= target
+    assert final["frames_this_run"] < final["frames"] and final["policy_version"] > first["policy_version"]
     assert _checkpoint(jobs.run_dir("rq"))[1]["reason"] == "final"
 
 
