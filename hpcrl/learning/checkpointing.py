@@ -359,7 +359,7 @@ def spec_diff(stored: Any, current: str, stored_name: str = "checkpoint") -> str
     """A unified diff of the ``environment`` and ``policy`` sections of two config YAML texts.
 
     ``stored`` comes from a checkpoint's ``config`` attribute: it is parsed with
-    :func:`hpcrl.api.config.parse_yaml` (plain data, bounded alias expansion) and only compared, never used
+    :func:`hpcrl.api.yaml_input.parse_yaml` (plain data, bounded alias expansion) and only compared, never used
     to build anything.
 
     Returns:

@@ -80,7 +80,7 @@ class UntrustedConfigError(CheckpointError):
 
 
 def read_stored_config(file: Path, attrs: Mapping[str, Any]) -> ExperimentConfig:
-    """Parse the ``config`` attribute of a checkpoint (:func:`hpcrl.api.config.parse_yaml`, strict config schema).
+    """Parse the ``config`` attribute of a checkpoint (:func:`hpcrl.api.yaml_input.parse_yaml`, strict config schema).
 
     Raises:
         CheckpointError: the attribute is missing or not a valid config (names the file); a document that
