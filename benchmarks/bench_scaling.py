@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BenchResult, Context, Row, bench_main, load_avg, run_hpcrl_job
+from benchmarks.common import BenchResult, Context, Row, bench_main, first_error, load_avg, run_hpcrl_job
 from hpcrl.api.policy import register as register_policy
 from hpcrl.policies.random import RandomPolicy
 
@@ -53,8 +53,8 @@ class BenchRandomPolicy(RandomPolicy):
     policy, with an empty state dict, publishes only its version; both work under MPI).
     """
 
-    def __init__(self, action_dim: int = 2, seed: int = 0) -> None:
-        super().__init__(action_dim=action_dim, seed=seed)
+    def __init__(self, action_dim: int = 2, continuous_action: bool = False, seed: int = 0) -> None:
+        super().__init__(action_dim=action_dim, continuous_action=continuous_action, seed=seed)
         self._w = np.zeros(1, np.float32)
 
     def state_dict(self) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def run(ctx: Context) -> BenchResult:
                 "fps",
                 target=TARGET if judged else None,
                 target_text=f">= {TARGET:.0%} of linear" if judged else "context (oversubscribed)",
-                note=p.get("error", "").splitlines()[0][:300] if "error" in p else f"1 actor rank: {base:,.0f} fps",
+                note=first_error([p]) if "error" in p else f"1 actor rank: {base:,.0f} fps",
                 limit=a / STEP_SECONDS,
                 load=f"{p['load'][0]:.2f}",
             ).finish()

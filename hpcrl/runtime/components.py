@@ -156,7 +156,40 @@ def fill_policy_args(spec: config.Policy, env: Environment, agents: Sequence[int
                 f"agents {first} and {a} act with one policy but their spaces give it different args ({shown}); "
                 f"map them to different policies"
             )
+    _check_added_args(cls, spec, args)
     return spec if args == spec.args else dataclasses.replace(spec, args=args)
+
+
+def _check_added_args(cls: type[Policy], spec: config.Policy, args: dict[str, Any]) -> None:
+    """Refuse args the hook added that the registered constructor does not take, naming the hook and the fixes.
+
+    The case: a subclass with a narrower ``__init__`` (or a factory function with fewer parameters) whose
+    class inherits its parent's ``args_from_spaces``.
+    """
+    import inspect
+
+    from hpcrl.api.policy import ALL_POLICIES
+
+    added = [k for k in args if k not in spec.args]
+    if not added:
+        return
+    factory: Any = ALL_POLICIES.get(spec.type_)
+    try:
+        params = list(inspect.signature(factory).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a C type): leave it to the constructor
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    unknown = [k for k in added if k not in {p.name for p in params if p.kind in named}]
+    if unknown:
+        owner = next(c for c in cls.__mro__ if "args_from_spaces" in vars(c))
+        via = "" if owner is cls else f" (inherited from {owner.__name__})"
+        takes = getattr(factory, "__name__", spec.type_)
+        raise ValueError(
+            f"policy {spec.type_!r}: {cls.__name__}.args_from_spaces{via} added {', '.join(unknown)} from the "
+            f"env's spaces, but {takes}() takes no such argument; accept it there or override args_from_spaces"
+        )
 
 
 def resolve_device(device: str) -> str:

@@ -163,3 +163,17 @@ def test_the_scaling_model_prints_its_tables(capsys):
     for ranks in ("256", "1,024", "4,096", "16,384"):
         assert f"| {ranks} |" in out
     assert "GPU trainers" in out and "Atari-like" in out
+
+
+def test_the_scaling_benchmark_config_resolves_and_builds_its_policy():
+    """The scaling job's inline config (its own policy class, the sleep env) passes the run's start-up checks."""
+    from benchmarks.bench_scaling import SLEEP_YAML, BenchRandomPolicy
+    from hpcrl.api import config
+    from hpcrl.runtime import components
+
+    cfg = config.from_dict(config.parse_yaml(SLEEP_YAML % {"step": 0.001}, "sleep.yaml"))
+    components.import_user_modules(cfg)
+    cfg, agents = components.resolve_experiment(cfg)
+    assert agents == 1 and cfg.single_policy.args == {"action_dim": 2, "continuous_action": False}
+    policy = components.build_policy(cfg.single_policy, "cpu", seed=1)
+    assert isinstance(policy, BenchRandomPolicy) and set(policy.state_dict()) == {"w"}

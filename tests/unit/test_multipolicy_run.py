@@ -408,6 +408,45 @@ def test_a_random_policy_must_fit_the_env_actions(tmp_path: Path) -> None:
     assert RandomPolicy.args_from_spaces({}, box, gym.spaces.MultiDiscrete([2, 5]))["action_dim"] == [2, 5]
 
 
+class _NarrowRandom(RandomPolicy):
+    """Inherits RandomPolicy.args_from_spaces (which adds continuous_action) but does not take that argument."""
+
+    def __init__(self, action_dim: int = 2, seed: int = 0) -> None:
+        super().__init__(action_dim=action_dim, seed=seed)
+
+
+def _narrow_factory(action_dim: int = 2) -> _NarrowRandom:
+    return _NarrowRandom(action_dim=action_dim)
+
+
+def _open_factory(**kw: Any) -> _NarrowRandom:
+    return _NarrowRandom(**{k: v for k, v in kw.items() if k != "continuous_action"})
+
+
+def test_args_a_policy_cannot_take_are_refused_naming_the_inherited_hook(tmp_path: Path) -> None:
+    """A subclass with a narrower constructor gets a message that names the inherited hook and the fixes."""
+    from hpcrl.api.policy import register as register_policy
+
+    register_policy("test-narrow-random", _NarrowRandom)
+    register_policy("test-narrow-random-factory", _narrow_factory)
+    register_policy("test-open-random-factory", _open_factory)
+    single = {k: v for k, v in _data(tmp_path / "x").items() if k not in ("policies", "trainers", "agents")}
+    single.update(trainer={"type_": "null", "args": {}})
+    for name, takes in (("test-narrow-random", "_NarrowRandom"), ("test-narrow-random-factory", "_narrow_factory")):
+        data = dict(single, policy={"type_": name, "args": {}}, run={"dir": str(tmp_path / name), "progress": "off"})
+        with pytest.raises(config.ConfigError) as e:
+            run_local(config.from_dict(data))
+        msg = str(e.value)
+        assert msg.startswith("policy.args: ") and "inherited from RandomPolicy" in msg, msg
+        assert f"added continuous_action from the env's spaces, but {takes}() takes no such argument" in msg, msg
+        assert not (tmp_path / name).exists()
+    # a factory taking **kwargs is left to decide; a given argument is the user's own (the constructor says)
+    data = dict(single, policy={"type_": "test-open-random-factory", "args": {}})
+    data["run"] = {"dir": str(tmp_path / "open"), "progress": "off"}
+    data["experiment"] = dict(data["experiment"], total_frames=64)
+    assert run_local(config.from_dict(data))["reason"] == "finished"
+
+
 def test_each_policy_takes_the_spaces_of_its_own_agents(tmp_path: Path) -> None:
     """Heterogeneous teams: every policy's args come from the agents it acts for, not from agent 0."""
     bare = {"type_": "actor-critic-separate", "args": {"hidden_dim": 8}}
